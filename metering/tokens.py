@@ -1,0 +1,92 @@
+"""Token counting with tiktoken, offline.
+
+tiktoken downloads its BPE files on first use; this machine class has no internet at run time, so we point
+``TIKTOKEN_CACHE_DIR`` at the copies litellm ships (found without importing litellm, which costs ~150 MB and
+~2.8 s). Counting follows OpenAI's chat accounting closely enough for estimates and trimming decisions;
+billed numbers always come from the provider's ``usage`` when it sends one.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def _litellm_tokenizer_dir() -> Path | None:
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "litellm_core_utils" / "tokenizers"
+    return path if path.is_dir() else None
+
+
+if "TIKTOKEN_CACHE_DIR" not in os.environ:
+    _dir = _litellm_tokenizer_dir()
+    if _dir is not None:
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(_dir)
+
+import tiktoken  # noqa: E402  (must follow the cache-dir setup above)
+
+# Per-message framing overhead of OpenAI's chat format (<|start|>role\n ... <|end|>).
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_PER_REPLY = 3
+
+
+@functools.lru_cache(maxsize=64)
+def encoding_for(model: str) -> tiktoken.Encoding:
+    """The tiktoken encoding for a model name; o200k_base for unknown or non-OpenAI models.
+
+    Provider prefixes (``openai/gpt-4o``) are stripped. Anthropic and others do not publish a tiktoken encoding;
+    o200k_base is a reasonable estimator for them.
+    """
+    name = model.rsplit("/", 1)[-1]
+    try:
+        return tiktoken.encoding_for_model(name)
+    except KeyError:
+        return tiktoken.get_encoding("o200k_base")
+
+
+def count_text(text: str, model: str = "gpt-4o") -> int:
+    """Tokens in a plain string."""
+    if not text:
+        return 0
+    return len(encoding_for(model).encode(text, disallowed_special=()))
+
+
+def content_text(content: Any) -> str:
+    """The text of an OpenAI message ``content``: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """Everything in a message that the model reads as text: content, tool calls' names and arguments."""
+    parts = [content_text(message.get("content"))]
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, dict):
+            fn = call.get("function") or {}
+            parts.append(str(fn.get("name", "")))
+            parts.append(str(fn.get("arguments", "")))
+    return "".join(parts)
+
+
+def count_messages(messages: Iterable[dict[str, Any]], model: str = "gpt-4o") -> int:
+    """Prompt tokens of a chat request, the way OpenAI counts them (content plus per-message framing)."""
+    enc = encoding_for(model)
+    total = _TOKENS_PER_REPLY
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        total += _TOKENS_PER_MESSAGE
+        total += len(enc.encode(message_text(message), disallowed_special=()))
+        if message.get("name"):
+            total += 1
+    return total

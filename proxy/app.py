@@ -1,0 +1,78 @@
+"""The ASGI application: routes, error mapping, lifespan. Business logic lives in the gateway."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy import endpoints
+from proxy.errors import ApiError
+from proxy.request_id import RequestIdMiddleware
+from proxy.runtime import Runtime
+
+log = logging.getLogger("tiergate.app")
+
+CONFIG_ENV = "TIERGATE_CONFIG"
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = "not found" if exc.status_code == 404 else str(exc.detail)
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    return await _api_error(request, ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return await _api_error(request, ApiError(500, "internal error in tiergate; see its log for this request id",
+                                              code="internal_error"))
+
+
+def create_app(config_path: str | None = None) -> RequestIdMiddleware:
+    path = config_path or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise RuntimeError(f"no config: pass a path or set {CONFIG_ENV}")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.start(path)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="tiergate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # Plain Starlette routes: no dependency injection or body models on the hot path.
+    for path_, handler, methods in (
+        ("/v1/chat/completions", endpoints.chat_completions, ["POST"]),
+        ("/v1/completions", endpoints.completions, ["POST"]),
+        ("/v1/embeddings", endpoints.embeddings, ["POST"]),
+        ("/v1/route", endpoints.route, ["POST"]),
+        ("/v1/models", endpoints.models, ["GET"]),
+        ("/healthz", endpoints.healthz, ["GET"]),
+        ("/readyz", endpoints.readyz, ["GET"]),
+    ):
+        app.router.add_route(path_, handler, methods=methods)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    return RequestIdMiddleware(app)
+
+
+def app_from_env() -> RequestIdMiddleware:
+    """Factory for uvicorn worker processes (``--factory``): the config path comes from the environment."""
+    return create_app()

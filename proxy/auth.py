@@ -1,0 +1,38 @@
+"""API key -> Principal. Keys are hashed (SHA-256) before lookup and never stored or logged in clear."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Mapping
+
+from proxy.errors import ApiError
+from router.policy import Policy, Principal, hash_key
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key from ``Authorization: Bearer <key>`` or ``api-key`` (Azure-style SDKs send the latter)."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = headers.get("api-key")
+    return key.strip() if key and key.strip() else None
+
+
+def authenticate(policy: Policy, headers: Mapping[str, str]) -> Principal:
+    key = presented_key(headers)
+    if key is None:
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
+    # Lookup is by the key's SHA-256, so lookup timing can reveal nothing about the key itself.
+    principal = policy.keys.get(hash_key(key))
+    if principal is None:
+        raise ApiError(401, "invalid API key", code="invalid_api_key")
+    if principal.expires_at is not None and principal.expires_at <= datetime.now(timezone.utc):
+        raise ApiError(401, f"API key {principal.key_id!r} expired at {principal.expires_at.isoformat()}", code="expired_api_key")
+    return principal
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.admin:
+        raise ApiError(403, "this endpoint needs an admin key", code="admin_required")

@@ -1,0 +1,135 @@
+"""HTTP endpoints of the OpenAI-compatible API. Parsing, auth and response shaping only; the decisions are the
+gateway's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from proxy.auth import authenticate
+from proxy.body import check_chat, check_completion, check_embeddings, parse_json, prompt_text
+from proxy.errors import ApiError
+from proxy.gateway import CallContext, Completed, Streamed
+from proxy.runtime import Runtime
+from proxy.streaming import sse
+
+_JSON = "application/json"
+_TAG_PREFIX = "x-tiergate-tag-"
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=_JSON, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes without reading them all into memory first."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes", code="body_too_large")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def call_context(request: Request) -> CallContext:
+    rt = runtime(request)
+    policy = rt.store.policy  # one policy object for the whole request, even across a reload
+    principal = authenticate(policy, request.headers)
+    tags = {k[len(_TAG_PREFIX):]: v for k, v in request.headers.items() if k.startswith(_TAG_PREFIX)}
+    return CallContext(
+        request_id=request.scope["state"]["request_id"],
+        principal=principal,
+        policy=policy,
+        tier_header=request.headers.get("x-tiergate-tier"),
+        header_tags=tags,
+    )
+
+
+async def _json_body(request: Request, ctx: CallContext) -> dict[str, Any]:
+    return parse_json(await read_body(request, ctx.policy.config.server.max_body_bytes))
+
+
+def _respond(result: Completed | Streamed) -> Response:
+    if isinstance(result, Completed):
+        return json_response(result.body, headers=result.headers)
+    headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+    return StreamingResponse(sse(result), media_type="text/event-stream", headers=headers)
+
+
+async def chat_completions(request: Request) -> Response:
+    ctx = call_context(request)
+    body = await _json_body(request, ctx)
+    check_chat(body)
+    return _respond(await runtime(request).gateway.chat(ctx, body))
+
+
+async def completions(request: Request) -> Response:
+    ctx = call_context(request)
+    body = await _json_body(request, ctx)
+    check_completion(body)
+    return _respond(await runtime(request).gateway.completions(ctx, body, prompt_text(body["prompt"])))
+
+
+async def embeddings(request: Request) -> Response:
+    ctx = call_context(request)
+    body = await _json_body(request, ctx)
+    check_embeddings(body)
+    return _respond(await runtime(request).gateway.embeddings(ctx, body, prompt_text(body["input"])))
+
+
+async def route(request: Request) -> Response:
+    """Dry run: the score, tier, model and estimated cost a chat request would get. No upstream call."""
+    ctx = call_context(request)
+    body = await _json_body(request, ctx)
+    check_chat(body)
+    return json_response(runtime(request).gateway.preview(ctx, body))
+
+
+async def models(request: Request) -> Response:
+    ctx = call_context(request)
+    policy = ctx.policy
+    if ctx.principal.team is None:
+        lo, hi, pinning = 0, len(policy.tiers) - 1, True
+    else:
+        team = policy.teams[ctx.principal.team]
+        lo, hi = team.floor, team.ceiling
+        routing = team.settings.routing
+        pinning = routing.allow_pinning
+    names = ["auto"] + [policy.tiers[i].name for i in range(lo, hi + 1)]
+    if pinning:
+        for i in range(lo, hi + 1):
+            for dep in policy.tiers[i].deployments:
+                if dep.upstream_model not in names:
+                    names.append(dep.upstream_model)
+        if ctx.principal.team is not None and routing.pinnable_models is not None:
+            names = [n for n in names if n == "auto" or policy.tier_index(n) is not None or n in routing.pinnable_models]
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "tiergate"} for name in names]
+    return json_response({"object": "list", "data": data})
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    rt = runtime(request)
+    policy = rt.store.policy
+    payload = {
+        "status": "ready",
+        "config": {"path": policy.source, "sha256": policy.sha256, "loaded_at": policy.loaded_at,
+                   "last_reload_error": rt.store.last_error, "warnings": list(policy.warnings)},
+        "classifier": rt.scorer.model_id,
+    }
+    return json_response(payload)

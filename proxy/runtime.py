@@ -1,0 +1,131 @@
+"""Process-wide state a request reads: the current policy (swapped atomically on reload) and shared clients.
+
+Handlers take ``runtime.policy`` once at the start of a request and use that object to the end, so a reload
+never changes the rules under an in-flight request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from router.config_loader import ConfigError, load_policy
+from router.health import HealthBook
+from router.policy import Policy
+
+if TYPE_CHECKING:
+    from proxy.gateway import Gateway
+    from proxy.meter import Meter
+    from router.scoring import Scorer
+    from router.upstream.pool import UpstreamPool
+
+log = logging.getLogger("tiergate.reload")
+
+
+@dataclass
+class PolicyStore:
+    """Holds the active policy; ``reload`` swaps it only for a valid file."""
+
+    path: Path
+    policy: Policy
+    last_error: str | None = None
+    _stamp: tuple[float, int] = field(default=(0.0, 0))
+
+    @classmethod
+    def open(cls, path: str | Path) -> "PolicyStore":
+        path = Path(path)
+        store = cls(path=path, policy=load_policy(path))
+        store._stamp = store._file_stamp()
+        for warning in store.policy.warnings:
+            log.warning("config %s: %s", path, warning)
+        return store
+
+    def _file_stamp(self) -> tuple[float, int]:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return (0.0, 0)
+        return (st.st_mtime, st.st_size)
+
+    def reload(self) -> bool:
+        """Load the file again; on any error keep the running policy and remember why."""
+        self._stamp = self._file_stamp()
+        try:
+            policy = load_policy(self.path)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            log.error("config reload rejected, keeping policy %s:\n%s", self.policy.sha256[:12], exc)
+            return False
+        if policy.sha256 == self.policy.sha256:
+            return True
+        self.policy = policy
+        self.last_error = None
+        log.info("config reloaded: %s (sha256 %s)", self.path, policy.sha256[:12])
+        for warning in policy.warnings:
+            log.warning("config %s: %s", self.path, warning)
+        return True
+
+    def changed_on_disk(self) -> bool:
+        return self._file_stamp() != self._stamp
+
+    async def watch(self, interval_s: float = 1.0) -> None:
+        """Poll the file (cheap stat) and reload on change; SIGHUP triggers the same reload at once."""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests) or no signals on this platform: polling still works
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.changed_on_disk():
+                self.reload()
+
+
+def new_health(policy: Policy) -> HealthBook:
+    settings = policy.config.server
+    return HealthBook(failures_to_cooldown=settings.cooldown_after_failures, cooldown_s=settings.cooldown_s)
+
+
+@dataclass
+class Runtime:
+    """Everything a worker process shares between requests; built once at start-up."""
+
+    store: PolicyStore
+    gateway: "Gateway"
+    scorer: "Scorer"
+    pool: "UpstreamPool"
+    meter: "Meter"
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, config_path: str | Path) -> "Runtime":
+        from proxy.accounting import Accounting
+        from proxy.gateway import Gateway
+        from proxy.meter import Meter
+        from router.dispatch import Dispatcher
+        from router.scoring import load_scorer
+        from router.upstream.pool import UpstreamPool
+
+        store = PolicyStore.open(config_path)
+        config = store.policy.config
+        scorer = load_scorer(config.classifier.model)
+        pool = UpstreamPool(config.server.upstream_timeout_s, config.server.connect_timeout_s)
+        health = new_health(store.policy)
+        dispatcher = Dispatcher(pool, health, config.server.max_attempts, config.server.retry_budget_s)
+        meter = await Meter.start(store)
+        gateway = Gateway(dispatcher, health, scorer, Accounting(meter))
+        runtime = cls(store=store, gateway=gateway, scorer=scorer, pool=pool, meter=meter)
+        runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
+        return runtime
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.gateway.drain()
+        await self.pool.close()
+        await self.meter.close()

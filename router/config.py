@@ -1,0 +1,244 @@
+"""The YAML policy file as frozen pydantic models.
+
+Config is data: it is validated once at load (``router.config_loader``), compiled into a ``router.policy.Policy``,
+and swapped atomically on reload. Every model forbids unknown keys so a typo is an error naming the field, not a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Capability = Literal["tools", "json_schema", "vision", "reasoning"]
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceOverride(_Model):
+    """$ per 1M tokens; wins over litellm's table (self-hosted models, negotiated rates)."""
+
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(default=None, ge=0)
+    cache_write: Decimal | None = Field(default=None, ge=0)
+
+
+class Deployment(_Model):
+    """One concrete endpoint serving a model.
+
+    ``model`` is a litellm model string (``openai/gpt-4o``, ``anthropic/claude-...``, ``hosted_vllm/...``) or
+    ``simulated/<name>`` for the in-process simulator. Provider keys come from the environment or a file, never
+    from the YAML itself.
+    """
+
+    id: str | None = Field(default=None, pattern=_NAME)
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_file: str | None = None
+    price: PriceOverride | None = None
+    price_as: str | None = Field(default=None, description="litellm table key to take prices from")
+    context_window: int | None = Field(default=None, gt=0)
+    capabilities: list[Capability] | None = None
+    weight: float = Field(default=1.0, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    simulator: dict[str, float | str | int] | None = Field(
+        default=None, description="options for simulated/ deployments (latency_ms, ttft_ms, tokens_per_s, ...)"
+    )
+
+
+class Tier(_Model):
+    """A rung of the ladder; tiers are listed cheapest first."""
+
+    name: str = Field(pattern=_NAME)
+    deployments: list[Deployment] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list, description="model_name entries of a LiteLLM model_list")
+
+    @model_validator(mode="after")
+    def _has_deployments(self) -> "Tier":
+        if not self.deployments and not self.models:
+            raise ValueError("a tier needs at least one entry in 'deployments' or 'models'")
+        return self
+
+
+class LiteLLMParams(BaseModel):
+    """``litellm_params`` of a LiteLLM ``model_list`` entry; extra provider settings are kept and ignored."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    model: str
+    api_base: str | None = None
+    api_key: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    weight: float | None = None
+    timeout: float | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_from_env(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("os.environ/"):
+            raise ValueError("write provider keys as 'os.environ/VAR', never in clear in the YAML")
+        return value
+
+
+class ModelListEntry(BaseModel):
+    """One entry of LiteLLM's ``model_list`` block, accepted as-is so LiteLLM users can migrate."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    model_name: str
+    litellm_params: LiteLLMParams
+    model_info: dict[str, object] = Field(default_factory=dict)
+
+
+class ApiKey(_Model):
+    """A client key, stored as its SHA-256 (hex) or read from an environment variable at load."""
+
+    id: str = Field(pattern=_NAME)
+    sha256: str | None = None
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    expires_at: datetime | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ApiKey":
+        if (self.sha256 is None) == (self.env is None):
+            raise ValueError("give exactly one of 'sha256' or 'env'")
+        if self.sha256 is not None and not _SHA256.match(self.sha256):
+            raise ValueError("'sha256' must be 64 lowercase hex characters (sha256 of the key)")
+        return self
+
+
+class TierRange(_Model):
+    floor: str | None = None
+    ceiling: str | None = None
+
+
+class RoutingSettings(_Model):
+    """How the classifier score maps to tiers; thresholds come from ``tiergate calibrate``."""
+
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    default_model: str = "auto"
+    allow_pinning: bool = True
+    pinnable_models: list[str] | None = Field(default=None, description="None: any model of an allowed tier")
+    allow_tier_header: bool = True
+    allow_downgrade_on_failure: bool = False
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_unit_interval(cls, value: dict[str, float]) -> dict[str, float]:
+        for tier, threshold in value.items():
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold for tier {tier!r} must be within [0, 1], got {threshold}")
+        return value
+
+
+class MaxTokens(_Model):
+    default: int | None = Field(default=None, gt=0)
+    cap: int | None = Field(default=None, gt=0)
+    on_exceed: Literal["clamp", "reject"] = "clamp"
+
+
+class BudgetLimit(_Model):
+    daily_usd: Decimal | None = Field(default=None, gt=0)
+    monthly_usd: Decimal | None = Field(default=None, gt=0)
+
+
+class Budgets(_Model):
+    team: BudgetLimit = Field(default_factory=BudgetLimit)
+    per_key: BudgetLimit | None = None
+    per_tag: dict[str, BudgetLimit] = Field(default_factory=dict, description="'tag=value' -> limit")
+    on_exceeded: Literal["reject", "downgrade"] = "reject"
+    redis_failure: Literal["closed", "open"] = "open"
+    alert_webhook: str | None = None
+
+
+class ContextSettings(_Model):
+    history_budget_tokens: int | None = Field(default=None, gt=0)
+    keep_last_turns: int = Field(default=4, ge=1)
+    provider_prefix_caching: bool = True
+    response_cache: bool = False
+    response_cache_ttl_s: int = Field(default=300, gt=0)
+    stickiness_margin: float = Field(default=0.1, ge=0, le=1)
+
+
+class Team(_Model):
+    keys: list[ApiKey] = Field(min_length=1)
+    tiers: TierRange = Field(default_factory=TierRange)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    max_tokens: MaxTokens = Field(default_factory=MaxTokens)
+    budgets: Budgets = Field(default_factory=Budgets)
+    required_tags: list[str] = Field(default_factory=list)
+    context: ContextSettings = Field(default_factory=ContextSettings)
+
+
+class ServerSettings(_Model):
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    upstream_timeout_s: float = Field(default=300.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_budget_s: float = Field(default=60.0, gt=0)
+    cooldown_after_failures: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class MeteringSettings(_Model):
+    ledger: str = "sqlite:///tiergate-ledger.db"
+    redis: str | None = None
+
+
+class ClassifierSettings(_Model):
+    model: str = Field(default="default", description="'default' (shipped ONNX), 'length', or a path to an .onnx")
+
+
+class Config(_Model):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    metering: MeteringSettings = Field(default_factory=MeteringSettings)
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    admin_keys: list[ApiKey] = Field(default_factory=list)
+    model_list: list[ModelListEntry] = Field(default_factory=list)
+    tiers: list[Tier] = Field(min_length=1)
+    teams: dict[str, Team] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> "Config":
+        tier_names = [tier.name for tier in self.tiers]
+        if len(set(tier_names)) != len(tier_names):
+            raise ValueError(f"tier names must be unique, got {tier_names}")
+        listed = {entry.model_name for entry in self.model_list}
+        for tier in self.tiers:
+            for name in tier.models:
+                if name not in listed:
+                    raise ValueError(f"tier {tier.name!r} names model {name!r}, which is not in model_list")
+        order = {name: i for i, name in enumerate(tier_names)}
+        key_ids: set[str] = {key.id for key in self.admin_keys}
+        for team_name, team in self.teams.items():
+            for bound in (team.tiers.floor, team.tiers.ceiling):
+                if bound is not None and bound not in order:
+                    raise ValueError(f"team {team_name!r}: unknown tier {bound!r} (tiers: {tier_names})")
+            lo = order.get(team.tiers.floor or tier_names[0], 0)
+            hi = order.get(team.tiers.ceiling or tier_names[-1], len(tier_names) - 1)
+            if lo > hi:
+                raise ValueError(f"team {team_name!r}: floor {team.tiers.floor!r} is above ceiling {team.tiers.ceiling!r}")
+            last = -1.0
+            for name in tier_names:
+                if name in team.routing.thresholds:
+                    if team.routing.thresholds[name] < last:
+                        raise ValueError(f"team {team_name!r}: thresholds must not decrease from cheaper to richer tiers")
+                    last = team.routing.thresholds[name]
+            unknown = set(team.routing.thresholds) - set(tier_names)
+            if unknown:
+                raise ValueError(f"team {team_name!r}: thresholds name unknown tiers {sorted(unknown)}")
+            for key in team.keys:
+                if key.id in key_ids:
+                    raise ValueError(f"key id {key.id!r} is used twice")
+                key_ids.add(key.id)
+        return self

@@ -1,0 +1,121 @@
+"""Load a YAML policy file into ``Config`` with errors that name the file, the line and the field.
+
+PyYAML's node graph keeps line marks; we build plain Python data from it while remembering the line of every
+path, so a pydantic error location (``teams.research.keys.0.sha256``) maps back to where the operator typed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from router.config import Config
+from router.policy import Policy, PolicyError, compile_policy
+
+PathKey = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.field or '<root>'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The file cannot become a policy; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(issue) for issue in issues))
+        self.issues = issues
+
+
+def _construct(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], loader: yaml.SafeLoader) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            lines[path + (str(key),)] = key_node.start_mark.line + 1
+            result[key] = _construct(value_node, path + (str(key),), lines, loader)
+            lines[path + (str(key),)] = key_node.start_mark.line + 1
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, path + (i,), lines, loader) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, dict[PathKey, int]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError([ConfigIssue(file, 1, "", "the file is empty")])
+        lines: dict[PathKey, int] = {}
+        return _construct(node, (), lines, loader), lines
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([ConfigIssue(file, line, "", f"invalid YAML: {exc.problem or exc}")]) from None
+    finally:
+        loader.dispose()
+
+
+def _line_for(loc: PathKey, lines: dict[PathKey, int]) -> int | None:
+    path = tuple(str(p) if isinstance(p, str) else p for p in loc)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def parse_policy(text: str, file: str = "<string>") -> Policy:
+    """Validate YAML text and compile it; raises ``ConfigError``."""
+    data, lines = _parse_yaml(text, file)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(file, 1, "", "the top level must be a mapping")])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc)
+            message = err["msg"].removeprefix("Value error, ")
+            issues.append(ConfigIssue(file, _line_for(loc, lines), field, message))
+        raise ConfigError(issues) from None
+    try:
+        return compile_policy(config)
+    except PolicyError as exc:
+        field = ".".join(str(p) for p in exc.loc)
+        raise ConfigError([ConfigIssue(file, _line_for(exc.loc, lines), field, exc.message)]) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read, validate and compile a policy file; raises ``ConfigError`` naming file, line and field."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), None, "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue(str(path), None, "", "the file is not UTF-8")]) from None
+    policy = parse_policy(text, str(path))
+    return dataclasses.replace(
+        policy, sha256=hashlib.sha256(raw).hexdigest(), source=str(path.resolve()), loaded_at=time.time()
+    )

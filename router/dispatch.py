@@ -1,0 +1,117 @@
+"""Carry out a Decision's plan: call deployments in order until one answers, within attempt and time bounds.
+
+Retryable failures (429, 5xx, timeouts, connection errors) move to the next deployment; a client error (other
+4xx) is the request's own fault and is returned at once. A stream is retried only until its first payload
+arrives: once bytes have gone to the client, a retry would duplicate them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from router.health import HealthBook
+from router.policy import DeploymentSpec
+from router.upstream.base import Endpoint, UpstreamError, UpstreamReply
+from router.upstream.pool import UpstreamPool
+
+log = logging.getLogger("tiergate.dispatch")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    deployment: str
+    outcome: str  # "ok" or an UpstreamError kind
+    detail: str
+    elapsed_ms: float
+
+
+class AllAttemptsFailed(Exception):
+    """Every attempt failed; ``last`` is the error to report, ``attempts`` the history."""
+
+    def __init__(self, last: UpstreamError, attempts: list[Attempt]) -> None:
+        super().__init__(last.message)
+        self.last = last
+        self.attempts = attempts
+
+
+def upstream_body(body: dict[str, Any], dep: DeploymentSpec) -> dict[str, Any]:
+    out = dict(body)
+    out["model"] = dep.upstream_model
+    return out
+
+
+class Dispatcher:
+    def __init__(self, pool: UpstreamPool, health: HealthBook, max_attempts: int, budget_s: float) -> None:
+        self._pool = pool
+        self._health = health
+        self._max_attempts = max_attempts
+        self._budget_s = budget_s
+
+    def _plan(self, plan: tuple[DeploymentSpec, ...]) -> tuple[DeploymentSpec, ...]:
+        return plan[: self._max_attempts]
+
+    def _failed(self, dep: DeploymentSpec, exc: UpstreamError, started: float, attempts: list[Attempt]) -> None:
+        elapsed = (time.perf_counter() - started) * 1000
+        attempts.append(Attempt(dep.id, exc.kind, exc.message, elapsed))
+        log.warning("upstream attempt failed deployment=%s kind=%s detail=%s", dep.id, exc.kind, exc.message)
+        if exc.retryable:
+            self._health.failure(dep.id, exc.retry_after)
+
+    async def send(
+        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body: dict[str, Any]
+    ) -> tuple[DeploymentSpec, UpstreamReply, list[Attempt]]:
+        attempts: list[Attempt] = []
+        deadline = time.monotonic() + self._budget_s
+        last: UpstreamError | None = None
+        for dep in self._plan(plan):
+            if attempts and time.monotonic() >= deadline:
+                break
+            started = time.perf_counter()
+            try:
+                reply = await self._pool.get(dep).send(endpoint, upstream_body(body, dep))
+            except UpstreamError as exc:
+                self._failed(dep, exc, started, attempts)
+                last = exc
+                if not exc.retryable:
+                    break
+                continue
+            self._health.success(dep.id)
+            attempts.append(Attempt(dep.id, "ok", "", (time.perf_counter() - started) * 1000))
+            return dep, reply, attempts
+        assert last is not None
+        raise AllAttemptsFailed(last, attempts)
+
+    async def open_stream(
+        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body: dict[str, Any]
+    ) -> tuple[DeploymentSpec, bytes, AsyncIterator[bytes], list[Attempt]]:
+        """Returns the serving deployment, the first payload, the rest of the stream and the attempts."""
+        attempts: list[Attempt] = []
+        deadline = time.monotonic() + self._budget_s
+        last: UpstreamError | None = None
+        for dep in self._plan(plan):
+            if attempts and time.monotonic() >= deadline:
+                break
+            started = time.perf_counter()
+            stream = self._pool.get(dep).stream(endpoint, upstream_body(body, dep))
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                await stream.aclose()
+                last = UpstreamError("server", f"deployment {dep.id} closed the stream without data")
+                self._failed(dep, last, started, attempts)
+                continue
+            except UpstreamError as exc:
+                await stream.aclose()
+                self._failed(dep, exc, started, attempts)
+                last = exc
+                if not exc.retryable:
+                    break
+                continue
+            self._health.success(dep.id)
+            attempts.append(Attempt(dep.id, "ok", "", (time.perf_counter() - started) * 1000))
+            return dep, first, stream, attempts
+        assert last is not None
+        raise AllAttemptsFailed(last, attempts)

@@ -1,0 +1,278 @@
+"""The compiled, immutable policy: tiers with priced deployments, teams, and the key index.
+
+``compile_policy`` turns a validated ``Config`` into lookups the hot path can use without re-deriving anything
+per request. A request holds one ``Policy`` reference from start to end, so a reload never changes the rules
+under an in-flight request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from metering.prices import Price, lookup
+from router.config import ApiKey, Config, Deployment, Team
+
+Provider = Literal["simulated", "openai", "litellm"]
+# litellm prefixes whose wire format is OpenAI's own: served by the pooled direct HTTP client.
+_OPENAI_WIRE = {"openai", "hosted_vllm", "openai_compatible", "custom_openai"}
+_OPENAI_BASE = "https://api.openai.com/v1"
+
+
+class PolicyError(Exception):
+    """A semantic error found while compiling; ``loc`` is the config path so the loader can name the line."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def hash_key(key: str) -> str:
+    """Keys are stored and compared only as SHA-256 hex."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSpec:
+    id: str
+    tier: str
+    tier_index: int
+    model: str  # litellm model string as configured
+    upstream_model: str  # the name sent in the upstream request body
+    provider: Provider
+    api_base: str | None
+    api_key: str | None = field(repr=False)
+    price: Price
+    context_window: int
+    capabilities: frozenset[str]
+    weight: float
+    timeout_s: float | None
+    simulator: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class TierSpec:
+    name: str
+    index: int
+    deployments: tuple[DeploymentSpec, ...]
+    capabilities: frozenset[str]  # what every deployment of the tier can do
+    context_window: int  # the smallest window among its deployments
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: resolved from the API key, never carrying the key itself."""
+
+    key_id: str
+    team: str | None  # None for admin keys
+    admin: bool
+    tags: dict[str, str]
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TeamPolicy:
+    name: str
+    settings: Team
+    floor: int
+    ceiling: int
+    thresholds: tuple[float | None, ...]  # per tier index; None = no threshold set
+
+
+@dataclass(frozen=True)
+class Policy:
+    config: Config
+    tiers: tuple[TierSpec, ...]
+    teams: dict[str, TeamPolicy]
+    keys: dict[str, Principal]  # sha256 hex -> principal
+    by_name: dict[str, tuple[DeploymentSpec, ...]]  # pin names -> deployments serving them
+    warnings: tuple[str, ...]
+    sha256: str = ""
+    source: str = ""
+    loaded_at: float = 0.0
+
+    def tier_index(self, name: str) -> int | None:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier.index
+        return None
+
+
+def _read_secret(env: str | None, file: str | None) -> str | None:
+    if env:
+        return os.environ.get(env) or None
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+    return None
+
+
+def _provider(model: str, api_base: str | None) -> tuple[Provider, str]:
+    prefix, _, rest = model.partition("/")
+    if prefix == "simulated" and rest:
+        return "simulated", rest
+    if prefix in _OPENAI_WIRE and rest:
+        return "openai", rest
+    if not rest:
+        return "openai", model  # a bare name is an OpenAI model in litellm's convention
+    return "litellm", model
+
+
+def _deployment(
+    spec: Deployment, tier: str, tier_index: int, position: int, loc: tuple[str | int, ...], warnings: list[str]
+) -> DeploymentSpec:
+    provider, upstream_model = _provider(spec.model, spec.api_base)
+    facts = lookup(spec.price_as or spec.model)
+    if spec.price is not None:
+        p = spec.price
+        price = Price.per_million(p.input, p.output, p.cached_input, p.cache_write)
+    elif facts is not None:
+        price = facts.price
+    else:
+        raise PolicyError(
+            loc + ("price",),
+            f"no known price for {spec.model!r}: add 'price' (per 1M tokens) or 'price_as' naming a priced model",
+        )
+    window = spec.context_window or (facts.context_window if facts else None)
+    if window is None:
+        raise PolicyError(loc + ("context_window",), f"context window of {spec.model!r} unknown: set 'context_window'")
+    caps = frozenset(spec.capabilities) if spec.capabilities is not None else (facts.capabilities if facts else frozenset())
+    api_key = _read_secret(spec.api_key_env, spec.api_key_file)
+    if provider != "simulated" and (spec.api_key_env or spec.api_key_file) and api_key is None:
+        source = spec.api_key_env or spec.api_key_file
+        warnings.append(f"deployment {spec.id or spec.model!r}: no API key found in {source}")
+    api_base = spec.api_base
+    if provider == "openai" and api_base is None:
+        api_base = _OPENAI_BASE
+    return DeploymentSpec(
+        id=spec.id or f"{tier}-{position}",
+        tier=tier,
+        tier_index=tier_index,
+        model=spec.model,
+        upstream_model=upstream_model,
+        provider=provider,
+        api_base=api_base.rstrip("/") if api_base else None,
+        api_key=api_key,
+        price=price,
+        context_window=int(window),
+        capabilities=caps,
+        weight=spec.weight,
+        timeout_s=spec.timeout_s,
+        simulator=dict(spec.simulator) if spec.simulator else None,
+    )
+
+
+def _from_model_list(config: Config, name: str) -> list[Deployment]:
+    """LiteLLM ``model_list`` entries become deployments; ``os.environ/VAR`` keys become env references."""
+    out = []
+    for entry in config.model_list:
+        if entry.model_name != name:
+            continue
+        params = entry.litellm_params
+        info = entry.model_info
+        key_env = params.api_key.removeprefix("os.environ/") if params.api_key else None
+        price = None
+        if "input_cost_per_token" in info and "output_cost_per_token" in info:
+            million = Decimal(1_000_000)
+            price = {
+                "input": Decimal(str(info["input_cost_per_token"])) * million,
+                "output": Decimal(str(info["output_cost_per_token"])) * million,
+            }
+        window = info.get("max_input_tokens")
+        out.append(
+            Deployment(
+                id=f"{name}-{len(out)}" if len(out) else name,
+                model=params.model,
+                api_base=params.api_base,
+                api_key_env=key_env,
+                price=price,
+                context_window=int(window) if isinstance(window, int) else None,
+                weight=params.weight or 1.0,
+                timeout_s=params.timeout,
+            )
+        )
+    return out
+
+
+def _principal(key: ApiKey, team: str | None, warnings: list[str]) -> tuple[str, Principal] | None:
+    if key.sha256 is not None:
+        digest = key.sha256
+    else:
+        value = os.environ.get(key.env or "")
+        if not value:
+            warnings.append(f"key {key.id!r}: environment variable {key.env} is not set; the key is disabled")
+            return None
+        digest = hash_key(value)
+    expires = key.expires_at
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=timezone.utc)  # YAML timestamps without a zone are read as UTC
+    return digest, Principal(key_id=key.id, team=team, admin=team is None, tags=dict(key.tags), expires_at=expires)
+
+
+def compile_policy(config: Config) -> Policy:
+    """Resolve prices, capabilities, secrets and key hashes; raises ``PolicyError`` on a semantic error."""
+    warnings: list[str] = []
+    tiers: list[TierSpec] = []
+    by_name: dict[str, list[DeploymentSpec]] = {}
+    seen_ids: set[str] = set()
+    for t_index, tier in enumerate(config.tiers):
+        specs: list[tuple[Deployment, str | None]] = [(d, None) for d in tier.deployments]
+        specs += [(d, name) for name in tier.models for d in _from_model_list(config, name)]
+        deployments = []
+        for position, (spec, alias) in enumerate(specs):
+            loc: tuple[str | int, ...] = ("tiers", t_index, "deployments", position)
+            dep = _deployment(spec, tier.name, t_index, position, loc, warnings)
+            if dep.id in seen_ids:
+                raise PolicyError(loc + ("id",), f"deployment id {dep.id!r} is used twice")
+            seen_ids.add(dep.id)
+            deployments.append(dep)
+            for name in {dep.id, dep.model, dep.upstream_model, alias} - {None}:
+                by_name.setdefault(name, []).append(dep)
+        caps = frozenset.intersection(*(d.capabilities for d in deployments))
+        tiers.append(
+            TierSpec(
+                name=tier.name,
+                index=t_index,
+                deployments=tuple(deployments),
+                capabilities=caps,
+                context_window=min(d.context_window for d in deployments),
+            )
+        )
+    order = {t.name: t.index for t in tiers}
+    teams: dict[str, TeamPolicy] = {}
+    keys: dict[str, Principal] = {}
+    for key in config.admin_keys:
+        entry = _principal(key, None, warnings)
+        if entry:
+            keys[entry[0]] = entry[1]
+    for name, team in config.teams.items():
+        teams[name] = TeamPolicy(
+            name=name,
+            settings=team,
+            floor=order[team.tiers.floor] if team.tiers.floor else 0,
+            ceiling=order[team.tiers.ceiling] if team.tiers.ceiling else len(tiers) - 1,
+            thresholds=tuple(team.routing.thresholds.get(t.name) for t in tiers),
+        )
+        for k_index, key in enumerate(team.keys):
+            entry = _principal(key, name, warnings)
+            if entry is None:
+                continue
+            if entry[0] in keys:
+                raise PolicyError(("teams", name, "keys", k_index), "this key's hash is already used by another key")
+            keys[entry[0]] = entry[1]
+    return Policy(
+        config=config,
+        tiers=tuple(tiers),
+        teams=teams,
+        keys=keys,
+        by_name={k: tuple(v) for k, v in by_name.items()},
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,67 @@
+"""The one interface every upstream (HTTP, litellm, in-process simulator) implements.
+
+The proxy speaks OpenAI's wire format end to end; an upstream takes an OpenAI-shaped request body and returns an
+OpenAI-shaped response (or the stream of chunk payloads). Failures are raised as ``UpstreamError`` with a
+``kind`` the fallback logic can act on, never as transport-specific exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Literal, Protocol
+
+Endpoint = Literal["chat/completions", "completions", "embeddings"]
+
+# rate_limit: 429; server: 5xx; timeout: no answer in time; connection: could not connect / reset;
+# client: any other 4xx (the request itself is wrong: passed back to the client, never retried).
+ErrorKind = Literal["rate_limit", "server", "timeout", "connection", "client"]
+
+
+class UpstreamError(Exception):
+    """An upstream call failed; ``kind`` decides whether a fallback may retry it."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind != "client"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamReply:
+    """A complete (non-streamed) answer: the parsed JSON body and the upstream's status."""
+
+    body: dict[str, Any]
+    status: int = 200
+
+
+class Upstream(Protocol):
+    """One deployment's client. Instances are long-lived and pooled; ``close`` releases connections."""
+
+    async def send(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamReply:
+        """Send a non-streamed request. Raises ``UpstreamError``."""
+        ...
+
+    def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Stream a request (``body["stream"]`` is true): yields each SSE event's JSON payload as bytes, in order,
+        without the ``data: `` prefix and without the final ``[DONE]``. Raises ``UpstreamError`` before the first
+        payload if the call fails; a failure mid-stream also raises ``UpstreamError``. Closing the iterator
+        (``aclose``) cancels the upstream call."""
+        ...
+
+    async def close(self) -> None:
+        ...

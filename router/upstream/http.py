@@ -1,0 +1,100 @@
+"""Pooled direct HTTP client for OpenAI-wire upstreams (OpenAI, vLLM, any OpenAI-compatible server).
+
+aiohttp with keep-alive beats litellm's generic path by milliseconds per call (see benchmarks/upstream/), and
+the proxy already speaks OpenAI's format, so no translation is needed on this path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+import aiohttp
+import orjson
+
+from router.upstream.base import Endpoint, UpstreamError, UpstreamReply
+
+_DONE = b"[DONE]"
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _error_body(raw: bytes) -> tuple[str, dict[str, Any] | None]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:300].decode("utf-8", "replace"), None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message") or body["error"]), body
+    return raw[:300].decode("utf-8", "replace"), body if isinstance(body, dict) else None
+
+
+def _status_error(status: int, raw: bytes, headers: Any, where: str) -> UpstreamError:
+    message, body = _error_body(raw)
+    if status == 429:
+        return UpstreamError("rate_limit", f"{where} rate-limited: {message}", status=429,
+                             retry_after=_retry_after(headers), body=body)
+    if status >= 500:
+        return UpstreamError("server", f"{where} failed with {status}: {message}", status=status, body=body)
+    return UpstreamError("client", message, status=status, body=body)
+
+
+class HttpUpstream:
+    """One OpenAI-compatible base URL; shares the pool's session (connections are per host)."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, api_base: str, api_key: str | None, timeout_s: float, connect_timeout_s: float
+    ) -> None:
+        self._session = session
+        self._base = api_base.rstrip("/")
+        self._headers = {"content-type": "application/json"}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=timeout_s)
+        self._where = f"upstream {self._base}"
+
+    async def send(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamReply:
+        try:
+            async with self._session.post(
+                f"{self._base}/{endpoint}", data=orjson.dumps(body), headers=self._headers, timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise _status_error(resp.status, raw, resp.headers, self._where)
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise UpstreamError("timeout", f"{self._where} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("connection", f"{self._where} unreachable: {type(exc).__name__}") from exc
+        try:
+            return UpstreamReply(body=orjson.loads(raw))
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError("server", f"{self._where} sent a body that is not JSON") from exc
+
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        try:
+            async with self._session.post(
+                f"{self._base}/{endpoint}", data=orjson.dumps(body), headers=self._headers, timeout=self._stream_timeout
+            ) as resp:
+                if resp.status != 200:
+                    raise _status_error(resp.status, await resp.read(), resp.headers, self._where)
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue  # SSE comments, event names, blank separators
+                    payload = line[5:].strip()
+                    if payload == _DONE:
+                        return
+                    if payload:
+                        yield payload
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            raise UpstreamError("timeout", f"{self._where} stalled mid-stream or did not answer") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("connection", f"{self._where} connection failed: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        """Connections belong to the pool's shared session."""
