@@ -207,38 +207,3 @@ class Config(_Model):
     model_list: list[ModelListEntry] = Field(default_factory=list)
     tiers: list[Tier] = Field(min_length=1)
     teams: dict[str, Team] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _cross_references(self) -> "Config":
-        tier_names = [tier.name for tier in self.tiers]
-        if len(set(tier_names)) != len(tier_names):
-            raise ValueError(f"tier names must be unique, got {tier_names}")
-        listed = {entry.model_name for entry in self.model_list}
-        for tier in self.tiers:
-            for name in tier.models:
-                if name not in listed:
-                    raise ValueError(f"tier {tier.name!r} names model {name!r}, which is not in model_list")
-        order = {name: i for i, name in enumerate(tier_names)}
-        key_ids: set[str] = {key.id for key in self.admin_keys}
-        for team_name, team in self.teams.items():
-            for bound in (team.tiers.floor, team.tiers.ceiling):
-                if bound is not None and bound not in order:
-                    raise ValueError(f"team {team_name!r}: unknown tier {bound!r} (tiers: {tier_names})")
-            lo = order.get(team.tiers.floor or tier_names[0], 0)
-            hi = order.get(team.tiers.ceiling or tier_names[-1], len(tier_names) - 1)
-            if lo > hi:
-                raise ValueError(f"team {team_name!r}: floor {team.tiers.floor!r} is above ceiling {team.tiers.ceiling!r}")
-            last = -1.0
-            for name in tier_names:
-                if name in team.routing.thresholds:
-                    if team.routing.thresholds[name] < last:
-                        raise ValueError(f"team {team_name!r}: thresholds must not decrease from cheaper to richer tiers")
-                    last = team.routing.thresholds[name]
-            unknown = set(team.routing.thresholds) - set(tier_names)
-            if unknown:
-                raise ValueError(f"team {team_name!r}: thresholds name unknown tiers {sorted(unknown)}")
-            for key in team.keys:
-                if key.id in key_ids:
-                    raise ValueError(f"key id {key.id!r} is used twice")
-                key_ids.add(key.id)
-        return self

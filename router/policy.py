@@ -217,8 +217,42 @@ def _principal(key: ApiKey, team: str | None, warnings: list[str]) -> tuple[str,
     return digest, Principal(key_id=key.id, team=team, admin=team is None, tags=dict(key.tags), expires_at=expires)
 
 
+def _check_references(config: Config) -> None:
+    """Cross-field rules pydantic cannot place on one field; each error points at the offending entry."""
+    names = [tier.name for tier in config.tiers]
+    listed = {entry.model_name for entry in config.model_list}
+    for i, tier in enumerate(config.tiers):
+        if tier.name in names[:i]:
+            raise PolicyError(("tiers", i, "name"), f"tier name {tier.name!r} is used twice")
+        for name in tier.models:
+            if name not in listed:
+                raise PolicyError(("tiers", i, "models"), f"model {name!r} is not in model_list")
+    order = {name: i for i, name in enumerate(names)}
+    key_ids = {key.id for key in config.admin_keys}
+    for team_name, team in config.teams.items():
+        loc: tuple[str | int, ...] = ("teams", team_name)
+        for bound in ("floor", "ceiling"):
+            value = getattr(team.tiers, bound)
+            if value is not None and value not in order:
+                raise PolicyError(loc + ("tiers", bound), f"unknown tier {value!r} (tiers: {names})")
+        if order.get(team.tiers.floor or names[0], 0) > order.get(team.tiers.ceiling or names[-1], len(names) - 1):
+            raise PolicyError(loc + ("tiers",), f"floor {team.tiers.floor!r} is above ceiling {team.tiers.ceiling!r}")
+        thresholds = team.routing.thresholds
+        unknown = sorted(set(thresholds) - set(names))
+        if unknown:
+            raise PolicyError(loc + ("routing", "thresholds"), f"thresholds name unknown tiers {unknown}")
+        ordered = [thresholds[name] for name in names if name in thresholds]
+        if ordered != sorted(ordered):
+            raise PolicyError(loc + ("routing", "thresholds"), "thresholds must not decrease from cheaper to richer tiers")
+        for k, key in enumerate(team.keys):
+            if key.id in key_ids:
+                raise PolicyError(loc + ("keys", k, "id"), f"key id {key.id!r} is used twice")
+            key_ids.add(key.id)
+
+
 def compile_policy(config: Config) -> Policy:
     """Resolve prices, capabilities, secrets and key hashes; raises ``PolicyError`` on a semantic error."""
+    _check_references(config)
     warnings: list[str] = []
     tiers: list[TierSpec] = []
     by_name: dict[str, list[DeploymentSpec]] = {}

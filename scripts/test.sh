@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install (with dev dependencies), make sure Redis and PostgreSQL answer, run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_for() {
+  for _ in $(seq 1 60); do answers "$1" && return 0; sleep 0.5; done
+  echo "$2 did not start on 127.0.0.1:$1" >&2; return 1
+}
+apt_ready=0
+need_pkg() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  [ "$apt_ready" = 1 ] || { apt-get update -qq; apt_ready=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+if ! answers 6379; then
+  need_pkg redis-server redis-server
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  wait_for 6379 Redis
+fi
+if ! answers 5432; then
+  need_pkg pg_ctlcluster postgresql
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+  wait_for 5432 PostgreSQL
+fi
+
+export LITELLM_LOCAL_MODEL_COST_MAP=True
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,166 @@
+"""Shared fixtures: real processes (proxy, mock upstream) on free loopback ports, and real Redis/PostgreSQL.
+
+A test that needs a server which is not answering skips on a developer machine but FAILS under CI (CI=true):
+a green CI must mean the integration tests really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("TIERGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("TIERGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+DEMO_KEYS = {"research": "sk-demo-research", "support": "sk-demo-support", "admin": "sk-demo-admin"}
+
+
+def require_service(name: str, reachable: bool, detail: str = "") -> None:
+    if reachable:
+        return
+    message = f"{name} is not reachable{': ' + detail if detail else ''}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: integration tests must run, not skip)")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Process:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _start(args: list[str], port: int, log: Path, ready_path: str, env: dict[str, str] | None = None,
+           timeout_s: float = 30.0) -> Process:
+    full_env = {**os.environ, **(env or {})}
+    handle = log.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, stdout=handle,
+                            stderr=subprocess.STDOUT, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{args[0]} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            if httpx.get(url + ready_path, timeout=1.0).status_code == 200:
+                return Process(url=url, port=port, proc=proc, log=log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{args[0]} did not become ready in {timeout_s}s:\n{log.read_text(errors='replace')}")
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator:
+    """``start_proxy(config_path, workers=1, env=None) -> Process`` running ``tiergate serve``."""
+    started: list[Process] = []
+
+    def start(config: Path, workers: int = 1, env: dict[str, str] | None = None) -> Process:
+        port = free_port()
+        args = ["serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
+        process = _start(args, port, tmp_path / f"proxy-{port}.log", "/readyz", env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_mock(tmp_path: Path) -> Iterator:
+    """``start_mock(*flags) -> Process`` running ``tiergate mock-upstream``."""
+    started: list[Process] = []
+
+    def start(*flags: str) -> Process:
+        port = free_port()
+        process = _start(["mock-upstream", "--port", str(port), *flags], port, tmp_path / f"mock-{port}.log", "/healthz")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def demo_config(tmp_path: Path, classifier: str = "default", extra_research: str = "") -> Path:
+    """configs/demo.yaml with its ledger moved into the test's temp dir."""
+    text = (ROOT / "configs" / "demo.yaml").read_text()
+    text = text.replace("sqlite:///var/tiergate-demo.db", f"sqlite:///{tmp_path}/ledger.db")
+    text = text.replace("  model: default ", f"  model: {classifier} ")
+    if extra_research:
+        text = text.replace("  research:\n", "  research:\n" + extra_research, 1)
+    path = tmp_path / "demo.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def demo_proxy(tmp_path: Path, start_proxy) -> Process:
+    return start_proxy(demo_config(tmp_path))
+
+
+def mock_config(tmp_path: Path, tiers: dict[str, list[str]], team_extra: str = "", server_extra: str = "",
+                name: str = "mock.yaml") -> Path:
+    """A policy whose tiers are served by mock-upstream URLs: ``{"small": [url, ...], ...}`` cheapest first.
+
+    Models are priced as gpt-4o-mini / gpt-4o / o1 by position. Team ``t`` has key ``sk-test``.
+    """
+    models = ["gpt-4o-mini", "gpt-4o", "o1"]
+    lines = [
+        "server:",
+        "  upstream_timeout_s: 5",
+        "  cooldown_s: 30",
+        server_extra,
+        "metering:",
+        f"  ledger: sqlite:///{tmp_path}/ledger.db",
+        "classifier:",
+        "  model: default",
+        "tiers:",
+    ]
+    for index, (tier, urls) in enumerate(tiers.items()):
+        lines += [f"  - name: {tier}", "    deployments:"]
+        for n, url in enumerate(urls):
+            lines += [f"      - id: {tier}-{n}", f"        model: openai/{models[min(index, 2)]}",
+                      f"        api_base: {url}/v1"]
+    lines += [
+        "teams:",
+        "  t:",
+        "    keys:",
+        "      - id: t-key",
+        "        sha256: " + __import__("hashlib").sha256(b"sk-test").hexdigest(),
+        team_extra,
+    ]
+    path = tmp_path / name
+    path.write_text("\n".join(line for line in lines if line) + "\n")
+    return path

@@ -1,0 +1,108 @@
+"""Upstream failures through real processes: status mapping, fallbacks, cooldowns, disconnects."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import mock_config
+
+AUTH = {"authorization": "Bearer sk-test"}
+CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def _stats(mock) -> dict:
+    return httpx.get(mock.url + "/_mock/stats").json()
+
+
+def test_upstream_429_maps_to_429_with_retry_after(tmp_path: Path, start_mock, start_proxy) -> None:
+    mock = start_mock("--fail-rate", "1", "--fail-kind", "429")
+    proxy = start_proxy(mock_config(tmp_path, {"small": [mock.url]}))
+    resp = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert resp.status_code == 429
+    assert resp.json()["error"]["code"] == "upstream_rate_limited"
+    assert int(resp.headers["retry-after"]) >= 1
+
+
+def test_upstream_500_maps_to_502(tmp_path: Path, start_mock, start_proxy) -> None:
+    mock = start_mock("--fail-rate", "1", "--fail-kind", "500")
+    proxy = start_proxy(mock_config(tmp_path, {"small": [mock.url]}))
+    resp = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert resp.status_code == 502
+    assert resp.json()["error"]["type"] == "api_error"
+
+
+def test_upstream_timeout_maps_to_504(tmp_path: Path, start_mock, start_proxy) -> None:
+    mock = start_mock("--fail-rate", "1", "--fail-kind", "timeout", "--hang-s", "30")
+    config = mock_config(tmp_path, {"small": [mock.url]})
+    config.write_text(config.read_text().replace("upstream_timeout_s: 5", "upstream_timeout_s: 1"))
+    proxy = start_proxy(config)
+    started = time.monotonic()
+    resp = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=20)
+    assert resp.status_code == 504
+    assert resp.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 10
+
+
+def test_unreachable_upstream_is_502_not_a_traceback(tmp_path: Path, start_proxy) -> None:
+    proxy = start_proxy(mock_config(tmp_path, {"small": ["http://127.0.0.1:9"]}))
+    resp = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert resp.status_code == 502
+    assert "unreachable" in resp.json()["error"]["message"]
+
+
+def test_failing_deployment_falls_back_within_tier_then_up(tmp_path: Path, start_mock, start_proxy) -> None:
+    broken = start_mock("--fail-rate", "1", "--fail-kind", "500")
+    healthy = start_mock()
+    proxy = start_proxy(mock_config(tmp_path, {"small": [broken.url], "mid": [healthy.url]}))
+    resp = httpx.post(proxy.url + "/v1/chat/completions", json={**CHAT, "model": "small"}, headers=AUTH)
+    assert resp.status_code == 200
+    assert resp.headers["x-tiergate-deployment"] == "mid-0"
+    assert resp.headers["x-tiergate-attempts"] == "2"
+    assert _stats(broken)["requests"] >= 1
+
+
+def test_cooldown_skips_a_failing_deployment(tmp_path: Path, start_mock, start_proxy) -> None:
+    broken = start_mock("--fail-rate", "1", "--fail-kind", "500")
+    healthy = start_mock()
+    config = mock_config(tmp_path, {"small": [broken.url, healthy.url]},
+                         server_extra="  cooldown_after_failures: 1")
+    proxy = start_proxy(config)
+    for _ in range(6):
+        resp = httpx.post(proxy.url + "/v1/chat/completions", json={**CHAT, "model": "small"}, headers=AUTH)
+        assert resp.status_code == 200
+        assert resp.headers["x-tiergate-deployment"] == "small-1"
+    # after the first failure the broken one is cooled down, so it saw at most one request
+    assert _stats(broken)["requests"] <= 1
+
+
+def test_stream_falls_back_before_first_byte(tmp_path: Path, start_mock, start_proxy) -> None:
+    broken = start_mock("--fail-rate", "1", "--fail-kind", "429")
+    healthy = start_mock()
+    proxy = start_proxy(mock_config(tmp_path, {"small": [broken.url], "mid": [healthy.url]}))
+    body = {**CHAT, "model": "small", "stream": True}
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, headers=AUTH) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["x-tiergate-deployment"] == "mid-0"
+        raw = resp.read()
+    assert raw.endswith(b"data: [DONE]\n\n")
+
+
+def test_client_disconnect_cancels_the_upstream_stream(tmp_path: Path, start_mock, start_proxy) -> None:
+    mock = start_mock("--tokens-per-s", "20")
+    proxy = start_proxy(mock_config(tmp_path, {"small": [mock.url]}))
+    body = {**CHAT, "model": "small", "stream": True, "max_tokens": 400}
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, headers=AUTH) as resp:
+        lines = resp.iter_lines()
+        for _ in range(3):
+            next(lines)
+    # the proxy must notice and drop its upstream connection: the mock sees the stream end early
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stats = _stats(mock)
+        if stats.get("streams_aborted", 0) >= 1:
+            break
+        time.sleep(0.2)
+    assert stats.get("streams_aborted", 0) >= 1, stats
