@@ -12,8 +12,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from metering.record import UsageRecord
+from metering.service import Reservation
 from metering.tokens import count_text
 from metering.usage import Usage, cost_nanos, normalize_usage
+from proxy.meter import Meter
 from router.decide import Decision
 from router.dispatch import Attempt
 from router.features import RequestFeatures
@@ -31,6 +33,7 @@ class Outcome:
     features: RequestFeatures
     decision: Decision
     purpose: str
+    budget_downgraded: bool = False
 
     def _base(self, status: int, error: str | None) -> dict[str, Any]:
         now = datetime.now(timezone.utc)
@@ -63,6 +66,12 @@ class Outcome:
             ttft_ms=int(ttft_ms) if ttft_ms is not None else None,
         )
 
+    def cached(self, usage: Usage, model: str) -> UsageRecord:
+        """Answered from the response cache: no provider was paid, so the whole baseline is saved."""
+        baseline = self.decision.counterfactual_tier.deployments[0].price
+        return UsageRecord.with_usage(usage, **self._base(200, None), model=model, deployment="response-cache",
+                                      counterfactual_cost_nanos=cost_nanos(usage, baseline), ttft_ms=None)
+
     def failed(self, attempts: list[Attempt], status: int, message: str) -> UsageRecord:
         """No provider answered: nothing was billed to us, so nothing is charged."""
         last = attempts[-1].deployment if attempts else ""
@@ -70,7 +79,7 @@ class Outcome:
 
 
 class Accounting:
-    def __init__(self, meter: Any) -> None:
+    def __init__(self, meter: Meter) -> None:
         self._meter = meter
 
     @staticmethod
@@ -87,9 +96,12 @@ class Accounting:
         return Usage(prompt_tokens=features.prompt_tokens, completion_tokens=count_text(text, dep.upstream_model),
                      estimated=True)
 
-    async def reserve(self, outcome: Outcome) -> Any:
-        return await self._meter.reserve(outcome)
+    async def reserve(self, outcome: Outcome, enforce: bool = True) -> Reservation:
+        """Hold the decision's worst case against the budgets; raises ``BudgetExceeded`` or ``ApiError`` 503."""
+        ctx = outcome.ctx
+        return await self._meter.reserve(ctx.policy, outcome.team, ctx.principal.key_id, outcome.tags,
+                                         outcome.decision.reserve_nanos, ctx.request_id, ctx.started_at, enforce)
 
-    async def settle(self, reservation: Any, record: UsageRecord) -> int:
+    async def settle(self, reservation: Reservation | None, record: UsageRecord) -> int:
         await self._meter.settle(reservation, record)
         return record.cost_nanos

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy import endpoints
+from proxy import endpoints, spend
 from proxy.errors import ApiError
 from proxy.request_id import RequestIdMiddleware
 from proxy.runtime import Runtime
@@ -63,6 +63,8 @@ def create_app(config_path: str | None = None) -> RequestIdMiddleware:
         ("/v1/embeddings", endpoints.embeddings, ["POST"]),
         ("/v1/route", endpoints.route, ["POST"]),
         ("/v1/models", endpoints.models, ["GET"]),
+        ("/v1/spend/report", spend.report, ["GET"]),
+        ("/v1/spend/teams", spend.teams, ["GET"]),
         ("/healthz", endpoints.healthz, ["GET"]),
         ("/readyz", endpoints.readyz, ["GET"]),
     ):

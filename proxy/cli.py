@@ -50,15 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     check.set_defaults(func=_check_config)
 
+    from classifiers.cli import add_commands as classifier_commands
+    from metering.cli import add_commands as metering_commands
     from simulator.cli import add_commands as simulator_commands
 
     simulator_commands(sub)
-    try:
-        from classifiers.cli import add_commands as classifier_commands
-    except ImportError:  # the classifier CLI is optional in a trimmed install
-        pass
-    else:
-        classifier_commands(sub)
+    classifier_commands(sub)
+    metering_commands(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The request pipeline, free of HTTP: decide -> reserve -> call upstream (with fallbacks) -> meter.
+"""The request pipeline, free of HTTP: trim -> decide -> reserve -> call upstream (with fallbacks) -> meter.
 
 Endpoints hand it a parsed body and a ``CallContext``; it returns a ``Completed`` answer or a ``Streamed`` one
 (payloads only: SSE framing belongs to ``proxy.streaming``). Every request that reaches this point, whatever
@@ -10,22 +10,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Coroutine
 
 import orjson
 
+from metering.budgets.base import BudgetExceeded
 from metering.money import format_usd
-from metering.tokens import count_text
-from metering.usage import Usage
+from metering.service import Reservation
 from proxy.accounting import Accounting, Outcome
 from proxy.errors import ApiError, bad_request
+from proxy.meter import budget_error
+from proxy.relay import StreamState, relay
+from proxy.response_cache import cache_key, cacheable
+from proxy.trimming import Trimmed, apply_plan
+from router.cache import KeyValueCache
+from router.context import plan_context
 from router.decide import Decision, RoutingRefused, decide
 from router.dispatch import AllAttemptsFailed, Dispatcher
 from router.features import RequestFeatures, chat_features, prompt_features
 from router.health import HealthBook
 from router.policy import DeploymentSpec, Policy, Principal, TeamPolicy
+from router.prefix import conversation_key, prefix_key, provider_caching
 from router.scoring import Scorer
 from router.upstream.base import Endpoint
 
@@ -38,6 +45,9 @@ _REFUSAL_STATUS = {
     "no_capable_tier": 400,
     "max_tokens_exceeded": 400,
 }
+# Providers cache prompts of 1,024+ tokens only; shorter conversations gain nothing from staying on a tier.
+_STICKY_MIN_TOKENS = 1024
+_STICKY_TTL_S = 300.0  # provider caches go cold after ~5 minutes idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +71,27 @@ class Completed:
 class Streamed:
     headers: dict[str, str]
     payloads: AsyncIterator[bytes]
+    lead: dict[str, str] = field(default_factory=dict)  # sent as SSE comments before the first payload
     trailer: dict[str, str] = field(default_factory=dict)  # filled when the stream ends: cost, or error
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """The request's static-prefix identity: provider caching hints and deployment affinity."""
+
+    key: str | None
+    hint_provider: bool  # the team wants provider caching hints (prompt_cache_key / cache_control)
 
 
 def _upstream_error(exc: AllAttemptsFailed) -> ApiError:
     last = exc.last
     tried = ", ".join(f"{a.deployment}: {a.outcome}" for a in exc.attempts)
     if last.kind == "client":
-        status = last.status or 400
-        message = last.message
-        return ApiError(status, message, code=(last.body or {}).get("error", {}).get("code") if last.body else None)
+        error = (last.body or {}).get("error") if last.body else None
+        code = error.get("code") if isinstance(error, dict) else None
+        return ApiError(last.status or 400, last.message, code=code)
     if last.kind == "rate_limit":
-        retry = str(int(last.retry_after or 1))
+        retry = str(max(1, int(last.retry_after or 1)))
         return ApiError(429, f"upstream rate limit ({tried}); retry later", code="upstream_rate_limited",
                         headers={"retry-after": retry})
     if last.kind == "timeout":
@@ -81,11 +100,13 @@ def _upstream_error(exc: AllAttemptsFailed) -> ApiError:
 
 
 class Gateway:
-    def __init__(self, dispatcher: Dispatcher, health: HealthBook, scorer: Scorer, accounting: Accounting) -> None:
+    def __init__(self, dispatcher: Dispatcher, health: HealthBook, scorer: Scorer, accounting: Accounting,
+                 cache: KeyValueCache) -> None:
         self._dispatcher = dispatcher
         self._health = health
         self._scorer = scorer
         self._accounting = accounting
+        self._cache = cache
         self._background: set[asyncio.Task[int]] = set()
 
     # ---- shared steps -------------------------------------------------------------------------------------------
@@ -111,37 +132,52 @@ class Gateway:
         return tags
 
     def _decide(self, ctx: CallContext, team: TeamPolicy, body: dict[str, Any], features: RequestFeatures,
-                messages: list[Any] | None) -> Decision:
+                messages: list[Any] | None, affinity: str | None = None, sticky_tier: int | None = None) -> Decision:
         model = body["model"]
         score = None
         if model == "auto" and messages is not None and not ctx.tier_header:
             score = self._scorer.score(messages)
         try:
-            return decide(ctx.policy, team, features, score, model, ctx.tier_header, self._health)
+            return decide(ctx.policy, team, features, score, model, ctx.tier_header, self._health,
+                          affinity=affinity, sticky_tier=sticky_tier,
+                          stickiness_margin=team.settings.context.stickiness_margin)
         except RoutingRefused as exc:
             raise ApiError(_REFUSAL_STATUS[exc.kind], exc.message, code=exc.kind, param=exc.param) from None
 
     @staticmethod
-    def _headers(ctx: CallContext, decision: Decision, dep: DeploymentSpec) -> dict[str, str]:
-        headers = {
-            "x-tiergate-tier": dep.tier,
-            "x-tiergate-model": dep.upstream_model,
-            "x-tiergate-deployment": dep.id,
-        }
+    def _headers(outcome: Outcome, dep: DeploymentSpec | None) -> dict[str, str]:
+        decision = outcome.decision
+        headers = {"x-tiergate-tier": decision.tier.name}
+        if dep is not None:
+            headers["x-tiergate-model"] = dep.upstream_model
+            headers["x-tiergate-deployment"] = dep.id
         if decision.score is not None:
             headers["x-tiergate-score"] = f"{decision.score:.4f}"
         if decision.max_tokens_note is not None:
             headers["x-tiergate-max-tokens"] = f"{decision.max_tokens};{decision.max_tokens_note}"
+        if decision.sticky_held:
+            headers["x-tiergate-sticky"] = "held"
+        if outcome.budget_downgraded:
+            headers["x-tiergate-budget"] = "downgraded"
         return headers
 
     @staticmethod
     def _apply_max_tokens(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
         if decision.max_tokens is None or decision.max_tokens_note is None:
             return body
-        out = dict(body)
         key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        out[key] = decision.max_tokens
-        return out
+        return {**body, key: decision.max_tokens}
+
+    def _spawn(self, work: Coroutine[Any, Any, int]) -> asyncio.Task[int]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for background settlements (shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     # ---- endpoints ----------------------------------------------------------------------------------------------
 
@@ -149,7 +185,7 @@ class Gateway:
         """``/v1/route``: what a chat request would get, without calling anything."""
         team = self._team(ctx)
         features = chat_features(body)
-        decision = self._decide(ctx, team, body, features, body.get("messages"))
+        decision = self._decide(ctx, team, body, features, body.get("messages"), affinity=prefix_key(body))
         dep = decision.plan[0]
         return {
             "score": decision.score,
@@ -167,9 +203,28 @@ class Gateway:
     async def chat(self, ctx: CallContext, body: dict[str, Any]) -> Completed | Streamed:
         team = self._team(ctx)
         tags = self._tags(ctx, team, body)
+        settings = team.settings.context
+        original = body["messages"]
+        trimmed = await self._trim(ctx, team, tags, original)
+        if trimmed is not None:
+            body = {**body, "messages": trimmed.messages}
         features = chat_features(body)
-        decision = self._decide(ctx, team, body, features, body["messages"])
-        return await self._call(ctx, team, tags, "chat/completions", body, features, decision)
+        prefix = Prefix(key=prefix_key(body), hint_provider=settings.provider_prefix_caching)
+        sticky_key = None
+        sticky_tier = None
+        if body["model"] == "auto" and features.prompt_tokens >= _STICKY_MIN_TOKENS and settings.stickiness_margin > 0:
+            sticky_key = "sticky:" + conversation_key(team.name, body)
+            cached = await self._cache.get(sticky_key)
+            sticky_tier = int(cached) if cached is not None else None
+        decision = self._decide(ctx, team, body, features, original, affinity=prefix.key, sticky_tier=sticky_tier)
+        result = await self._call(ctx, team, tags, "chat/completions", body, features, decision, prefix=prefix)
+        if sticky_key is not None:
+            await self._cache.set(sticky_key, str(decision.tier.index).encode(), _STICKY_TTL_S)
+        if trimmed is not None:
+            result.headers["x-tiergate-context"] = trimmed.header()
+            if isinstance(result, Streamed):
+                result.lead["x-tiergate-context"] = trimmed.header()
+        return result
 
     async def completions(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed | Streamed:
         team = self._team(ctx)
@@ -183,22 +238,81 @@ class Gateway:
         tags = self._tags(ctx, team, body)
         features = prompt_features(text, None)
         decision = self._decide(ctx, team, body, features, None)
-        result = await self._call(ctx, team, tags, "embeddings", body, features, decision)
+        result = await self._call(ctx, team, tags, "embeddings", body, features, decision, purpose="embedding")
         assert isinstance(result, Completed)
         return result
 
+    # ---- context trimming ---------------------------------------------------------------------------------------
+
+    async def _trim(self, ctx: CallContext, team: TeamPolicy, tags: dict[str, str],
+                    messages: list[Any]) -> Trimmed | None:
+        """Rolling summaries when the conversation exceeds the team's history budget."""
+        settings = team.settings.context
+        if settings.history_budget_tokens is None:
+            return None
+        plan = plan_context(team.name, messages, settings.history_budget_tokens, settings.keep_last_turns)
+        if plan is None:
+            return None
+        calls = 0
+
+        async def complete(summary_messages: list[dict[str, Any]], max_tokens: int) -> str:
+            nonlocal calls
+            calls += 1
+            # The cheapest tier writes summaries, metered to the team under its own request id and purpose.
+            sub = replace(ctx, request_id=f"{ctx.request_id}.summary{calls}", tier_header=None)
+            body = {"model": ctx.policy.tiers[team.floor].name, "messages": summary_messages,
+                    "max_tokens": max_tokens, "temperature": 0}
+            features = chat_features(body)
+            decision = self._decide(sub, team, body, features, None)
+            result = await self._call(sub, team, tags, "chat/completions", body, features, decision,
+                                      purpose="summarization")
+            assert isinstance(result, Completed)
+            return str(result.body["choices"][0]["message"].get("content") or "")
+
+        return await apply_plan(plan, self._cache, complete, settings.summary_timeout_s, "gpt-4o")
+
     # ---- the call -----------------------------------------------------------------------------------------------
 
-    async def _call(self, ctx: CallContext, team: TeamPolicy, tags: dict[str, str], endpoint: Endpoint,
-                    body: dict[str, Any], features: RequestFeatures, decision: Decision) -> Completed | Streamed:
-        outcome = Outcome(ctx=ctx, team=team, tags=tags, body=body, features=features, decision=decision,
-                          purpose="embedding" if endpoint == "embeddings" else "chat")
-        reservation = await self._accounting.reserve(outcome)
-        upstream = self._apply_max_tokens(body, decision)
-        if body.get("stream") and endpoint != "embeddings":
-            return await self._stream(outcome, reservation, endpoint, upstream)
+    async def _reserve(self, outcome: Outcome) -> tuple[Outcome, Reservation]:
+        """Reserve the worst case; over a cap, reject (429) or downgrade to the team's cheapest tier."""
         try:
-            dep, reply, attempts = await self._dispatcher.send(decision.plan, endpoint, upstream)
+            return outcome, await self._accounting.reserve(outcome)
+        except BudgetExceeded as exc:
+            team = outcome.team
+            if team.settings.budgets.on_exceeded != "downgrade" or outcome.decision.tier.index <= team.floor:
+                await self._accounting.settle(None, outcome.failed([], 429, str(exc)))
+                raise budget_error(exc) from None
+        floor = outcome.ctx.policy.tiers[outcome.team.floor].name
+        decision = self._decide(outcome.ctx, outcome.team, {**outcome.body, "model": floor}, outcome.features, None)
+        downgraded = replace(outcome, decision=decision, budget_downgraded=True)
+        return downgraded, await self._accounting.reserve(downgraded, enforce=False)
+
+    async def _call(self, ctx: CallContext, team: TeamPolicy, tags: dict[str, str], endpoint: Endpoint,
+                    body: dict[str, Any], features: RequestFeatures, decision: Decision, purpose: str = "chat",
+                    prefix: Prefix | None = None) -> Completed | Streamed:
+        outcome = Outcome(ctx=ctx, team=team, tags=tags, body=body, features=features, decision=decision,
+                          purpose=purpose)
+        response_key = None
+        if team.settings.context.response_cache and endpoint == "chat/completions" and cacheable(body):
+            response_key = cache_key(team.name, body)
+            hit = await self._cache.get(response_key)
+            if hit is not None:
+                return await self._from_cache(outcome, orjson.loads(hit))
+        outcome, reservation = await self._reserve(outcome)
+        upstream = self._apply_max_tokens(body, outcome.decision)
+        stream = bool(body.get("stream")) and endpoint != "embeddings"
+        if stream:  # always ask for usage: a stream metered at $0 is the incumbent's costliest bug
+            upstream = {**upstream, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+        hint = prefix is not None and prefix.hint_provider
+
+        def body_for(dep: DeploymentSpec) -> dict[str, Any]:
+            out = {**upstream, "model": dep.upstream_model}
+            return provider_caching(out, dep, team.name, prefix.key) if hint and prefix is not None else out
+
+        try:
+            if stream:
+                return await self._stream(outcome, reservation, endpoint, body_for)
+            dep, reply, attempts = await self._dispatcher.send(outcome.decision.plan, endpoint, body_for)
         except AllAttemptsFailed as exc:
             error = _upstream_error(exc)
             await self._accounting.settle(reservation, outcome.failed(exc.attempts, error.status, error.message))
@@ -207,98 +321,36 @@ class Gateway:
             self._spawn(self._accounting.settle(reservation, outcome.failed([], 499, "client disconnected")))
             raise
         usage = self._accounting.usage_of(reply.body, dep, features)
-        record = outcome.succeeded(dep, attempts, usage, ttft_ms=None)
-        cost = await self._accounting.settle(reservation, record)
-        headers = self._headers(ctx, decision, dep)
+        cost = await self._accounting.settle(reservation, outcome.succeeded(dep, attempts, usage, ttft_ms=None))
+        if response_key is not None:
+            await self._cache.set(response_key, orjson.dumps(reply.body), team.settings.context.response_cache_ttl_s)
+        headers = self._headers(outcome, dep)
         headers["x-tiergate-cost-usd"] = format_usd(cost)
         if len(attempts) > 1:
             headers["x-tiergate-attempts"] = str(len(attempts))
         return Completed(body=reply.body, headers=headers)
 
-    async def _stream(self, outcome: Outcome, reservation: Any, endpoint: Endpoint,
-                      body: dict[str, Any]) -> Streamed:
-        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        upstream = dict(body)
-        upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        try:
-            dep, first, rest, attempts = await self._dispatcher.open_stream(outcome.decision.plan, endpoint, upstream)
-        except AllAttemptsFailed as exc:
-            error = _upstream_error(exc)
-            await self._accounting.settle(reservation, outcome.failed(exc.attempts, error.status, error.message))
-            raise error from None
-        except BaseException:
-            self._spawn(self._accounting.settle(reservation, outcome.failed([], 499, "client disconnected")))
-            raise
+    async def _from_cache(self, outcome: Outcome, body: dict[str, Any]) -> Completed:
+        usage = self._accounting.usage_of(body, outcome.decision.plan[0], outcome.features)
+        await self._accounting.settle(None, outcome.cached(usage, str(body.get("model", ""))))
+        headers = self._headers(outcome, None)
+        headers.update({"x-tiergate-cache": "hit", "x-tiergate-cost-usd": format_usd(0)})
+        return Completed(body=body, headers=headers)
+
+    async def _stream(self, outcome: Outcome, reservation: Reservation, endpoint: Endpoint,
+                      body_for: Any) -> Streamed:
+        client_wants_usage = bool((outcome.body.get("stream_options") or {}).get("include_usage"))
+        dep, first, rest, attempts = await self._dispatcher.open_stream(outcome.decision.plan, endpoint, body_for)
         ttft_ms = (time.perf_counter() - outcome.ctx.t0) * 1000
+
+        def record_for(state: StreamState, status: int, error: str | None) -> Any:
+            usage = (self._accounting.normalize(state.usage, dep) if state.usage is not None
+                     else state.estimated_usage(outcome.features.prompt_tokens, dep))
+            return outcome.succeeded(dep, attempts, usage, ttft_ms=ttft_ms, status=status, error=error)
+
+        async def settle(record: Any) -> int:
+            return await self._accounting.settle(reservation, record)
+
         trailer: dict[str, str] = {}
-        payloads = self._relay(outcome, reservation, dep, attempts, first, rest, client_wants_usage, ttft_ms, trailer)
-        return Streamed(headers=self._headers(outcome.ctx, outcome.decision, dep), payloads=payloads, trailer=trailer)
-
-    async def _relay(self, outcome: Outcome, reservation: Any, dep: DeploymentSpec, attempts: list[Any],
-                     first: bytes, rest: AsyncIterator[bytes], client_wants_usage: bool, ttft_ms: float,
-                     trailer: dict[str, str]) -> AsyncIterator[bytes]:
-        """Forward payloads, take the usage chunk for metering (hidden unless the client asked for it), and
-        settle exactly once, however the stream ends: completed, upstream cut, or client gone."""
-        usage_raw: dict[str, Any] | None = None
-        text: list[str] = []
-        completed = False
-        error: str | None = None
-        try:
-            payload: bytes | None = first
-            while payload is not None:
-                chunk = orjson.loads(payload)
-                if chunk.get("usage"):
-                    usage_raw = chunk["usage"]
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    piece = delta.get("content") if "delta" in choice else choice.get("text")
-                    if isinstance(piece, str):
-                        text.append(piece)
-                    for call in delta.get("tool_calls") or ():
-                        fn = call.get("function") or {}
-                        text.append(fn.get("name") or "")
-                        text.append(fn.get("arguments") or "")
-                if client_wants_usage or chunk.get("choices") or not chunk.get("usage"):
-                    yield payload
-                payload = await anext(rest, None)
-            completed = True
-        except Exception as exc:  # upstream cut mid-stream: the client already has bytes, so no retry
-            error = str(exc) or type(exc).__name__
-            log.warning("stream from %s ended early: %s", dep.id, error)
-        finally:
-            usage = self._stream_usage(usage_raw, dep, outcome.features, text)
-            status = 200 if completed else (502 if error is not None else 499)
-            record = outcome.succeeded(dep, attempts, usage, ttft_ms=ttft_ms, status=status, error=error)
-            # Settle in its own task: if the client went away this task is being cancelled, and the
-            # settlement (and the upstream close) must still complete.
-            task = self._spawn(self._finish_stream(rest, reservation, record))
-            if completed:
-                trailer["x-tiergate-cost-usd"] = format_usd(await asyncio.shield(task))
-            elif error is not None:
-                trailer["error"] = f"upstream stream ended early: {error}"
-
-    def _stream_usage(self, raw: dict[str, Any] | None, dep: DeploymentSpec, features: RequestFeatures,
-                      text: list[str]) -> Usage:
-        if raw is not None:
-            return self._accounting.normalize(raw, dep)
-        return Usage(prompt_tokens=features.prompt_tokens,
-                     completion_tokens=count_text("".join(text), dep.upstream_model), estimated=True)
-
-    async def _finish_stream(self, rest: AsyncIterator[bytes], reservation: Any, record: Any) -> int:
-        try:
-            await rest.aclose()  # cancels the upstream call if it is still running
-        except Exception:
-            log.warning("closing the upstream stream of %s failed", record.request_id, exc_info=True)
-        return await self._accounting.settle(reservation, record)
-
-    def _spawn(self, work: Coroutine[Any, Any, int]) -> asyncio.Task[int]:
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
-    async def drain(self) -> None:
-        """Wait for background settlements (shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-
+        payloads = relay(first, rest, dep, client_wants_usage, record_for, settle, self._spawn, trailer)
+        return Streamed(headers=self._headers(outcome, dep), payloads=payloads, trailer=trailer)

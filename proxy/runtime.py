@@ -21,6 +21,7 @@ from router.policy import Policy
 if TYPE_CHECKING:
     from proxy.gateway import Gateway
     from proxy.meter import Meter
+    from router.cache import KeyValueCache
     from router.scoring import Scorer
     from router.upstream.pool import UpstreamPool
 
@@ -100,6 +101,7 @@ class Runtime:
     scorer: "Scorer"
     pool: "UpstreamPool"
     meter: "Meter"
+    cache: "KeyValueCache"
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -107,6 +109,7 @@ class Runtime:
         from proxy.accounting import Accounting
         from proxy.gateway import Gateway
         from proxy.meter import Meter
+        from router.cache import open_cache
         from router.dispatch import Dispatcher
         from router.scoring import load_scorer
         from router.upstream.pool import UpstreamPool
@@ -117,9 +120,10 @@ class Runtime:
         pool = UpstreamPool(config.server.upstream_timeout_s, config.server.connect_timeout_s)
         health = new_health(store.policy)
         dispatcher = Dispatcher(pool, health, config.server.max_attempts, config.server.retry_budget_s)
-        meter = await Meter.start(store)
-        gateway = Gateway(dispatcher, health, scorer, Accounting(meter))
-        runtime = cls(store=store, gateway=gateway, scorer=scorer, pool=pool, meter=meter)
+        meter = await Meter.open(store.policy)
+        cache = open_cache(config.metering.redis)
+        gateway = Gateway(dispatcher, health, scorer, Accounting(meter), cache)
+        runtime = cls(store=store, gateway=gateway, scorer=scorer, pool=pool, meter=meter, cache=cache)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         return runtime
 
@@ -129,3 +133,4 @@ class Runtime:
         await self.gateway.drain()
         await self.pool.close()
         await self.meter.close()
+        await self.cache.close()

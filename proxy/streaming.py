@@ -19,8 +19,8 @@ def comment(name: str, value: str) -> bytes:
     return f": {name}={value}\n\n".encode()
 
 
-async def sse(streamed: Streamed, leading_comments: dict[str, str] | None = None) -> AsyncIterator[bytes]:
-    for name, value in (leading_comments or {}).items():
+async def sse(streamed: Streamed) -> AsyncIterator[bytes]:
+    for name, value in streamed.lead.items():
         yield comment(name, value)
     async for payload in streamed.payloads:
         yield b"data: " + payload + b"\n\n"

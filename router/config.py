@@ -158,12 +158,12 @@ class Budgets(_Model):
     per_tag: dict[str, BudgetLimit] = Field(default_factory=dict, description="'tag=value' -> limit")
     on_exceeded: Literal["reject", "downgrade"] = "reject"
     redis_failure: Literal["closed", "open"] = "open"
-    alert_webhook: str | None = None
 
 
 class ContextSettings(_Model):
     history_budget_tokens: int | None = Field(default=None, gt=0)
     keep_last_turns: int = Field(default=4, ge=1)
+    summary_timeout_s: float = Field(default=10.0, gt=0)
     provider_prefix_caching: bool = True
     response_cache: bool = False
     response_cache_ttl_s: int = Field(default=300, gt=0)
@@ -191,8 +191,9 @@ class ServerSettings(_Model):
 
 
 class MeteringSettings(_Model):
-    ledger: str = "sqlite:///tiergate-ledger.db"
-    redis: str | None = None
+    ledger: str = Field(default="sqlite:///var/tiergate-ledger.db", pattern=r"^(sqlite:///|postgres(ql)?://)")
+    redis: str | None = Field(default=None, pattern=r"^rediss?://")
+    alert_webhook: str | None = Field(default=None, description="Slack-compatible URL for budget alerts")
 
 
 class ClassifierSettings(_Model):

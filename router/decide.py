@@ -6,6 +6,8 @@ and ceiling bound it, and the plan lists what to try next if the chosen deployme
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +20,8 @@ from router.policy import DeploymentSpec, Policy, TeamPolicy, TierSpec
 RefusalKind = Literal["model_not_found", "pin_forbidden", "tier_forbidden", "no_capable_tier", "max_tokens_exceeded"]
 # Worst-case output when neither client nor policy bounds it; only used to size a budget reservation.
 _UNBOUNDED_OUTPUT = 4096
+# A deployment keeps its affinity keys while its in-flight load is within this share above the tier's mean.
+AFFINITY_LOAD_SLACK = 0.25
 
 
 class RoutingRefused(Exception):
@@ -38,6 +42,7 @@ class Decision:
     max_tokens_note: str | None  # "default" or "clamped" when the policy changed it
     reserve_nanos: int  # worst-case cost of the first choice, for the budget reservation
     counterfactual_tier: TierSpec  # the team's most capable tier: the "no routing" baseline for savings
+    sticky_held: bool = False  # stickiness kept the conversation on its tier against the score
 
 
 def _fits(tier: TierSpec, features: RequestFeatures, output_tokens: int) -> str | None:
@@ -65,10 +70,27 @@ def _max_tokens(team: TeamPolicy, requested: int | None) -> tuple[int | None, st
     return requested, None
 
 
-def _order(deployments: tuple[DeploymentSpec, ...], health: HealthBook, rng: random.Random) -> list[DeploymentSpec]:
-    """Weighted random order among healthy deployments; deployments in cooldown go last, as a last resort."""
+def _rendezvous(key: str, dep: DeploymentSpec) -> float:
+    """Weighted highest-random-weight score: the same key prefers the same deployment, and adding or removing
+    a deployment moves only the keys that must move."""
+    digest = hashlib.blake2b(f"{key}|{dep.id}".encode(), digest_size=8).digest()
+    u = (int.from_bytes(digest, "big") + 1) / (2**64 + 2)
+    return dep.weight / -math.log(u)
+
+
+def _order(deployments: tuple[DeploymentSpec, ...], health: HealthBook, rng: random.Random,
+           affinity: str | None = None) -> list[DeploymentSpec]:
+    """Healthy deployments first, deployments in cooldown last (as a last resort). With an affinity key, a
+    prefix keeps going to the same deployment (its KV cache is warm) unless that one carries more than its
+    share of the load; otherwise weighted random."""
     healthy = [d for d in deployments if health.healthy(d.id)]
     cooling = [d for d in deployments if not health.healthy(d.id)]
+    if affinity is not None and len(healthy) > 1:
+        ordered = sorted(healthy, key=lambda d: _rendezvous(affinity, d), reverse=True)
+        load = [health.inflight.get(d.id, 0) for d in healthy]
+        bound = (1.0 + AFFINITY_LOAD_SLACK) * sum(load) / len(load) + 1
+        return [d for d in ordered if health.inflight.get(d.id, 0) <= bound] + \
+            [d for d in ordered if health.inflight.get(d.id, 0) > bound] + cooling
     ordered = []
     while healthy:
         pick = rng.choices(healthy, weights=[d.weight for d in healthy])[0] if len(healthy) > 1 else healthy[0]
@@ -85,6 +107,16 @@ def _score_tier(team: TeamPolicy, score: float) -> int:
     return chosen
 
 
+def _stays(team: TeamPolicy, score: float, chosen: int, sticky: int, margin: float) -> bool:
+    """Whether a conversation on tier ``sticky`` stays there though its score now points to ``chosen``:
+    switching discards the provider's prompt cache, so the score must clear the boundary by ``margin``."""
+    if chosen > sticky:
+        threshold = team.thresholds[chosen]
+        return threshold is not None and score < threshold + margin
+    threshold = team.thresholds[sticky]
+    return threshold is None or score >= threshold - margin
+
+
 def decide(
     policy: Policy,
     team: TeamPolicy,
@@ -94,6 +126,9 @@ def decide(
     tier_header: str | None,
     health: HealthBook,
     rng: random.Random | None = None,
+    affinity: str | None = None,
+    sticky_tier: int | None = None,
+    stickiness_margin: float = 0.0,
 ) -> Decision:
     """Choose tier and deployment plan for one request; raises ``RoutingRefused``."""
     rng = rng or random.Random()
@@ -107,6 +142,7 @@ def decide(
 
     pinned: tuple[DeploymentSpec, ...] | None = None
     wanted_tier: int | None = None
+    sticky_held = False
     if requested_model != "auto" and policy.tier_index(requested_model) is not None:
         wanted_tier = policy.tier_index(requested_model)
         reasons.append(f"tier {requested_model!r} requested by model name")
@@ -155,11 +191,16 @@ def decide(
 
     if pinned is not None:
         tier = tiers[pinned[0].tier_index]
-        plan = _order(pinned, health, rng)
+        plan = _order(pinned, health, rng, affinity)
     else:
         if wanted_tier is None:
             wanted_tier = max(team.floor, _score_tier(team, score if score is not None else 0.0))
             reasons.append(f"score {score:.3f} -> tier {tiers[wanted_tier].name!r}" if score is not None else "no score")
+            if (score is not None and sticky_tier is not None and sticky_tier != wanted_tier
+                    and sticky_tier in allowed and _stays(team, score, wanted_tier, sticky_tier, stickiness_margin)):
+                wanted_tier = sticky_tier
+                sticky_held = True
+                reasons.append(f"kept on tier {tiers[sticky_tier].name!r}: its prompt cache is warm")
         start = min(max(wanted_tier, team.floor), team.ceiling)
         capable = []
         for index in range(start, team.ceiling + 1):
@@ -175,13 +216,13 @@ def decide(
                 + "; ".join(reasons[-len(allowed_names):]),
             )
         tier = capable[0]
-        plan = _order(tier.deployments, health, rng)
+        plan = _order(tier.deployments, health, rng, affinity)
         for fallback in capable[1:]:
-            plan += _order(fallback.deployments, health, rng)
+            plan += _order(fallback.deployments, health, rng, affinity)
         if routing.allow_downgrade_on_failure:
             for index in range(tier.index - 1, team.floor - 1, -1):
                 if _fits(tiers[index], features, output_budget) is None:
-                    plan += _order(tiers[index].deployments, health, rng)
+                    plan += _order(tiers[index].deployments, health, rng, affinity)
     first = plan[0]
     reasons.append(f"deployment {first.id!r}")
     return Decision(
@@ -193,4 +234,5 @@ def decide(
         max_tokens_note=note,
         reserve_nanos=worst_case_nanos(features.prompt_tokens, output_budget, first.price),
         counterfactual_tier=tiers[team.ceiling],
+        sticky_held=sticky_held,
     )

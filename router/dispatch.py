@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from router.health import HealthBook
 from router.policy import DeploymentSpec
@@ -37,10 +37,8 @@ class AllAttemptsFailed(Exception):
         self.attempts = attempts
 
 
-def upstream_body(body: dict[str, Any], dep: DeploymentSpec) -> dict[str, Any]:
-    out = dict(body)
-    out["model"] = dep.upstream_model
-    return out
+# The request body as one deployment should receive it (model name, provider caching hints).
+BodyFor = Callable[[DeploymentSpec], dict[str, Any]]
 
 
 class Dispatcher:
@@ -60,8 +58,18 @@ class Dispatcher:
         if exc.retryable:
             self._health.failure(dep.id, exc.retry_after)
 
+    async def _tracked(self, dep: DeploymentSpec, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The stream, counted as in flight on its deployment until it ends or is closed."""
+        self._health.started(dep.id)
+        try:
+            async for payload in stream:
+                yield payload
+        finally:
+            self._health.finished(dep.id)
+            await stream.aclose()  # type: ignore[attr-defined]
+
     async def send(
-        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body: dict[str, Any]
+        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body_for: BodyFor
     ) -> tuple[DeploymentSpec, UpstreamReply, list[Attempt]]:
         attempts: list[Attempt] = []
         deadline = time.monotonic() + self._budget_s
@@ -70,14 +78,17 @@ class Dispatcher:
             if attempts and time.monotonic() >= deadline:
                 break
             started = time.perf_counter()
+            self._health.started(dep.id)
             try:
-                reply = await self._pool.get(dep).send(endpoint, upstream_body(body, dep))
+                reply = await self._pool.get(dep).send(endpoint, body_for(dep))
             except UpstreamError as exc:
                 self._failed(dep, exc, started, attempts)
                 last = exc
                 if not exc.retryable:
                     break
                 continue
+            finally:
+                self._health.finished(dep.id)
             self._health.success(dep.id)
             attempts.append(Attempt(dep.id, "ok", "", (time.perf_counter() - started) * 1000))
             return dep, reply, attempts
@@ -85,7 +96,7 @@ class Dispatcher:
         raise AllAttemptsFailed(last, attempts)
 
     async def open_stream(
-        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body: dict[str, Any]
+        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body_for: BodyFor
     ) -> tuple[DeploymentSpec, bytes, AsyncIterator[bytes], list[Attempt]]:
         """Returns the serving deployment, the first payload, the rest of the stream and the attempts."""
         attempts: list[Attempt] = []
@@ -95,7 +106,7 @@ class Dispatcher:
             if attempts and time.monotonic() >= deadline:
                 break
             started = time.perf_counter()
-            stream = self._pool.get(dep).stream(endpoint, upstream_body(body, dep))
+            stream = self._tracked(dep, self._pool.get(dep).stream(endpoint, body_for(dep)))
             try:
                 first = await anext(stream)
             except StopAsyncIteration:

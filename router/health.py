@@ -1,4 +1,5 @@
-"""Per-deployment health: consecutive failures put a deployment in cooldown so fallbacks skip it.
+"""Per-deployment live state: health (consecutive failures put a deployment in cooldown so fallbacks skip it)
+and load (requests in flight, which bounds prefix affinity).
 
 Kept per process and keyed by deployment id, so it survives policy reloads. Not shared across replicas on
 purpose: each replica sees its own network path to the upstream.
@@ -21,6 +22,13 @@ class HealthBook:
     failures_to_cooldown: int = 3
     cooldown_s: float = 30.0
     _states: dict[str, _State] = field(default_factory=dict)
+    inflight: dict[str, int] = field(default_factory=dict)
+
+    def started(self, deployment_id: str) -> None:
+        self.inflight[deployment_id] = self.inflight.get(deployment_id, 0) + 1
+
+    def finished(self, deployment_id: str) -> None:
+        self.inflight[deployment_id] = max(0, self.inflight.get(deployment_id, 0) - 1)
 
     def healthy(self, deployment_id: str, now: float | None = None) -> bool:
         state = self._states.get(deployment_id)

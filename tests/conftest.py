@@ -125,9 +125,15 @@ def demo_config(tmp_path: Path, classifier: str = "default", extra_research: str
     return path
 
 
-@pytest.fixture
-def demo_proxy(tmp_path: Path, start_proxy) -> Process:
-    return start_proxy(demo_config(tmp_path))
+@pytest.fixture(scope="module")
+def demo_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """One demo proxy per test module (start-up is the slow part); tests must not depend on its ledger state."""
+    tmp = tmp_path_factory.mktemp("demo")
+    port = free_port()
+    args = ["serve", "--config", str(demo_config(tmp)), "--port", str(port)]
+    process = _start(args, port, tmp / "proxy.log", "/readyz")
+    yield process
+    process.stop()
 
 
 def mock_config(tmp_path: Path, tiers: dict[str, list[str]], team_extra: str = "", server_extra: str = "",

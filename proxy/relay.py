@@ -1,0 +1,93 @@
+"""Relay an upstream stream to the client while metering it.
+
+Forwards each payload, keeps the usage chunk for metering (hidden unless the client asked for it, so the proxy
+stays transparent), counts the generated text in case the provider never sends usage, and settles exactly once
+however the stream ends: completed, cut by the upstream, or abandoned by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+
+import orjson
+
+from metering.money import format_usd
+from metering.record import UsageRecord
+from metering.tokens import count_text
+from metering.usage import Usage
+from router.policy import DeploymentSpec
+
+log = logging.getLogger("tiergate.relay")
+
+Spawn = Callable[[Coroutine[Any, Any, int]], "asyncio.Task[int]"]
+
+
+@dataclass
+class StreamState:
+    usage: dict[str, Any] | None = None
+    text: list[str] = field(default_factory=list)
+
+    def observe(self, chunk: dict[str, Any]) -> None:
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta")
+            piece = delta.get("content") if delta else choice.get("text")
+            if isinstance(piece, str):
+                self.text.append(piece)
+            for call in (delta or {}).get("tool_calls") or ():
+                fn = call.get("function") or {}
+                self.text.append(fn.get("name") or "")
+                self.text.append(fn.get("arguments") or "")
+
+    def estimated_usage(self, prompt_tokens: int, dep: DeploymentSpec) -> Usage:
+        """What the provider will bill when it sent no usage: tiktoken over what we relayed, flagged."""
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=count_text("".join(self.text), dep.upstream_model),
+                     estimated=True)
+
+
+async def relay(
+    first: bytes,
+    rest: AsyncIterator[bytes],
+    dep: DeploymentSpec,
+    client_wants_usage: bool,
+    record_for: Callable[[StreamState, int, str | None], UsageRecord],
+    settle: Callable[[UsageRecord], Awaitable[int]],
+    spawn: Spawn,
+    trailer: dict[str, str],
+) -> AsyncIterator[bytes]:
+    state = StreamState()
+    completed = False
+    error: str | None = None
+    try:
+        payload: bytes | None = first
+        while payload is not None:
+            chunk = orjson.loads(payload)
+            state.observe(chunk)
+            if client_wants_usage or chunk.get("choices") or not chunk.get("usage"):
+                yield payload
+            payload = await anext(rest, None)
+        completed = True
+    except Exception as exc:  # upstream cut mid-stream: the client already has bytes, so no retry
+        error = str(exc) or type(exc).__name__
+        log.warning("stream from %s ended early: %s", dep.id, error)
+    finally:
+        record = record_for(state, 200 if completed else (502 if error is not None else 499), error)
+
+        async def finish() -> int:
+            try:
+                await rest.aclose()  # cancels the upstream call if it is still running
+            except Exception:
+                log.warning("closing the upstream stream of %s failed", record.request_id, exc_info=True)
+            return await settle(record)
+
+        # Settle in its own task: if the client went away, this generator's task is being cancelled, and the
+        # settlement (and the upstream close) must still complete.
+        task = spawn(finish())
+        if completed:
+            trailer["x-tiergate-cost-usd"] = format_usd(await asyncio.shield(task))
+        elif error is not None:
+            trailer["error"] = f"upstream stream ended early: {error}"
