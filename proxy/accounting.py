@@ -56,9 +56,11 @@ class Outcome:
     def succeeded(self, dep: DeploymentSpec, attempts: list[Attempt], usage: Usage, *, ttft_ms: float | None,
                   status: int = 200, error: str | None = None) -> UsageRecord:
         baseline = self.decision.counterfactual_tier.deployments[0].price
+        fields = self._base(status, error)
+        fields["tier"] = dep.tier  # after a fallback the serving tier, not the one first chosen
         return UsageRecord.with_usage(
             usage,
-            **self._base(status, error),
+            **fields,
             model=dep.upstream_model,
             deployment=dep.id,
             cost_nanos=cost_nanos(usage, dep.price),

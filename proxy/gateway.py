@@ -12,18 +12,21 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Coroutine
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
 import orjson
+from opentelemetry.trace import Span
 
 from metering.budgets.base import BudgetExceeded
 from metering.money import format_usd
+from metering.record import UsageRecord
 from metering.service import Reservation
 from proxy.accounting import Accounting, Outcome
 from proxy.errors import ApiError, bad_request
 from proxy.meter import budget_error
 from proxy.relay import StreamState, relay
 from proxy.response_cache import cache_key, cacheable
+from proxy.telemetry import Tracing, finish_request
 from proxy.trimming import Trimmed, apply_plan
 from router.cache import KeyValueCache
 from router.context import plan_context
@@ -59,6 +62,7 @@ class CallContext:
     header_tags: dict[str, str] = field(default_factory=dict)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     t0: float = field(default_factory=time.perf_counter)
+    span: Span | None = None  # the request's trace span when tracing is on
 
 
 @dataclass(slots=True)
@@ -101,12 +105,13 @@ def _upstream_error(exc: AllAttemptsFailed) -> ApiError:
 
 class Gateway:
     def __init__(self, dispatcher: Dispatcher, health: HealthBook, scorer: Scorer, accounting: Accounting,
-                 cache: KeyValueCache) -> None:
+                 cache: KeyValueCache, tracing: Tracing) -> None:
         self._dispatcher = dispatcher
         self._health = health
         self._scorer = scorer
         self._accounting = accounting
         self._cache = cache
+        self._tracing = tracing
         self._background: set[asyncio.Task[int]] = set()
 
     # ---- shared steps -------------------------------------------------------------------------------------------
@@ -136,18 +141,25 @@ class Gateway:
         model = body["model"]
         score = None
         if model == "auto" and messages is not None and not ctx.tier_header:
-            score = self._scorer.score(messages)
-        try:
-            return decide(ctx.policy, team, features, score, model, ctx.tier_header, self._health,
-                          affinity=affinity, sticky_tier=sticky_tier,
-                          stickiness_margin=team.settings.context.stickiness_margin)
-        except RoutingRefused as exc:
-            raise ApiError(_REFUSAL_STATUS[exc.kind], exc.message, code=exc.kind, param=exc.param) from None
+            with self._tracing.span("tiergate.classify") as span:
+                score = self._scorer.score(messages)
+                if span is not None:
+                    span.set_attribute("tiergate.score", score)
+        with self._tracing.span("tiergate.route") as span:
+            try:
+                decision = decide(ctx.policy, team, features, score, model, ctx.tier_header, self._health,
+                                  affinity=affinity, sticky_tier=sticky_tier,
+                                  stickiness_margin=team.settings.context.stickiness_margin)
+            except RoutingRefused as exc:
+                raise ApiError(_REFUSAL_STATUS[exc.kind], exc.message, code=exc.kind, param=exc.param) from None
+            if span is not None:
+                span.set_attributes({"tiergate.tier": decision.tier.name, "tiergate.reasons": list(decision.reasons)})
+            return decision
 
     @staticmethod
     def _headers(outcome: Outcome, dep: DeploymentSpec | None) -> dict[str, str]:
         decision = outcome.decision
-        headers = {"x-tiergate-tier": decision.tier.name}
+        headers = {"x-tiergate-tier": dep.tier if dep is not None else decision.tier.name}
         if dep is not None:
             headers["x-tiergate-model"] = dep.upstream_model
             headers["x-tiergate-deployment"] = dep.id
@@ -167,6 +179,15 @@ class Gateway:
             return body
         key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         return {**body, key: decision.max_tokens}
+
+    async def _settle(self, outcome: Outcome, reservation: Reservation | None, record: UsageRecord,
+                      provider: str | None = None) -> int:
+        """The one place a request is settled: ledger and budget, then the request span is completed."""
+        span = outcome.ctx.span
+        with self._tracing.span("tiergate.metering", parent=span):
+            cost = await self._accounting.settle(reservation, record)
+        finish_request(span, record, provider)
+        return cost
 
     def _spawn(self, work: Coroutine[Any, Any, int]) -> asyncio.Task[int]:
         task = asyncio.get_running_loop().create_task(work)
@@ -200,7 +221,32 @@ class Gateway:
             "classifier": self._scorer.model_id,
         }
 
+    async def _traced(self, ctx: CallContext, endpoint: Endpoint, body: dict[str, Any],
+                      work: Callable[[CallContext], Awaitable[Completed | Streamed]]) -> Completed | Streamed:
+        """Run one endpoint's work under its request span; the span ends when the request is settled."""
+        span = self._tracing.start_request(endpoint, body, ctx.request_id, ctx.principal.team)
+        if span is None:
+            return await work(ctx)
+        with self._tracing.active(span):
+            try:
+                return await work(replace(ctx, span=span))
+            except BaseException as exc:
+                if span.is_recording():  # not yet ended by a settlement
+                    finish_request(span, None, error=exc)
+                raise
+
     async def chat(self, ctx: CallContext, body: dict[str, Any]) -> Completed | Streamed:
+        return await self._traced(ctx, "chat/completions", body, lambda c: self._chat(c, body))
+
+    async def completions(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed | Streamed:
+        return await self._traced(ctx, "completions", body, lambda c: self._completions(c, body, text))
+
+    async def embeddings(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed:
+        result = await self._traced(ctx, "embeddings", body, lambda c: self._embeddings(c, body, text))
+        assert isinstance(result, Completed)
+        return result
+
+    async def _chat(self, ctx: CallContext, body: dict[str, Any]) -> Completed | Streamed:
         team = self._team(ctx)
         tags = self._tags(ctx, team, body)
         settings = team.settings.context
@@ -226,21 +272,19 @@ class Gateway:
                 result.lead["x-tiergate-context"] = trimmed.header()
         return result
 
-    async def completions(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed | Streamed:
+    async def _completions(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed | Streamed:
         team = self._team(ctx)
         tags = self._tags(ctx, team, body)
         features = prompt_features(text, body.get("max_tokens"))
         decision = self._decide(ctx, team, body, features, None)
         return await self._call(ctx, team, tags, "completions", body, features, decision)
 
-    async def embeddings(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed:
+    async def _embeddings(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed | Streamed:
         team = self._team(ctx)
         tags = self._tags(ctx, team, body)
         features = prompt_features(text, None)
         decision = self._decide(ctx, team, body, features, None)
-        result = await self._call(ctx, team, tags, "embeddings", body, features, decision, purpose="embedding")
-        assert isinstance(result, Completed)
-        return result
+        return await self._call(ctx, team, tags, "embeddings", body, features, decision, purpose="embedding")
 
     # ---- context trimming ---------------------------------------------------------------------------------------
 
@@ -259,7 +303,7 @@ class Gateway:
             nonlocal calls
             calls += 1
             # The cheapest tier writes summaries, metered to the team under its own request id and purpose.
-            sub = replace(ctx, request_id=f"{ctx.request_id}.summary{calls}", tier_header=None)
+            sub = replace(ctx, request_id=f"{ctx.request_id}.summary{calls}", tier_header=None, span=None)
             body = {"model": ctx.policy.tiers[team.floor].name, "messages": summary_messages,
                     "max_tokens": max_tokens, "temperature": 0}
             features = chat_features(body)
@@ -269,7 +313,12 @@ class Gateway:
             assert isinstance(result, Completed)
             return str(result.body["choices"][0]["message"].get("content") or "")
 
-        return await apply_plan(plan, self._cache, complete, settings.summary_timeout_s, "gpt-4o")
+        with self._tracing.span("tiergate.context") as span:
+            trimmed = await apply_plan(plan, self._cache, complete, settings.summary_timeout_s, "gpt-4o")
+            if span is not None:
+                span.set_attributes({"tiergate.context.saved_tokens": trimmed.saved_tokens,
+                                     "tiergate.context.summaries_written": trimmed.computed})
+            return trimmed
 
     # ---- the call -----------------------------------------------------------------------------------------------
 
@@ -280,7 +329,7 @@ class Gateway:
         except BudgetExceeded as exc:
             team = outcome.team
             if team.settings.budgets.on_exceeded != "downgrade" or outcome.decision.tier.index <= team.floor:
-                await self._accounting.settle(None, outcome.failed([], 429, str(exc)))
+                await self._settle(outcome, None, outcome.failed([], 429, str(exc)))
                 raise budget_error(exc) from None
         floor = outcome.ctx.policy.tiers[outcome.team.floor].name
         decision = self._decide(outcome.ctx, outcome.team, {**outcome.body, "model": floor}, outcome.features, None)
@@ -295,7 +344,10 @@ class Gateway:
         response_key = None
         if team.settings.context.response_cache and endpoint == "chat/completions" and cacheable(body):
             response_key = cache_key(team.name, body)
-            hit = await self._cache.get(response_key)
+            with self._tracing.span("tiergate.cache") as span:
+                hit = await self._cache.get(response_key)
+                if span is not None:
+                    span.set_attribute("tiergate.cache.hit", hit is not None)
             if hit is not None:
                 return await self._from_cache(outcome, orjson.loads(hit))
         outcome, reservation = await self._reserve(outcome)
@@ -315,13 +367,14 @@ class Gateway:
             dep, reply, attempts = await self._dispatcher.send(outcome.decision.plan, endpoint, body_for)
         except AllAttemptsFailed as exc:
             error = _upstream_error(exc)
-            await self._accounting.settle(reservation, outcome.failed(exc.attempts, error.status, error.message))
+            await self._settle(outcome, reservation, outcome.failed(exc.attempts, error.status, error.message))
             raise error from None
         except BaseException:  # cancelled (client gone): the reservation must still be settled
-            self._spawn(self._accounting.settle(reservation, outcome.failed([], 499, "client disconnected")))
+            self._spawn(self._settle(outcome, reservation, outcome.failed([], 499, "client disconnected")))
             raise
         usage = self._accounting.usage_of(reply.body, dep, features)
-        cost = await self._accounting.settle(reservation, outcome.succeeded(dep, attempts, usage, ttft_ms=None))
+        record = outcome.succeeded(dep, attempts, usage, ttft_ms=None)
+        cost = await self._settle(outcome, reservation, record, dep.provider)
         if response_key is not None:
             await self._cache.set(response_key, orjson.dumps(reply.body), team.settings.context.response_cache_ttl_s)
         headers = self._headers(outcome, dep)
@@ -332,7 +385,7 @@ class Gateway:
 
     async def _from_cache(self, outcome: Outcome, body: dict[str, Any]) -> Completed:
         usage = self._accounting.usage_of(body, outcome.decision.plan[0], outcome.features)
-        await self._accounting.settle(None, outcome.cached(usage, str(body.get("model", ""))))
+        await self._settle(outcome, None, outcome.cached(usage, str(body.get("model", ""))))
         headers = self._headers(outcome, None)
         headers.update({"x-tiergate-cache": "hit", "x-tiergate-cost-usd": format_usd(0)})
         return Completed(body=body, headers=headers)
@@ -349,7 +402,7 @@ class Gateway:
             return outcome.succeeded(dep, attempts, usage, ttft_ms=ttft_ms, status=status, error=error)
 
         async def settle(record: Any) -> int:
-            return await self._accounting.settle(reservation, record)
+            return await self._settle(outcome, reservation, record, dep.provider)
 
         trailer: dict[str, str] = {}
         payloads = relay(first, rest, dep, client_wants_usage, record_for, settle, self._spawn, trailer)

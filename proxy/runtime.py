@@ -109,6 +109,7 @@ class Runtime:
         from proxy.accounting import Accounting
         from proxy.gateway import Gateway
         from proxy.meter import Meter
+        from proxy.telemetry import Tracing
         from router.cache import open_cache
         from router.dispatch import Dispatcher
         from router.scoring import load_scorer
@@ -119,10 +120,12 @@ class Runtime:
         scorer = load_scorer(config.classifier.model)
         pool = UpstreamPool(config.server.upstream_timeout_s, config.server.connect_timeout_s)
         health = new_health(store.policy)
-        dispatcher = Dispatcher(pool, health, config.server.max_attempts, config.server.retry_budget_s)
+        tracing = Tracing.configure()
+        dispatcher = Dispatcher(pool, health, config.server.max_attempts, config.server.retry_budget_s,
+                                tracing.tracer)
         meter = await Meter.open(store.policy)
         cache = open_cache(config.metering.redis)
-        gateway = Gateway(dispatcher, health, scorer, Accounting(meter), cache)
+        gateway = Gateway(dispatcher, health, scorer, Accounting(meter), cache, tracing)
         runtime = cls(store=store, gateway=gateway, scorer=scorer, pool=pool, meter=meter, cache=cache)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         return runtime

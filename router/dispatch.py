@@ -7,10 +7,13 @@ arrives: once bytes have gone to the client, a retry would duplicate them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from router.health import HealthBook
 from router.policy import DeploymentSpec
@@ -42,17 +45,34 @@ BodyFor = Callable[[DeploymentSpec], dict[str, Any]]
 
 
 class Dispatcher:
-    def __init__(self, pool: UpstreamPool, health: HealthBook, max_attempts: int, budget_s: float) -> None:
+    def __init__(self, pool: UpstreamPool, health: HealthBook, max_attempts: int, budget_s: float,
+                 tracer: Tracer | None = None) -> None:
         self._pool = pool
         self._health = health
         self._max_attempts = max_attempts
         self._budget_s = budget_s
+        self._tracer = tracer  # None: tracing off, no span work at all
+
+    @contextlib.contextmanager
+    def _attempt_span(self, dep: DeploymentSpec) -> Iterator[Span | None]:
+        if self._tracer is None:
+            yield None
+            return
+        attributes = {"tiergate.deployment": dep.id, "gen_ai.request.model": dep.upstream_model,
+                      "tiergate.tier": dep.tier}
+        with self._tracer.start_as_current_span(f"tiergate.upstream {dep.id}", kind=SpanKind.CLIENT,
+                                                attributes=attributes, record_exception=False) as span:
+            yield span
 
     def _plan(self, plan: tuple[DeploymentSpec, ...]) -> tuple[DeploymentSpec, ...]:
         return plan[: self._max_attempts]
 
-    def _failed(self, dep: DeploymentSpec, exc: UpstreamError, started: float, attempts: list[Attempt]) -> None:
+    def _failed(self, dep: DeploymentSpec, exc: UpstreamError, started: float, attempts: list[Attempt],
+                span: Span | None = None) -> None:
         elapsed = (time.perf_counter() - started) * 1000
+        if span is not None:
+            span.set_attribute("tiergate.attempt.outcome", exc.kind)
+            span.set_status(Status(StatusCode.ERROR, exc.message[:200]))
         attempts.append(Attempt(dep.id, exc.kind, exc.message, elapsed))
         log.warning("upstream attempt failed deployment=%s kind=%s detail=%s", dep.id, exc.kind, exc.message)
         if exc.retryable:
@@ -79,16 +99,17 @@ class Dispatcher:
                 break
             started = time.perf_counter()
             self._health.started(dep.id)
-            try:
-                reply = await self._pool.get(dep).send(endpoint, body_for(dep))
-            except UpstreamError as exc:
-                self._failed(dep, exc, started, attempts)
-                last = exc
-                if not exc.retryable:
-                    break
-                continue
-            finally:
-                self._health.finished(dep.id)
+            with self._attempt_span(dep) as span:
+                try:
+                    reply = await self._pool.get(dep).send(endpoint, body_for(dep))
+                except UpstreamError as exc:
+                    self._failed(dep, exc, started, attempts, span)
+                    last = exc
+                    if not exc.retryable:
+                        break
+                    continue
+                finally:
+                    self._health.finished(dep.id)
             self._health.success(dep.id)
             attempts.append(Attempt(dep.id, "ok", "", (time.perf_counter() - started) * 1000))
             return dep, reply, attempts
@@ -107,20 +128,21 @@ class Dispatcher:
                 break
             started = time.perf_counter()
             stream = self._tracked(dep, self._pool.get(dep).stream(endpoint, body_for(dep)))
-            try:
-                first = await anext(stream)
-            except StopAsyncIteration:
-                await stream.aclose()
-                last = UpstreamError("server", f"deployment {dep.id} closed the stream without data")
-                self._failed(dep, last, started, attempts)
-                continue
-            except UpstreamError as exc:
-                await stream.aclose()
-                self._failed(dep, exc, started, attempts)
-                last = exc
-                if not exc.retryable:
-                    break
-                continue
+            with self._attempt_span(dep) as span:
+                try:
+                    first = await anext(stream)
+                except StopAsyncIteration:
+                    await stream.aclose()
+                    last = UpstreamError("server", f"deployment {dep.id} closed the stream without data")
+                    self._failed(dep, last, started, attempts, span)
+                    continue
+                except UpstreamError as exc:
+                    await stream.aclose()
+                    self._failed(dep, exc, started, attempts, span)
+                    last = exc
+                    if not exc.retryable:
+                        break
+                    continue
             self._health.success(dep.id)
             attempts.append(Attempt(dep.id, "ok", "", (time.perf_counter() - started) * 1000))
             return dep, first, stream, attempts
