@@ -1,0 +1,120 @@
+"""Budget caps, holds (reservations) and the store interface shared by Redis and in-process implementations.
+
+A request reserves its worst-case cost against every cap that applies to it, all or nothing, then settles to the
+actual cost. A hold carries a time-to-live so a proxy that dies between the two cannot leak its reservation.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Awaitable, Callable, Literal, Sequence
+
+from metering.money import format_usd
+
+Kind = Literal["team", "key", "tag"]
+PeriodKind = Literal["day", "month"]
+# Counters outlive their period by this much, so late settles and /v1/spend/teams still find them.
+_GRACE = timedelta(days=3)
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """One limit on one period: ``team`` daily, ``key`` monthly, ``tag`` (``name`` = ``"k=v"``) daily, ..."""
+
+    kind: Kind
+    team: str
+    name: str  # key id for kind=key, "k=v" for kind=tag, "" for kind=team
+    period: PeriodKind
+    start: date  # first day of the period (UTC)
+    limit_nanos: int
+
+    @property
+    def counter_id(self) -> str:
+        """Identity of the shared counter; the limit is *not* part of it (a config reload may change limits)."""
+        stamp = self.start.isoformat() if self.period == "day" else self.start.strftime("%Y-%m")
+        return f"{self.kind}:{self.team}:{self.name}:{stamp}"
+
+    @property
+    def end(self) -> date:
+        if self.period == "day":
+            return self.start + timedelta(days=1)
+        return date(self.start.year + (self.start.month == 12), self.start.month % 12 + 1, 1)
+
+    @property
+    def expires_at(self) -> int:
+        """Unix seconds after which the counter may be dropped."""
+        end = datetime(self.end.year, self.end.month, self.end.day, tzinfo=timezone.utc) + _GRACE
+        return int(end.timestamp())
+
+    def describe(self) -> str:
+        who = {"team": f"team {self.team}", "key": f"key {self.name} of team {self.team}",
+               "tag": f"tag {self.name} of team {self.team}"}[self.kind]
+        return f"{'daily' if self.period == 'day' else 'monthly'} budget of {who}"
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A reservation. ``local`` marks one taken in the in-process fallback while Redis was unreachable."""
+
+    id: str
+    caps: tuple[Cap, ...]
+    amount: int
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CapState:
+    cap: Cap
+    spent_nanos: int
+    reserved_nanos: int
+
+
+class BudgetExceeded(Exception):
+    """Over a cap: the proxy answers 429 ``budget_exceeded`` (or downgrades, if the team's policy says so)."""
+
+    def __init__(self, cap: Cap, spent_nanos: int, reserved_nanos: int, requested_nanos: int) -> None:
+        self.cap = cap
+        self.limit_nanos = cap.limit_nanos
+        self.spent_nanos = spent_nanos
+        self.reserved_nanos = reserved_nanos
+        self.requested_nanos = requested_nanos
+        super().__init__(
+            f"{cap.describe()} exceeded: limit ${format_usd(cap.limit_nanos)}, spent ${format_usd(spent_nanos)}, "
+            f"in flight ${format_usd(reserved_nanos)}, this request needs up to ${format_usd(requested_nanos)}"
+        )
+
+
+class BudgetStoreUnavailable(Exception):
+    """The shared store cannot be reached and the team is fail-closed: the proxy answers 503."""
+
+
+# Committed spend of a cap's scope and period, read from the ledger to refill counters Redis lost on a restart.
+Seeder = Callable[[Cap], Awaitable[int]]
+
+
+class BudgetStore(abc.ABC):
+    @abc.abstractmethod
+    async def reserve(self, hold_id: str, caps: Sequence[Cap], amount: int, ttl_s: float, enforce: bool = True,
+                      fail_open: bool = False) -> Hold:
+        """Add ``amount`` to every cap's reserved total, or raise ``BudgetExceeded`` and change nothing.
+
+        ``enforce=False`` records the hold without checking (a downgraded request still spends). ``fail_open``
+        only matters to remote stores: on an outage, account locally instead of raising
+        ``BudgetStoreUnavailable``.
+        """
+
+    @abc.abstractmethod
+    async def settle(self, hold: Hold, actual: int) -> list[CapState]:
+        """Replace the hold by ``actual`` spend (also after the hold expired); never raises for an outage.
+
+        Returns the caps' states after settling, for alerting.
+        """
+
+    @abc.abstractmethod
+    async def states(self, caps: Sequence[Cap]) -> list[CapState]:
+        """Current spent and reserved totals (live, including other replicas)."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,69 @@
+"""The ledger interface: where every billed record lives (Redis never holds the only copy).
+
+Two implementations share one behaviour (``GroupCommitLedger``): SQLite for a single host, PostgreSQL for several
+proxy hosts sharing one bill.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from datetime import date
+from typing import Sequence
+
+from metering.ledger.report import Report
+from metering.money import format_usd
+from metering.record import UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class TeamSpend:
+    team: str
+    day_nanos: int
+    month_nanos: int
+
+    def to_dict(self) -> dict[str, str]:
+        return {"team": self.team, "day_usd": format_usd(self.day_nanos), "month_usd": format_usd(self.month_nanos)}
+
+
+def month_bounds(day: date) -> tuple[date, date]:
+    """[first day of ``day``'s month, first day of the next month)."""
+    start = day.replace(day=1)
+    end = date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+    return start, end
+
+
+class Ledger(abc.ABC):
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Create the schema if needed and replay records left by a process that died; then accept writes."""
+
+    @abc.abstractmethod
+    async def write(self, record: UsageRecord) -> None:
+        """Return once ``record`` survives ``kill -9`` of this process; the database commit may follow later."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Wait until every record written so far is committed to the database (reports see it)."""
+
+    @abc.abstractmethod
+    async def report(self, start: date, end: date, team: str | None = None,
+                     group_by: Sequence[str] = ("team",)) -> Report:
+        """Aggregates over UTC days ``[start, end)`` from the rollups. ValueError on a bad ``group_by``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Commit what is pending and release resources; anything not committed stays in the spool for replay."""
+
+    async def spend_by_team(self, day: date, team: str | None = None) -> list[TeamSpend]:
+        """Each team's committed spend on ``day`` and in its month up to the end of the month (for /v1/spend/teams)."""
+        start, end = month_bounds(day)
+        report = await self.report(start, end, team=team, group_by=("team", "day"))
+        totals: dict[str, list[int]] = {}
+        today = day.isoformat()
+        for row in report.rows:
+            acc = totals.setdefault(row.keys["team"], [0, 0])
+            acc[1] += row.totals.cost_nanos
+            if row.keys["day"] == today:
+                acc[0] += row.totals.cost_nanos
+        return [TeamSpend(t, d, m) for t, (d, m) in sorted(totals.items())]

@@ -1,0 +1,179 @@
+"""Read-only queries over the raw records that the rollups cannot answer, for the live dashboard.
+
+The spend report reads rollups (sums per day, team, key, model, tier, purpose, tag). Percentiles, single requests
+and hours are not in them, so these queries read the ``records`` table, always bounded by ``started_at``; the
+first use adds an index on it (idempotent), so a dashboard refreshing every few seconds reads one time range
+instead of scanning the whole ledger. Writes stay the ledger's own; SQL runs through the backend's read path.
+
+A record's billing day is the UTC date of ``started_at``, so hours of a day add up to that day of the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Literal
+
+from metering.ledger.base import Ledger
+from metering.ledger.group_commit import GroupCommitLedger
+from metering.ledger.postgres import PostgresLedger
+from metering.ledger.sqlite import SqliteLedger
+from metering.money import format_usd
+
+_INDEX = "CREATE INDEX IF NOT EXISTS records_started_at ON records (started_at)"
+Order = Literal["cost", "recent"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputPercentiles:
+    team: str
+    model: str
+    requests: int
+    p50: int
+    p95: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"team": self.team, "model": self.model, "requests": self.requests,
+                "p50_output_tokens": self.p50, "p95_output_tokens": self.p95}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCost:
+    request_id: str
+    started_at: str
+    team: str
+    key_id: str
+    model: str
+    tier: str
+    purpose: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_nanos: int
+    counterfactual_cost_nanos: int
+    latency_ms: int
+    status: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id, "started_at": self.started_at, "team": self.team, "key_id": self.key_id,
+            "model": self.model, "tier": self.tier, "purpose": self.purpose, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
+            "cost_usd": format_usd(self.cost_nanos),
+            "counterfactual_cost_usd": format_usd(self.counterfactual_cost_nanos),
+            "latency_ms": self.latency_ms, "status": self.status,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HourSpend:
+    hour: datetime
+    requests: int
+    cost_nanos: int
+    counterfactual_cost_nanos: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hour": self.hour.isoformat(), "requests": self.requests, "cost_usd": format_usd(self.cost_nanos),
+                "counterfactual_cost_usd": format_usd(self.counterfactual_cost_nanos),
+                "savings_usd": format_usd(self.counterfactual_cost_nanos - self.cost_nanos)}
+
+
+def midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=timezone.utc)
+
+
+class Insights:
+    """Dashboard queries over one ledger (SQLite or PostgreSQL)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        if not isinstance(ledger, (SqliteLedger, PostgresLedger)):
+            raise TypeError(f"no dashboard queries for {type(ledger).__name__}")
+        self._ledger: GroupCommitLedger = ledger
+        self._sqlite = isinstance(ledger, SqliteLedger)
+        self._ready: asyncio.Task[None] | None = None
+
+    # -- dialect -------------------------------------------------------------------------------------------------
+    def _ts(self, value: datetime) -> Any:
+        # SQLite stores ISO text (``...+00:00``), which sorts like the instant it names; PostgreSQL a TIMESTAMPTZ.
+        return value.isoformat() if self._sqlite else value
+
+    @property
+    def _hour_sql(self) -> str:
+        if self._sqlite:
+            return "CAST(substr(started_at, 12, 2) AS INTEGER)"
+        return "CAST(EXTRACT(HOUR FROM started_at AT TIME ZONE 'UTC') AS INTEGER)"
+
+    async def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._ensure())
+        await asyncio.shield(self._ready)
+        return await self._ledger._fetch(sql.replace("?", self._ledger.placeholder), params)
+
+    async def _ensure(self) -> None:
+        ledger = self._ledger
+        if isinstance(ledger, SqliteLedger):
+
+            def create() -> None:
+                conn = sqlite3.connect(ledger.path, timeout=30.0)
+                try:
+                    conn.execute(_INDEX)
+                finally:
+                    conn.close()
+
+            await asyncio.to_thread(create)
+            return
+        assert isinstance(ledger, PostgresLedger)
+        async with ledger._pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tiergate-ledger-schema'))")
+            await conn.execute(_INDEX)
+
+    @staticmethod
+    def _team_filter(team: str | None, params: list[Any]) -> str:
+        if team is None:
+            return ""
+        params.append(team)
+        return " AND team = ?"
+
+    # -- queries -------------------------------------------------------------------------------------------------
+    async def output_percentiles(self, start: date, end: date, team: str | None = None) -> list[OutputPercentiles]:
+        """Nearest-rank P50/P95 of completion tokens per (team, model) over successful requests of UTC days
+        ``[start, end)``: the value at rank ``ceil(p * n)``, the same as PostgreSQL's ``percentile_disc``."""
+        params: list[Any] = [self._ts(midnight(start)), self._ts(midnight(end))]
+        where = "started_at >= ? AND started_at < ? AND status < 400" + self._team_filter(team, params)
+        sql = (
+            "WITH ranked AS (SELECT team, model, completion_tokens AS v, "
+            "ROW_NUMBER() OVER (PARTITION BY team, model ORDER BY completion_tokens) AS rn, "
+            f"COUNT(*) OVER (PARTITION BY team, model) AS n FROM records WHERE {where}) "
+            "SELECT team, model, MAX(n), MAX(CASE WHEN rn = (50 * n + 99) / 100 THEN v END), "
+            "MAX(CASE WHEN rn = (95 * n + 99) / 100 THEN v END) FROM ranked GROUP BY team, model ORDER BY team, model"
+        )
+        return [OutputPercentiles(t, m, int(n), int(p50), int(p95)) for t, m, n, p50, p95 in
+                await self._fetch(sql, params)]
+
+    async def requests(self, since: datetime, limit: int, team: str | None = None,
+                       order: Order = "cost") -> list[RequestCost]:
+        """Requests started at or after ``since``: the most expensive first (``cost``) or the latest (``recent``)."""
+        params: list[Any] = [self._ts(since)]
+        where = "started_at >= ?" + self._team_filter(team, params)
+        order_sql = "cost_nanos DESC, started_at DESC" if order == "cost" else "started_at DESC"
+        params.append(limit)
+        sql = ("SELECT request_id, started_at, team, key_id, model, tier, purpose, prompt_tokens, completion_tokens, "
+               "cached_tokens, cost_nanos, counterfactual_cost_nanos, latency_ms, status "
+               f"FROM records WHERE {where} ORDER BY {order_sql} LIMIT ?")
+        out = []
+        for row in await self._fetch(sql, params):
+            started = row[1] if isinstance(row[1], str) else row[1].astimezone(timezone.utc).isoformat()
+            out.append(RequestCost(row[0], started, *row[2:7], *(int(v or 0) for v in row[7:])))
+        return out
+
+    async def hourly(self, day: date, team: str | None = None) -> list[HourSpend]:
+        """The 24 UTC hours of ``day`` (empty hours included), from the records that started in each."""
+        start = midnight(day)
+        params: list[Any] = [self._ts(start), self._ts(start + timedelta(days=1))]
+        where = "started_at >= ? AND started_at < ?" + self._team_filter(team, params)
+        sql = (f"SELECT {self._hour_sql} AS h, COUNT(*), SUM(cost_nanos), SUM(counterfactual_cost_nanos) "
+               f"FROM records WHERE {where} GROUP BY h")
+        found = {int(h): (int(n), int(c or 0), int(cf or 0)) for h, n, c, cf in await self._fetch(sql, params)}
+        return [HourSpend(start + timedelta(hours=h), *found.get(h, (0, 0, 0))) for h in range(24)]

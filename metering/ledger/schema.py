@@ -1,0 +1,53 @@
+"""Record columns shared by both backends, in table order, and a record's values in that order.
+
+``entry_id`` (not ``request_id``) is the primary key: the ledger names each accepted ``write()`` itself, so replaying
+a spool is idempotent while two requests that share a client-chosen request id are still billed twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS
+from metering.record import UsageRecord
+
+RECORD_COLUMNS: tuple[str, ...] = (
+    "entry_id", "request_id", "day", "started_at", "ended_at", "team", "key_id", "tags", "requested_model", "tier",
+    "deployment", "model", "purpose", "score", "prompt_tokens", "completion_tokens", "cached_tokens",
+    "cache_write_tokens", "reasoning_tokens", "usage_estimated", "cost_nanos", "counterfactual_cost_nanos",
+    "latency_ms", "ttft_ms", "status", "error",
+)
+
+
+def record_values(entry_id: str, r: UsageRecord) -> tuple[Any, ...]:
+    """Timestamps stay datetimes and the day a date; each backend adapts them (SQLite stores ISO text)."""
+    return (
+        entry_id, r.request_id, r.day, r.started_at, r.ended_at, r.team, r.key_id,
+        orjson.dumps(dict(sorted(r.tags.items()))).decode(), r.requested_model, r.tier, r.deployment, r.model,
+        r.purpose, r.score, r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.cache_write_tokens,
+        r.reasoning_tokens, r.usage_estimated, r.cost_nanos, r.counterfactual_cost_nanos, r.latency_ms, r.ttft_ms,
+        r.status, r.error,
+    )
+
+
+def upsert_sql(table: str, dims: tuple[str, ...], placeholder: str) -> str:
+    """Add a delta row to a rollup: insert it, or add its measures to the existing row."""
+    cols = dims + MEASURES
+    values = ", ".join([placeholder] * len(cols))
+    adds = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES)
+    return (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({values}) "
+            f"ON CONFLICT ({', '.join(dims)}) DO UPDATE SET {adds}")
+
+
+def rollup_ddl(table: str, dims: tuple[str, ...], day_type: str, int_type: str) -> str:
+    dim_cols = ", ".join(f"{d} {day_type if d == 'day' else 'TEXT'} NOT NULL" for d in dims)
+    measure_cols = ", ".join(f"{m} {int_type} NOT NULL" for m in MEASURES)
+    return f"CREATE TABLE IF NOT EXISTS {table} ({dim_cols}, {measure_cols}, PRIMARY KEY ({', '.join(dims)}))"
+
+
+ROLLUPS = (("rollup_daily", DAILY_DIMS), ("rollup_tag", TAG_DIMS))
+REQUEST_INDEX = "CREATE INDEX IF NOT EXISTS records_request_id ON records (request_id)"
+
+Entry = tuple[str, UsageRecord]  # (entry id, record)

@@ -1,0 +1,124 @@
+"""SQLite ledger: the embedded default, one file in WAL mode.
+
+``synchronous=NORMAL`` in WAL mode keeps every commit across a process crash (only a power cut can drop the
+last transactions), which together with the spool is the promise we make. One writer thread owns the write
+connection; reports open their own read connection, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from metering.ledger.group_commit import GroupCommitLedger
+from metering.ledger.rollup import rollup
+from metering.ledger.schema import (RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, Entry, record_values, rollup_ddl,
+                                    upsert_sql)
+
+_RECORD_TYPES = {
+    "score": "REAL", "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
+    "cache_write_tokens": "INTEGER", "reasoning_tokens": "INTEGER", "usage_estimated": "INTEGER",
+    "cost_nanos": "INTEGER", "counterfactual_cost_nanos": "INTEGER", "latency_ms": "INTEGER", "ttft_ms": "INTEGER",
+    "status": "INTEGER",
+}
+_RECORDS_DDL = "CREATE TABLE IF NOT EXISTS records ({}, PRIMARY KEY (entry_id)) WITHOUT ROWID".format(
+    ", ".join(f"{c} {_RECORD_TYPES.get(c, 'TEXT')}" for c in RECORD_COLUMNS)
+)
+_INSERT = "INSERT OR IGNORE INTO records ({}) VALUES ({})".format(
+    ", ".join(RECORD_COLUMNS), ", ".join("?" * len(RECORD_COLUMNS))
+)
+_UPSERTS = {table: upsert_sql(table, dims, "?") for table, dims in ROLLUPS}
+
+
+def _adapt(value: Any) -> Any:
+    # Explicit ISO text: sqlite3's implicit datetime adapters are deprecated, and ISO UTC text sorts correctly.
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute(_RECORDS_DDL)
+    conn.execute(REQUEST_INDEX)
+    for table, dims in ROLLUPS:
+        conn.execute(rollup_ddl(table, dims, "TEXT", "INTEGER"))
+
+
+def insert_batch(conn: sqlite3.Connection, entries: Sequence[Entry]) -> int:
+    """One ``BEGIN IMMEDIATE`` transaction: new records, then the rollup deltas of exactly those."""
+    records = [r for _, r in entries]
+    rows = [tuple(_adapt(v) for v in record_values(e, r)) for e, r in entries]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        before = conn.total_changes
+        conn.executemany(_INSERT, rows)
+        if conn.total_changes - before == len(rows):
+            inserted = list(records)  # the common case: all new, one C-level loop
+        else:
+            # Some were already stored (a replayed spool): redo row by row to learn which, so rollups add only those.
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            inserted = [r for r, row in zip(records, rows) if conn.execute(_INSERT, row).rowcount == 1]
+        for (table, _), deltas in zip(ROLLUPS, rollup(inserted)):
+            conn.executemany(_UPSERTS[table], [(*key, *values) for key, values in deltas.items()])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(inserted)
+
+
+class SqliteLedger(GroupCommitLedger):
+    def __init__(self, path: str | Path, spool_dir: str | Path | None = "", max_batch: int = 5000) -> None:
+        """``spool_dir=""`` puts the spool beside the database (``<path>.spool/``); ``None`` disables it."""
+        self.path = Path(path)
+        if spool_dir == "":
+            spool_dir = self.path.with_name(self.path.name + ".spool")
+        super().__init__(spool_dir, max_batch)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _open_db(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def open_() -> sqlite3.Connection:
+            conn = connect(self.path)
+            create_schema(conn)
+            return conn
+
+        self._conn = await self._call(open_)
+
+    async def _close_db(self) -> None:
+        if self._conn is not None:
+            await self._call(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def _insert(self, entries: Sequence[Entry]) -> int:
+        assert self._conn is not None
+        return await self._call(insert_batch, self._conn, entries)
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30.0)
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(run)
+

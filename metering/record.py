@@ -1,0 +1,89 @@
+"""The usage record: one per request, streamed or not, successful or failed.
+
+It carries the key's id, never the key. Money is integer nano-dollars. The record's billing day is the UTC date its
+request *started*, the same day its budget reservation was taken against, so the ledger and the budget agree at
+midnight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, timezone
+from typing import Any, Mapping
+
+import orjson
+
+from metering.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    request_id: str
+    started_at: datetime
+    ended_at: datetime
+    team: str
+    key_id: str
+    requested_model: str
+    model: str
+    status: int
+    tags: Mapping[str, str] = field(default_factory=dict)
+    tier: str = ""
+    deployment: str = ""
+    purpose: str = "chat"
+    score: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    usage_estimated: bool = False
+    cost_nanos: int = 0
+    counterfactual_cost_nanos: int = 0
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("started_at", "ended_at"):
+            value = getattr(self, name)
+            if value.tzinfo is None or value.utcoffset() != timezone.utc.utcoffset(None):
+                raise ValueError(f"{name} must be a UTC-aware datetime, got {value!r}")
+        for name in ("cost_nanos", "counterfactual_cost_nanos"):
+            if type(getattr(self, name)) is not int:
+                raise TypeError(f"{name} must be int nano-dollars")
+        if not self.request_id:
+            raise ValueError("request_id is required")
+
+    @property
+    def day(self) -> date:
+        return self.started_at.date()
+
+    @classmethod
+    def with_usage(cls, usage: Usage, **fields: Any) -> "UsageRecord":
+        """Build from a normalised ``Usage`` so token fields cannot be transposed by hand."""
+        return cls(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            usage_estimated=usage.estimated,
+            **fields,
+        )
+
+    def to_json(self) -> bytes:
+        """One line, no newline inside (orjson escapes them), the spool's unit of durability."""
+        # Not dataclasses.asdict: its recursive deep copy is most of the cost on the request path.
+        data = {name: getattr(self, name) for name in _FIELDS}
+        data["tags"] = dict(self.tags)
+        return orjson.dumps(data)
+
+    @classmethod
+    def from_json(cls, line: bytes) -> "UsageRecord":
+        data = orjson.loads(line)
+        data["started_at"] = datetime.fromisoformat(data["started_at"])
+        data["ended_at"] = datetime.fromisoformat(data["ended_at"])
+        return cls(**data)
+
+
+_FIELDS = tuple(f.name for f in fields(UsageRecord))

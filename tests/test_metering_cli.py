@@ -1,0 +1,60 @@
+"""``tiergate bill`` end to end in a subprocess against a SQLite ledger, JSON and CSV agreeing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from metering_fixtures import T0, make_record
+from metering.cli import add_commands
+from metering.ledger.sqlite import SqliteLedger
+
+RUNNER = "import argparse, sys; from metering.cli import add_commands; p = argparse.ArgumentParser(); " \
+         "add_commands(p.add_subparsers(required=True)); a = p.parse_args(); sys.exit(a.func(a))"
+
+
+def _seed(db: Path) -> None:
+    async def go() -> None:
+        ledger = SqliteLedger(db, spool_dir=None)
+        await ledger.start()
+        for i, (team, model, cost) in enumerate([("a", "m1", 1_500_000_001), ("a", "m2", 7), ("b", "m1", 99)]):
+            await ledger.write(make_record(i, team=team, model=model, cost_nanos=cost))
+        await ledger.write(make_record(9, team="a", model="m1", cost_nanos=5, started_at=T0.replace(month=10)))
+        await ledger.close()
+
+    asyncio.run(go())
+
+
+def _bill(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-c", RUNNER, "bill", *args], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def test_bill_json_and_csv_agree(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    _seed(db)
+    config = tmp_path / "tiergate.yaml"
+    config.write_text(f"metering:\n  ledger: sqlite:///{db}\n")
+    as_json = json.loads(_bill("--config", str(config), "--team", "a", "--period", "2026-11"))
+    assert as_json["totals"]["cost_usd"] == "1.500000008"
+    assert [(r["model"], r["cost_usd"]) for r in as_json["rows"]] == [("m1", "1.500000001"), ("m2", "0.000000007")]
+    rows = list(csv.DictReader(io.StringIO(_bill("--ledger", f"sqlite:///{db}", "--team", "a", "--period",
+                                                 "2026-11", "--format", "csv"))))
+    assert rows == [{k: str(v) for k, v in r.items()} for r in as_json["rows"]]
+
+
+def test_bill_rejects_bad_period() -> None:
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(required=True))
+    try:
+        parser.parse_args(["bill", "--ledger", "sqlite:///x.db", "--team", "a", "--period", "2026-13"])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("bad period accepted")
