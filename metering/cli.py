@@ -6,24 +6,12 @@ import argparse
 import asyncio
 import sys
 from datetime import date
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
 from metering.ledger import open_ledger
 from metering.ledger.base import month_bounds
-
-
-def ledger_url_from_config(path: str) -> str:
-    """The ledger URL in a tiergate YAML config: ``metering.ledger`` (hook to align with the proxy's config model)."""
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
-    url = (config.get("metering") or {}).get("ledger")
-    if not isinstance(url, str) or not url:
-        raise SystemExit(f"{path}: no metering.ledger URL (sqlite:///PATH or postgresql://...)")
-    return url
 
 
 def _period(text: str) -> tuple[date, date]:
@@ -43,8 +31,12 @@ async def _bill(url: str, team: str, period: tuple[date, date], group_by: list[s
         await ledger.close()
 
 
-def bill(args: argparse.Namespace) -> int:
-    url = args.ledger or ledger_url_from_config(args.config)
+def bill(args: argparse.Namespace, ledger_from_config: Callable[[str], str]) -> int:
+    try:
+        url = args.ledger or ledger_from_config(args.config)
+    except ValueError as exc:
+        print(f"tiergate bill: {exc}", file=sys.stderr)
+        return 2
     try:
         report = asyncio.run(_bill(url, args.team, args.period, args.group_by.split(",")))
     except ValueError as exc:
@@ -57,7 +49,9 @@ def bill(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: Any) -> None:
+def add_commands(subparsers: Any, ledger_from_config: Callable[[str], str]) -> None:
+    """Register ``bill``; ``ledger_from_config`` resolves ``--config`` to the validated policy's ledger URL
+    (the proxy's config loader: metering does not parse policy files itself)."""
     p = subparsers.add_parser("bill", help="a team's bill for one month, from the ledger")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="tiergate YAML config (its metering.ledger URL)")
@@ -67,4 +61,4 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--format", choices=("json", "csv"), default="json")
     p.add_argument("--group-by", default="model,tier",
                    help="comma list of team,model,tier,day,key,purpose,tag (default model,tier)")
-    p.set_defaults(func=bill)
+    p.set_defaults(func=lambda args: bill(args, ledger_from_config))

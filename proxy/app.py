@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy import endpoints, spend
+from proxy import dashboard, endpoints, metrics, spend
 from proxy.errors import ApiError
 from proxy.request_id import RequestIdMiddleware
 from proxy.runtime import Runtime
@@ -65,6 +65,12 @@ def create_app(config_path: str | None = None) -> RequestIdMiddleware:
         ("/v1/models", endpoints.models, ["GET"]),
         ("/v1/spend/report", spend.report, ["GET"]),
         ("/v1/spend/teams", spend.teams, ["GET"]),
+        ("/v1/spend/percentiles", dashboard.percentiles, ["GET"]),
+        ("/v1/spend/requests", dashboard.expensive_requests, ["GET"]),
+        ("/v1/spend/timeseries", dashboard.timeseries, ["GET"]),
+        ("/dashboard", dashboard.page, ["GET"]),
+        ("/dashboard/{name}", dashboard.asset, ["GET"]),
+        ("/metrics", metrics.endpoint, ["GET"]),
         ("/healthz", endpoints.healthz, ["GET"]),
         ("/readyz", endpoints.readyz, ["GET"]),
     ):

@@ -56,8 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulator_commands(sub)
     classifier_commands(sub)
-    metering_commands(sub)
+    metering_commands(sub, _ledger_url)
     return parser
+
+
+def _ledger_url(path: str) -> str:
+    try:
+        return load_policy(path).config.metering.ledger
+    except ConfigError as exc:
+        raise ValueError(f"{path}: invalid config\n{exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from metering.service import Reservation
 from proxy.accounting import Accounting, Outcome
 from proxy.errors import ApiError, bad_request
 from proxy.meter import budget_error
+from proxy.metrics import Metrics
 from proxy.relay import StreamState, relay
 from proxy.response_cache import cache_key, cacheable
 from proxy.telemetry import Tracing, finish_request
@@ -105,13 +106,14 @@ def _upstream_error(exc: AllAttemptsFailed) -> ApiError:
 
 class Gateway:
     def __init__(self, dispatcher: Dispatcher, health: HealthBook, scorer: Scorer, accounting: Accounting,
-                 cache: KeyValueCache, tracing: Tracing) -> None:
+                 cache: KeyValueCache, tracing: Tracing, metrics: Metrics) -> None:
         self._dispatcher = dispatcher
         self._health = health
         self._scorer = scorer
         self._accounting = accounting
         self._cache = cache
         self._tracing = tracing
+        self._metrics = metrics
         self._background: set[asyncio.Task[int]] = set()
 
     # ---- shared steps -------------------------------------------------------------------------------------------
@@ -182,10 +184,11 @@ class Gateway:
 
     async def _settle(self, outcome: Outcome, reservation: Reservation | None, record: UsageRecord,
                       provider: str | None = None) -> int:
-        """The one place a request is settled: ledger and budget, then the request span is completed."""
+        """The one place a request is settled: ledger and budget, metrics, then the request span is completed."""
         span = outcome.ctx.span
         with self._tracing.span("tiergate.metering", parent=span):
             cost = await self._accounting.settle(reservation, record)
+        self._metrics.observe(record, outcome.decision.sticky_held)
         finish_request(span, record, provider)
         return cost
 
@@ -323,17 +326,19 @@ class Gateway:
     # ---- the call -----------------------------------------------------------------------------------------------
 
     async def _reserve(self, outcome: Outcome) -> tuple[Outcome, Reservation]:
-        """Reserve the worst case; over a cap, reject (429) or downgrade to the team's cheapest tier."""
+        """Reserve the worst case. Over a cap: 429, or with ``on_exceeded: downgrade`` every request is served
+        by the team's cheapest tier (spend goes on, at the lowest price the team allows) and still metered."""
         try:
             return outcome, await self._accounting.reserve(outcome)
         except BudgetExceeded as exc:
-            team = outcome.team
-            if team.settings.budgets.on_exceeded != "downgrade" or outcome.decision.tier.index <= team.floor:
+            if outcome.team.settings.budgets.on_exceeded != "downgrade":
                 await self._settle(outcome, None, outcome.failed([], 429, str(exc)))
                 raise budget_error(exc) from None
-        floor = outcome.ctx.policy.tiers[outcome.team.floor].name
-        decision = self._decide(outcome.ctx, outcome.team, {**outcome.body, "model": floor}, outcome.features, None)
-        downgraded = replace(outcome, decision=decision, budget_downgraded=True)
+        if outcome.decision.tier.index > outcome.team.floor:
+            floor = outcome.ctx.policy.tiers[outcome.team.floor].name
+            decision = self._decide(outcome.ctx, outcome.team, {**outcome.body, "model": floor}, outcome.features, None)
+            outcome = replace(outcome, decision=decision)
+        downgraded = replace(outcome, budget_downgraded=True)
         return downgraded, await self._accounting.reserve(downgraded, enforce=False)
 
     async def _call(self, ctx: CallContext, team: TeamPolicy, tags: dict[str, str], endpoint: Endpoint,

@@ -40,7 +40,8 @@ class Meter:
     @classmethod
     async def open(cls, policy: Policy) -> "Meter":
         settings = policy.config.metering
-        return cls(await _Meter.open(settings.ledger, settings.redis, webhook_url=settings.alert_webhook))
+        return cls(await _Meter.open(settings.ledger, settings.redis, webhook_url=settings.alert_webhook,
+                                     spool_dir=settings.spool_dir or "", ledger_schema=settings.ledger_schema))
 
     def policies(self, policy: Policy) -> Mapping[str, BudgetPolicy]:
         """Budget policies of every team, derived once per policy version."""

@@ -67,8 +67,14 @@ async def relay(
         while payload is not None:
             chunk = orjson.loads(payload)
             state.observe(chunk)
-            if client_wants_usage or chunk.get("choices") or not chunk.get("usage"):
+            if client_wants_usage:
                 yield payload
+            elif "usage" not in chunk:
+                yield payload
+            elif chunk.get("choices"):
+                # We asked upstream for usage, which adds "usage": null to every chunk; the client did not.
+                del chunk["usage"]
+                yield orjson.dumps(chunk)
             payload = await anext(rest, None)
         completed = True
     except Exception as exc:  # upstream cut mid-stream: the client already has bytes, so no retry

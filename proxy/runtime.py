@@ -21,6 +21,7 @@ from router.policy import Policy
 if TYPE_CHECKING:
     from proxy.gateway import Gateway
     from proxy.meter import Meter
+    from proxy.metrics import Metrics
     from router.cache import KeyValueCache
     from router.scoring import Scorer
     from router.upstream.pool import UpstreamPool
@@ -102,6 +103,7 @@ class Runtime:
     pool: "UpstreamPool"
     meter: "Meter"
     cache: "KeyValueCache"
+    metrics: "Metrics"
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -109,6 +111,7 @@ class Runtime:
         from proxy.accounting import Accounting
         from proxy.gateway import Gateway
         from proxy.meter import Meter
+        from proxy.metrics import Metrics
         from proxy.telemetry import Tracing
         from router.cache import open_cache
         from router.dispatch import Dispatcher
@@ -125,8 +128,10 @@ class Runtime:
                                 tracing.tracer)
         meter = await Meter.open(store.policy)
         cache = open_cache(config.metering.redis)
-        gateway = Gateway(dispatcher, health, scorer, Accounting(meter), cache, tracing)
-        runtime = cls(store=store, gateway=gateway, scorer=scorer, pool=pool, meter=meter, cache=cache)
+        metrics = Metrics()
+        gateway = Gateway(dispatcher, health, scorer, Accounting(meter), cache, tracing, metrics)
+        runtime = cls(store=store, gateway=gateway, scorer=scorer, pool=pool, meter=meter, cache=cache,
+                      metrics=metrics)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         return runtime
 

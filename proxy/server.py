@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -67,11 +70,36 @@ def run_worker(config_path: str, host: str, port: int, log_level: str) -> None:
 def serve(config_path: str, host: str = "127.0.0.1", port: int = 4000, workers: int = 1,
           log_level: str = "info") -> int:
     configure_logging(log_level)
+    owned_metrics_dir = _prepare_metrics_dir(workers)
+    try:
+        if workers <= 1:
+            log.info("tiergate listening on http://%s:%d (1 worker, config %s)", host, port, config_path)
+            run_worker(config_path, host, port, log_level)
+            return 0
+        return _supervise(config_path, host, port, workers, log_level)
+    finally:
+        if owned_metrics_dir is not None:
+            shutil.rmtree(owned_metrics_dir, ignore_errors=True)
+
+
+def _prepare_metrics_dir(workers: int) -> str | None:
+    """Prometheus multiprocess mode: the workers' shared directory, empty at start (an earlier run's counters
+    would add up). A directory the operator chose (``PROMETHEUS_MULTIPROC_DIR``) is emptied of metric files and
+    kept; with several workers and none chosen a fresh temporary one is made, returned to be removed at exit.
+    One worker without the variable keeps its metrics in process."""
+    from proxy.metrics import MULTIPROC_ENV
+
+    chosen = os.environ.get(MULTIPROC_ENV)
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        for stale in Path(chosen).glob("*.db"):
+            stale.unlink()
+        return None
     if workers <= 1:
-        log.info("tiergate listening on http://%s:%d (1 worker, config %s)", host, port, config_path)
-        run_worker(config_path, host, port, log_level)
-        return 0
-    return _supervise(config_path, host, port, workers, log_level)
+        return None
+    path = tempfile.mkdtemp(prefix="tiergate-metrics-")
+    os.environ[MULTIPROC_ENV] = path  # inherited by the spawned workers, read when they import prometheus_client
+    return path
 
 
 def _supervise(config_path: str, host: str, port: int, workers: int, log_level: str) -> int:

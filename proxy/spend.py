@@ -6,6 +6,7 @@ so a response that completed before the report was asked for is in it.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date, datetime, timedelta, timezone
 
 from starlette.requests import Request
@@ -13,6 +14,8 @@ from starlette.responses import Response
 
 from proxy.endpoints import call_context, json_response, runtime
 from proxy.errors import ApiError, bad_request
+
+FLUSH_TIMEOUT_S = 10.0
 
 
 def _day(value: str | None, name: str, default: date) -> date:
@@ -22,6 +25,15 @@ def _day(value: str | None, name: str, default: date) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise bad_request(f"'{name}' must be a date like 2026-11-01, got {value!r}", param=name) from None
+
+
+async def _flushed(request: Request) -> None:
+    """Wait for records written so far to be queryable; a stuck database must not hang the endpoint."""
+    try:
+        await asyncio.wait_for(runtime(request).meter.inner.ledger.flush(), FLUSH_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise ApiError(503, f"the ledger did not commit within {FLUSH_TIMEOUT_S:.0f}s; see the proxy log",
+                       code="ledger_unavailable") from None
 
 
 def _scope(request: Request, requested: str | None) -> str | None:
@@ -44,7 +56,7 @@ async def report(request: Request) -> Response:
         raise bad_request("'end' is before 'start'", param="end")
     group_by = [g for g in params.get("group_by", "team").split(",") if g.strip()]
     ledger = runtime(request).meter.inner.ledger
-    await ledger.flush()
+    await _flushed(request)
     try:
         result = await ledger.report(start, end + timedelta(days=1), team=team, group_by=group_by)
     except ValueError as exc:
@@ -62,7 +74,7 @@ async def teams(request: Request) -> Response:
     team = _scope(request, request.query_params.get("team"))
     rt = runtime(request)
     meter = rt.meter
-    await meter.inner.ledger.flush()
+    await _flushed(request)
     policies = meter.policies(rt.store.policy)
     if team is not None:
         policies = {team: policies[team]} if team in policies else {}

@@ -193,6 +193,9 @@ class ServerSettings(_Model):
 class MeteringSettings(_Model):
     ledger: str = Field(default="sqlite:///var/tiergate-ledger.db", pattern=r"^(sqlite:///|postgres(ql)?://)")
     redis: str | None = Field(default=None, pattern=r"^rediss?://")
+    ledger_schema: str = Field(default="public", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="PostgreSQL schema")
+    spool_dir: str | None = Field(default=None, description="durability spool; default beside the SQLite file, "
+                                                              "or var/spool/pg-<hash> for PostgreSQL")
     alert_webhook: str | None = Field(default=None, description="Slack-compatible URL for budget alerts")
 
 

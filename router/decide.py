@@ -20,6 +20,7 @@ from router.policy import DeploymentSpec, Policy, TeamPolicy, TierSpec
 RefusalKind = Literal["model_not_found", "pin_forbidden", "tier_forbidden", "no_capable_tier", "max_tokens_exceeded"]
 # Worst-case output when neither client nor policy bounds it; only used to size a budget reservation.
 _UNBOUNDED_OUTPUT = 4096
+_RNG = random.Random()  # one per process: seeding a new Random per request showed up in the profile
 # A deployment keeps its affinity keys while its in-flight load is within this share above the tier's mean.
 AFFINITY_LOAD_SLACK = 0.25
 
@@ -131,7 +132,7 @@ def decide(
     stickiness_margin: float = 0.0,
 ) -> Decision:
     """Choose tier and deployment plan for one request; raises ``RoutingRefused``."""
-    rng = rng or random.Random()
+    rng = rng or _RNG
     tiers = policy.tiers
     routing = team.settings.routing
     reasons: list[str] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import io
@@ -11,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from metering_fixtures import T0, make_record
-from metering.cli import add_commands
-from metering.ledger.sqlite import SqliteLedger
+import pytest
 
-RUNNER = "import argparse, sys; from metering.cli import add_commands; p = argparse.ArgumentParser(); " \
-         "add_commands(p.add_subparsers(required=True)); a = p.parse_args(); sys.exit(a.func(a))"
+from conftest import ROOT, demo_config
+from metering_fixtures import T0, make_record
+from metering.ledger.sqlite import SqliteLedger
+from proxy.cli import build_parser
 
 
 def _seed(db: Path) -> None:
@@ -32,15 +31,16 @@ def _seed(db: Path) -> None:
 
 
 def _bill(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-c", RUNNER, "bill", *args], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "proxy.cli", "bill", *args], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
     return out.stdout
 
 
 def test_bill_json_and_csv_agree(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     _seed(db)
-    config = tmp_path / "tiergate.yaml"
-    config.write_text(f"metering:\n  ledger: sqlite:///{db}\n")
+    config = demo_config(tmp_path)
+    config.write_text(config.read_text().replace(f"sqlite:///{tmp_path}/ledger.db", f"sqlite:///{db}"))
     as_json = json.loads(_bill("--config", str(config), "--team", "a", "--period", "2026-11"))
     assert as_json["totals"]["cost_usd"] == "1.500000008"
     assert [(r["model"], r["cost_usd"]) for r in as_json["rows"]] == [("m1", "1.500000001"), ("m2", "0.000000007")]
@@ -50,11 +50,14 @@ def test_bill_json_and_csv_agree(tmp_path: Path) -> None:
 
 
 def test_bill_rejects_bad_period() -> None:
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(required=True))
-    try:
-        parser.parse_args(["bill", "--ledger", "sqlite:///x.db", "--team", "a", "--period", "2026-13"])
-    except SystemExit as exc:
-        assert exc.code == 2
-    else:
-        raise AssertionError("bad period accepted")
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["bill", "--ledger", "sqlite:///x.db", "--team", "a", "--period", "2026-13"])
+    assert exc.value.code == 2
+
+
+def test_bill_names_an_invalid_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tiers: []\nteams: {}\n")
+    run = subprocess.run([sys.executable, "-m", "proxy.cli", "bill", "--config", str(bad), "--team", "a",
+                          "--period", "2026-11"], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and str(bad) in run.stderr and "tiers" in run.stderr

@@ -71,7 +71,9 @@ def test_stream_sse_bytes(demo_proxy: Process) -> None:
     assert any(e.startswith(b": x-tiergate-cost-usd=") for e in events)
     for event in events[:-1]:
         if event.startswith(b"data: "):
-            assert json.loads(event[6:])["object"] == "chat.completion.chunk"
+            chunk = json.loads(event[6:])
+            assert chunk["object"] == "chat.completion.chunk"
+            assert "usage" not in chunk  # the client did not ask for usage: byte-transparent to it
 
 
 def test_tools_force_tool_call_shape(client: openai.OpenAI) -> None:

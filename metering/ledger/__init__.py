@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from metering.ledger.base import Ledger, TeamSpend
@@ -13,7 +14,7 @@ __all__ = ["Ledger", "Report", "TeamSpend", "open_ledger"]
 def open_ledger(url: str, spool_dir: str | Path | None = "", schema: str = "public") -> Ledger:
     """A ledger for ``url``, not yet started (``await ledger.start()``).
 
-    ``spool_dir=""`` means the default: beside the SQLite file, or ``./tiergate-spool`` for PostgreSQL.
+    ``spool_dir=""`` means the default: beside the SQLite file, or ``var/spool/pg-<hash of URL and schema>`` for PostgreSQL.
     """
     if url.startswith("sqlite:///"):
         from metering.ledger.sqlite import SqliteLedger
@@ -22,5 +23,7 @@ def open_ledger(url: str, spool_dir: str | Path | None = "", schema: str = "publ
     if url.startswith(("postgresql://", "postgres://")):
         from metering.ledger.postgres import PostgresLedger
 
-        return PostgresLedger(url, spool_dir="tiergate-spool" if spool_dir == "" else spool_dir, schema=schema)
+        # One spool per database and schema: a proxy must never replay another ledger's leftovers.
+        default = Path("var") / "spool" / ("pg-" + hashlib.sha256(f"{url}#{schema}".encode()).hexdigest()[:16])
+        return PostgresLedger(url, spool_dir=default if spool_dir == "" else spool_dir, schema=schema)
     raise ValueError(f"unsupported ledger URL {url!r}: use sqlite:///PATH or postgresql://...")

@@ -65,6 +65,12 @@ class GroupCommitLedger(Ledger):
     # -- Ledger --------------------------------------------------------------------------------------------------
     async def start(self) -> None:
         await self._open_db()
+        try:  # CREATE TABLE IF NOT EXISTS keeps an older table as it is: refuse it loudly, not on every commit
+            await self._fetch("SELECT entry_id FROM records WHERE 1 = 0", [])
+        except Exception as exc:
+            await self._close_db()
+            raise RuntimeError(f"this ledger's records table predates the entry_id key; point metering.ledger at "
+                               f"a new database or file ({exc})") from None
         if self._spool is not None:
             self._spool.open()
             await self._replay()

@@ -106,8 +106,8 @@ class Insights:
         return "CAST(EXTRACT(HOUR FROM started_at AT TIME ZONE 'UTC') AS INTEGER)"
 
     async def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        if self._ready is None:
-            self._ready = asyncio.ensure_future(self._ensure())
+        if self._ready is None or (self._ready.done() and (self._ready.cancelled() or self._ready.exception())):
+            self._ready = asyncio.ensure_future(self._ensure())  # first use, or the last attempt failed
         await asyncio.shield(self._ready)
         return await self._ledger._fetch(sql.replace("?", self._ledger.placeholder), params)
 

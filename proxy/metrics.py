@@ -1,0 +1,178 @@
+"""Prometheus metrics: per-request counters and histograms, budget utilisation, and the ``GET /metrics`` endpoint.
+
+Several workers: the supervisor (``proxy.server``) points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before
+it spawns them, so every worker's counters live in its own memory-mapped file and ``/metrics``, whichever worker
+answers, sums all of them (``MultiProcessCollector``). One worker without that variable uses a private registry.
+
+Money is counted in integer nano-dollars (a float holds integers exactly up to 2**53, ~9 million USD per series)
+and divided into USD only when a scrape is rendered, so ``round(value * 1e9)`` of a scraped ``*_usd_total`` is
+the ledger's exact sum; adding fractional USD floats request by request would drift off the nano-dollar.
+
+Budget utilisation is not kept per process: each scrape reads the team's day and month spend from the ledger
+(the shared bill, the same numbers ``/v1/spend/teams`` shows) and divides it by the team's cap, so every worker
+answers the same value and no gauge needs a ``multiprocess_mode``.
+
+``/metrics`` has no authentication, as Prometheus targets conventionally do; it shows team, tier and model names
+and aggregate spend, never a key or a key id. Keep the port on a private network.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable, Iterator, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+from metering.budgets.policy import BudgetPolicy
+from metering.ledger import TeamSpend
+from metering.money import NANOS_PER_USD, usd_to_nanos
+from metering.record import UsageRecord
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LABELS = ("team", "tier", "model")
+# Counters whose stored value is nano-dollars; scrapes show them in USD.
+_MONEY = frozenset({"tiergate_cost_usd", "tiergate_baseline_cost_usd", "tiergate_savings_usd"})
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """The children of one label set, looked up once: observing is then only increments."""
+
+    requests: Counter
+    input_tokens: Counter
+    output_tokens: Counter
+    cached_tokens: Counter
+    cost: Counter
+    baseline: Counter
+    savings: Counter
+    latency: Histogram
+    ttft: Histogram
+    sticky: Counter
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        # A private registry (not the global one): tests may build several runtimes in one process.
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self._requests = Counter("tiergate_requests", "Requests settled, by outcome status.",
+                                 (*_LABELS, "status"), registry=r)
+        self._input = Counter("tiergate_input_tokens", "Prompt tokens billed.", _LABELS, registry=r)
+        self._output = Counter("tiergate_output_tokens", "Completion tokens billed.", _LABELS, registry=r)
+        self._cached = Counter("tiergate_cached_tokens", "Prompt tokens served from the provider's prompt cache.",
+                               _LABELS, registry=r)
+        self._cost = Counter("tiergate_cost_usd", "Cost in USD (exact: summed in nano-dollars).", _LABELS, registry=r)
+        self._baseline = Counter("tiergate_baseline_cost_usd",
+                                 "What the same usage would have cost on the team's most capable tier (USD).",
+                                 _LABELS, registry=r)
+        self._savings = Counter("tiergate_savings_usd",
+                                "Savings against the all-frontier baseline (USD); a request that cost more than its "
+                                "baseline adds nothing, so net savings are baseline_cost - cost.", _LABELS, registry=r)
+        self._latency = Histogram("tiergate_request_duration_seconds", "Request latency to the last byte.", _LABELS,
+                                  buckets=_LATENCY_BUCKETS, registry=r)
+        self._ttft = Histogram("tiergate_time_to_first_token_seconds", "Time to the first streamed token.", _LABELS,
+                               buckets=_TTFT_BUCKETS, registry=r)
+        self._sticky = Counter("tiergate_sticky_held_requests",
+                               "Requests kept on their conversation's tier (prompt caching) against the score.",
+                               ("team", "tier"), registry=r)
+        self._series: dict[tuple[str, str, str, int], _Series] = {}
+
+    def _children(self, team: str, tier: str, model: str, status: int) -> _Series:
+        labels = (team, tier, model)
+        series = _Series(
+            requests=self._requests.labels(*labels, str(status)),
+            input_tokens=self._input.labels(*labels),
+            output_tokens=self._output.labels(*labels),
+            cached_tokens=self._cached.labels(*labels),
+            cost=self._cost.labels(*labels),
+            baseline=self._baseline.labels(*labels),
+            savings=self._savings.labels(*labels),
+            latency=self._latency.labels(*labels),
+            ttft=self._ttft.labels(*labels),
+            sticky=self._sticky.labels(team, tier),
+        )
+        self._series[(team, tier, model, status)] = series
+        return series
+
+    def observe(self, record: UsageRecord, sticky_held: bool = False) -> None:
+        """Count one settled request (called once per usage record, on the request path: increments only)."""
+        s = (self._series.get((record.team, record.tier, record.model, record.status))
+             or self._children(record.team, record.tier, record.model, record.status))
+        s.requests.inc()
+        if record.prompt_tokens:
+            s.input_tokens.inc(record.prompt_tokens)
+        if record.completion_tokens:
+            s.output_tokens.inc(record.completion_tokens)
+        if record.cached_tokens:
+            s.cached_tokens.inc(record.cached_tokens)
+        if record.cost_nanos:
+            s.cost.inc(record.cost_nanos)
+        if record.counterfactual_cost_nanos:
+            s.baseline.inc(record.counterfactual_cost_nanos)
+        if record.counterfactual_cost_nanos > record.cost_nanos:
+            s.savings.inc(record.counterfactual_cost_nanos - record.cost_nanos)
+        s.latency.observe(record.latency_ms / 1000)
+        if record.ttft_ms is not None:
+            s.ttft.observe(record.ttft_ms / 1000)
+        if sticky_held:
+            s.sticky.inc()
+
+    def render(self, budgets: Iterable[Metric] = ()) -> bytes:
+        """The text exposition: every worker's counters (multiprocess) or this one's, plus ``budgets``."""
+        source: Collector = (MultiProcessCollector(None, self.multiprocess_dir) if self.multiprocess_dir
+                             else self.registry)
+        return generate_latest(_Scrape(source, list(budgets)))
+
+
+class _Scrape(Collector):
+    """One scrape's view: nano-dollar counters shown in USD, and the budget gauges computed for it."""
+
+    def __init__(self, source: Collector, extra: list[Metric]) -> None:
+        self._source = source
+        self._extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._source.collect():
+            if metric.name in _MONEY:
+                metric.samples = [s._replace(value=s.value / NANOS_PER_USD) if s.name.endswith("_total") else s
+                                  for s in metric.samples]
+            yield metric
+        yield from self._extra
+
+
+def budget_gauges(spent: Iterable[TeamSpend], policies: Mapping[str, BudgetPolicy]) -> list[Metric]:
+    """``tiergate_budget_utilisation_ratio{team, period}``: the team's day or month spend divided by its cap."""
+    gauge = GaugeMetricFamily("tiergate_budget_utilisation_ratio",
+                              "Team spend this UTC day or month divided by its budget cap (1 = cap reached).",
+                              labels=("team", "period"))
+    by_team = {s.team: s for s in spent}
+    for team, policy in sorted(policies.items()):
+        s = by_team.get(team)
+        for period, cap, nanos in (("day", policy.team.daily_usd, s.day_nanos if s else 0),
+                                   ("month", policy.team.monthly_usd, s.month_nanos if s else 0)):
+            if cap is None:
+                continue
+            cap_nanos = usd_to_nanos(cap)
+            ratio = nanos / cap_nanos if cap_nanos else (math.inf if nanos else 0.0)
+            gauge.add_metric((team, period), ratio)
+    return [gauge]
+
+
+async def endpoint(request: Request) -> Response:
+    """``GET /metrics``: unauthenticated by convention (see the module docstring for what it reveals)."""
+    rt = request.app.state.runtime
+    today = datetime.now(timezone.utc).date()
+    spent = await rt.meter.inner.ledger.spend_by_team(today)
+    gauges = budget_gauges(spent, rt.meter.policies(rt.store.policy))
+    return Response(rt.metrics.render(gauges), media_type=CONTENT_TYPE_LATEST)
