@@ -42,6 +42,8 @@ class UsageRecord:
     latency_ms: int = 0
     ttft_ms: int | None = None
     error: str | None = None
+    system_tokens: int = 0  # the leading system prompt's share of prompt_tokens (audit: oversized prompts)
+    context_saved_tokens: int = 0  # prompt tokens rolling summaries kept from being sent
 
     def __post_init__(self) -> None:
         for name in ("started_at", "ended_at"):

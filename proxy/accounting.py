@@ -34,6 +34,7 @@ class Outcome:
     decision: Decision
     purpose: str
     budget_downgraded: bool = False
+    context_saved_tokens: int = 0
 
     def _base(self, status: int, error: str | None) -> dict[str, Any]:
         now = datetime.now(timezone.utc)
@@ -51,6 +52,8 @@ class Outcome:
             status=status,
             error=error,
             latency_ms=int((now - self.ctx.started_at).total_seconds() * 1000),
+            system_tokens=self.features.system_tokens,
+            context_saved_tokens=self.context_saved_tokens,
         )
 
     def succeeded(self, dep: DeploymentSpec, attempts: list[Attempt], usage: Usage, *, ttft_ms: float | None,

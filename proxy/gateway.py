@@ -266,7 +266,8 @@ class Gateway:
             cached = await self._cache.get(sticky_key)
             sticky_tier = int(cached) if cached is not None else None
         decision = self._decide(ctx, team, body, features, original, affinity=prefix.key, sticky_tier=sticky_tier)
-        result = await self._call(ctx, team, tags, "chat/completions", body, features, decision, prefix=prefix)
+        result = await self._call(ctx, team, tags, "chat/completions", body, features, decision, prefix=prefix,
+                                  context_saved=trimmed.saved_tokens if trimmed is not None else 0)
         if sticky_key is not None:
             await self._cache.set(sticky_key, str(decision.tier.index).encode(), _STICKY_TTL_S)
         if trimmed is not None:
@@ -343,9 +344,9 @@ class Gateway:
 
     async def _call(self, ctx: CallContext, team: TeamPolicy, tags: dict[str, str], endpoint: Endpoint,
                     body: dict[str, Any], features: RequestFeatures, decision: Decision, purpose: str = "chat",
-                    prefix: Prefix | None = None) -> Completed | Streamed:
+                    prefix: Prefix | None = None, context_saved: int = 0) -> Completed | Streamed:
         outcome = Outcome(ctx=ctx, team=team, tags=tags, body=body, features=features, decision=decision,
-                          purpose=purpose)
+                          purpose=purpose, context_saved_tokens=context_saved)
         response_key = None
         if team.settings.context.response_cache and endpoint == "chat/completions" and cacheable(body):
             response_key = cache_key(team.name, body)

@@ -17,6 +17,7 @@ class RequestFeatures:
     needs: frozenset[str]  # capabilities: tools, json_schema, vision
     prompt_tokens: int  # tiktoken estimate; billing always uses the provider's usage
     max_output_tokens: int | None  # what the client asked for (max_completion_tokens wins over max_tokens)
+    system_tokens: int = 0  # tokens of the leading system/developer messages (the static prompt)
 
 
 def _has_image(messages: list[Any]) -> bool:
@@ -41,10 +42,14 @@ def chat_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFe
     if _has_image(messages):
         needs.add("vision")
     prompt = count_messages(messages, model_hint)
+    head = 0
+    while head < len(messages) and isinstance(messages[head], dict) and messages[head].get("role") in ("system", "developer"):
+        head += 1
+    system = count_messages(messages[:head], model_hint) - 3 if head else 0  # minus the reply priming
     if body.get("tools"):
         prompt += count_text(dumps(body["tools"]).decode(), model_hint)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    return RequestFeatures(needs=frozenset(needs), prompt_tokens=prompt, max_output_tokens=limit)
+    return RequestFeatures(needs=frozenset(needs), prompt_tokens=prompt, max_output_tokens=limit, system_tokens=system)
 
 
 def prompt_features(prompt: str, max_tokens: int | None, model_hint: str = "gpt-4o") -> RequestFeatures:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from metering.ledger.base import Ledger
 from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_day, build_report,
                                     parse_group_by)
-from metering.ledger.schema import Entry
+from metering.ledger.schema import RECORD_COLUMNS, Entry
 from metering.ledger.spool import Segment, Spool
 from metering.record import UsageRecord
 
@@ -66,11 +66,11 @@ class GroupCommitLedger(Ledger):
     async def start(self) -> None:
         await self._open_db()
         try:  # CREATE TABLE IF NOT EXISTS keeps an older table as it is: refuse it loudly, not on every commit
-            await self._fetch("SELECT entry_id FROM records WHERE 1 = 0", [])
+            await self._fetch(f"SELECT {', '.join(RECORD_COLUMNS)} FROM records WHERE 1 = 0", [])
         except Exception as exc:
             await self._close_db()
-            raise RuntimeError(f"this ledger's records table predates the entry_id key; point metering.ledger at "
-                               f"a new database or file ({exc})") from None
+            raise RuntimeError(f"this ledger's records table was made by an older tiergate (missing columns); point "
+                               f"metering.ledger at a new database or file ({exc})") from None
         if self._spool is not None:
             self._spool.open()
             await self._replay()

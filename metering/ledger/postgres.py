@@ -24,7 +24,8 @@ _RECORD_TYPES = {
     "day": "DATE", "started_at": "TIMESTAMPTZ", "ended_at": "TIMESTAMPTZ", "tags": "JSONB",
     "score": "DOUBLE PRECISION", "usage_estimated": "BOOLEAN", "status": "INTEGER",
     **{c: "BIGINT" for c in ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
-                             "reasoning_tokens", "cost_nanos", "counterfactual_cost_nanos", "latency_ms", "ttft_ms")},
+                             "reasoning_tokens", "cost_nanos", "counterfactual_cost_nanos", "latency_ms", "ttft_ms",
+                             "system_tokens", "context_saved_tokens")},
 }
 _RECORDS_DDL = "CREATE TABLE IF NOT EXISTS records ({}, PRIMARY KEY (entry_id))".format(
     ", ".join(f"{c} {_RECORD_TYPES.get(c, 'TEXT')}" for c in RECORD_COLUMNS)

@@ -17,7 +17,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "entry_id", "request_id", "day", "started_at", "ended_at", "team", "key_id", "tags", "requested_model", "tier",
     "deployment", "model", "purpose", "score", "prompt_tokens", "completion_tokens", "cached_tokens",
     "cache_write_tokens", "reasoning_tokens", "usage_estimated", "cost_nanos", "counterfactual_cost_nanos",
-    "latency_ms", "ttft_ms", "status", "error",
+    "latency_ms", "ttft_ms", "status", "error", "system_tokens", "context_saved_tokens",
 )
 
 
@@ -28,7 +28,7 @@ def record_values(entry_id: str, r: UsageRecord) -> tuple[Any, ...]:
         orjson.dumps(dict(sorted(r.tags.items()))).decode(), r.requested_model, r.tier, r.deployment, r.model,
         r.purpose, r.score, r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.cache_write_tokens,
         r.reasoning_tokens, r.usage_estimated, r.cost_nanos, r.counterfactual_cost_nanos, r.latency_ms, r.ttft_ms,
-        r.status, r.error,
+        r.status, r.error, r.system_tokens, r.context_saved_tokens,
     )
 
 

@@ -23,7 +23,7 @@ _RECORD_TYPES = {
     "score": "REAL", "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
     "cache_write_tokens": "INTEGER", "reasoning_tokens": "INTEGER", "usage_estimated": "INTEGER",
     "cost_nanos": "INTEGER", "counterfactual_cost_nanos": "INTEGER", "latency_ms": "INTEGER", "ttft_ms": "INTEGER",
-    "status": "INTEGER",
+    "status": "INTEGER", "system_tokens": "INTEGER", "context_saved_tokens": "INTEGER",
 }
 _RECORDS_DDL = "CREATE TABLE IF NOT EXISTS records ({}, PRIMARY KEY (entry_id)) WITHOUT ROWID".format(
     ", ".join(f"{c} {_RECORD_TYPES.get(c, 'TEXT')}" for c in RECORD_COLUMNS)
