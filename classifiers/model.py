@@ -1,0 +1,85 @@
+"""The shipped model family: standardised hand-built features -> one logistic regression.
+
+Training target. The router needs a ranking by "does the strong model do better here". Trained on
+that label directly (strong beats weak, or the gain strong - weak), models on this data learn which
+*topics* had a big gap and transfer worse than prompt length to unseen topics. What transfers is
+*difficulty*: the model is fitted on "a model fails this prompt", with every prompt entered twice,
+once labelled with the weak model's failure and once with the strong model's, i.e. it estimates
+the average failure rate of the two. That beat the weak-only and strong-only labels and all
+gain-based labels under subject-grouped CV (benchmarks/classifier/RESULTS.md).
+
+Each subject gets the same total weight, so the 1,534 professional-law rows (20% of the data) do
+not decide the weights alone; strong L2 regularisation keeps them small, since there are only
+~28 subjects' worth of independent signal.
+
+After the fit, a one-dimensional Platt step maps the logit onto P(strong beats weak) using
+out-of-fold predictions and is folded into the coefficients, so the score reads as "probability
+the strong tier is needed" without changing the ranking the CV measured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+C = 0.001
+
+
+def fails(quality: np.ndarray) -> np.ndarray:
+    """1 where a model's quality is below one half (a wrong MMLU answer)."""
+    return (np.asarray(quality) < 0.5).astype(np.int64)
+
+
+def strong_needed(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """Calibration label: 1 where the strong model did strictly better than the weak one."""
+    return (np.asarray(strong) > np.asarray(weak)).astype(np.int64)
+
+
+def group_balanced_weights(groups: np.ndarray) -> np.ndarray:
+    """Sample weights giving each group the same total weight, mean 1."""
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[inverse]
+    return weights * (len(groups) / weights.sum())
+
+
+def build(seed: int = 0) -> Pipeline:
+    """A fresh, unfitted estimator. lbfgs is deterministic; the seed is kept for solvers that are not."""
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("lr", LogisticRegression(C=C, max_iter=5000, random_state=seed)),
+        ]
+    )
+
+
+def fit(X: np.ndarray, weak: np.ndarray, strong: np.ndarray, groups: np.ndarray, seed: int = 0) -> Pipeline:
+    """Fit the difficulty model: each row twice, labelled with the weak and the strong model's failure."""
+    weights = group_balanced_weights(groups)
+    return build(seed).fit(
+        np.vstack([X, X]),
+        np.concatenate([fails(weak), fails(strong)]),
+        lr__sample_weight=np.concatenate([weights, weights]),
+    )
+
+
+def decision(model: Pipeline, X: np.ndarray) -> np.ndarray:
+    """The logit the score is a monotone function of."""
+    return model.decision_function(X)
+
+
+def fit_platt(logit: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """(a, b) of P(label) = sigmoid(a * logit + b), fitted on out-of-fold logits.
+
+    The slope is kept positive so calibration can never reverse the ranking the CV measured.
+    """
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(logit.reshape(-1, 1), label)
+    return max(float(lr.coef_[0, 0]), 1e-6), float(lr.intercept_[0])
+
+
+def fold_platt(model: Pipeline, a: float, b: float) -> None:
+    """Rewrite the fitted logistic head so predict_proba returns sigmoid(a * logit + b)."""
+    lr: LogisticRegression = model.named_steps["lr"]
+    lr.coef_ = lr.coef_ * a
+    lr.intercept_ = lr.intercept_ * a + b
