@@ -44,9 +44,14 @@ def encoding_for(model: str) -> tiktoken.Encoding:
     """
     name = model.rsplit("/", 1)[-1]
     try:
-        return tiktoken.encoding_for_model(name)
+        enc = tiktoken.encoding_for_model(name)
     except KeyError:
-        return tiktoken.get_encoding("o200k_base")
+        enc = tiktoken.get_encoding("o200k_base")
+    # The Rust core holds its own copy of the BPE ranks; the Python dict kept beside it (~30 MB for o200k) is
+    # only read when pickling an Encoding, which we never do. Dropping it keeps a worker's RSS in budget.
+    if getattr(enc, "_mergeable_ranks", None):
+        enc._mergeable_ranks = {}
+    return enc
 
 
 # System prompts and tool schemas repeat on every request of an app; BPE on them dominated the proxy's CPU

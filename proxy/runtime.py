@@ -113,6 +113,7 @@ class Runtime:
         from proxy.meter import Meter
         from proxy.metrics import Metrics
         from proxy.telemetry import Tracing
+        from metering.tokens import count_text
         from router.cache import open_cache
         from router.dispatch import Dispatcher
         from router.scoring import load_scorer
@@ -121,6 +122,9 @@ class Runtime:
         store = PolicyStore.open(config_path)
         config = store.policy.config
         scorer = load_scorer(config.classifier.model)
+        # Load the tokenizer and run the model once now, so the first request does not pay for it.
+        scorer.score([{"role": "user", "content": "warm up"}])
+        count_text("warm up")
         pool = UpstreamPool(config.server.upstream_timeout_s, config.server.connect_timeout_s)
         health = new_health(store.policy)
         tracing = Tracing.configure()
