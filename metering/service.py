@@ -71,6 +71,7 @@ class Meter:
         self.budgets = budgets
         self.alerter = alerter
         self.hold_ttl_s = hold_ttl_s
+        self._pending: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, ledger_url: str, redis_url: str | None = None, spool_dir: str | Path | None = "",
@@ -119,18 +120,30 @@ class Meter:
             raise
         return Reservation(team, started_at, hold)
 
-    async def settle(self, reservation: Reservation | None, record: UsageRecord) -> None:
+    async def settle(self, reservation: Reservation | None, record: UsageRecord,
+                     budget_in_background: bool = False) -> None:
         """Write the record (durable when this returns) and settle its hold to ``record.cost_nanos``.
 
         Call it exactly once per request, also for failures (``cost_nanos=0`` unless the provider charged) and
         disconnects (the tokens generated so far). ``reservation`` is None when the request never reserved.
+        ``budget_in_background`` returns once the record is durable and settles the hold after: the proxy uses it
+        so a response never waits on a Redis round trip (the hold keeps guarding the cap until then).
         """
-        await asyncio.shield(self._settle(reservation, record))
+        await asyncio.shield(self._settle(reservation, record, budget_in_background))
 
-    async def _settle(self, reservation: Reservation | None, record: UsageRecord) -> None:
+    async def _settle(self, reservation: Reservation | None, record: UsageRecord, budget_in_background: bool) -> None:
         await self.ledger.write(record)
         if reservation is None or reservation.hold is None:
             return
+        if not budget_in_background:
+            await self._settle_budget(reservation, record)
+            return
+        task = asyncio.get_running_loop().create_task(self._settle_budget(reservation, record))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle_budget(self, reservation: Reservation, record: UsageRecord) -> None:
+        assert reservation.hold is not None
         try:
             states = await self.budgets.settle(reservation.hold, record.cost_nanos)
         except BudgetStoreUnavailable as exc:
@@ -165,6 +178,8 @@ class Meter:
         return out
 
     async def close(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
         if self.alerter is not None:
             await self.alerter.close()
         await self.budgets.close()

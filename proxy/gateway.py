@@ -254,15 +254,19 @@ class Gateway:
         tags = self._tags(ctx, team, body)
         settings = team.settings.context
         original = body["messages"]
+        # Keys come from the client's messages, not the trimmed ones: the summary that trimming puts after the
+        # system prompt changes whenever turns age out, and keying by it would move the conversation to a cold
+        # provider cache (prompt_cache_key), deployment and tier each time.
+        prefix = Prefix(key=prefix_key(body), hint_provider=settings.provider_prefix_caching)
+        request = body
         trimmed = await self._trim(ctx, team, tags, original)
         if trimmed is not None:
             body = {**body, "messages": trimmed.messages}
         features = chat_features(body)
-        prefix = Prefix(key=prefix_key(body), hint_provider=settings.provider_prefix_caching)
         sticky_key = None
         sticky_tier = None
         if body["model"] == "auto" and features.prompt_tokens >= _STICKY_MIN_TOKENS and settings.stickiness_margin > 0:
-            sticky_key = "sticky:" + conversation_key(team.name, body)
+            sticky_key = "sticky:" + conversation_key(team.name, request)
             cached = await self._cache.get(sticky_key)
             sticky_tier = int(cached) if cached is not None else None
         decision = self._decide(ctx, team, body, features, original, affinity=prefix.key, sticky_tier=sticky_tier)

@@ -60,7 +60,7 @@ class Meter:
                                 f"(budgets.redis_failure: closed): {exc}", code="budget_store_unavailable") from None
 
     async def settle(self, reservation: Reservation | None, record: UsageRecord) -> None:
-        await self.inner.settle(reservation, record)
+        await self.inner.settle(reservation, record, budget_in_background=True)
 
     async def close(self) -> None:
         await self.inner.close()

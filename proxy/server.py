@@ -58,6 +58,7 @@ def run_worker(config_path: str, host: str, port: int, log_level: str) -> None:
             http="httptools",
             lifespan="on",
             access_log=False,
+            proxy_headers=False,  # no X-Forwarded-* rewriting on the hot path; put trusted proxies' logic upstream
             log_level=log_level,
             timeout_keep_alive=30,
             server_header=False,

@@ -27,5 +27,8 @@ if ! answers 5432; then
   wait_for 5432 PostgreSQL
 fi
 
+# The dashboard test drives Debian's headless Chromium (Playwright's own browser downloads are not used).
+need_pkg chromium chromium || echo "could not install chromium: tests/test_dashboard.py will fail under CI" >&2
+
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 exec .venv/bin/python -m pytest -q "$@"

@@ -47,6 +47,8 @@ def test_rolling_summary_trims_what_reaches_the_upstream_and_is_reused(tmp_path:
     assert last[0] == SYSTEM  # the system prompt is never summarized
     assert last[1]["role"] == "system" and last[1]["content"].startswith("Summary of the earlier part")
     assert last[-1] == messages[-2]  # the newest user turn reaches the upstream unchanged
+    # Trimming keeps the provider cache key: it names the client's system prompt, not the summary after it.
+    assert len({c.get("prompt_cache_key") for c in chats}) == 1
     # Each aged-out span is summarized once: summaries <= number of distinct cut points, far fewer than turns.
     distinct = len(set(trimmed))
     assert 1 <= len(summaries) <= distinct

@@ -24,8 +24,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from metering.budgets.base import BudgetExceeded, BudgetStore, BudgetStoreUnavailable, Cap, CapState, Hold, Seeder
 
@@ -138,7 +137,9 @@ end
 return 1
 """
 
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Any Redis failure (unreachable, timeout, or a script error on keys it does not understand) goes through the
+# team's fail-open/fail-closed policy: a budget store problem must never surface as a 500.
+_UNAVAILABLE = (RedisError, OSError)
 
 
 class RedisBudgetStore(BudgetStore):
@@ -173,7 +174,7 @@ class RedisBudgetStore(BudgetStore):
         try:
             return await script(keys=keys, args=args)
         except _UNAVAILABLE as exc:
-            raise BudgetStoreUnavailable(f"Redis unreachable: {exc}") from exc
+            raise BudgetStoreUnavailable(f"Redis failed: {type(exc).__name__}: {exc}") from exc
 
     async def reserve(self, hold_id: str, caps: Sequence[Cap], amount: int, ttl_s: float, enforce: bool = True,
                       fail_open: bool = False) -> Hold:

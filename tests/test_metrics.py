@@ -1,0 +1,190 @@
+"""Prometheus ``/metrics``: after N requests through two worker processes the counters equal the ledger's totals
+(``/v1/spend/report``) exactly, whichever worker answers the scrape; money to the nano-dollar.
+
+Also, in process: observing records (nano-dollar exactness, what is and is not counted) and the supervisor's
+multiprocess directory handling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import DEMO_KEYS, Process, demo_config
+from metering.record import UsageRecord
+from proxy.metrics import MULTIPROC_ENV, Metrics
+from proxy.server import _prepare_metrics_dir
+
+ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
+SAMPLE_LINE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+NANOS = Decimal(1_000_000_000)
+ROUNDS = 12
+STREAMS = sum(1 for i in range(ROUNDS) if i % 3 == 0)  # support streams every third round
+
+
+def _scrape(proxy: Process) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """``{sample name: {sorted labels: value}}`` of one scrape."""
+    response = httpx.get(proxy.url + "/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            out[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def _by_team(samples: dict[tuple[tuple[str, str], ...], float], nanos: bool = False) -> dict[str, int]:
+    """Per team: counts, or (``nanos``) USD converted back to integer nano-dollars series by series."""
+    totals: dict[str, int] = defaultdict(int)
+    for labels, value in samples.items():
+        totals[dict(labels)["team"]] += round(value * 1e9) if nanos else int(value)
+    return dict(totals)
+
+
+def _nanos(usd: str) -> int:
+    return int(Decimal(usd) * NANOS)
+
+
+def _traffic(proxy: Process) -> int:
+    """Mixed teams, tiers and a stream, each request on a new connection (so the kernel spreads them)."""
+    sent = 0
+    for i in range(ROUNDS):
+        for team, model, stream in (("research", "auto", False), ("research", ("mid", "frontier")[i % 2], False),
+                                    ("support", "auto", i % 3 == 0)):
+            body = {"model": model, "stream": stream,
+                    "messages": [{"role": "user", "content": f"Question {i}: explain the trade-offs of caching"}]}
+            response = httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=60,
+                                  headers={"authorization": f"Bearer {DEMO_KEYS[team]}"})
+            assert response.status_code == 200, response.text
+            sent += 1
+    return sent
+
+
+def _requests_per_worker(proxy: Process, tmp_path: Path) -> dict[int, int]:
+    """Requests counted by each worker process, read from its own multiprocess file."""
+    workers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proxy.proc.pid
+               and b"spawn_main" in (p / "cmdline").read_bytes()]  # not multiprocessing's resource tracker
+    environ = {}
+    for worker in workers:
+        for entry in (worker / "environ").read_bytes().split(b"\0"):
+            name, _, value = entry.decode(errors="replace").partition("=")
+            if name == MULTIPROC_ENV:
+                environ[int(worker.name)] = value
+    assert len(set(environ.values())) == 1, environ  # every worker shares one directory
+    directory = Path(next(iter(environ.values())))
+    counts = {}
+    for pid in environ:
+        one = tmp_path / f"worker-{pid}"
+        one.mkdir()
+        shutil.copy(directory / f"counter_{pid}.db", one)
+        counts[pid] = sum(int(s.value) for m in MultiProcessCollector(None, str(one)).collect()
+                          for s in m.samples if s.name == "tiergate_requests_total")
+    return counts
+
+
+def _parent(proc_dir: Path) -> int:
+    try:
+        stat = (proc_dir / "stat").read_text()
+    except OSError:
+        return -1
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def test_counters_equal_the_ledger_with_two_workers(start_proxy: Any, tmp_path: Path) -> None:
+    proxy = start_proxy(demo_config(tmp_path), workers=2)
+    sent = _traffic(proxy)
+
+    deadline = time.monotonic() + 15
+    while True:  # streams settle just after their last byte: wait until ledger and counters have every request
+        report = httpx.get(proxy.url + "/v1/spend/report", headers=ADMIN, timeout=30).json()
+        scrapes = [_scrape(proxy) for _ in range(6)]
+        counted = [sum(s["tiergate_requests_total"].values()) for s in scrapes]
+        if report["totals"]["requests"] == sent and counted == [sent] * len(scrapes):
+            break
+        assert time.monotonic() < deadline, (report["totals"], counted)
+
+    rows = {row["team"]: row for row in report["rows"]}
+    assert set(rows) == {"research", "support"}
+    for scrape in scrapes:  # the same totals whichever worker answered
+        assert _by_team(scrape["tiergate_requests_total"]) == {t: r["requests"] for t, r in rows.items()}
+        assert _by_team(scrape["tiergate_input_tokens_total"]) == {t: r["prompt_tokens"] for t, r in rows.items()}
+        assert _by_team(scrape["tiergate_output_tokens_total"]) == {t: r["completion_tokens"] for t, r in rows.items()}
+        assert _by_team(scrape["tiergate_cost_usd_total"], nanos=True) == {
+            t: _nanos(r["cost_usd"]) for t, r in rows.items()}
+        assert _by_team(scrape["tiergate_baseline_cost_usd_total"], nanos=True) == {
+            t: _nanos(r["counterfactual_cost_usd"]) for t, r in rows.items()}
+        assert _by_team(scrape["tiergate_savings_usd_total"], nanos=True) == {
+            t: _nanos(r["savings_usd"]) for t, r in rows.items()}
+        assert sum(scrape["tiergate_request_duration_seconds_count"].values()) == sent
+        assert sum(scrape["tiergate_time_to_first_token_seconds_count"].values()) == STREAMS
+
+    tiers = {dict(labels)["tier"] for labels in scrapes[0]["tiergate_requests_total"]}
+    assert {"mid", "frontier"} <= tiers
+    budget = scrapes[-1]["tiergate_budget_utilisation_ratio"]
+    day = budget[(("period", "day"), ("team", "research"))]
+    assert day == pytest.approx(_nanos(rows["research"]["cost_usd"]) / 25e9, rel=1e-9)  # demo cap: $25/day
+    per_worker = _requests_per_worker(proxy, tmp_path)
+    assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker
+    assert sum(per_worker.values()) == sent
+    assert "sk-demo" not in httpx.get(proxy.url + "/metrics", timeout=10).text
+
+
+def _record(**fields: Any) -> UsageRecord:
+    now = datetime.now(timezone.utc)
+    base: dict[str, Any] = dict(request_id="r", started_at=now, ended_at=now, team="t", key_id="k",
+                                requested_model="auto", model="m", status=200, tier="small", latency_ms=120)
+    return UsageRecord(**{**base, **fields})
+
+
+def test_observe_counts_exact_nano_dollars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    metrics = Metrics()
+    for _ in range(10):  # 0.1 USD + 0.000000001: ten float additions of the USD value would not be exact
+        metrics.observe(_record(cost_nanos=100_000_001, counterfactual_cost_nanos=300_000_000, prompt_tokens=7))
+    metrics.observe(_record(cost_nanos=5, counterfactual_cost_nanos=2, ttft_ms=250), sticky_held=True)
+    metrics.observe(_record(status=502, model=""))
+    text = metrics.render().decode()
+    values = {}
+    for line in text.splitlines():
+        match = SAMPLE_LINE.match(line)
+        if match:
+            values[(match["name"], match["labels"])] = float(match["value"])
+    labels = 'model="m",team="t",tier="small"'
+    assert round(values[("tiergate_cost_usd_total", labels)] * 1e9) == 10 * 100_000_001 + 5
+    assert round(values[("tiergate_baseline_cost_usd_total", labels)] * 1e9) == 3_000_000_002
+    # the one request that cost more than its baseline adds nothing to savings (a counter cannot go down)
+    assert round(values[("tiergate_savings_usd_total", labels)] * 1e9) == 10 * 199_999_999
+    assert values[("tiergate_input_tokens_total", labels)] == 70
+    assert values[("tiergate_requests_total", 'model="m",status="200",team="t",tier="small"')] == 11
+    assert values[("tiergate_requests_total", 'model="",status="502",team="t",tier="small"')] == 1
+    assert values[("tiergate_time_to_first_token_seconds_count", labels)] == 1
+    assert values[("tiergate_sticky_held_requests_total", 'team="t",tier="small"')] == 1
+    assert values[("tiergate_request_duration_seconds_count", labels)] == 11
+
+
+def test_metrics_directory_is_emptied_or_made_fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    (chosen / "counter_1.db").write_bytes(b"stale")
+    monkeypatch.setenv(MULTIPROC_ENV, str(chosen))
+    assert _prepare_metrics_dir(workers=4) is None  # the operator's directory is kept ...
+    assert list(chosen.iterdir()) == []  # ... but an earlier run's counters are gone
+
+    monkeypatch.delenv(MULTIPROC_ENV)
+    assert _prepare_metrics_dir(workers=1) is None and MULTIPROC_ENV not in os.environ
+    made = _prepare_metrics_dir(workers=2)
+    assert made is not None and os.environ[MULTIPROC_ENV] == made and list(Path(made).iterdir()) == []
+    shutil.rmtree(made)
