@@ -21,9 +21,9 @@ def _period(text: str) -> tuple[date, date]:
         raise argparse.ArgumentTypeError(f"period must be YYYY-MM, got {text!r}") from None
 
 
-async def _bill(url: str, team: str, period: tuple[date, date], group_by: list[str]) -> Any:
+async def _bill(url: str, schema: str, team: str, period: tuple[date, date], group_by: list[str]) -> Any:
     # No spool: a read-only process must neither create segments nor replay a running proxy's.
-    ledger = open_ledger(url, spool_dir=None)
+    ledger = open_ledger(url, spool_dir=None, schema=schema)
     await ledger.start()
     try:
         return await ledger.report(period[0], period[1], team=team, group_by=group_by)
@@ -31,14 +31,14 @@ async def _bill(url: str, team: str, period: tuple[date, date], group_by: list[s
         await ledger.close()
 
 
-def bill(args: argparse.Namespace, ledger_from_config: Callable[[str], str]) -> int:
+def bill(args: argparse.Namespace, ledger_from_config: Callable[[str], tuple[str, str]]) -> int:
     try:
-        url = args.ledger or ledger_from_config(args.config)
+        url, schema = (args.ledger, args.schema) if args.ledger else ledger_from_config(args.config)
     except ValueError as exc:
         print(f"tiergate bill: {exc}", file=sys.stderr)
         return 2
     try:
-        report = asyncio.run(_bill(url, args.team, args.period, args.group_by.split(",")))
+        report = asyncio.run(_bill(url, schema, args.team, args.period, args.group_by.split(",")))
     except ValueError as exc:
         print(f"tiergate bill: {exc}", file=sys.stderr)
         return 2
@@ -49,13 +49,14 @@ def bill(args: argparse.Namespace, ledger_from_config: Callable[[str], str]) -> 
     return 0
 
 
-def add_commands(subparsers: Any, ledger_from_config: Callable[[str], str]) -> None:
-    """Register ``bill``; ``ledger_from_config`` resolves ``--config`` to the validated policy's ledger URL
-    (the proxy's config loader: metering does not parse policy files itself)."""
+def add_commands(subparsers: Any, ledger_from_config: Callable[[str], tuple[str, str]]) -> None:
+    """Register ``bill``; ``ledger_from_config`` resolves ``--config`` to the validated policy's ledger URL and
+    PostgreSQL schema (the proxy's config loader: metering does not parse policy files itself)."""
     p = subparsers.add_parser("bill", help="a team's bill for one month, from the ledger")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="tiergate YAML config (its metering.ledger URL)")
     source.add_argument("--ledger", help="ledger URL: sqlite:///PATH or postgresql://...")
+    p.add_argument("--schema", default="public", help="PostgreSQL schema, with --ledger (default public)")
     p.add_argument("--team", required=True)
     p.add_argument("--period", required=True, type=_period, help="month, YYYY-MM (UTC)")
     p.add_argument("--format", choices=("json", "csv"), default="json")

@@ -52,17 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     from classifiers.cli import add_commands as classifier_commands
     from metering.cli import add_commands as metering_commands
+    from proxy.audit_cli import add_commands as audit_commands
     from simulator.cli import add_commands as simulator_commands
 
     simulator_commands(sub)
     classifier_commands(sub)
-    metering_commands(sub, _ledger_url)
+    metering_commands(sub, _ledger_location)
+    audit_commands(sub)
     return parser
 
 
-def _ledger_url(path: str) -> str:
+def _ledger_location(path: str) -> tuple[str, str]:
     try:
-        return load_policy(path).config.metering.ledger
+        metering = load_policy(path).config.metering
+        return metering.ledger, metering.ledger_schema
     except ConfigError as exc:
         raise ValueError(f"{path}: invalid config\n{exc}") from None
 

@@ -33,7 +33,7 @@ from router.cache import KeyValueCache
 from router.context import plan_context
 from router.decide import Decision, RoutingRefused, decide
 from router.dispatch import AllAttemptsFailed, Dispatcher
-from router.features import RequestFeatures, chat_features, prompt_features
+from router.features import RequestFeatures, chat_features, prompt_features, system_prompt_tokens
 from router.health import HealthBook
 from router.policy import DeploymentSpec, Policy, Principal, TeamPolicy
 from router.prefix import conversation_key, prefix_key, provider_caching
@@ -263,6 +263,8 @@ class Gateway:
         if trimmed is not None:
             body = {**body, "messages": trimmed.messages}
         features = chat_features(body)
+        if trimmed is not None:  # the summary sits after the system prompt; the audit wants the client's prompt
+            features = replace(features, system_tokens=system_prompt_tokens(original))
         sticky_key = None
         sticky_tier = None
         if body["model"] == "auto" and features.prompt_tokens >= _STICKY_MIN_TOKENS and settings.stickiness_margin > 0:

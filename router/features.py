@@ -42,14 +42,19 @@ def chat_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFe
     if _has_image(messages):
         needs.add("vision")
     prompt = count_messages(messages, model_hint)
-    head = 0
-    while head < len(messages) and isinstance(messages[head], dict) and messages[head].get("role") in ("system", "developer"):
-        head += 1
-    system = count_messages(messages[:head], model_hint) - 3 if head else 0  # minus the reply priming
     if body.get("tools"):
         prompt += count_text(dumps(body["tools"]).decode(), model_hint)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    return RequestFeatures(needs=frozenset(needs), prompt_tokens=prompt, max_output_tokens=limit, system_tokens=system)
+    return RequestFeatures(needs=frozenset(needs), prompt_tokens=prompt, max_output_tokens=limit,
+                           system_tokens=system_prompt_tokens(messages, model_hint))
+
+
+def system_prompt_tokens(messages: list[Any], model_hint: str = "gpt-4o") -> int:
+    """Tokens of the leading system/developer messages: the static prompt an app resends on every call."""
+    head = 0
+    while head < len(messages) and isinstance(messages[head], dict) and messages[head].get("role") in ("system", "developer"):
+        head += 1
+    return count_messages(messages[:head], model_hint) - 3 if head else 0  # minus the reply priming
 
 
 def prompt_features(prompt: str, max_tokens: int | None, model_hint: str = "gpt-4o") -> RequestFeatures:

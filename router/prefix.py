@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from router.context import SUMMARY_PREFIX
 from router.policy import DeploymentSpec
 
 # Providers whose litellm translation honours Anthropic-style cache_control markers.
@@ -43,9 +44,12 @@ def conversation_key(team: str, body: dict[str, Any]) -> str:
 
 
 def _mark_last_head_message(messages: list[Any]) -> list[Any]:
-    head = _head(messages)
+    """Put the cache breakpoint after the client's own system prompt: a rolling summary that follows it changes
+    whenever turns age out, and a breakpoint on it would move the cached prefix every time."""
+    head = [m for m in _head(messages) if not str(m.get("content") or "").startswith(SUMMARY_PREFIX)]
     if not head:
         return messages
+    index = messages.index(head[-1])
     last = dict(head[-1])
     content = last.get("content")
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else [dict(p) for p in content or ()]
@@ -53,7 +57,7 @@ def _mark_last_head_message(messages: list[Any]) -> list[Any]:
         return messages
     parts[-1]["cache_control"] = {"type": "ephemeral"}
     last["content"] = parts
-    return [*messages[: len(head) - 1], last, *messages[len(head) :]]
+    return [*messages[:index], last, *messages[index + 1 :]]
 
 
 def provider_caching(body: dict[str, Any], dep: DeploymentSpec, team: str, key: str | None) -> dict[str, Any]:

@@ -62,3 +62,18 @@ def test_cut_points_are_stable_as_the_conversation_grows() -> None:
         previous = plan
     # hysteresis: the prefix moves in large steps, not on every turn
     assert 0 < changes <= 22 // 3
+
+
+def test_cache_breakpoint_stays_on_the_clients_system_prompt() -> None:
+    from router.config_loader import parse_policy
+    from router.prefix import prefix_key, provider_caching
+
+    policy = parse_policy("tiers:\n  - name: s\n    deployments:\n      - {model: anthropic/claude-sonnet-4-5-20250929}\n"
+                          "teams:\n  x:\n    keys:\n      - {id: k, sha256: '" + "0" * 64 + "'}\n")
+    dep = policy.tiers[0].deployments[0]
+    plan = plan_context("t", _conversation(20), budget=4000, keep_last_turns=4)
+    assert plan is not None
+    body = {"model": "m", "messages": plan.messages("the summary")}
+    marked = provider_caching(body, dep, "x", prefix_key(body))["messages"]
+    assert marked[0]["content"][-1]["cache_control"] == {"type": "ephemeral"}  # the client's system prompt
+    assert marked[1] == body["messages"][1]  # the summary after it is left unmarked
