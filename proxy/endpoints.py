@@ -7,14 +7,14 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from proxy.auth import authenticate
 from proxy.body import check_chat, check_completion, check_embeddings, parse_json, prompt_text
 from proxy.errors import ApiError
 from proxy.gateway import CallContext, Completed, Streamed
 from proxy.runtime import Runtime
-from proxy.streaming import sse
+from proxy.streaming import SSEResponse
 
 _JSON = "application/json"
 _TAG_PREFIX = "x-tiergate-tag-"
@@ -65,7 +65,7 @@ def _respond(result: Completed | Streamed) -> Response:
     if isinstance(result, Completed):
         return json_response(result.body, headers=result.headers)
     headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-    return StreamingResponse(sse(result), media_type="text/event-stream", headers=headers)
+    return SSEResponse(result, headers)
 
 
 async def chat_completions(request: Request) -> Response:

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 import orjson
 from opentelemetry.trace import Span
@@ -25,7 +25,7 @@ from proxy.accounting import Accounting, Outcome
 from proxy.errors import ApiError, bad_request
 from proxy.meter import budget_error
 from proxy.metrics import Metrics
-from proxy.relay import StreamState, relay
+from proxy.relay import StreamRelay, StreamState
 from proxy.response_cache import cache_key, cacheable
 from proxy.telemetry import Tracing, finish_request
 from proxy.trimming import Trimmed, apply_plan
@@ -75,9 +75,8 @@ class Completed:
 @dataclass(slots=True)
 class Streamed:
     headers: dict[str, str]
-    payloads: AsyncIterator[bytes]
+    relay: StreamRelay  # payloads() to send; trailer once they are sent; abandon() if they never will be
     lead: dict[str, str] = field(default_factory=dict)  # sent as SSE comments before the first payload
-    trailer: dict[str, str] = field(default_factory=dict)  # filled when the stream ends: cost, or error
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +415,5 @@ class Gateway:
         async def settle(record: Any) -> int:
             return await self._settle(outcome, reservation, record, dep.provider)
 
-        trailer: dict[str, str] = {}
-        payloads = relay(first, rest, dep, client_wants_usage, record_for, settle, self._spawn, trailer)
-        return Streamed(headers=self._headers(outcome, dep), payloads=payloads, trailer=trailer)
+        relay = StreamRelay(first, rest, dep, client_wants_usage, record_for, settle, self._spawn)
+        return Streamed(headers=self._headers(outcome, dep), relay=relay)

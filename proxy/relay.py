@@ -49,51 +49,66 @@ class StreamState:
                      estimated=True)
 
 
-async def relay(
-    first: bytes,
-    rest: AsyncIterator[bytes],
-    dep: DeploymentSpec,
-    client_wants_usage: bool,
-    record_for: Callable[[StreamState, int, str | None], UsageRecord],
-    settle: Callable[[UsageRecord], Awaitable[int]],
-    spawn: Spawn,
-    trailer: dict[str, str],
-) -> AsyncIterator[bytes]:
-    state = StreamState()
-    completed = False
-    error: str | None = None
-    try:
-        payload: bytes | None = first
-        while payload is not None:
-            chunk = orjson.loads(payload)
-            state.observe(chunk)
-            if client_wants_usage:
-                yield payload
-            elif "usage" not in chunk:
-                yield payload
-            elif chunk.get("choices"):
-                # We asked upstream for usage, which adds "usage": null to every chunk; the client did not.
-                del chunk["usage"]
-                yield orjson.dumps(chunk)
-            payload = await anext(rest, None)
-        completed = True
-    except Exception as exc:  # upstream cut mid-stream: the client already has bytes, so no retry
-        error = str(exc) or type(exc).__name__
-        log.warning("stream from %s ended early: %s", dep.id, error)
-    finally:
-        record = record_for(state, 200 if completed else (502 if error is not None else 499), error)
+class StreamRelay:
+    """One stream's relay. ``payloads()`` is handed to the HTTP layer; ``abandon()`` settles a stream whose
+    payloads were never iterated (the client vanished before the response started), so no hold or record
+    is ever lost."""
 
-        async def finish() -> int:
-            try:
-                await rest.aclose()  # cancels the upstream call if it is still running
-            except Exception:
-                log.warning("closing the upstream stream of %s failed", record.request_id, exc_info=True)
-            return await settle(record)
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], dep: DeploymentSpec, client_wants_usage: bool,
+                 record_for: Callable[[StreamState, int, str | None], UsageRecord],
+                 settle: Callable[[UsageRecord], Awaitable[int]], spawn: Spawn) -> None:
+        self._first = first
+        self._rest = rest
+        self._dep = dep
+        self._client_wants_usage = client_wants_usage
+        self._record_for = record_for
+        self._settle = settle
+        self._spawn = spawn
+        self._state = StreamState()
+        self._finishing: asyncio.Task[int] | None = None
+        self.trailer: dict[str, str] = {}  # filled when the stream ends: cost, or error
 
-        # Settle in its own task: if the client went away, this generator's task is being cancelled, and the
-        # settlement (and the upstream close) must still complete.
-        task = spawn(finish())
-        if completed:
-            trailer["x-tiergate-cost-usd"] = format_usd(await asyncio.shield(task))
-        elif error is not None:
-            trailer["error"] = f"upstream stream ended early: {error}"
+    def _finish(self, status: int, error: str | None) -> "asyncio.Task[int]":
+        """Close the upstream and settle, once, in a task of its own: if the client went away, the relaying
+        task is being cancelled, and the settlement (and the upstream close) must still complete."""
+        if self._finishing is None:
+            record = self._record_for(self._state, status, error)
+
+            async def finish() -> int:
+                try:
+                    await self._rest.aclose()  # cancels the upstream call if it is still running
+                except Exception:
+                    log.warning("closing the upstream stream of %s failed", record.request_id, exc_info=True)
+                return await self._settle(record)
+
+            self._finishing = self._spawn(finish())
+        return self._finishing
+
+    def abandon(self) -> None:
+        self._finish(499, None)
+
+    async def payloads(self) -> AsyncIterator[bytes]:
+        completed = False
+        error: str | None = None
+        try:
+            payload: bytes | None = self._first
+            while payload is not None:
+                chunk = orjson.loads(payload)
+                self._state.observe(chunk)
+                if self._client_wants_usage or "usage" not in chunk:
+                    yield payload
+                elif chunk.get("choices"):
+                    # We asked upstream for usage, which adds "usage": null to every chunk; the client did not.
+                    del chunk["usage"]
+                    yield orjson.dumps(chunk)
+                payload = await anext(self._rest, None)
+            completed = True
+        except Exception as exc:  # upstream cut mid-stream: the client already has bytes, so no retry
+            error = str(exc) or type(exc).__name__
+            log.warning("stream from %s ended early: %s", self._dep.id, error)
+        finally:
+            task = self._finish(200 if completed else (502 if error is not None else 499), error)
+            if completed:
+                self.trailer["x-tiergate-cost-usd"] = format_usd(await asyncio.shield(task))
+            elif error is not None:
+                self.trailer["error"] = f"upstream stream ended early: {error}"

@@ -6,9 +6,10 @@ SSE parsers, including every OpenAI SDK), and an OpenAI-shaped error event if th
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import orjson
+from starlette.responses import StreamingResponse
 
 from proxy.gateway import Streamed
 
@@ -22,13 +23,28 @@ def comment(name: str, value: str) -> bytes:
 async def sse(streamed: Streamed) -> AsyncIterator[bytes]:
     for name, value in streamed.lead.items():
         yield comment(name, value)
-    async for payload in streamed.payloads:
+    async for payload in streamed.relay.payloads():
         yield b"data: " + payload + b"\n\n"
-    error = streamed.trailer.get("error")
+    trailer = streamed.relay.trailer
+    error = trailer.get("error")
     if error is not None:
         body = {"error": {"message": error, "type": "api_error", "param": None, "code": "upstream_stream_error"}}
         yield b"data: " + orjson.dumps(body) + b"\n\n"
         return
-    for name, value in streamed.trailer.items():
+    for name, value in trailer.items():
         yield comment(name, value)
     yield DONE
+
+
+class SSEResponse(StreamingResponse):
+    """An SSE response that settles its stream even if it is never sent (the client left before it began)."""
+
+    def __init__(self, streamed: Streamed, headers: dict[str, str]) -> None:
+        super().__init__(sse(streamed), media_type="text/event-stream", headers=headers)
+        self._streamed = streamed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._streamed.relay.abandon()  # a no-op when the relay already settled

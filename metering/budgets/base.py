@@ -7,7 +7,7 @@ actual cost. A hold carries a time-to-live so a proxy that dies between the two 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Awaitable, Callable, Literal, Sequence
 
@@ -29,24 +29,23 @@ class Cap:
     period: PeriodKind
     start: date  # first day of the period (UTC)
     limit_nanos: int
+    # Derived once at construction: the request path reads them several times per reservation.
+    counter_id: str = field(init=False, compare=False, repr=False)
+    end: date = field(init=False, compare=False, repr=False)
+    expires_at: int = field(init=False, compare=False, repr=False)
 
-    @property
-    def counter_id(self) -> str:
-        """Identity of the shared counter; the limit is *not* part of it (a config reload may change limits)."""
+    def __post_init__(self) -> None:
+        # counter_id is the identity of the shared counter; the limit is *not* part of it (a reload may change it).
         stamp = self.start.isoformat() if self.period == "day" else self.start.strftime("%Y-%m")
-        return f"{self.kind}:{self.team}:{self.name}:{stamp}"
-
-    @property
-    def end(self) -> date:
+        object.__setattr__(self, "counter_id", f"{self.kind}:{self.team}:{self.name}:{stamp}")
         if self.period == "day":
-            return self.start + timedelta(days=1)
-        return date(self.start.year + (self.start.month == 12), self.start.month % 12 + 1, 1)
-
-    @property
-    def expires_at(self) -> int:
-        """Unix seconds after which the counter may be dropped."""
-        end = datetime(self.end.year, self.end.month, self.end.day, tzinfo=timezone.utc) + _GRACE
-        return int(end.timestamp())
+            end = self.start + timedelta(days=1)
+        else:
+            end = date(self.start.year + (self.start.month == 12), self.start.month % 12 + 1, 1)
+        object.__setattr__(self, "end", end)
+        # Unix seconds after which the counter may be dropped.
+        expires = datetime(end.year, end.month, end.day, tzinfo=timezone.utc) + _GRACE
+        object.__setattr__(self, "expires_at", int(expires.timestamp()))
 
     def describe(self) -> str:
         who = {"team": f"team {self.team}", "key": f"key {self.name} of team {self.team}",
