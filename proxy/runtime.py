@@ -1,6 +1,6 @@
 """Process-wide state a request reads: the current policy (swapped atomically on reload) and shared clients.
 
-Handlers take ``runtime.policy`` once at the start of a request and use that object to the end, so a reload
+Handlers take ``runtime.store.policy`` once at the start of a request and use that object to the end, so a reload
 never changes the rules under an in-flight request.
 """
 
@@ -12,19 +12,21 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from metering.ledger.insights import Insights
+from metering.tokens import count_text
+from proxy.accounting import Accounting
+from proxy.gateway import Gateway
+from proxy.meter import Meter
+from proxy.metrics import Metrics
+from proxy.telemetry import Tracing
+from router.cache import KeyValueCache, open_cache
 from router.config_loader import ConfigError, load_policy
+from router.dispatch import Dispatcher
 from router.health import HealthBook
 from router.policy import Policy
-
-if TYPE_CHECKING:
-    from proxy.gateway import Gateway
-    from proxy.meter import Meter
-    from proxy.metrics import Metrics
-    from router.cache import KeyValueCache
-    from router.scoring import Scorer
-    from router.upstream.pool import UpstreamPool
+from router.scoring import Scorer, load_scorer
+from router.upstream.pool import UpstreamPool
 
 log = logging.getLogger("tiergate.reload")
 
@@ -98,27 +100,17 @@ class Runtime:
     """Everything a worker process shares between requests; built once at start-up."""
 
     store: PolicyStore
-    gateway: "Gateway"
-    scorer: "Scorer"
-    pool: "UpstreamPool"
-    meter: "Meter"
-    cache: "KeyValueCache"
-    metrics: "Metrics"
+    gateway: Gateway
+    scorer: Scorer
+    pool: UpstreamPool
+    meter: Meter
+    cache: KeyValueCache
+    metrics: Metrics
+    insights: Insights
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     async def start(cls, config_path: str | Path) -> "Runtime":
-        from proxy.accounting import Accounting
-        from proxy.gateway import Gateway
-        from proxy.meter import Meter
-        from proxy.metrics import Metrics
-        from proxy.telemetry import Tracing
-        from metering.tokens import count_text
-        from router.cache import open_cache
-        from router.dispatch import Dispatcher
-        from router.scoring import load_scorer
-        from router.upstream.pool import UpstreamPool
-
         store = PolicyStore.open(config_path)
         config = store.policy.config
         scorer = load_scorer(config.classifier.model)
@@ -135,7 +127,7 @@ class Runtime:
         metrics = Metrics()
         gateway = Gateway(dispatcher, health, scorer, Accounting(meter), cache, tracing, metrics)
         runtime = cls(store=store, gateway=gateway, scorer=scorer, pool=pool, meter=meter, cache=cache,
-                      metrics=metrics)
+                      metrics=metrics, insights=Insights(meter.inner.ledger))
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         return runtime
 

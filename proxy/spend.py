@@ -1,7 +1,8 @@
-"""Finance and ops endpoints: the spend report (JSON or CSV) and each team's spend against its budgets.
+"""Finance and ops endpoints: the spend report (JSON or CSV), each team's spend against its budgets, and the
+raw-record views the dashboard needs (output-token percentiles, single requests by cost, spend per hour).
 
-An admin key sees every team; a team key sees only its own. Reports read the ledger's rollups after a flush,
-so a response that completed before the report was asked for is in it.
+An admin key sees every team; a team key sees only its own. Every endpoint flushes the ledger first, so a
+response that completed before the question was asked is in the answer.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from datetime import date, datetime, timedelta, timezone
 from starlette.requests import Request
 from starlette.responses import Response
 
+from metering.ledger.report import rows_to_csv
 from proxy.endpoints import call_context, json_response, runtime
 from proxy.errors import ApiError, bad_request
 
 FLUSH_TIMEOUT_S = 10.0
+_MAX_REQUESTS = 200
+_MAX_HOURS = 24 * 31
 
 
 def _day(value: str | None, name: str, default: date) -> date:
@@ -27,6 +31,25 @@ def _day(value: str | None, name: str, default: date) -> date:
         raise bad_request(f"'{name}' must be a date like 2026-11-01, got {value!r}", param=name) from None
 
 
+def _period(request: Request) -> tuple[date, date]:
+    """``start`` and ``end`` (inclusive) query parameters; default this month so far."""
+    today = datetime.now(timezone.utc).date()
+    start = _day(request.query_params.get("start"), "start", today.replace(day=1))
+    end = _day(request.query_params.get("end"), "end", today)
+    if end < start:
+        raise bad_request("'end' is before 'start'", param="end")
+    return start, end
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise bad_request(f"'{name}' must be an integer from {low} to {high}, got {raw!r}", param=name)
+    return int(raw)
+
+
 async def _flushed(request: Request) -> None:
     """Wait for records written so far to be queryable; a stuck database must not hang the endpoint."""
     try:
@@ -36,8 +59,9 @@ async def _flushed(request: Request) -> None:
                        code="ledger_unavailable") from None
 
 
-def _scope(request: Request, requested: str | None) -> str | None:
-    """The team a caller may report on: its own for a team key, any (or all) for an admin key."""
+def _scope(request: Request) -> str | None:
+    """The team a caller may see: its own for a team key, any (or all) for an admin key."""
+    requested = request.query_params.get("team")
     principal = call_context(request).principal
     if principal.admin:
         return requested or None
@@ -47,38 +71,81 @@ def _scope(request: Request, requested: str | None) -> str | None:
 
 
 async def report(request: Request) -> Response:
-    params = request.query_params
-    team = _scope(request, params.get("team"))
-    today = datetime.now(timezone.utc).date()
-    start = _day(params.get("start"), "start", today.replace(day=1))
-    end = _day(params.get("end"), "end", today)  # inclusive: the last day reported
-    if end < start:
-        raise bad_request("'end' is before 'start'", param="end")
-    group_by = [g for g in params.get("group_by", "team").split(",") if g.strip()]
-    ledger = runtime(request).meter.inner.ledger
+    """``GET /v1/spend/report``. Grouped by team and model (in either order), rows also carry P50/P95 output
+    tokens, so ops can set max_tokens caps from what is really used."""
+    team = _scope(request)
+    start, end = _period(request)
+    group_by = [g.strip() for g in request.query_params.get("group_by", "team").split(",") if g.strip()]
+    rt = runtime(request)
     await _flushed(request)
     try:
-        result = await ledger.report(start, end + timedelta(days=1), team=team, group_by=group_by)
+        result = await rt.meter.inner.ledger.report(start, end + timedelta(days=1), team=team, group_by=group_by)
     except ValueError as exc:
         raise bad_request(str(exc), param="group_by") from None
-    wants_csv = params.get("format") == "csv" or "text/csv" in request.headers.get("accept", "")
-    if wants_csv:
-        return Response(result.to_csv(), media_type="text/csv; charset=utf-8",
-                        headers={"content-disposition": f'attachment; filename="spend-{start}-{end}.csv"'})
     payload = result.to_dict()
     payload["end"] = end.isoformat()
+    columns = [*result.key_columns, *result.metric_columns]
+    if sorted(group_by) == ["model", "team"]:
+        found = await rt.insights.output_percentiles(start, end + timedelta(days=1), team)
+        by_group = {(p.team, p.model): p for p in found}
+        for row in payload["rows"]:
+            p = by_group.get((row["team"], row["model"]))
+            row["p50_output_tokens"] = p.p50 if p else None
+            row["p95_output_tokens"] = p.p95 if p else None
+        columns += ["p50_output_tokens", "p95_output_tokens"]
+    if request.query_params.get("format") == "csv" or "text/csv" in request.headers.get("accept", ""):
+        return Response(rows_to_csv(columns, payload["rows"]), media_type="text/csv; charset=utf-8",
+                        headers={"content-disposition": f'attachment; filename="spend-{start}-{end}.csv"'})
     return json_response(payload)
 
 
 async def teams(request: Request) -> Response:
-    team = _scope(request, request.query_params.get("team"))
+    """``GET /v1/spend/teams``: each team's spend today and this month against its budgets."""
+    team = _scope(request)
     rt = runtime(request)
-    meter = rt.meter
     await _flushed(request)
-    policies = meter.policies(rt.store.policy)
+    policies = rt.meter.policies(rt.store.policy)
     if team is not None:
         policies = {team: policies[team]} if team in policies else {}
-    rows = await meter.inner.teams_status(policies)
+    rows = await rt.meter.inner.teams_status(policies)
     if team is not None:
         rows = [row for row in rows if row["team"] == team]
     return json_response({"day": datetime.now(timezone.utc).date().isoformat(), "teams": rows})
+
+
+async def percentiles(request: Request) -> Response:
+    """``GET /v1/spend/percentiles?start=&end=&team=``: P50/P95 output tokens per team and model (end inclusive)."""
+    team = _scope(request)
+    start, end = _period(request)
+    await _flushed(request)
+    rows = await runtime(request).insights.output_percentiles(start, end + timedelta(days=1), team)
+    return json_response({"start": start.isoformat(), "end": end.isoformat(), "team": team,
+                          "rows": [row.to_dict() for row in rows]})
+
+
+async def expensive_requests(request: Request) -> Response:
+    """``GET /v1/spend/requests?limit=20&order=cost|recent&hours=24&team=``: single requests of the last hours."""
+    team = _scope(request)
+    limit = _int(request, "limit", 20, 1, _MAX_REQUESTS)
+    hours = _int(request, "hours", 24, 1, _MAX_HOURS)
+    order = request.query_params.get("order", "cost")
+    if order not in ("cost", "recent"):
+        raise bad_request(f"'order' must be 'cost' or 'recent', got {order!r}", param="order")
+    since = datetime.now(timezone.utc) - timedelta(hours=hours)
+    await _flushed(request)
+    rows = await runtime(request).insights.requests(since, limit, team, "cost" if order == "cost" else "recent")
+    return json_response({"since": since.isoformat(), "order": order, "team": team,
+                          "requests": [row.to_dict() for row in rows]})
+
+
+async def timeseries(request: Request) -> Response:
+    """``GET /v1/spend/timeseries?bucket=hour&day=&team=``: spend per UTC hour of one day (default today)."""
+    team = _scope(request)
+    if request.query_params.get("bucket", "hour") != "hour":
+        raise bad_request("only bucket=hour is supported (daily spend: /v1/spend/report?group_by=day)",
+                          param="bucket")
+    day = _day(request.query_params.get("day"), "day", datetime.now(timezone.utc).date())
+    await _flushed(request)
+    points = await runtime(request).insights.hourly(day, team)
+    return json_response({"day": day.isoformat(), "bucket": "hour", "team": team,
+                          "points": [p.to_dict() for p in points]})

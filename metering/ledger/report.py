@@ -142,14 +142,22 @@ class Report:
             "totals": self.totals.to_dict(),
         }
 
+    @property
+    def metric_columns(self) -> tuple[str, ...]:
+        return METRIC_COLUMNS
+
     def to_csv(self) -> str:
         """The rows only (CSV has no place for totals), columns: group keys then ``METRIC_COLUMNS``."""
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=[*self.key_columns, *METRIC_COLUMNS], lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow(row.to_dict())
-        return out.getvalue()
+        return rows_to_csv([*self.key_columns, *METRIC_COLUMNS], [row.to_dict() for row in self.rows])
+
+
+def rows_to_csv(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
+    """CSV with exactly these column names, the same values as the JSON rows (money as decimal strings)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def build_report(start: date, end: date, team: str | None, group_by: tuple[str, ...],
