@@ -59,12 +59,14 @@ class Process:
                 self.proc.wait()
 
 
-def _start(args: list[str], port: int, log: Path, ready_path: str, env: dict[str, str] | None = None,
-           timeout_s: float = 30.0) -> Process:
-    full_env = {**os.environ, **(env or {})}
-    handle = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, stdout=handle,
-                            stderr=subprocess.STDOUT, env=full_env)
+def start_process(args: list[str], port: int, log: Path, ready_path: str, env: dict[str, str] | None = None,
+                  cwd: Path = ROOT, timeout_s: float = 45.0) -> Process:
+    """``tiergate <args>`` as a subprocess, returned once ``ready_path`` answers 200."""
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
+    with log.open("ab") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *args], cwd=cwd, stdout=handle,
+                                stderr=subprocess.STDOUT, env=full_env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -77,6 +79,7 @@ def _start(args: list[str], port: int, log: Path, ready_path: str, env: dict[str
             pass
         time.sleep(0.1)
     proc.kill()
+    proc.wait()
     raise RuntimeError(f"{args[0]} did not become ready in {timeout_s}s:\n{log.read_text(errors='replace')}")
 
 
@@ -88,7 +91,7 @@ def start_proxy(tmp_path: Path) -> Iterator:
     def start(config: Path, workers: int = 1, env: dict[str, str] | None = None) -> Process:
         port = free_port()
         args = ["serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
-        process = _start(args, port, tmp_path / f"proxy-{port}.log", "/readyz", env)
+        process = start_process(args, port, tmp_path / f"proxy-{port}.log", "/readyz", env)
         started.append(process)
         return process
 
@@ -104,7 +107,7 @@ def start_mock(tmp_path: Path) -> Iterator:
 
     def start(*flags: str) -> Process:
         port = free_port()
-        process = _start(["mock-upstream", "--port", str(port), *flags], port, tmp_path / f"mock-{port}.log", "/healthz")
+        process = start_process(["mock-upstream", "--port", str(port), *flags], port, tmp_path / f"mock-{port}.log", "/healthz")
         started.append(process)
         return process
 
@@ -131,7 +134,7 @@ def demo_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     tmp = tmp_path_factory.mktemp("demo")
     port = free_port()
     args = ["serve", "--config", str(demo_config(tmp)), "--port", str(port)]
-    process = _start(args, port, tmp / "proxy.log", "/readyz")
+    process = start_process(args, port, tmp / "proxy.log", "/readyz")
     yield process
     process.stop()
 

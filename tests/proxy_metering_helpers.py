@@ -208,34 +208,12 @@ def postgres_up(dsn: str) -> bool:
 
 
 def spawn(args: list[str], log: Path, ready_path: str, cwd: Path = ROOT, timeout_s: float = 45.0):
-    """``tiergate <args>`` as a subprocess in ``cwd``, ready when ``ready_path`` answers 200; ``--port`` must be in
-    ``args``. Returns conftest's ``Process`` (``stop()`` terminates it). Unlike conftest's fixtures this can run in
-    another directory (the PostgreSQL ledger's spool directory is relative to it) and in module-scoped fixtures."""
-    import os
-    import time
-
-    from conftest import Process
+    """``tiergate <args>`` as a subprocess in ``cwd`` (the PostgreSQL ledger's spool directory is relative to it),
+    ready when ``ready_path`` answers 200; ``--port`` must be in ``args``. Usable from module-scoped fixtures."""
+    from conftest import start_process
 
     port = int(args[args.index("--port") + 1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    handle = log.open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *args], cwd=cwd, stdout=handle,
-                            stderr=subprocess.STDOUT, env=env)
-    handle.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{args[0]} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(url + ready_path, timeout=1.0).status_code == 200:
-                return Process(url=url, port=port, proc=proc, log=log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait()
-    raise RuntimeError(f"{args[0]} did not become ready in {timeout_s}s:\n{log.read_text(errors='replace')}")
+    return start_process(args, port, log, ready_path, cwd=cwd, timeout_s=timeout_s)
 
 
 class Procs:

@@ -233,9 +233,9 @@ def test_redis_unreachable_fail_closed_and_fail_open(dead_redis_proxy: tuple[Pro
     assert cost == cost_of(served.json()["usage"]) > 0
     rid = served.headers["x-request-id"]
 
+    assert totals(proxy.url, OPENED.name)["requests"] == 1  # the report flushes the ledger's pending batch
     records = {r["request_id"]: r for r in sqlite_records(db, OPENED.name)}
     assert rid in records and records[rid]["cost_nanos"] == int(cost * 10**9)
-    assert totals(proxy.url, OPENED.name)["requests"] == 1
     assert len(_sent(mock, prompt)) == 1
 
 
