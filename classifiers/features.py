@@ -43,6 +43,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "opt_len_cv",  # spread of option lengths: one long option vs. uniform ones
     "opt_numeric_frac",  # options that are numbers / formulas (computation needed)
     "opt_combo",  # "all/none of the above", "both", "I and II" style options
+    "opt_dup_words",  # near-duplicate options: max word-set Jaccard over option pairs
     "statement_pair",  # "Statement 1 | ... Statement 2 | ..." true/false grids
     "neg_stem",  # NOT / EXCEPT / LEAST / FALSE in the question
     "digit_frac",
@@ -73,6 +74,7 @@ _COMBO_OPTION = re.compile(
     re.IGNORECASE,
 )
 # Case-sensitive on purpose: exam-style negation is written in capitals ("Which is NOT ...").
+_WORD = re.compile(r"[a-z]+")
 _NEG_STEM = re.compile(r"NOT|EXCEPT|LEAST|FALSE|INCORRECT|UNLIKELY")
 _MATH_SYM = re.compile(r"[=+^*/<>≤≥±√∑∫]")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
@@ -168,6 +170,24 @@ def _option_block(lines: list[str]) -> tuple[int, list[str]]:
     return start, options
 
 
+def _option_dup(options: list[str]) -> float:
+    """Largest word-set Jaccard similarity over pairs of answer options (0 with fewer than two).
+
+    Options that differ only in a detail ("I and II" / "I and III", "increases, decreases" /
+    "increases, increases") make a question harder than options told apart at a glance
+    (benchmarks/classifier/RESULTS.md, round 2). Word sets, not character trigrams: trigrams
+    scored about the same but cost ~0.15 ms on long options.
+    """
+    sets = [set(_WORD.findall(o.lower())) for o in options]
+    best = 0.0
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            union = len(sets[i] | sets[j])
+            if union:
+                best = max(best, len(sets[i] & sets[j]) / union)
+    return best
+
+
 def _cue_counts(text: str) -> list[int]:
     counts = [0] * N_CUES
     get = _CUES.get
@@ -207,6 +227,7 @@ def featurize(messages: Any) -> np.ndarray:
         opt_std / opt_mean if opt_mean > 0 else 0.0,
         sum(1 for o in options if _NUMERIC_OPTION.match(o)) / len(options) if options else 0.0,
         sum(1 for o in options if _COMBO_OPTION.search(o)) / len(options) if options else 0.0,
+        _option_dup(options),
         float("Statement 1" in text),
         float(bool(_NEG_STEM.search(stem))),
         sum(map(text.count, "0123456789")) / n,

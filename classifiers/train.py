@@ -79,7 +79,7 @@ def train(data_dir: str | Path, out: str | Path, seed: int = 0, show_progress: b
     out = Path(out)
     data_sha = hashlib.sha256("\n".join(data.ids).encode()).hexdigest()[:12]
     meta = {**modelmeta.encode_bounds(X), "trained_on": f"{len(data)} rows, ids sha256 {data_sha}", "seed": str(seed),
-            "label": "P(a model fails) on weak+strong outcomes; Platt-calibrated to P(strong beats weak)"}
+            "label": "z-scored sum of P(weak fails) and P(strong fails) logits; Platt-calibrated to P(strong beats weak)"}
     onnx_bytes = export.to_onnx(final, out, meta)
     drift = export.check_roundtrip(final, onnx_bytes, X[:512])
     if drift > 1e-4:
