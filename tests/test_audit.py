@@ -141,9 +141,9 @@ def test_audit_cli_on_the_demo_config(tmp_path: Path) -> None:
     records = [
         make_record(1, team="research", key_id="research-demo", model="gpt-4o-mini", tier="small", score=0.1,
                     started_at=now, system_tokens=1500, cached_tokens=1024),
-        make_record(2, team="research", key_id="research-demo", model="o1", tier="frontier", score=0.2,
+        make_record(2, team="research", key_id="research-demo", model="o1", tier="frontier", score=0.15,
                     started_at=now, system_tokens=1500),
-        make_record(3, team="support", key_id="support-demo", model="gpt-4o-mini", score=0.4, started_at=now),
+        make_record(3, team="support", key_id="support-demo", model="gpt-4o-mini", score=0.1, started_at=now),
     ]
 
     async def seed() -> None:
@@ -161,7 +161,7 @@ def test_audit_cli_on_the_demo_config(tmp_path: Path) -> None:
     report = json.loads(out.stdout)
     rows = {(r["team"], r["key_id"]): r for r in report["system_prompts"]["rows"]}
     assert rows[("research", "research-demo")]["flagged"] and not rows[("support", "support-demo")]["flagged"]
-    # demo policy: research may reach 'frontier' and leaves 'small' at 0.35; support tops out at 'mid' (0.5)
+    # demo policy: research may reach 'frontier' and leaves 'small' at 0.179; support tops out at 'mid' (0.179)
     assert {r["team"]: (r["frontier_tier"], r["simple_requests"], r["on_frontier"])
             for r in report["frontier_on_simple"]} == {"research": ("frontier", 2, 1), "support": ("mid", 1, 0)}
     assert {r["team"]: r["max_tokens_cap"] for r in report["output_tokens"]} == {"research": 2048, "support": 1024}
