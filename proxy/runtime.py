@@ -121,7 +121,7 @@ class Runtime:
         health = new_health(store.policy)
         tracing = Tracing.configure()
         dispatcher = Dispatcher(pool, health, config.server.max_attempts, config.server.retry_budget_s,
-                                tracing.tracer)
+                                config.server.upstream_timeout_s, tracing.tracer)
         meter = await Meter.open(store.policy)
         cache = open_cache(config.metering.redis)
         metrics = Metrics()

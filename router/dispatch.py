@@ -7,11 +7,12 @@ arrives: once bytes have gone to the client, a retry would duplicate them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
@@ -21,6 +22,7 @@ from router.upstream.base import Endpoint, UpstreamError, UpstreamReply
 from router.upstream.pool import UpstreamPool
 
 log = logging.getLogger("tiergate.dispatch")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +48,9 @@ BodyFor = Callable[[DeploymentSpec], dict[str, Any]]
 
 class Dispatcher:
     def __init__(self, pool: UpstreamPool, health: HealthBook, max_attempts: int, budget_s: float,
-                 tracer: Tracer | None = None) -> None:
+                 timeout_s: float, tracer: Tracer | None = None) -> None:
         self._pool = pool
+        self._timeout_s = timeout_s
         self._health = health
         self._max_attempts = max_attempts
         self._budget_s = budget_s
@@ -78,6 +81,16 @@ class Dispatcher:
         if exc.retryable:
             self._health.failure(dep.id, exc.retry_after)
 
+    async def _bounded(self, dep: DeploymentSpec, call: Awaitable[T]) -> T:
+        """One deadline for every kind of upstream (HTTP clients enforce their own too; the in-process simulator
+        and litellm's providers are held to the same bound here)."""
+        timeout = dep.timeout_s or self._timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await call
+        except TimeoutError:
+            raise UpstreamError("timeout", f"deployment {dep.id} did not answer within {timeout:g}s") from None
+
     async def _tracked(self, dep: DeploymentSpec, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The stream, counted as in flight on its deployment until it ends or is closed."""
         self._health.started(dep.id)
@@ -101,7 +114,7 @@ class Dispatcher:
             self._health.started(dep.id)
             with self._attempt_span(dep) as span:
                 try:
-                    reply = await self._pool.get(dep).send(endpoint, body_for(dep))
+                    reply = await self._bounded(dep, self._pool.get(dep).send(endpoint, body_for(dep)))
                 except UpstreamError as exc:
                     self._failed(dep, exc, started, attempts, span)
                     last = exc
@@ -130,7 +143,7 @@ class Dispatcher:
             stream = self._tracked(dep, self._pool.get(dep).stream(endpoint, body_for(dep)))
             with self._attempt_span(dep) as span:
                 try:
-                    first = await anext(stream)
+                    first = await self._bounded(dep, anext(stream))
                 except StopAsyncIteration:
                     await stream.aclose()
                     last = UpstreamError("server", f"deployment {dep.id} closed the stream without data")

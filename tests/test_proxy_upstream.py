@@ -106,3 +106,20 @@ def test_client_disconnect_cancels_the_upstream_stream(tmp_path: Path, start_moc
             break
         time.sleep(0.2)
     assert stats.get("streams_aborted", 0) >= 1, stats
+
+
+def test_in_process_simulator_is_held_to_the_upstream_timeout(tmp_path: Path, start_proxy) -> None:
+    config = tmp_path / "sim.yaml"
+    digest = __import__("hashlib").sha256(b"sk-test").hexdigest()
+    config.write_text(
+        "server: {upstream_timeout_s: 1}\n"
+        f"metering: {{ledger: 'sqlite:///{tmp_path}/ledger.db'}}\n"
+        "tiers:\n  - name: small\n    deployments:\n"
+        "      - {id: hang, model: simulated/gpt-4o-mini, simulator: {fail_rate: 1, fail_kind: timeout, hang_s: 30}}\n"
+        f"teams:\n  t:\n    keys:\n      - {{id: k, sha256: '{digest}'}}\n"
+    )
+    proxy = start_proxy(config)
+    started = time.monotonic()
+    resp = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=20)
+    assert resp.status_code == 504 and resp.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 8
