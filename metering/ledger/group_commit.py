@@ -103,6 +103,10 @@ class GroupCommitLedger(Ledger):
         self._wake.set()
         await fut
 
+    async def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A read-only query over the ledger's tables; ``?`` placeholders are adapted to the backend."""
+        return await self._fetch(sql.replace("?", self.placeholder), params)
+
     async def report(self, start: date, end: date, team: str | None = None,
                      group_by: Sequence[str] = ("team",)) -> Report:
         names = parse_group_by(group_by)

@@ -10,19 +10,14 @@ A record's billing day is the UTC date of ``started_at``, so hours of a day add 
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Literal
 
 from metering.ledger.base import Ledger
 from metering.ledger.group_commit import GroupCommitLedger
-from metering.ledger.postgres import PostgresLedger
-from metering.ledger.sqlite import SqliteLedger
 from metering.money import format_usd
 
-_INDEX = "CREATE INDEX IF NOT EXISTS records_started_at ON records (started_at)"
 Order = Literal["cost", "recent"]
 
 
@@ -88,11 +83,10 @@ class Insights:
     """Dashboard queries over one ledger (SQLite or PostgreSQL)."""
 
     def __init__(self, ledger: Ledger) -> None:
-        if not isinstance(ledger, (SqliteLedger, PostgresLedger)):
+        if not isinstance(ledger, GroupCommitLedger):
             raise TypeError(f"no dashboard queries for {type(ledger).__name__}")
-        self._ledger: GroupCommitLedger = ledger
-        self._sqlite = isinstance(ledger, SqliteLedger)
-        self._ready: asyncio.Task[None] | None = None
+        self._ledger = ledger
+        self._sqlite = ledger.placeholder == "?"  # without importing a backend (psycopg alone is ~23 MB)
 
     # -- dialect -------------------------------------------------------------------------------------------------
     def _ts(self, value: datetime) -> Any:
@@ -106,28 +100,7 @@ class Insights:
         return "CAST(EXTRACT(HOUR FROM started_at AT TIME ZONE 'UTC') AS INTEGER)"
 
     async def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        if self._ready is None or (self._ready.done() and (self._ready.cancelled() or self._ready.exception())):
-            self._ready = asyncio.ensure_future(self._ensure())  # first use, or the last attempt failed
-        await asyncio.shield(self._ready)
-        return await self._ledger._fetch(sql.replace("?", self._ledger.placeholder), params)
-
-    async def _ensure(self) -> None:
-        ledger = self._ledger
-        if isinstance(ledger, SqliteLedger):
-
-            def create() -> None:
-                conn = sqlite3.connect(ledger.path, timeout=30.0)
-                try:
-                    conn.execute(_INDEX)
-                finally:
-                    conn.close()
-
-            await asyncio.to_thread(create)
-            return
-        assert isinstance(ledger, PostgresLedger)
-        async with ledger._pool.connection() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tiergate-ledger-schema'))")
-            await conn.execute(_INDEX)
+        return await self._ledger.query(sql, params)
 
     @staticmethod
     def _team_filter(team: str | None, params: list[Any]) -> str:

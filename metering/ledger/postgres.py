@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from metering.ledger.group_commit import GroupCommitLedger
 from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
-from metering.ledger.schema import RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, Entry, record_values, rollup_ddl
+from metering.ledger.schema import RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl
 
 _RECORD_TYPES = {
     "day": "DATE", "started_at": "TIMESTAMPTZ", "ended_at": "TIMESTAMPTZ", "tags": "JSONB",
@@ -88,6 +88,7 @@ class PostgresLedger(GroupCommitLedger):
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             await conn.execute(_RECORDS_DDL)
             await conn.execute(REQUEST_INDEX)
+            await conn.execute(STARTED_AT_INDEX)
             for table, dims in ROLLUPS:
                 await conn.execute(rollup_ddl(table, dims, "DATE", "BIGINT"))
 

@@ -49,5 +49,7 @@ def rollup_ddl(table: str, dims: tuple[str, ...], day_type: str, int_type: str) 
 
 ROLLUPS = (("rollup_daily", DAILY_DIMS), ("rollup_tag", TAG_DIMS))
 REQUEST_INDEX = "CREATE INDEX IF NOT EXISTS records_request_id ON records (request_id)"
+# Raw-record views (recent expensive requests, hourly spend, percentiles) select by time.
+STARTED_AT_INDEX = "CREATE INDEX IF NOT EXISTS records_started_at ON records (started_at)"
 
 Entry = tuple[str, UsageRecord]  # (entry id, record)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from metering.ledger.group_commit import GroupCommitLedger
 from metering.ledger.rollup import rollup
-from metering.ledger.schema import (RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, Entry, record_values, rollup_ddl,
+from metering.ledger.schema import (RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl,
                                     upsert_sql)
 
 _RECORD_TYPES = {
@@ -51,6 +51,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
 def create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(_RECORDS_DDL)
     conn.execute(REQUEST_INDEX)
+    conn.execute(STARTED_AT_INDEX)
     for table, dims in ROLLUPS:
         conn.execute(rollup_ddl(table, dims, "TEXT", "INTEGER"))
 
