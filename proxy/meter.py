@@ -41,7 +41,8 @@ class Meter:
     async def open(cls, policy: Policy) -> "Meter":
         settings = policy.config.metering
         return cls(await _Meter.open(settings.ledger, settings.redis, webhook_url=settings.alert_webhook,
-                                     spool_dir=settings.spool_dir or "", ledger_schema=settings.ledger_schema))
+                                     spool_dir=settings.spool_dir or "", ledger_schema=settings.ledger_schema,
+                                     lease_share=settings.budget_lease_share))
 
     def policies(self, policy: Policy) -> Mapping[str, BudgetPolicy]:
         """Budget policies of every team, derived once per policy version."""

@@ -193,6 +193,9 @@ class ServerSettings(_Model):
 class MeteringSettings(_Model):
     ledger: str = Field(default="sqlite:///var/tiergate-ledger.db", pattern=r"^(sqlite:///|postgres(ql)?://)")
     redis: str | None = Field(default=None, pattern=r"^rediss?://")
+    budget_lease_share: float = Field(default=0.02, ge=0, le=0.5, description=(
+        "with Redis: each worker reserves this share of a cap at a time and serves requests from it locally "
+        "(0: one Redis round trip per request)"))
     ledger_schema: str = Field(default="public", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="PostgreSQL schema")
     spool_dir: str | None = Field(default=None, description="durability spool; default beside the SQLite file, "
                                                               "or var/spool/pg-<hash> for PostgreSQL")
