@@ -55,7 +55,10 @@ def create_app(config_path: str | None = None) -> RequestIdMiddleware:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="tiergate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # FastAPI's own OpenTelemetry instrumentation is off: proxy.telemetry already traces every request with the
+    # GenAI conventions (two server spans per request otherwise), and its per-request provider checks cost CPU.
+    app = FastAPI(title="tiergate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     # Plain Starlette routes: no dependency injection or body models on the hot path.
     for path_, handler, methods in (
         ("/v1/chat/completions", endpoints.chat_completions, ["POST"]),

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 _RETRY_MAX_S = 5.0
 
 
-LINGER_S = 0.02
+LINGER_S = 0.05
 
 
 class GroupCommitLedger(Ledger):
