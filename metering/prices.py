@@ -76,6 +76,11 @@ def load_table() -> dict[str, dict[str, Any]]:
     return json.loads(text, parse_float=Decimal)
 
 
+def release_table() -> None:
+    """Drop the parsed table (~6 MB): a running proxy needs it only while compiling a policy."""
+    load_table.cache_clear()
+
+
 def _dec(value: Any) -> Decimal | None:
     if value is None or isinstance(value, (dict, list, str, bool)):
         return None
