@@ -44,16 +44,6 @@ def group_balanced_weights(groups: np.ndarray) -> np.ndarray:
     return weights * (len(groups) / weights.sum())
 
 
-def build(seed: int = 0) -> Pipeline:
-    """A fresh, unfitted estimator. lbfgs is deterministic; the seed is kept for solvers that are not."""
-    return Pipeline(
-        [
-            ("scale", StandardScaler()),
-            ("lr", LogisticRegression(C=C, max_iter=5000, random_state=seed)),
-        ]
-    )
-
-
 def fit(X: np.ndarray, weak: np.ndarray, strong: np.ndarray, groups: np.ndarray, seed: int = 0) -> Pipeline:
     """Fit the difficulty model: the sum of two z-scored logits, P(weak fails) and P(strong fails).
 

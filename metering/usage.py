@@ -173,15 +173,12 @@ def worst_case_nanos(prompt_tokens: int, max_tokens: int, price: Price) -> int:
     return int((dollars * _NANOS).to_integral_value(rounding=ROUND_CEILING))
 
 
-def estimate_usage(messages: list[dict[str, Any]], completion_text: str, model: str) -> Usage:
+def estimate_usage(prompt_tokens: int, completion_text: str, model: str) -> Usage:
     """Counts with tiktoken when the upstream sent no usage (client disconnect, cut stream), flagged estimated.
 
-    Nothing is assumed cached: the estimate errs towards the higher bill rather than towards $0.
+    ``prompt_tokens`` comes from the caller, who counted the request already (``count_messages``). Nothing is
+    assumed cached: the estimate errs towards the higher bill rather than towards $0.
     """
-    from metering.tokens import count_messages, count_text
+    from metering.tokens import count_text
 
-    return Usage(
-        prompt_tokens=count_messages(messages, model),
-        completion_tokens=count_text(completion_text, model),
-        estimated=True,
-    )
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=count_text(completion_text, model), estimated=True)

@@ -13,8 +13,7 @@ from typing import Any
 
 from metering.record import UsageRecord
 from metering.service import Reservation
-from metering.tokens import count_text
-from metering.usage import Usage, cost_nanos, normalize_usage
+from metering.usage import Usage, cost_nanos, estimate_usage, normalize_usage
 from proxy.meter import Meter
 from router.decide import Decision
 from router.dispatch import Attempt
@@ -98,8 +97,7 @@ class Accounting:
         text = "".join(
             (c.get("message") or {}).get("content") or c.get("text") or "" for c in body.get("choices") or ()
         )
-        return Usage(prompt_tokens=features.prompt_tokens, completion_tokens=count_text(text, dep.upstream_model),
-                     estimated=True)
+        return estimate_usage(features.prompt_tokens, text, dep.upstream_model)
 
     async def reserve(self, outcome: Outcome, enforce: bool = True) -> Reservation:
         """Hold the decision's worst case against the budgets; raises ``BudgetExceeded`` or ``ApiError`` 503."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -19,8 +18,6 @@ from proxy.runtime import Runtime
 
 log = logging.getLogger("tiergate.app")
 
-CONFIG_ENV = "TIERGATE_CONFIG"
-
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
@@ -29,10 +26,9 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = "not found" if exc.status_code == 404 else str(exc.detail)
-    if exc.status_code == 404:
-        message = f"no such endpoint: {request.method} {request.url.path}"
-    return await _api_error(request, ApiError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None))
+    not_found = exc.status_code == 404
+    message = f"no such endpoint: {request.method} {request.url.path}" if not_found else str(exc.detail)
+    return await _api_error(request, ApiError(exc.status_code, message, code="not_found" if not_found else None))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -41,14 +37,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
                                               code="internal_error"))
 
 
-def create_app(config_path: str | None = None) -> RequestIdMiddleware:
-    path = config_path or os.environ.get(CONFIG_ENV)
-    if not path:
-        raise RuntimeError(f"no config: pass a path or set {CONFIG_ENV}")
+def create_app(config_path: str) -> RequestIdMiddleware:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.start(path)
+        runtime = await Runtime.start(config_path)
         app.state.runtime = runtime
         try:
             yield
@@ -60,7 +53,7 @@ def create_app(config_path: str | None = None) -> RequestIdMiddleware:
     app = FastAPI(title="tiergate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     # Plain Starlette routes: no dependency injection or body models on the hot path.
-    for path_, handler, methods in (
+    for path, handler, methods in (
         ("/v1/chat/completions", endpoints.chat_completions, ["POST"]),
         ("/v1/completions", endpoints.completions, ["POST"]),
         ("/v1/embeddings", endpoints.embeddings, ["POST"]),
@@ -77,13 +70,9 @@ def create_app(config_path: str | None = None) -> RequestIdMiddleware:
         ("/healthz", endpoints.healthz, ["GET"]),
         ("/readyz", endpoints.readyz, ["GET"]),
     ):
-        app.router.add_route(path_, handler, methods=methods)
+        app.router.add_route(path, handler, methods=methods)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     return RequestIdMiddleware(app)
 
-
-def app_from_env() -> RequestIdMiddleware:
-    """Factory for uvicorn worker processes (``--factory``): the config path comes from the environment."""
-    return create_app()

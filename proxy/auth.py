@@ -32,7 +32,3 @@ def authenticate(policy: Policy, headers: Mapping[str, str]) -> Principal:
         raise ApiError(401, f"API key {principal.key_id!r} expired at {principal.expires_at.isoformat()}", code="expired_api_key")
     return principal
 
-
-def require_admin(principal: Principal) -> None:
-    if not principal.admin:
-        raise ApiError(403, "this endpoint needs an admin key", code="admin_required")

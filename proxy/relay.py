@@ -16,8 +16,7 @@ import orjson
 
 from metering.money import format_usd
 from metering.record import UsageRecord
-from metering.tokens import count_text
-from metering.usage import Usage
+from metering.usage import Usage, estimate_usage
 from router.policy import DeploymentSpec
 
 log = logging.getLogger("tiergate.relay")
@@ -45,8 +44,7 @@ class StreamState:
 
     def estimated_usage(self, prompt_tokens: int, dep: DeploymentSpec) -> Usage:
         """What the provider will bill when it sent no usage: tiktoken over what we relayed, flagged."""
-        return Usage(prompt_tokens=prompt_tokens, completion_tokens=count_text("".join(self.text), dep.upstream_model),
-                     estimated=True)
+        return estimate_usage(prompt_tokens, "".join(self.text), dep.upstream_model)
 
 
 class StreamRelay:

@@ -126,7 +126,6 @@ class RoutingSettings(_Model):
     """How the classifier score maps to tiers; thresholds come from ``tiergate calibrate``."""
 
     thresholds: dict[str, float] = Field(default_factory=dict)
-    default_model: str = "auto"
     allow_pinning: bool = True
     pinnable_models: list[str] | None = Field(default=None, description="None: any model of an allowed tier")
     allow_tier_header: bool = True

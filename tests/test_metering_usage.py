@@ -8,6 +8,7 @@ import pytest
 
 from metering.money import format_usd, usd_to_nanos
 from metering.prices import Price, lookup
+from metering.tokens import count_messages
 from metering.usage import Usage, cost_nanos, estimate_usage, normalize_usage, worst_case_nanos
 
 # Claude 3.5 Sonnet list prices ($/1M): input 3, output 15, cache read 0.30, cache write 3.75.
@@ -127,7 +128,8 @@ def test_worst_case_covers_any_actual_cost() -> None:
 
 
 def test_estimate_is_flagged_and_nonzero() -> None:
-    usage = estimate_usage([{"role": "user", "content": "Hello there, how are you?"}], "I am fine, thanks.", "gpt-4o")
+    prompt = count_messages([{"role": "user", "content": "Hello there, how are you?"}], "gpt-4o")
+    usage = estimate_usage(prompt, "I am fine, thanks.", "gpt-4o")
     assert usage.estimated
     assert usage.prompt_tokens > 5 and usage.completion_tokens > 3
 
