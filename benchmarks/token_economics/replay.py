@@ -123,12 +123,15 @@ def system_prompt(team: str) -> str:
     return "\n".join(parts)
 
 
+USER_TOKENS = (60, 150)  # --user-tokens: the range of one user turn's length
+
+
 def user_turns(chat: int, turns: int) -> list[str]:
-    """Varied user turns of 60-150 tokens; the same for every team (seeded by the chat number)."""
+    """Varied user turns of USER_TOKENS tokens; the same for every team (seeded by the chat number)."""
     rng = random.Random(1000 + chat)
     out = []
     for turn in range(turns):
-        target = rng.randint(60, 150)
+        target = rng.randint(*USER_TOKENS)
         opener = (f"Hi, {_TOPICS[chat % len(_TOPICS)].format(n=rng.randint(2, 60))}." if turn == 0 else
                   f"Thanks. Update on turn {turn + 1}: {rng.choice(_TOPICS).format(n=rng.randint(2, 60))}.")
         text = opener
@@ -367,8 +370,13 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="chats in flight at once")
     parser.add_argument("--history-budget", type=int, default=HISTORY_BUDGET,
                         help="history_budget_tokens of the teams with summaries on")
+    parser.add_argument("--user-tokens", default="60-150",
+                        help="length range of a user turn, e.g. 250-450 for chats where users paste order details")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
+    global USER_TOKENS
+    low, _, high = args.user_tokens.partition("-")
+    USER_TOKENS = (int(low), int(high or low))
     for context in TEAMS.values():
         if "history_budget_tokens" in context:
             context["history_budget_tokens"] = args.history_budget
@@ -387,6 +395,7 @@ def main() -> int:
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
             raise
     summary = {"chats": args.chats, "turns": args.turns, "history_budget_tokens": args.history_budget,
+               "user_tokens": list(USER_TOKENS),
                "seconds": round(time.perf_counter() - t0, 1),
                "results": results, "checks": checks(results)}
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
