@@ -71,3 +71,17 @@ def test_expired_experiment_key_is_refused(tmp_path: Path, start_mock, start_pro
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "expired_api_key" and "exp-1" in resp.json()["error"]["message"]
     assert _chat(proxy, "hi").status_code == 200  # the team's other key still works
+
+
+def test_required_tags_come_from_metadata_or_headers(tmp_path: Path, start_mock, start_proxy) -> None:
+    mock = start_mock()
+    proxy = start_proxy(mock_config(tmp_path, {"small": [mock.url]}, team_extra="    required_tags: [owner]"))
+    missing = _chat(proxy, "hi")
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "missing_tags"
+    assert "owner" in missing.json()["error"]["message"]
+    assert _chat(proxy, "hi", metadata={"owner": "ana"}).status_code == 200
+    by_header = httpx.post(proxy.url + "/v1/chat/completions", headers={**AUTH, "x-tiergate-tag-owner": "bo"},
+                           json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert by_header.status_code == 200
+    rows = httpx.get(proxy.url + "/v1/spend/report?group_by=tag", headers=AUTH).json()["rows"]
+    assert {(r["tag_key"], r["tag_value"]) for r in rows} == {("owner", "ana"), ("owner", "bo")}
