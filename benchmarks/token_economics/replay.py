@@ -370,11 +370,14 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="chats in flight at once")
     parser.add_argument("--history-budget", type=int, default=HISTORY_BUDGET,
                         help="history_budget_tokens of the teams with summaries on")
+    parser.add_argument("--keep-last-turns", type=int, default=4,
+                        help="keep_last_turns of the teams with summaries on")
     parser.add_argument("--user-tokens", default="60-150",
                         help="length range of a user turn, e.g. 250-450 for chats where users paste order details")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     args = parser.parse_args()
-    global USER_TOKENS
+    global USER_TOKENS, KEEP_LAST_TURNS
+    KEEP_LAST_TURNS = args.keep_last_turns
     low, _, high = args.user_tokens.partition("-")
     USER_TOKENS = (int(low), int(high or low))
     for context in TEAMS.values():
@@ -395,7 +398,7 @@ def main() -> int:
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
             raise
     summary = {"chats": args.chats, "turns": args.turns, "history_budget_tokens": args.history_budget,
-               "user_tokens": list(USER_TOKENS),
+               "user_tokens": list(USER_TOKENS), "keep_last_turns": KEEP_LAST_TURNS,
                "seconds": round(time.perf_counter() - t0, 1),
                "results": results, "checks": checks(results)}
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
