@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -44,6 +45,7 @@ class GroupCommitLedger(Ledger):
         self._seq = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # a flush (or close) is waiting: cut the linger short
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.committed = 0
@@ -100,6 +102,7 @@ class GroupCommitLedger(Ledger):
     async def _wait_for_commit(self) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        self._urgent.set()
         self._wake.set()
         await fut
 
@@ -126,6 +129,7 @@ class GroupCommitLedger(Ledger):
     async def close(self, timeout: float = 30.0) -> None:
         if self._task is not None:
             self._closing = True
+            self._urgent.set()
             self._wake.set()
             try:
                 await asyncio.wait_for(self._task, timeout)
@@ -143,7 +147,9 @@ class GroupCommitLedger(Ledger):
             if not self._waiters and not self._closing:
                 # Records are already durable in the spool: linger to commit more of them per transaction,
                 # which keeps the writer thread (and its GIL time) off the request path under load.
-                await asyncio.sleep(LINGER_S)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), LINGER_S)
+            self._urgent.clear()
             self._wake.clear()
             batch, self._pending = self._pending, []
             waiters, self._waiters = self._waiters, []
