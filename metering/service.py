@@ -133,8 +133,9 @@ class Meter:
 
         Call it exactly once per request, also for failures (``cost_nanos=0`` unless the provider charged) and
         disconnects (the tokens generated so far). ``reservation`` is None when the request never reserved.
-        ``budget_in_background`` returns once the record is durable and settles the hold after: the proxy uses it
-        so a response never waits on a Redis round trip (the hold keeps guarding the cap until then).
+        ``budget_in_background`` returns once the record is durable and settles the hold after, when settling
+        means a Redis round trip: the proxy uses it so a response never waits on one (the hold keeps guarding the
+        cap until then). In-memory stores (leases, in process) settle inline: a task would cost more.
         """
         await asyncio.shield(self._settle(reservation, record, budget_in_background))
 
@@ -142,7 +143,7 @@ class Meter:
         await self.ledger.write(record)
         if reservation is None or reservation.hold is None:
             return
-        if not budget_in_background:
+        if not (budget_in_background and self.budgets.settles_remotely):
             await self._settle_budget(reservation, record)
             return
         task = asyncio.get_running_loop().create_task(self._settle_budget(reservation, record))

@@ -94,6 +94,9 @@ Seeder = Callable[[Cap], Awaitable[int]]
 
 
 class BudgetStore(abc.ABC):
+    # True when settle() usually waits on the network: callers may then settle off the response path.
+    settles_remotely: bool = False
+
     @abc.abstractmethod
     async def reserve(self, hold_id: str, caps: Sequence[Cap], amount: int, ttl_s: float, enforce: bool = True,
                       fail_open: bool = False) -> Hold:

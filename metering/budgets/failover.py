@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class FailoverBudgetStore(BudgetStore):
+    settles_remotely = True
+
     def __init__(self, remote: RedisBudgetStore, retry_after_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.remote = remote

@@ -143,6 +143,8 @@ _UNAVAILABLE = (RedisError, OSError)
 
 
 class RedisBudgetStore(BudgetStore):
+    settles_remotely = True
+
     def __init__(self, client: aioredis.Redis, prefix: str = "tg", seeder: Seeder | None = None) -> None:
         self.client = client
         self.prefix = prefix
