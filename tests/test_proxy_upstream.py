@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import mock_config
 
@@ -17,21 +18,18 @@ def _stats(mock) -> dict:
     return httpx.get(mock.url + "/_mock/stats").json()
 
 
-def test_upstream_429_maps_to_429_with_retry_after(tmp_path: Path, start_mock, start_proxy) -> None:
-    mock = start_mock("--fail-rate", "1", "--fail-kind", "429")
+@pytest.mark.parametrize(("kind", "status", "code"), [("429", 429, "upstream_rate_limited"),
+                                                    ("500", 502, "upstream_error")])
+def test_upstream_failures_map_to_openai_errors(tmp_path: Path, start_mock, start_proxy, kind: str, status: int,
+                                                code: str) -> None:
+    mock = start_mock("--fail-rate", "1", "--fail-kind", kind)
     proxy = start_proxy(mock_config(tmp_path, {"small": [mock.url]}))
     resp = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
-    assert resp.status_code == 429
-    assert resp.json()["error"]["code"] == "upstream_rate_limited"
-    assert int(resp.headers["retry-after"]) >= 1
-
-
-def test_upstream_500_maps_to_502(tmp_path: Path, start_mock, start_proxy) -> None:
-    mock = start_mock("--fail-rate", "1", "--fail-kind", "500")
-    proxy = start_proxy(mock_config(tmp_path, {"small": [mock.url]}))
-    resp = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
-    assert resp.status_code == 502
-    assert resp.json()["error"]["type"] == "api_error"
+    assert resp.status_code == status
+    error = resp.json()["error"]
+    assert error["code"] == code and error["type"] == ("rate_limit_error" if status == 429 else "api_error")
+    if status == 429:
+        assert int(resp.headers["retry-after"]) >= 1
 
 
 def test_upstream_timeout_maps_to_504(tmp_path: Path, start_mock, start_proxy) -> None:
