@@ -55,13 +55,12 @@ def encoding_for(model: str) -> tiktoken.Encoding:
 
 
 # System prompts and tool schemas repeat on every request of an app; BPE on them dominated the proxy's CPU
-# profile. Hashing a string is far cheaper than encoding it, so repeated texts are counted once.
+# profile. Hashing a string is far cheaper than encoding it, so repeated texts are counted once. The cache keeps
+# (hash, length) -> count, never the text: holding up to 8k prompts of up to 64 KB would let a worker's memory grow
+# with traffic. A 64-bit hash collision between two texts of equal length is too unlikely to matter for an estimate.
 _CACHEABLE_CHARS = 64 * 1024
-
-
-@functools.lru_cache(maxsize=8192)
-def _count_cached(text: str, encoding: str) -> int:
-    return len(tiktoken.get_encoding(encoding).encode(text, disallowed_special=()))
+_CACHE_ENTRIES = 8192
+_counts: dict[tuple[int, int, str], int] = {}
 
 
 def count_text(text: str, model: str = "gpt-4o") -> int:
@@ -69,9 +68,16 @@ def count_text(text: str, model: str = "gpt-4o") -> int:
     if not text:
         return 0
     enc = encoding_for(model)
-    if len(text) <= _CACHEABLE_CHARS:
-        return _count_cached(text, enc.name)
-    return len(enc.encode(text, disallowed_special=()))
+    if len(text) > _CACHEABLE_CHARS:
+        return len(enc.encode(text, disallowed_special=()))
+    key = (hash(text), len(text), enc.name)
+    count = _counts.get(key)
+    if count is None:
+        count = len(enc.encode(text, disallowed_special=()))
+        if len(_counts) >= _CACHE_ENTRIES:
+            del _counts[next(iter(_counts))]  # oldest first: dicts keep insertion order
+        _counts[key] = count
+    return count
 
 
 def content_text(content: Any) -> str:

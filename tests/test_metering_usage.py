@@ -8,7 +8,8 @@ import pytest
 
 from metering.money import format_usd, usd_to_nanos
 from metering.prices import Price, lookup
-from metering.tokens import count_messages
+from metering import tokens
+from metering.tokens import count_messages, count_text, encoding_for
 from metering.usage import Usage, cost_nanos, estimate_usage, normalize_usage, worst_case_nanos
 
 # Claude 3.5 Sonnet list prices ($/1M): input 3, output 15, cache read 0.30, cache write 3.75.
@@ -132,6 +133,17 @@ def test_estimate_is_flagged_and_nonzero() -> None:
     usage = estimate_usage(prompt, "I am fine, thanks.", "gpt-4o")
     assert usage.estimated
     assert usage.prompt_tokens > 5 and usage.completion_tokens > 3
+
+
+def test_token_count_cache_is_exact_and_bounded() -> None:
+    texts = [f"request {i}: " + "word " * (i % 50) for i in range(tokens._CACHE_ENTRIES + 500)]
+    exact = [len(encoding_for("gpt-4o").encode(t)) for t in texts[:50]]
+    counted = [count_text(t, "gpt-4o") for t in texts]
+    assert counted[:50] == exact
+    assert [count_text(t, "gpt-4o") for t in texts[:50]] == exact  # evicted or not, the answer is the same
+    assert len(tokens._counts) <= tokens._CACHE_ENTRIES
+    assert all(isinstance(k, tuple) and not any(isinstance(p, str) and len(p) > 20 for p in k)
+               for k in tokens._counts)  # keys hold no prompt text
 
 
 def test_money_text_is_exact() -> None:
