@@ -171,7 +171,8 @@ def test_streams_metered_with_and_without_client_usage(shared: Shared) -> None:
     text2 = "".join((c["delta"].get("content") or "") for p in payloads2 for c in p["choices"])
     assert text1 == text2 and text1
 
-    rows = sqlite_records(shared.db, team.name)
+    # a stream settles after its last byte and the ledger commits in batches: wait for the writer, don't race it
+    rows = _wait_for(lambda: (found := sqlite_records(shared.db, team.name)) and len(found) >= 2 and found) or []
     assert len(rows) == 2
     for row in rows:
         assert row["usage_estimated"] == 0, "a stream whose upstream sent usage must not be estimated"
