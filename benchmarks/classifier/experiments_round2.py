@@ -20,6 +20,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -107,6 +108,45 @@ def extra_features(text: str) -> list[float]:
         math.log((max(olens) + 1) / (min(olens) + 1)),
         math.log1p(len(last)),
     ]
+
+
+# ---------------------------------------------------------------- selection
+# A "family" maps (train mask, test mask, only) to {key: scores of the test rows} for every member (or just
+# ``only``); members that share a fit are computed together.
+Family = Callable[[np.ndarray, np.ndarray, Hashable | None], dict[Hashable, np.ndarray]]
+
+
+def _mask(n: int, rows: np.ndarray) -> np.ndarray:
+    m = np.zeros(n, dtype=bool)
+    m[rows] = True
+    return m
+
+
+def fixed_rows(family: Family, keys: list[Hashable], groups: np.ndarray) -> dict[Hashable, np.ndarray]:
+    """Pooled out-of-fold scores of every member, one subject held out at a time (picking one is optimistic)."""
+    out = {k: np.zeros(len(groups)) for k in keys}
+    for g in sorted(set(groups.tolist())):
+        test = groups == g
+        for k, v in family(~test, test, None).items():
+            out[k][test] = v
+    return out
+
+
+def nested_choice(family: Family, keys: list[Hashable], groups: np.ndarray, weak: np.ndarray, strong: np.ndarray,
+                  picks: list[Hashable]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A fit_predict for ``cv.out_of_fold`` that picks, per outer fold, the member with the best pooled APGR under
+    4-fold grouped CV on the training subjects only, and scores the held-out subject with it."""
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        rows = np.nonzero(train)[0]
+        inner = {k: np.zeros(len(groups)) for k in keys}
+        for a, b in GroupKFold(n_splits=4).split(rows, groups=groups[rows]):
+            inner_test = _mask(len(groups), rows[b])
+            for k, v in family(_mask(len(groups), rows[a]), inner_test, None).items():
+                inner[k][inner_test] = v
+        best = max(keys, key=lambda k: metrics.evaluate(inner[k][rows], weak[rows], strong[rows]).apgr)
+        picks.append(best)
+        return family(train, test, best)[best]
+    return fit_predict
 
 
 # ---------------------------------------------------------------- harness
@@ -413,19 +453,9 @@ def main() -> None:
                          cv.out_of_fold(lambda tr, te: zavg_fit_pred(Xc, tr, te), G), t0)
         sel: list[tuple[str, str]] = []
 
-        def nested(tr, te, cfgs=cfgs):
-            tr_idx = np.nonzero(tr)[0]
-            folds = list(GroupKFold(n_splits=4).split(tr_idx, groups=G[tr_idx]))
-            best = (-1.0, cfgs[0])
-            for cfg in cfgs:
-                oof = np.zeros(len(tr_idx))
-                for a, b in folds:
-                    m_tr = np.zeros(len(G), bool); m_tr[tr_idx[a]] = True
-                    m_te = np.zeros(len(G), bool); m_te[tr_idx[b]] = True
-                    oof[b] = run(cfg, m_tr, m_te)
-                best = max(best, (metrics.evaluate(oof, w[tr_idx], s[tr_idx]).apgr, cfg))
-            sel.append(best[1])
-            return run(best[1], tr, te)
+        def nested(cfgs):
+            return nested_choice(lambda tr, te, only: {c: run(c, tr, te) for c in cfgs if only in (None, c)},
+                                 cfgs, G, w, s, sel)
         if "fast" in args.only:
             show("round-2 SHIPPED = features +word (opt_dup_words), label z-avg; via classifiers.model.fit",
                  cv.out_of_fold(lambda tr, te: model.decision(model.fit(X_r2[tr], w[tr], s[tr], G[tr]), X_r2[te]), G), t0)
@@ -434,7 +464,7 @@ def main() -> None:
             assert np.array_equal(X_all[:, FEATURE_NAMES.index("opt_dup_trigrams")], cdup_cap[64][:, 0].astype(np.float32)), \
                 "features.py's opt_dup_trigrams differs from the experiment's capped char-trigram feature"
         show(f"nested choice among {len(cfgs)} configs ({'/'.join(sorted({c[0] for c in cfgs}, key=list(fsets).index))} x stacked/z-avg label)",
-             cv.out_of_fold(nested, G), t0)
+             cv.out_of_fold(nested(cfgs), G), t0)
         from collections import Counter
         print(f"    nested choices: {Counter(sel).most_common()}")
         if "fast" in args.only:
@@ -442,7 +472,7 @@ def main() -> None:
             cfgs3 = [c for c in all_cfgs if c[0] in ("28", "+word", "+char64", "+word+char64")]
             sel.clear()
             show(f"nested choice among {len(cfgs3)} configs (28/+word/+char64/+word+char64 x stacked/z-avg label)",
-                 cv.out_of_fold(lambda tr, te: nested(tr, te, cfgs3), G), t0)
+                 cv.out_of_fold(nested(cfgs3), G), t0)
             print(f"    nested choices: {Counter(sel).most_common()}")
 
     # 7. Round 3 (on the round-3 shipped 30 features): weight of the strong-fails fit in the z-scored sum,
@@ -471,27 +501,10 @@ def main() -> None:
                     if c == C and (only is None or only == (a, c)):
                         out[(a, c)] = zw + a * zs
             return out
-        fixed = {k: np.zeros(len(G)) for k in grid}
-        for g in subjects:
-            te = G == g
-            for k, v in family(~te, te).items():
-                fixed[k][te] = v
-        for (a, C), oof in fixed.items():
+        for (a, C), oof in fixed_rows(family, grid, G).items():
             show(f"z(weak fails) + {a:g} x z(strong fails), C={C:g} (fixed: optimistic)", oof, t0)
         picks: list[tuple[float, float]] = []
-
-        def nested_zw(tr, te):
-            tr_idx = np.nonzero(tr)[0]
-            inner = {k: np.zeros(len(G)) for k in grid}
-            for a_, b_ in GroupKFold(n_splits=4).split(tr_idx, groups=G[tr_idx]):
-                m_tr = np.zeros(len(G), bool); m_tr[tr_idx[a_]] = True
-                m_te = np.zeros(len(G), bool); m_te[tr_idx[b_]] = True
-                for k, v in family(m_tr, m_te).items():
-                    inner[k][m_te] = v
-            best = max(grid, key=lambda k: metrics.evaluate(inner[k][tr_idx], w[tr_idx], s[tr_idx]).apgr)
-            picks.append(best)
-            return family(tr, te, only=best)[best]
-        show("(a, C) by nested grouped CV (4 inner subject folds)", cv.out_of_fold(nested_zw, G), t0)
+        show("(a, C) by nested grouped CV (4 inner subject folds)", cv.out_of_fold(nested_choice(family, grid, G, w, s, picks), G), t0)
         from collections import Counter
         print(f"    nested picks: {Counter(picks).most_common()}")
 
@@ -514,27 +527,10 @@ def main() -> None:
             z = base(tr, te)
             return {k: z + k[1] * (signals[k[0]][te] if k[0] != "none" else 0.0)
                     for k in grid if only is None or only == k}
-        fixed = {k: np.zeros(len(G)) for k in grid}
-        for g in subjects:
-            te = G == g
-            for k, v in family(~te, te).items():
-                fixed[k][te] = v
-        for (sig, b), oof in fixed.items():
+        for (sig, b), oof in fixed_rows(family, grid, G).items():
             show(f"round-3 z-sum + {b:g} x [{sig}] (fixed: optimistic)", oof, t0)
         picks: list[tuple[str, float]] = []
-
-        def nested_c(tr, te):
-            tr_idx = np.nonzero(tr)[0]
-            inner = {k: np.zeros(len(G)) for k in grid}
-            for a_, b_ in GroupKFold(n_splits=4).split(tr_idx, groups=G[tr_idx]):
-                m_tr = np.zeros(len(G), bool); m_tr[tr_idx[a_]] = True
-                m_te = np.zeros(len(G), bool); m_te[tr_idx[b_]] = True
-                for k, v in family(m_tr, m_te).items():
-                    inner[k][m_te] = v
-            best = max(grid, key=lambda k: metrics.evaluate(inner[k][tr_idx], w[tr_idx], s[tr_idx]).apgr)
-            picks.append(best)
-            return family(tr, te, only=best)[best]
-        show("(signal, b) by nested grouped CV (4 inner subject folds)", cv.out_of_fold(nested_c, G), t0)
+        show("(signal, b) by nested grouped CV (4 inner subject folds)", cv.out_of_fold(nested_choice(family, grid, G, w, s, picks), G), t0)
         from collections import Counter
         print(f"    nested picks: {Counter(picks).most_common()}")
 
@@ -624,23 +620,8 @@ def main() -> None:
         Xall4 = np.hstack([X_all, R])
         show4("30 + all four (fixed; not in the nested set)", cv.out_of_fold(lambda tr, te: zfit(Xall4, tr, te), G))
         sel4: list[str] = []
-
-        def nested4(tr, te):
-            tr_idx = np.nonzero(tr)[0]
-            folds = list(GroupKFold(n_splits=4).split(tr_idx, groups=G[tr_idx]))
-            best = (-1.0, "30")
-            for cfg, Xm in fsets4.items():
-                oof = np.zeros(len(tr_idx))
-                for a_, b_ in folds:
-                    m_tr = np.zeros(len(G), bool); m_tr[tr_idx[a_]] = True
-                    m_te = np.zeros(len(G), bool); m_te[tr_idx[b_]] = True
-                    oof[b_] = zfit(Xm, m_tr, m_te)
-                ap_ = metrics.evaluate(oof, w[tr_idx], s[tr_idx]).apgr
-                if ap_ > best[0]:
-                    best = (ap_, cfg)
-            sel4.append(best[1])
-            return zfit(fsets4[best[1]], tr, te)
-        nested_oof = cv.out_of_fold(nested4, G)
+        family4 = lambda tr, te, only: {k: zfit(Xm, tr, te) for k, Xm in fsets4.items() if only in (None, k)}  # noqa: E731
+        nested_oof = cv.out_of_fold(nested_choice(family4, list(fsets4), G, w, s, sel4), G)
         show4(f"nested choice among {len(fsets4)} configs ({' / '.join(fsets4)}; 4 inner subject folds)", nested_oof)
         print(f"    nested choices: {Counter(sel4).most_common()}")
         rng = np.random.default_rng(0)
