@@ -19,6 +19,7 @@ import math
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Hashable
 
@@ -195,6 +196,15 @@ def main() -> None:
         print(f"| {name} | {p.apgr:.3f} | {p.apgr - results_ship:+.3f} | {100 * p.cpt50:.1f}% | {100 * p.cpt80:.1f}% "
               f"| {r.wins}/{len(r.scored_folds)} | {wins}/{losses} |{dt}", flush=True)
         results[name] = oof
+
+    def show_family(family: Family, grid: list[Hashable], row: Callable[[Hashable], str], nested_name: str,
+                    t0: float) -> None:
+        """Every member as a fixed row (optimistic), then the nested choice among them and its picks."""
+        for key, oof in fixed_rows(family, grid, G).items():
+            show(row(key), oof, t0)
+        picks: list[Hashable] = []
+        show(nested_name, cv.out_of_fold(nested_choice(family, grid, G, w, s, picks), G), t0)
+        print(f"    nested picks: {Counter(picks).most_common()}")
 
     results_ship = metrics.evaluate(shipped, w, s).apgr
     print("| score | APGR | vs SHIPPED | CPT(50%) | CPT(80%) | wins vs length | vs SHIPPED W/L |")
@@ -387,7 +397,6 @@ def main() -> None:
             Xm = np.hstack([X, E[:, chosen_cols]]) if chosen_cols else X
             return dec(stacked_fit(Xm, tr), Xm[te])
         show("SHIPPED + extra features chosen by nested grouped forward selection", cv.out_of_fold(nested_select, G), t0)
-        from collections import Counter
         print(f"    nested picks: {Counter(picks).most_common()}")
 
     # 4c. Is the near-duplicate-options gain real once the choice among the variants is made honestly?
@@ -465,7 +474,6 @@ def main() -> None:
                 "features.py's opt_dup_trigrams differs from the experiment's capped char-trigram feature"
         show(f"nested choice among {len(cfgs)} configs ({'/'.join(sorted({c[0] for c in cfgs}, key=list(fsets).index))} x stacked/z-avg label)",
              cv.out_of_fold(nested(cfgs), G), t0)
-        from collections import Counter
         print(f"    nested choices: {Counter(sel).most_common()}")
         if "fast" in args.only:
             # Round 3: the latency-feasible choice including the capped char-trigram variants.
@@ -501,12 +509,8 @@ def main() -> None:
                     if c == C and (only is None or only == (a, c)):
                         out[(a, c)] = zw + a * zs
             return out
-        for (a, C), oof in fixed_rows(family, grid, G).items():
-            show(f"z(weak fails) + {a:g} x z(strong fails), C={C:g} (fixed: optimistic)", oof, t0)
-        picks: list[tuple[float, float]] = []
-        show("(a, C) by nested grouped CV (4 inner subject folds)", cv.out_of_fold(nested_choice(family, grid, G, w, s, picks), G), t0)
-        from collections import Counter
-        print(f"    nested picks: {Counter(picks).most_common()}")
+        show_family(family, grid, lambda k: f"z(weak fails) + {k[0]:g} x z(strong fails), C={k[1]:g} (fixed: optimistic)",
+                    "(a, C) by nested grouped CV (4 inner subject folds)", t0)
 
     # 8. Round 3: answer-only computation. Every question with (mostly) numeric options lands in the top 30% of
     # the difficulty score, but both models fail many of them (MMLU answers without chain of thought): gain
@@ -527,12 +531,8 @@ def main() -> None:
             z = base(tr, te)
             return {k: z + k[1] * (signals[k[0]][te] if k[0] != "none" else 0.0)
                     for k in grid if only is None or only == k}
-        for (sig, b), oof in fixed_rows(family, grid, G).items():
-            show(f"round-3 z-sum + {b:g} x [{sig}] (fixed: optimistic)", oof, t0)
-        picks: list[tuple[str, float]] = []
-        show("(signal, b) by nested grouped CV (4 inner subject folds)", cv.out_of_fold(nested_choice(family, grid, G, w, s, picks), G), t0)
-        from collections import Counter
-        print(f"    nested picks: {Counter(picks).most_common()}")
+        show_family(family, grid, lambda k: f"round-3 z-sum + {k[1]:g} x [{k[0]}] (fixed: optimistic)",
+                    "(signal, b) by nested grouped CV (4 inner subject folds)", t0)
 
     # 9. Round 4: vocabulary rarity / specialisation (hypothesis fixed before any number: questions written in
     # rare, specialised words are harder across subjects). Candidates on the truncated request text (as the other
@@ -541,7 +541,6 @@ def main() -> None:
     # {shipped, +each, +best pair} exactly like selectfast (4 inner subject folds, picked per outer fold).
     if want("rarity"):
         t0 = time.time()
-        from collections import Counter
 
         from classifiers.features import _WORDS_ONLY, truncate
         from metering.tokens import encoding_for
