@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,8 +15,6 @@ from proxy import dashboard, endpoints, metrics, spend
 from proxy.errors import ApiError
 from proxy.request_id import RequestIdMiddleware
 from proxy.runtime import Runtime
-
-log = logging.getLogger("tiergate.app")
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -31,13 +29,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return await _api_error(request, ApiError(exc.status_code, message, code="not_found" if not_found else None))
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return await _api_error(request, ApiError(500, "internal error in tiergate; see its log for this request id",
-                                              code="internal_error"))
-
-
-def create_app(config_path: str) -> RequestIdMiddleware:
+def create_app(config_path: str) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -51,7 +43,9 @@ def create_app(config_path: str) -> RequestIdMiddleware:
     # Starlette, not FastAPI: the gateway parses and validates bodies itself (no dependency injection, body models or
     # OpenAPI on the hot path), so FastAPI's layer only cost ~12 MB per worker, ~0.3 s of start-up and a middleware
     # hop per request (benchmarks/proxy/RESULTS.md).
-    app = Starlette(lifespan=lifespan)
+    # RequestIdMiddleware sits inside Starlette's ServerErrorMiddleware and answers every unhandled exception
+    # itself: that layer would re-raise it to uvicorn, which logs it again and drops the keep-alive connection.
+    app = Starlette(lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])
     for path, handler, methods in (
         ("/v1/chat/completions", endpoints.chat_completions, ["POST"]),
         ("/v1/completions", endpoints.completions, ["POST"]),
@@ -72,6 +66,5 @@ def create_app(config_path: str) -> RequestIdMiddleware:
         app.router.add_route(path, handler, methods=methods)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
-    return RequestIdMiddleware(app)
+    return app
 

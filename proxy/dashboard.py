@@ -12,6 +12,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.errors import ApiError
 
 _STATIC = Path(__file__).resolve().parent / "static"
 _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
@@ -37,5 +38,5 @@ async def page(request: Request) -> Response:
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in _ASSETS:
-        return Response(b"not found", status_code=404, media_type="text/plain")
+        raise ApiError(404, f"no such dashboard file: {name!r}", code="not_found")
     return Response(_read(name), media_type=_ASSETS[name], headers=_HEADERS)

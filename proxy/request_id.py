@@ -1,18 +1,34 @@
-"""Raw ASGI middleware: every response carries ``x-request-id``, the client's own when it sent a sane one.
+"""Raw ASGI middleware at the edge of every request: the request id, and the last line of error handling.
 
-Written as plain ASGI rather than Starlette's BaseHTTPMiddleware, which wraps every response body in extra
-tasks and costs measurable latency per request.
+Every response carries ``x-request-id``, the client's own when it sent a sane one. An exception no handler turned
+into a response ends here: it is logged once, with that request id, and answered with an OpenAI-shaped 500 naming
+the id. It is not re-raised: Starlette's ServerErrorMiddleware and uvicorn would each log it again, and uvicorn
+closes a keep-alive connection after an exception, so the client's next request on it would fail. A client that
+hangs up while its request is being read is not an error of ours and is logged at INFO.
+
+Plain ASGI rather than Starlette's BaseHTTPMiddleware, which wraps every response body in extra tasks and costs
+measurable latency per request. Installed inside Starlette's ServerErrorMiddleware (``proxy.app``), so that layer
+never sees an exception.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any, Awaitable, Callable
 
+from starlette.requests import ClientDisconnect
+
+from proxy.errors import ApiError
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("tiergate.app")
 
 _SANE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -21,12 +37,16 @@ def new_request_id() -> str:
     return "req_" + os.urandom(12).hex()
 
 
+def internal_error(request_id: str) -> ApiError:
+    return ApiError(500, f"internal error in tiergate; its log has the details under request id {request_id}",
+                    code="internal_error")
+
+
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
-                       send: Callable[[Message], Awaitable[None]]) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -34,10 +54,28 @@ class RequestIdMiddleware:
         request_id = incoming.decode() if incoming is not None and _SANE.match(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            log.info("client disconnected before its request was read request_id=%s %s %s", request_id,
+                     scope["method"], scope["path"])
+        except Exception as exc:
+            log.error("unhandled error request_id=%s %s %s", request_id, scope["method"], scope["path"], exc_info=exc)
+            if started:
+                # Part of the answer is out: returning unfinished makes uvicorn close the connection, the only way
+                # to tell the client the body is cut short.
+                return
+            body = internal_error(request_id).body()
+            await send_with_id({"type": "http.response.start", "status": 500,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})
+            await send_with_id({"type": "http.response.body", "body": body})

@@ -1,13 +1,27 @@
-"""Bad input gets the documented status and an OpenAI-format error body; nothing answers with HTML."""
+"""Bad input gets the documented status and an OpenAI-format error body; nothing answers with HTML.
+
+An unexpected exception (a route registered here that fails, served by a real uvicorn in a thread) is logged once
+with the request id its 500 body names, and the keep-alive connection survives it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
+import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
 
-from conftest import DEMO_KEYS, Process, demo_config
+from conftest import DEMO_KEYS, Process, demo_config, free_port
+from proxy.app import create_app
 
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
 
@@ -87,3 +101,70 @@ def test_admin_key_cannot_call_models(demo_proxy: Process) -> None:
     resp = httpx.post(demo_proxy.url + "/v1/chat/completions", json=body,
                       headers={"authorization": f"Bearer {DEMO_KEYS['admin']}"})
     assert _error(resp, 403)["code"] == "team_key_required"
+
+
+def test_unknown_dashboard_asset_is_a_json_404(demo_proxy: Process) -> None:
+    assert _error(httpx.get(demo_proxy.url + "/dashboard/nothing.js"), 404)["code"] == "not_found"
+
+
+async def _injected_fault(request: Request) -> Response:
+    raise RuntimeError("injected fault")
+
+
+@pytest.fixture(scope="module")
+def faulty_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The proxy app plus one failing route, under uvicorn with the worker's HTTP stack (httptools, keep-alive).
+    ``log_config=None``: uvicorn's records reach the root logger, so a test sees uvicorn's logging too."""
+    app = create_app(str(demo_config(tmp_path_factory.mktemp("faulty"), classifier="length")))
+    app.router.add_route("/test/fault", _injected_fault, methods=["GET"])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="on",
+                                           log_config=None, log_level="info", timeout_keep_alive=30))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not server.started:
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _local_port(resp: httpx.Response) -> int:
+    return resp.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+def test_a_500_is_logged_once_with_its_request_id_and_keeps_the_connection(
+        faulty_proxy: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with httpx.Client(base_url=faulty_proxy, timeout=10) as client:
+        failed = client.get("/test/fault")
+        first_port = _local_port(failed)
+        error = _error(failed, 500)
+        request_id = failed.headers["x-request-id"]
+        assert error["code"] == "internal_error" and request_id in error["message"]
+        assert "connection" not in failed.headers  # no "connection: close"
+        after = client.get("/healthz")
+        assert after.status_code == 200
+        assert _local_port(after) == first_port  # the same TCP connection served both
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert request_id in errors[0].getMessage() and errors[0].exc_info is not None
+    assert "injected fault" in caplog.text  # the traceback is in that one record
+
+
+def test_client_gone_mid_upload_is_info(faulty_proxy: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    host, port = faulty_proxy.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: tiergate\r\nx-request-id: upload-gone\r\n"
+                     b"authorization: Bearer " + DEMO_KEYS["research"].encode() + b"\r\n"
+                     b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n{\"model\": \"auto\", ")
+    deadline = time.monotonic() + 10
+    while not any("upload-gone" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mine = [r for r in caplog.records if "upload-gone" in r.getMessage()]
+    assert [r.levelno for r in mine] == [logging.INFO], [r.getMessage() for r in mine]
+    assert "disconnected" in mine[0].getMessage() and mine[0].exc_info is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
