@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.auth import authenticate
-from proxy.body import check_chat, check_completion, check_embeddings, parse_json, prompt_text
+from proxy.body import check_chat, check_completion, check_embeddings, parse_json
 from proxy.errors import ApiError
 from proxy.gateway import CallContext, Completed, Streamed
 from proxy.runtime import Runtime
@@ -79,14 +79,14 @@ async def completions(request: Request) -> Response:
     ctx = call_context(request)
     body = await _json_body(request, ctx)
     check_completion(body)
-    return _respond(await runtime(request).gateway.completions(ctx, body, prompt_text(body["prompt"])))
+    return _respond(await runtime(request).gateway.completions(ctx, body))
 
 
 async def embeddings(request: Request) -> Response:
     ctx = call_context(request)
     body = await _json_body(request, ctx)
     check_embeddings(body)
-    return _respond(await runtime(request).gateway.embeddings(ctx, body, prompt_text(body["input"])))
+    return _respond(await runtime(request).gateway.embeddings(ctx, body))
 
 
 async def route(request: Request) -> Response:

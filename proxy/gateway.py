@@ -33,7 +33,8 @@ from router.cache import KeyValueCache
 from router.context import plan_context
 from router.decide import Decision, RoutingRefused, decide
 from router.dispatch import AllAttemptsFailed, Dispatcher
-from router.features import RequestFeatures, chat_features, prompt_features, system_prompt_tokens
+from router.features import (RequestFeatures, chat_features, completion_features, embedding_features,
+                             system_prompt_tokens)
 from router.health import HealthBook
 from router.policy import DeploymentSpec, Policy, Principal, TeamPolicy
 from router.prefix import conversation_key, prefix_key, provider_caching
@@ -240,11 +241,11 @@ class Gateway:
     async def chat(self, ctx: CallContext, body: dict[str, Any]) -> Completed | Streamed:
         return await self._traced(ctx, "chat/completions", body, lambda c: self._chat(c, body))
 
-    async def completions(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed | Streamed:
-        return await self._traced(ctx, "completions", body, lambda c: self._completions(c, body, text))
+    async def completions(self, ctx: CallContext, body: dict[str, Any]) -> Completed | Streamed:
+        return await self._traced(ctx, "completions", body, lambda c: self._completions(c, body))
 
-    async def embeddings(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed:
-        result = await self._traced(ctx, "embeddings", body, lambda c: self._embeddings(c, body, text))
+    async def embeddings(self, ctx: CallContext, body: dict[str, Any]) -> Completed:
+        result = await self._traced(ctx, "embeddings", body, lambda c: self._embeddings(c, body))
         assert isinstance(result, Completed)
         return result
 
@@ -281,17 +282,17 @@ class Gateway:
                 result.lead["x-tiergate-context"] = trimmed.header()
         return result
 
-    async def _completions(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed | Streamed:
+    async def _completions(self, ctx: CallContext, body: dict[str, Any]) -> Completed | Streamed:
         team = self._team(ctx)
         tags = self._tags(ctx, team, body)
-        features = prompt_features(text, body.get("max_tokens"))
+        features = completion_features(body)
         decision = self._decide(ctx, team, body, features, None)
         return await self._call(ctx, team, tags, "completions", body, features, decision)
 
-    async def _embeddings(self, ctx: CallContext, body: dict[str, Any], text: str) -> Completed | Streamed:
+    async def _embeddings(self, ctx: CallContext, body: dict[str, Any]) -> Completed | Streamed:
         team = self._team(ctx)
         tags = self._tags(ctx, team, body)
-        features = prompt_features(text, None)
+        features = embedding_features(body)
         decision = self._decide(ctx, team, body, features, None)
         return await self._call(ctx, team, tags, "embeddings", body, features, decision, purpose="embedding")
 

@@ -41,7 +41,7 @@ class Decision:
     score: float | None
     max_tokens: int | None  # the value to send upstream (None: leave the body as it is)
     max_tokens_note: str | None  # "default" or "clamped" when the policy changed it
-    reserve_nanos: int  # worst-case cost of the first choice, for the budget reservation
+    reserve_nanos: int  # the budget reservation: worst-case cost on the dearest deployment of the plan
     counterfactual_tier: TierSpec  # the team's most capable tier: the "no routing" baseline for savings
     sticky_held: bool = False  # stickiness kept the conversation on its tier against the score
 
@@ -51,9 +51,21 @@ def _fits(tier: TierSpec, features: RequestFeatures, output_tokens: int) -> str 
     missing = features.needs - tier.capabilities
     if missing:
         return f"lacks {', '.join(sorted(missing))}"
-    if features.prompt_tokens + min(output_tokens, 1) > tier.context_window:
-        return f"context window {tier.context_window} < {features.prompt_tokens} prompt tokens"
+    if features.context_tokens + min(output_tokens, 1) > tier.context_window:
+        return f"context window {tier.context_window} < {features.context_tokens} prompt tokens"
     return None
+
+
+def worst_case(features: RequestFeatures, output_budget: int, plan: tuple[DeploymentSpec, ...]) -> int:
+    """The most the request can cost, whichever deployment of the plan ends up serving it.
+
+    A failed attempt is not billed, so the bill is one deployment's: the dearest one bounds it. Output is every
+    completion the provider generates (``n`` per prompt, every prompt of a batch) at ``output_budget`` tokens
+    each. Reasoning tokens need no extra room: OpenAI's ``max_completion_tokens`` and Anthropic's ``max_tokens``
+    (thinking included) bound them, and litellm maps ``max_tokens`` onto those limits.
+    """
+    output = features.completions * output_budget
+    return max(worst_case_nanos(features.prompt_tokens, output, price) for price in {dep.price for dep in plan})
 
 
 def _max_tokens(team: TeamPolicy, requested: int | None) -> tuple[int | None, str | None]:
@@ -136,7 +148,8 @@ def decide(
     tiers = policy.tiers
     routing = team.settings.routing
     reasons: list[str] = []
-    max_tokens, note = _max_tokens(team, features.max_output_tokens)
+    # Embeddings produce no output: nothing to bound, and a max_tokens default must not reach their body.
+    max_tokens, note = _max_tokens(team, features.max_output_tokens) if features.completions else (None, None)
     output_budget = max_tokens if max_tokens is not None else _UNBOUNDED_OUTPUT
     allowed = range(team.floor, team.ceiling + 1)
     allowed_names = [tiers[i].name for i in allowed]
@@ -224,6 +237,8 @@ def decide(
             for index in range(tier.index - 1, team.floor - 1, -1):
                 if _fits(tiers[index], features, output_budget) is None:
                     plan += _order(tiers[index].deployments, health, rng, affinity)
+    # The dispatcher tries no more than max_attempts deployments: the plan (and so the reservation) stops there.
+    plan = plan[: policy.config.server.max_attempts]
     first = plan[0]
     reasons.append(f"deployment {first.id!r}")
     return Decision(
@@ -233,7 +248,7 @@ def decide(
         score=score,
         max_tokens=max_tokens,
         max_tokens_note=note,
-        reserve_nanos=worst_case_nanos(features.prompt_tokens, output_budget, first.price),
+        reserve_nanos=worst_case(features, output_budget, tuple(plan)),
         counterfactual_tier=tiers[team.ceiling],
         sticky_held=sticky_held,
     )

@@ -15,9 +15,17 @@ _IMAGE_PARTS = {"image_url", "input_image", "image"}
 @dataclass(frozen=True, slots=True)
 class RequestFeatures:
     needs: frozenset[str]  # capabilities: tools, json_schema, vision
-    prompt_tokens: int  # tiktoken estimate; billing always uses the provider's usage
-    max_output_tokens: int | None  # what the client asked for (max_completion_tokens wins over max_tokens)
+    prompt_tokens: int  # every input token the provider bills (all prompts of a batch); tiktoken o200k count
+    max_output_tokens: int | None  # the client's bound on each completion (the larger of max_tokens and
+    #                                max_completion_tokens when both are sent: the provider may honour either)
     system_tokens: int = 0  # tokens of the leading system/developer messages (the static prompt)
+    completions: int = 1  # completions the provider generates and bills: n (or best_of) per prompt; 0 for embeddings
+    longest_prompt_tokens: int | None = None  # the largest single prompt of a batch (context window); None: prompt_tokens
+
+    @property
+    def context_tokens(self) -> int:
+        """What one model call must fit in its context window: a batch's prompts are answered one by one."""
+        return self.prompt_tokens if self.longest_prompt_tokens is None else self.longest_prompt_tokens
 
 
 def _has_image(messages: list[Any]) -> bool:
@@ -28,6 +36,17 @@ def _has_image(messages: list[Any]) -> bool:
                 if isinstance(part, dict) and part.get("type") in _IMAGE_PARTS:
                     return True
     return False
+
+
+def _count(value: Any) -> int:
+    """A positive count field (``n``, ``best_of``) or 1; the edge refuses anything else before it gets here."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def _output_limit(body: dict[str, Any]) -> int | None:
+    limits = [v for v in (body.get("max_completion_tokens"), body.get("max_tokens"))
+              if isinstance(v, int) and not isinstance(v, bool)]
+    return max(limits) if limits else None
 
 
 def chat_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFeatures:
@@ -44,9 +63,8 @@ def chat_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFe
     prompt = count_messages(messages, model_hint)
     if body.get("tools"):
         prompt += count_text(dumps(body["tools"]).decode(), model_hint)
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    return RequestFeatures(needs=frozenset(needs), prompt_tokens=prompt, max_output_tokens=limit,
-                           system_tokens=system_prompt_tokens(messages, model_hint))
+    return RequestFeatures(needs=frozenset(needs), prompt_tokens=prompt, max_output_tokens=_output_limit(body),
+                           system_tokens=system_prompt_tokens(messages, model_hint), completions=_count(body.get("n")))
 
 
 def system_prompt_tokens(messages: list[Any], model_hint: str = "gpt-4o") -> int:
@@ -57,6 +75,31 @@ def system_prompt_tokens(messages: list[Any], model_hint: str = "gpt-4o") -> int
     return count_messages(messages[:head], model_hint) - 3 if head else 0  # minus the reply priming
 
 
-def prompt_features(prompt: str, max_tokens: int | None, model_hint: str = "gpt-4o") -> RequestFeatures:
-    """Features of a legacy completions or embeddings input (text only, no capabilities)."""
-    return RequestFeatures(needs=frozenset(), prompt_tokens=count_text(prompt, model_hint), max_output_tokens=max_tokens)
+def prompt_token_counts(value: Any, model_hint: str = "gpt-4o") -> list[int]:
+    """Tokens of each prompt of a completions ``prompt`` or embeddings ``input``: a string, a token array (its
+    length is its count), or a list of strings and token arrays. Stray items count as one token each (the edge
+    refuses them; counting never undercounts what an upstream might accept)."""
+    if isinstance(value, str):
+        return [count_text(value, model_hint)]
+    if not isinstance(value, list):
+        return []
+    if value and all(isinstance(item, int) for item in value):
+        return [len(value)]
+    return [count_text(item, model_hint) if isinstance(item, str) else len(item) if isinstance(item, list) else 1
+            for item in value]
+
+
+def completion_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFeatures:
+    """Features of a validated legacy completions body: every prompt is billed, and each gets ``n`` completions
+    (``best_of`` of them when larger: the provider generates and bills all ``best_of``, returns ``n``)."""
+    prompts = prompt_token_counts(body.get("prompt"), model_hint)
+    per_prompt = max(_count(body.get("n")), _count(body.get("best_of")))
+    return RequestFeatures(needs=frozenset(), prompt_tokens=sum(prompts), max_output_tokens=_output_limit(body),
+                           completions=max(len(prompts), 1) * per_prompt, longest_prompt_tokens=max(prompts, default=0))
+
+
+def embedding_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFeatures:
+    """Features of a validated embeddings body: every input is billed as prompt, nothing as output."""
+    inputs = prompt_token_counts(body.get("input"), model_hint)
+    return RequestFeatures(needs=frozenset(), prompt_tokens=sum(inputs), max_output_tokens=None, completions=0,
+                           longest_prompt_tokens=max(inputs, default=0))
