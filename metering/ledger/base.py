@@ -36,7 +36,8 @@ def month_bounds(day: date) -> tuple[date, date]:
 class Ledger(abc.ABC):
     @abc.abstractmethod
     async def start(self) -> None:
-        """Create the schema if needed and replay records left by a process that died; then accept writes."""
+        """Create the schema if needed and replay records left by a process that died; then accept writes. Waits a
+        bounded time for the replay: the database being down must not keep a proxy from serving."""
 
     @abc.abstractmethod
     async def write(self, record: UsageRecord) -> None:
@@ -53,7 +54,8 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Commit what is pending and release resources; anything not committed stays in the spool for replay."""
+        """Commit what is pending, waiting a bounded time, and release resources; anything not committed stays in
+        the spool for replay."""
 
     async def spend_by_team(self, day: date, team: str | None = None) -> list[TeamSpend]:
         """Each team's committed spend on ``day`` and in its month up to the end of the month (for /v1/spend/teams)."""

@@ -4,6 +4,13 @@
 task commits everything that accumulated while its previous transaction ran, records and rollups together, so batch
 size grows with load by itself and the request path never waits on the database. Without a spool directory
 ``write()`` waits for the transaction holding its record instead (slower per request; see benchmarks/ledger).
+
+Nothing a record contains can stop the writer: a batch the database refuses for its data (``refusal.py``) is split
+in halves until the refused records are alone; the rest are committed and each refused one goes to the dead-letter
+file (``dead_letter.py``) with an ERROR log line, counted in ``dead_lettered``. Only unavailability is retried, with
+backoff. Start-up waits at most ``replay_wait_s`` for the replay of a dead process's spool (the rest continues in
+the background) and ``close()`` at most ``close_wait_s`` for the last commit; what is not committed by then stays in
+the spool for the next start.
 """
 
 from __future__ import annotations
@@ -14,11 +21,15 @@ import contextlib
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from metering.ledger.base import Ledger
+from metering.ledger.dead_letter import DeadLetterFile
+from metering.ledger.refusal import is_refusal, label, message
 from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_day, build_report,
                                     parse_group_by)
 from metering.ledger.schema import RECORD_COLUMNS, Entry
@@ -27,18 +38,37 @@ from metering.record import UsageRecord
 
 log = logging.getLogger(__name__)
 
+_RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 5.0
-
-
 LINGER_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class WriterOptions:
+    """How the background writer batches and how long start-up and shutdown wait for the database."""
+
+    max_batch: int = 5000  # records per transaction
+    dead_letter_path: str | Path | None = None  # default: ``<spool dir>.dead-letter.jsonl`` beside the spool
+    replay_wait_s: float = 10.0  # start-up serves after this even if a dead process's spool is not yet committed
+    close_wait_s: float = 5.0  # close() gives up on a stuck database after this; the spool keeps the rest
+
+
+class RecordRefused(Exception):
+    """Without a spool, ``write()`` raises this for a record the database refuses: the caller still holds it."""
 
 
 class GroupCommitLedger(Ledger):
     placeholder = "?"
 
-    def __init__(self, spool_dir: str | Path | None, max_batch: int = 5000) -> None:
+    def __init__(self, spool_dir: str | Path | None, options: WriterOptions = WriterOptions()) -> None:
+        """Without a spool and a dead-letter path, ``write()`` raises ``RecordRefused`` for a record the database
+        refuses."""
         self._spool = Spool(spool_dir) if spool_dir is not None else None
-        self._max_batch = max_batch
+        dead_letter_path = options.dead_letter_path
+        if dead_letter_path is None and spool_dir is not None:
+            dead_letter_path = Path(f"{Path(spool_dir)}.dead-letter.jsonl")
+        self.dead_letters = DeadLetterFile(dead_letter_path) if dead_letter_path is not None else None
+        self._options = options
         self._pending: list[Entry] = []
         # Entry ids: unique per accepted write() across processes and restarts (the table's key, see schema.py).
         self._writer = secrets.token_hex(8)
@@ -48,7 +78,10 @@ class GroupCommitLedger(Ledger):
         self._urgent = asyncio.Event()  # a flush (or close) is waiting: cut the linger short
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._replayed = asyncio.Event()
+        self._refused: dict[str, RecordRefused] = {}  # without a spool: entry id -> why, for its write() to raise
         self.committed = 0
+        self.dead_lettered = 0  # a metric to export: any increase means a record needs an operator
 
     # -- backend hooks -------------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -78,8 +111,18 @@ class GroupCommitLedger(Ledger):
                                f"metering.ledger at a new database or file ({exc})") from None
         if self._spool is not None:
             self._spool.open()
-            await self._replay()
         self._task = asyncio.create_task(self._run(), name="ledger-group-commit")
+        replayed = asyncio.ensure_future(self._replayed.wait())
+        done, _ = await asyncio.wait({self._task, replayed}, timeout=self._options.replay_wait_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        replayed.cancel()
+        if self._task in done:
+            self._task.result()  # the writer died: raise its error
+        elif not done:
+            # Serving beats waiting on a database that may be down for long: the records stay in their spool
+            # segments (locked by this process) and the writer commits them before anything newer.
+            log.warning("ledger: spool replay not finished after %gs; serving while it continues (budgets seeded "
+                        "now miss the records still waiting)", self._options.replay_wait_s)
 
     async def write(self, record: UsageRecord) -> None:
         if self._task is None or self._closing:
@@ -93,6 +136,9 @@ class GroupCommitLedger(Ledger):
             return
         self._pending.append(entry)
         await self._wait_for_commit()
+        refused = self._refused.pop(entry[0], None)
+        if refused is not None:
+            raise refused
 
     async def flush(self) -> None:
         if self._task is None or self._task.done():
@@ -126,22 +172,32 @@ class GroupCommitLedger(Ledger):
                                             params))[0])
         return build_report(start, end, team, names, grouped, total)
 
-    async def close(self, timeout: float = 30.0) -> None:
+    async def close(self) -> None:
         if self._task is not None:
             self._closing = True
             self._urgent.set()
             self._wake.set()
             try:
-                await asyncio.wait_for(self._task, timeout)
+                await asyncio.wait_for(self._task, self._options.close_wait_s)
             except asyncio.TimeoutError:
-                log.error("ledger: database unavailable at close; uncommitted records stay in the spool for replay")
+                log.error("ledger: the database did not take the last records within %gs of close; they stay in the "
+                          "spool for the next start-up", self._options.close_wait_s)
+            except Exception:
+                log.exception("ledger: the writer had failed; uncommitted records stay in the spool for replay")
             self._task = None
+            for w in self._waiters:  # flushes that arrived after the writer's last batch
+                if not w.done():
+                    w.set_exception(RuntimeError("ledger closed before commit"))
+            self._waiters = []
         if self._spool is not None:
             self._spool.close()
         await self._close_db()
 
     # -- background writer ---------------------------------------------------------------------------------------
     async def _run(self) -> None:
+        if self._spool is not None:
+            await self._replay()
+        self._replayed.set()
         while True:
             await self._wake.wait()
             if not self._waiters and not self._closing:
@@ -155,7 +211,7 @@ class GroupCommitLedger(Ledger):
             waiters, self._waiters = self._waiters, []
             segment = self._spool.rotate() if self._spool is not None and batch else None
             try:
-                await self._commit_with_retry(batch)
+                await self._commit(batch)
             except BaseException as exc:
                 self._abandon(segment, waiters, exc)
                 raise
@@ -176,31 +232,78 @@ class GroupCommitLedger(Ledger):
             if not w.done():
                 w.set_exception(RuntimeError(f"ledger stopped before commit: {exc!r}"))
 
-    async def _commit_with_retry(self, batch: list[Entry]) -> None:
-        delay = 0.05
-        i = 0
-        while i < len(batch):
-            chunk = batch[i: i + self._max_batch]
+    async def _commit(self, batch: list[Entry]) -> None:
+        """Commit ``batch``; retry while the database is unavailable, set aside the records it refuses."""
+        todo = [batch[i: i + self._options.max_batch] for i in range(0, len(batch), self._options.max_batch)][::-1]
+        while todo:
+            chunk = todo.pop()
+            await self._retrying(partial(self._commit_or_split, chunk, todo), f"commit of {len(chunk)} records")
+
+    async def _retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
+        delay = _RETRY_MIN_S
+        while True:
             try:
-                self.committed += await self._insert(chunk)
-            except Exception:
-                log.exception("ledger: commit of %d records failed; retrying in %.2fs", len(chunk), delay)
+                return await action()
+            except Exception as exc:
+                # The message is safe to log: refusals, whose context quotes record values, never get here.
+                log.warning("ledger: %s failed (%s: %s); retrying in %.2fs", what, label(exc), message(exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
-                continue
-            i += len(chunk)
-            delay = 0.05
+
+    async def _commit_or_split(self, chunk: list[Entry], todo: list[list[Entry]]) -> None:
+        """One transaction; if the database refuses its data, push both halves onto ``todo`` (bisection: one
+        poison record among n costs about 2 log2(n) extra transactions) or, alone, set the record aside."""
+        try:
+            self.committed += await self._insert(chunk)
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
+            if len(chunk) > 1:
+                mid = len(chunk) // 2
+                todo.extend((chunk[mid:], chunk[:mid]))
+            else:
+                self._set_aside(chunk[0], exc)
+
+    def _set_aside(self, entry: Entry, exc: BaseException) -> None:
+        # Logged by ids and error class only: the database's message may quote tag values.
+        entry_id, record = entry
+        if self.dead_letters is None:
+            self._refused[entry_id] = RecordRefused(f"the ledger database refused the record: {label(exc)}")
+            log.error("ledger: database refused entry %s (request %s): %s", entry_id, record.request_id, label(exc))
+            return
+        self.dead_letters.add(entry, exc)  # before the spool segment holding it is deleted
+        self.dead_lettered += 1
+        log.error("ledger: database refused entry %s (request %s): %s; record moved to %s", entry_id,
+                  record.request_id, label(exc), self.dead_letters.path)
 
     async def _replay(self) -> None:
+        """Commit the spool segments of dead processes, oldest first, each deleted once committed."""
         assert self._spool is not None
         for segment, lines in self._spool.orphans():
-            entries: list[Entry] = []
-            for line in lines:
-                try:
-                    entry_id, data = line.split(b" ", 1)
-                    entries.append((entry_id.decode(), UsageRecord.from_json(data)))
-                except Exception:
-                    log.exception("ledger: unreadable spool line in %s skipped", segment.path)
-            await self._commit_with_retry(entries)
+            try:
+                entries = await self._parse(segment, lines)
+                await self._commit(entries)
+            except BaseException:
+                os.close(segment.fd)  # release it: the next start-up replays it
+                raise
             log.info("ledger: replayed %d records from %s", len(entries), segment.path.name)
             Spool.discard(segment)
+            if self._closing:
+                return  # the rest stay for the next start-up
+
+    async def _parse(self, segment: Segment, lines: list[bytes]) -> list[Entry]:
+        entries: list[Entry] = []
+        for line in lines:
+            try:
+                entry_id, data = line.split(b" ", 1)
+                entries.append((entry_id.decode(), UsageRecord.from_json(data)))
+            except Exception as exc:
+                await self._retrying(partial(self._set_aside_line, segment, line, exc), "dead-lettering a spool line")
+        return entries
+
+    async def _set_aside_line(self, segment: Segment, line: bytes, exc: BaseException) -> None:
+        assert self.dead_letters is not None  # a spool always has a dead-letter file
+        self.dead_letters.add_raw(line, exc)
+        self.dead_lettered += 1
+        log.error("ledger: unreadable line in spool %s (%s); moved to %s", segment.path.name, label(exc),
+                  self.dead_letters.path)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
-from metering.ledger.group_commit import GroupCommitLedger
+from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
 from metering.ledger.schema import RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl
 
@@ -65,12 +65,12 @@ def _records_json(entries: Sequence[Entry]) -> str:
 class PostgresLedger(GroupCommitLedger):
     placeholder = "%s"
 
-    def __init__(self, url: str, spool_dir: str | Path | None, schema: str = "public", max_batch: int = 5000,
-                 pool_size: int = 4) -> None:
+    def __init__(self, url: str, spool_dir: str | Path | None, schema: str = "public",
+                 options: WriterOptions = WriterOptions(), pool_size: int = 4) -> None:
         """``spool_dir`` is local to this host (each host replays its own); ``None`` waits on commits instead."""
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}")
-        super().__init__(spool_dir, max_batch)
+        super().__init__(spool_dir, options)
         self.schema = schema
         self._pool = AsyncConnectionPool(
             url, min_size=1, max_size=pool_size, open=False,

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from metering.ledger.group_commit import GroupCommitLedger
+from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.ledger.rollup import rollup
 from metering.ledger.schema import (RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl,
                                     upsert_sql)
@@ -81,12 +81,13 @@ def insert_batch(conn: sqlite3.Connection, entries: Sequence[Entry]) -> int:
 
 
 class SqliteLedger(GroupCommitLedger):
-    def __init__(self, path: str | Path, spool_dir: str | Path | None = "", max_batch: int = 5000) -> None:
+    def __init__(self, path: str | Path, spool_dir: str | Path | None = "",
+                 options: WriterOptions = WriterOptions()) -> None:
         """``spool_dir=""`` puts the spool beside the database (``<path>.spool/``); ``None`` disables it."""
         self.path = Path(path)
         if spool_dir == "":
             spool_dir = self.path.with_name(self.path.name + ".spool")
-        super().__init__(spool_dir, max_batch)
+        super().__init__(spool_dir, options)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
         self._conn: sqlite3.Connection | None = None
 
