@@ -10,14 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.auth import authenticate
-from proxy.body import check_chat, check_completion, check_embeddings, parse_json
+from proxy.body import check_chat, check_completion, check_embeddings, header_tags, parse_json
 from proxy.errors import ApiError
 from proxy.gateway import CallContext, Completed, Streamed
 from proxy.runtime import Runtime
 from proxy.streaming import SSEResponse
 
 _JSON = "application/json"
-_TAG_PREFIX = "x-tiergate-tag-"
 
 
 def runtime(request: Request) -> Runtime:
@@ -47,13 +46,12 @@ def call_context(request: Request) -> CallContext:
     rt = runtime(request)
     policy = rt.store.policy  # one policy object for the whole request, even across a reload
     principal = authenticate(policy, request.headers)
-    tags = {k[len(_TAG_PREFIX):]: v for k, v in request.headers.items() if k.startswith(_TAG_PREFIX)}
     return CallContext(
         request_id=request.scope["state"]["request_id"],
         principal=principal,
         policy=policy,
         tier_header=request.headers.get("x-tiergate-tier"),
-        header_tags=tags,
+        header_tags=header_tags(request.headers.items()),
     )
 
 

@@ -126,9 +126,7 @@ class Gateway:
 
     def _tags(self, ctx: CallContext, team: TeamPolicy, body: dict[str, Any]) -> dict[str, str]:
         tags = dict(ctx.principal.tags)
-        metadata = body.get("metadata")
-        if isinstance(metadata, dict):
-            tags.update({k: v for k, v in metadata.items() if isinstance(v, str)})
+        tags.update(body.get("metadata") or {})  # checked at the edge (proxy.body): string values, sane sizes
         tags.update(ctx.header_tags)
         missing = [t for t in team.settings.required_tags if t not in tags]
         if missing:
@@ -381,8 +379,10 @@ class Gateway:
             error = _upstream_error(exc)
             await self._settle(outcome, reservation, outcome.failed(exc.attempts, error.status, error.message))
             raise error from None
-        except BaseException:  # cancelled (client gone): the reservation must still be settled
-            self._spawn(self._settle(outcome, reservation, outcome.failed([], 499, "client disconnected")))
+        except BaseException as exc:  # the reservation must still be settled, with the status the client gets
+            status, why = ((499, "client disconnected") if isinstance(exc, asyncio.CancelledError)
+                           else (500, f"internal error: {type(exc).__name__}"))  # the app answers any other with 500
+            self._spawn(self._settle(outcome, reservation, outcome.failed([], status, why)))
             raise
         usage = self._accounting.usage_of(reply.body, dep, features)
         record = outcome.succeeded(dep, attempts, usage, ttft_ms=None)

@@ -8,27 +8,40 @@ response that completed before the question was asked is in the answer.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import date, datetime, timedelta, timezone
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from metering.ledger.report import rows_to_csv
+from proxy.body import CONTROL_CHARS, shown
 from proxy.endpoints import call_context, json_response, runtime
 from proxy.errors import ApiError, bad_request
 
 FLUSH_TIMEOUT_S = 10.0
 _MAX_REQUESTS = 200
 _MAX_HOURS = 24 * 31
+_MAX_TEAM_CHARS = 256
+# Dates outside are refused: before any ledger existed, or so close to date.max that adding a day or a month to an
+# inclusive end (the queries do) would overflow.
+FIRST_DAY = date(2000, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 def _day(value: str | None, name: str, default: date) -> date:
+    """A date from ``FIRST_DAY`` to ``LAST_DAY``: queries add a day to an inclusive end, and ``date.max`` + 1 day
+    would overflow (a 500) instead of naming the parameter."""
     if not value:
         return default
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
-        raise bad_request(f"'{name}' must be a date like 2026-11-01, got {value!r}", param=name) from None
+        raise bad_request(f"'{name}' must be a date like 2026-11-01, got {shown(value)}", param=name) from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise bad_request(f"'{name}' must be from {FIRST_DAY} to {LAST_DAY}, got {day}", param=name)
+    return day
 
 
 def _period(request: Request) -> tuple[date, date]:
@@ -45,8 +58,9 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise bad_request(f"'{name}' must be an integer from {low} to {high}, got {raw!r}", param=name)
+    # ASCII digits only: str.isdigit() also accepts '²' (int() refuses it) and 5,000-digit strings (so does int()).
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise bad_request(f"'{name}' must be an integer from {low} to {high}, got {shown(raw)}", param=name)
     return int(raw)
 
 
@@ -62,6 +76,10 @@ async def _flushed(request: Request) -> None:
 def _scope(request: Request) -> str | None:
     """The team a caller may see: its own for a team key, any (or all) for an admin key."""
     requested = request.query_params.get("team")
+    if requested and (len(requested) > _MAX_TEAM_CHARS or CONTROL_CHARS.search(requested)):
+        # PostgreSQL refuses NUL in a query parameter: that would be a 500, not an empty answer
+        raise bad_request(f"'team' must be a team name (at most {_MAX_TEAM_CHARS} characters, no control "
+                          f"characters), got {shown(requested)}", param="team")
     principal = call_context(request).principal
     if principal.admin:
         return requested or None
