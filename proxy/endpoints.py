@@ -15,6 +15,7 @@ from proxy.errors import ApiError
 from proxy.gateway import CallContext, Completed, Streamed
 from proxy.runtime import Runtime
 from proxy.streaming import SSEResponse
+from router.policy import Policy
 
 _JSON = "application/json"
 
@@ -121,13 +122,22 @@ async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+def _is_admin(request: Request, policy: Policy) -> bool:
+    try:
+        return authenticate(policy, request.headers).admin
+    except ApiError:
+        return False
+
+
 async def readyz(request: Request) -> Response:
+    """Ready, and which config (its sha256): enough for a probe or a deploy check. Where the file lives, why a
+    reload was rejected and what waits for a restart are for an admin key only."""
     rt = runtime(request)
     policy = rt.store.policy
-    payload = {
-        "status": "ready",
-        "config": {"path": policy.source, "sha256": policy.sha256, "loaded_at": policy.loaded_at,
-                   "last_reload_error": rt.store.last_error, "warnings": list(policy.warnings)},
-        "classifier": rt.scorer.model_id,
-    }
+    config: dict[str, Any] = {"sha256": policy.sha256}
+    payload: dict[str, Any] = {"status": "ready", "config": config}
+    if _is_admin(request, policy):
+        config.update(path=policy.source, loaded_at=policy.loaded_at, last_reload_error=rt.store.last_error,
+                      pending_restart=rt.store.pending_restart, warnings=list(policy.warnings))
+        payload["classifier"] = rt.scorer.model_id
     return json_response(payload)

@@ -89,19 +89,25 @@ class Prefix:
 
 
 def _upstream_error(exc: AllAttemptsFailed) -> ApiError:
+    """What the client is told: deployments by id with a generic reason each (``router.dispatch.public_reason``);
+    upstream URLs and their raw messages stay in the log."""
     last = exc.last
-    tried = ", ".join(f"{a.deployment}: {a.outcome}" for a in exc.attempts)
+    tried = "; ".join(f"{a.deployment} {a.detail}" for a in exc.attempts)
     if last.kind == "client":
-        error = (last.body or {}).get("error") if last.body else None
-        code = error.get("code") if isinstance(error, dict) else None
-        return ApiError(last.status or 400, last.message, code=code)
+        # The request's own fault: a provider's structured explanation is what the client needs to fix it.
+        error = (last.body or {}).get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            code, param = error.get("code"), error.get("param")
+            return ApiError(last.status or 400, error["message"], code=code if isinstance(code, str) else None,
+                            param=param if isinstance(param, str) else None)
+        return ApiError(last.status or 400, f"upstream rejected the request ({tried})", code="upstream_rejected")
     if last.kind == "rate_limit":
         retry = str(max(1, int(last.retry_after or 1)))
         return ApiError(429, f"upstream rate limit ({tried}); retry later", code="upstream_rate_limited",
                         headers={"retry-after": retry})
     if last.kind == "timeout":
         return ApiError(504, f"upstream timed out ({tried})", code="upstream_timeout")
-    return ApiError(502, f"upstream failed ({tried}): {last.message}", code="upstream_error")
+    return ApiError(502, f"upstream failed ({tried})", code="upstream_error")
 
 
 class Gateway:

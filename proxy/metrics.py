@@ -12,12 +12,15 @@ Budget utilisation is not kept per process: each scrape reads the team's day and
 (the shared bill, the same numbers ``/v1/spend/teams`` shows) and divides it by the team's cap, so every worker
 answers the same value and no gauge needs a ``multiprocess_mode``.
 
-``/metrics`` has no authentication, as Prometheus targets conventionally do; it shows team, tier and model names
-and aggregate spend, never a key or a key id. Keep the port on a private network.
+``/metrics`` shows team, tier and model names and every team's spend (never a key or a key id), which no team key
+may see: by default it needs an admin key, or the policy's ``server.metrics`` names a scrape token or opens it
+(``router.config.MetricsAccess``). Prometheus sends either with its ``authorization`` scrape setting.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -35,6 +38,12 @@ from metering.budgets.policy import BudgetPolicy
 from metering.ledger import TeamSpend
 from metering.money import NANOS_PER_USD, usd_to_nanos
 from metering.record import UsageRecord
+from proxy.auth import authenticate, presented_key
+from proxy.errors import ApiError
+from router.config import MetricsAccess
+from router.policy import Policy
+
+log = logging.getLogger("tiergate.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LABELS = ("team", "tier", "model")
@@ -169,10 +178,32 @@ def budget_gauges(spent: Iterable[TeamSpend], policies: Mapping[str, BudgetPolic
     return [gauge]
 
 
+def check_access(access: MetricsAccess, policy: Policy, headers: Mapping[str, str]) -> None:
+    """Raises the OpenAI-shaped 401/403 a scraper without the configured credential gets."""
+    if access.auth == "none":
+        return
+    if access.auth == "admin_key":
+        if not authenticate(policy, headers).admin:
+            raise ApiError(403, "/metrics shows every team's spend: it needs an admin key", code="admin_key_required")
+        return
+    assert access.token_env is not None  # the config model requires it with bearer_token
+    presented = presented_key(headers)
+    if presented is None:
+        raise ApiError(401, "missing scrape token: send 'Authorization: Bearer <token>'", code="missing_api_key")
+    expected = os.environ.get(access.token_env)
+    if not expected:
+        log.error("server.metrics.auth is bearer_token but %s is not set: every scrape is refused", access.token_env)
+        raise ApiError(503, "the proxy has no metrics token configured; see its log", code="metrics_token_unset")
+    if not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise ApiError(401, "invalid scrape token", code="invalid_api_key")
+
+
 async def endpoint(request: Request) -> Response:
-    """``GET /metrics``: unauthenticated by convention (see the module docstring for what it reveals)."""
+    """``GET /metrics``, for the credential ``server.metrics`` asks for (see the module docstring)."""
     rt = request.app.state.runtime
+    policy = rt.store.policy
+    check_access(policy.config.server.metrics, policy, request.headers)
     today = datetime.now(timezone.utc).date()
     spent = await rt.meter.inner.ledger.spend_by_team(today)
-    gauges = budget_gauges(spent, rt.meter.policies(rt.store.policy))
+    gauges = budget_gauges(spent, rt.meter.policies(policy))
     return Response(rt.metrics.render(gauges), media_type=CONTENT_TYPE_LATEST)

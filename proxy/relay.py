@@ -17,7 +17,9 @@ import orjson
 from metering.money import format_usd
 from metering.record import UsageRecord
 from metering.usage import Usage, estimate_usage
+from router.dispatch import public_reason
 from router.policy import DeploymentSpec
+from router.upstream.base import UpstreamError
 
 log = logging.getLogger("tiergate.relay")
 
@@ -102,11 +104,13 @@ class StreamRelay:
                 payload = await anext(self._rest, None)
             completed = True
         except Exception as exc:  # upstream cut mid-stream: the client already has bytes, so no retry
-            error = str(exc) or type(exc).__name__
-            log.warning("stream from %s ended early: %s", self._dep.id, error)
+            # The client (and the ledger) get the deployment id and the kind of failure; the log keeps the rest.
+            reason = public_reason(exc) if isinstance(exc, UpstreamError) else "sent an unusable stream"
+            error = f"upstream stream from deployment {self._dep.id} ended early: {reason}"
+            log.warning("stream from %s ended early: %s", self._dep.id, str(exc) or type(exc).__name__)
         finally:
             task = self._finish(200 if completed else (502 if error is not None else 499), error)
             if completed:
                 self.trailer["x-tiergate-cost-usd"] = format_usd(await asyncio.shield(task))
             elif error is not None:
-                self.trailer["error"] = f"upstream stream ended early: {error}"
+                self.trailer["error"] = error

@@ -14,6 +14,9 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel
 
 from metering.ledger.insights import Insights
 from metering.prices import release_table
@@ -24,6 +27,7 @@ from proxy.meter import Meter
 from proxy.metrics import Metrics
 from proxy.telemetry import Tracing
 from router.cache import KeyValueCache, open_cache
+from router.config import Config, ServerSettings
 from router.config_loader import ConfigError, load_policy
 from router.dispatch import Dispatcher
 from router.health import HealthBook
@@ -34,24 +38,54 @@ from router.upstream.pool import UpstreamPool
 log = logging.getLogger("tiergate.reload")
 
 
+# Read once when a worker starts (the ledger, Redis, spool, alerts, the classifier model): a reload cannot change
+# them in a running worker, so a change there waits for a restart and says so.
+RESTART_ONLY = ("metering.", "classifier.")
+
+
+def changed_settings(old: Config, new: Config) -> list[str]:
+    """What a reload changes, by name: a section's fields one by one (``server.max_attempts``), other top-level
+    entries whole (``teams``)."""
+    changed: list[str] = []
+    for name in Config.model_fields:
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after:
+            continue
+        if isinstance(before, BaseModel):
+            changed += [f"{name}.{field}" for field in type(before).model_fields
+                        if getattr(before, field) != getattr(after, field)]
+        else:
+            changed.append(name)
+    return changed
+
+
 @dataclass
 class PolicyStore:
-    """Holds the active policy; ``reload`` swaps it only for a valid file."""
+    """Holds the active policy; ``reload`` swaps it only for a valid file, then hands it to ``on_reload``
+    listeners, which apply the settings that live outside the policy object (timeouts, retries, cooldowns)."""
 
     path: Path
     policy: Policy
+    started: Config  # the start-up-only settings in force are this config's
     last_error: str | None = None
+    on_reload: list[Callable[[Policy], None]] = field(default_factory=list)
     _stamp: tuple[float, int] = field(default=(0.0, 0))
 
     @classmethod
     def open(cls, path: str | Path) -> "PolicyStore":
         path = Path(path)
-        store = cls(path=path, policy=load_policy(path))
+        policy = load_policy(path)
+        store = cls(path=path, policy=policy, started=policy.config)
         release_table()
         store._stamp = store._file_stamp()
         for warning in store.policy.warnings:
             log.warning("config %s: %s", path, warning)
         return store
+
+    @property
+    def pending_restart(self) -> list[str]:
+        """Start-up-only settings whose value in the running policy is not the one in force."""
+        return [name for name in changed_settings(self.started, self.policy.config) if name.startswith(RESTART_ONLY)]
 
     def _file_stamp(self) -> tuple[float, int]:
         try:
@@ -72,10 +106,23 @@ class PolicyStore:
             return False
         release_table()
         if policy.sha256 == self.policy.sha256:
+            if self.last_error is not None:
+                log.info("config %s is the running policy again (sha256 %s); the rejected reload no longer applies",
+                         self.path, policy.sha256[:12])
+                self.last_error = None
             return True
+        changed = changed_settings(self.policy.config, policy.config)
         self.policy = policy
         self.last_error = None
-        log.info("config reloaded: %s (sha256 %s)", self.path, policy.sha256[:12])
+        for listener in self.on_reload:
+            listener(policy)
+        live = [name for name in changed if not name.startswith(RESTART_ONLY)]
+        later = [name for name in changed if name.startswith(RESTART_ONLY)]
+        log.info("config reloaded: %s (sha256 %s); applied: %s", self.path, policy.sha256[:12],
+                 ", ".join(live) or "no setting changed")
+        if later:
+            log.warning("config %s: %s changed and requires restart; the values the worker started with stay in "
+                        "force until then", self.path, ", ".join(later))
         for warning in policy.warnings:
             log.warning("config %s: %s", self.path, warning)
         return True
@@ -106,9 +153,14 @@ def _return_freed_memory() -> None:
         pass
 
 
-def new_health(policy: Policy) -> HealthBook:
-    settings = policy.config.server
-    return HealthBook(failures_to_cooldown=settings.cooldown_after_failures, cooldown_s=settings.cooldown_s)
+def apply_server_settings(settings: ServerSettings, pool: UpstreamPool, dispatcher: Dispatcher,
+                          health: HealthBook) -> None:
+    """The ``server`` settings held by long-lived objects, (re)applied at start-up and on every reload; requests
+    already under way keep the bounds they started with."""
+    pool.set_timeouts(settings.upstream_timeout_s, settings.connect_timeout_s)
+    dispatcher.retune(settings.max_attempts, settings.retry_budget_s, settings.upstream_timeout_s)
+    health.failures_to_cooldown = settings.cooldown_after_failures
+    health.cooldown_s = settings.cooldown_s
 
 
 @dataclass
@@ -134,10 +186,12 @@ class Runtime:
         scorer.score([{"role": "user", "content": "warm up"}])
         count_text("warm up")
         pool = UpstreamPool(config.server.upstream_timeout_s, config.server.connect_timeout_s)
-        health = new_health(store.policy)
+        health = HealthBook(failures_to_cooldown=config.server.cooldown_after_failures,
+                            cooldown_s=config.server.cooldown_s)
         tracing = Tracing.configure()
         dispatcher = Dispatcher(pool, health, config.server.max_attempts, config.server.retry_budget_s,
                                 config.server.upstream_timeout_s, tracing.tracer)
+        store.on_reload.append(lambda policy: apply_server_settings(policy.config.server, pool, dispatcher, health))
         meter = await Meter.open(store.policy)
         cache = open_cache(config.metering.redis)
         metrics = Metrics()

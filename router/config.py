@@ -179,6 +179,25 @@ class Team(_Model):
     context: ContextSettings = Field(default_factory=ContextSettings)
 
 
+class MetricsAccess(_Model):
+    """Who may scrape ``GET /metrics``, which shows team, tier and model names and every team's spend.
+
+    ``admin_key`` (default): an admin key as ``Authorization: Bearer <key>``. ``bearer_token``: the token in the
+    environment variable ``token_env`` (a scrape credential that cannot call the admin API). ``none``: anyone who
+    reaches the port (a private network only).
+    """
+
+    auth: Literal["admin_key", "bearer_token", "none"] = "admin_key"
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _token_with_bearer(self) -> "MetricsAccess":
+        if (self.auth == "bearer_token") != (self.token_env is not None):
+            raise ValueError("give 'token_env' (the variable holding the scrape token) with auth: bearer_token, "
+                             "and only then")
+        return self
+
+
 class ServerSettings(_Model):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     upstream_timeout_s: float = Field(default=300.0, gt=0)
@@ -187,6 +206,7 @@ class ServerSettings(_Model):
     retry_budget_s: float = Field(default=60.0, gt=0)
     cooldown_after_failures: int = Field(default=3, ge=1)
     cooldown_s: float = Field(default=30.0, gt=0)
+    metrics: MetricsAccess = Field(default_factory=MetricsAccess)
 
 
 class MeteringSettings(_Model):

@@ -29,8 +29,22 @@ T = TypeVar("T")
 class Attempt:
     deployment: str
     outcome: str  # "ok" or an UpstreamError kind
-    detail: str
+    detail: str  # public_reason() of a failure: what a client may be told
     elapsed_ms: float
+
+
+def public_reason(exc: UpstreamError) -> str:
+    """A failed call as a client may read it: the kind of failure and the status class, never the upstream's
+    address or its own words (those go to the log)."""
+    if exc.kind == "timeout":
+        return "timed out"
+    if exc.kind == "connection":
+        return "connection failed"
+    if exc.kind == "rate_limit":
+        return "rate limited (429)"
+    if exc.status is not None:
+        return f"answered {exc.status // 100}xx"
+    return "sent an unusable answer"
 
 
 class AllAttemptsFailed(Exception):
@@ -56,6 +70,12 @@ class Dispatcher:
         self._budget_s = budget_s
         self._tracer = tracer  # None: tracing off, no span work at all
 
+    def retune(self, max_attempts: int, budget_s: float, timeout_s: float) -> None:
+        """New bounds from a reloaded policy, for calls that start from now on."""
+        self._max_attempts = max_attempts
+        self._budget_s = budget_s
+        self._timeout_s = timeout_s
+
     @contextlib.contextmanager
     def _attempt_span(self, dep: DeploymentSpec) -> Iterator[Span | None]:
         if self._tracer is None:
@@ -76,7 +96,7 @@ class Dispatcher:
         if span is not None:
             span.set_attribute("tiergate.attempt.outcome", exc.kind)
             span.set_status(Status(StatusCode.ERROR, exc.message[:200]))
-        attempts.append(Attempt(dep.id, exc.kind, exc.message, elapsed))
+        attempts.append(Attempt(dep.id, exc.kind, public_reason(exc), elapsed))
         log.warning("upstream attempt failed deployment=%s kind=%s detail=%s", dep.id, exc.kind, exc.message)
         if exc.retryable:
             self._health.failure(dep.id, exc.retry_after)

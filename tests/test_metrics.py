@@ -22,9 +22,12 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DEMO_KEYS, Process, demo_config
+from conftest import DEMO_KEYS, ROOT, Process, demo_config
 from metering.record import UsageRecord
-from proxy.metrics import MULTIPROC_ENV, Metrics
+from proxy.errors import ApiError
+from proxy.metrics import MULTIPROC_ENV, Metrics, check_access
+from router.config_loader import ConfigError, parse_policy
+from router.policy import Policy
 from proxy.server import _prepare_metrics_dir
 
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
@@ -36,7 +39,7 @@ STREAMS = sum(1 for i in range(ROUNDS) if i % 3 == 0)  # support streams every t
 
 def _scrape(proxy: Process) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """``{sample name: {sorted labels: value}}`` of one scrape."""
-    response = httpx.get(proxy.url + "/metrics", timeout=10)
+    response = httpx.get(proxy.url + "/metrics", headers=ADMIN, timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
@@ -139,7 +142,12 @@ def test_counters_equal_the_ledger_with_two_workers(start_proxy: Any, tmp_path: 
     per_worker = _requests_per_worker(proxy, tmp_path)
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), per_worker
     assert sum(per_worker.values()) == sent
-    assert "sk-demo" not in httpx.get(proxy.url + "/metrics", timeout=10).text
+    assert "sk-demo" not in httpx.get(proxy.url + "/metrics", headers=ADMIN, timeout=10).text
+    # every team's spend is there: no key, a team key or a wrong key sees none of it
+    assert httpx.get(proxy.url + "/metrics", timeout=10).json()["error"]["code"] == "missing_api_key"
+    team = httpx.get(proxy.url + "/metrics", headers={"authorization": f"Bearer {DEMO_KEYS['research']}"}, timeout=10)
+    assert team.status_code == 403 and team.json()["error"]["code"] == "admin_key_required"
+    assert httpx.get(proxy.url + "/metrics", headers={"authorization": "Bearer nope"}, timeout=10).status_code == 401
 
 
 def _record(**fields: Any) -> UsageRecord:
@@ -188,3 +196,50 @@ def test_metrics_directory_is_emptied_or_made_fresh(monkeypatch: pytest.MonkeyPa
     made = _prepare_metrics_dir(workers=2)
     assert made is not None and os.environ[MULTIPROC_ENV] == made and list(Path(made).iterdir()) == []
     shutil.rmtree(made)
+
+
+def _policy_with(metrics: str | None) -> Policy:
+    text = (ROOT / "configs" / "demo.yaml").read_text()
+    if metrics is not None:
+        text = text.replace("server:\n", f"server:\n  metrics: {metrics}\n", 1)
+    return parse_policy(text, "demo.yaml")
+
+
+def _refusal(policy: Policy, headers: dict[str, str]) -> tuple[int, str | None] | None:
+    """``check_access``'s answer: None when the scrape may proceed, else (status, code)."""
+    try:
+        check_access(policy.config.server.metrics, policy, headers)
+    except ApiError as exc:
+        return exc.status, exc.code
+    return None
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_metrics_need_an_admin_key_by_default() -> None:
+    policy = _policy_with(None)
+    assert _refusal(policy, {}) == (401, "missing_api_key")
+    assert _refusal(policy, _bearer("sk-nope")) == (401, "invalid_api_key")
+    assert _refusal(policy, _bearer(DEMO_KEYS["research"])) == (403, "admin_key_required")
+    assert _refusal(policy, _bearer(DEMO_KEYS["admin"])) is None
+
+
+def test_metrics_scrape_token_and_open_access(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = _policy_with("{auth: bearer_token, token_env: TG_TEST_SCRAPE}")
+    monkeypatch.delenv("TG_TEST_SCRAPE", raising=False)
+    assert _refusal(policy, _bearer("s3cret")) == (503, "metrics_token_unset")  # fails closed, never open
+    monkeypatch.setenv("TG_TEST_SCRAPE", "s3cret")
+    assert _refusal(policy, _bearer("s3cret")) is None
+    assert _refusal(policy, {}) == (401, "missing_api_key")
+    assert _refusal(policy, _bearer("s3cre")) == (401, "invalid_api_key")
+    assert _refusal(policy, _bearer(DEMO_KEYS["admin"])) == (401, "invalid_api_key")  # the token, not any key
+    assert _refusal(_policy_with("{auth: none}"), {}) is None
+
+
+@pytest.mark.parametrize("metrics", ["{auth: bearer_token}", "{auth: admin_key, token_env: X}", "{auth: open}"])
+def test_metrics_access_config_errors_name_the_field(metrics: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _policy_with(metrics)
+    assert "server.metrics" in str(caught.value)

@@ -48,7 +48,8 @@ def test_unreachable_upstream_is_502_not_a_traceback(tmp_path: Path, start_proxy
     proxy = start_proxy(mock_config(tmp_path, {"small": ["http://127.0.0.1:9"]}))
     resp = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
     assert resp.status_code == 502
-    assert "unreachable" in resp.json()["error"]["message"]
+    message = resp.json()["error"]["message"]
+    assert "small-0 connection failed" in message and "127.0.0.1" not in message  # the deployment id, not its URL
 
 
 def test_failing_deployment_falls_back_within_tier_then_up(tmp_path: Path, start_mock, start_proxy) -> None:

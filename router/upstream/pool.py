@@ -14,9 +14,9 @@ from router.upstream.http import HttpUpstream
 from router.upstream.litellm_client import LiteLLMUpstream
 
 
-def _signature(dep: DeploymentSpec, timeout_s: float) -> tuple[object, ...]:
+def _signature(dep: DeploymentSpec, timeout_s: float, connect_timeout_s: float) -> tuple[object, ...]:
     sim = tuple(sorted((dep.simulator or {}).items()))
-    return (dep.provider, dep.model, dep.api_base, dep.api_key, dep.timeout_s or timeout_s, sim)
+    return (dep.provider, dep.model, dep.api_base, dep.api_key, dep.timeout_s or timeout_s, connect_timeout_s, sim)
 
 
 class UpstreamPool:
@@ -25,6 +25,12 @@ class UpstreamPool:
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, tuple[tuple[object, ...], Upstream]] = {}
+
+    def set_timeouts(self, timeout_s: float, connect_timeout_s: float) -> None:
+        """Reloaded defaults: each deployment's client is rebuilt with them at its next call (its signature
+        changes); calls already under way finish on the old client."""
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -36,7 +42,7 @@ class UpstreamPool:
 
     def get(self, dep: DeploymentSpec) -> Upstream:
         timeout_s = dep.timeout_s or self._timeout_s
-        signature = _signature(dep, timeout_s)
+        signature = _signature(dep, timeout_s, self._connect_timeout_s)
         cached = self._clients.get(dep.id)
         if cached is not None and cached[0] == signature:
             return cached[1]
