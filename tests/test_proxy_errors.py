@@ -12,13 +12,13 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import httpx
 import pytest
 import uvicorn
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from conftest import DEMO_KEYS, Process, demo_config, free_port
 from proxy.app import create_app
@@ -111,12 +111,21 @@ async def _injected_fault(request: Request) -> Response:
     raise RuntimeError("injected fault")
 
 
+async def _fault_mid_body(request: Request) -> Response:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"data: {}\n\n"
+        raise RuntimeError("injected fault mid-body")
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
 @pytest.fixture(scope="module")
 def faulty_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The proxy app plus one failing route, under uvicorn with the worker's HTTP stack (httptools, keep-alive).
     ``log_config=None``: uvicorn's records reach the root logger, so a test sees uvicorn's logging too."""
     app = create_app(str(demo_config(tmp_path_factory.mktemp("faulty"), classifier="length")))
     app.router.add_route("/test/fault", _injected_fault, methods=["GET"])
+    app.router.add_route("/test/fault-mid-body", _fault_mid_body, methods=["GET"])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="on",
                                            log_config=None, log_level="info", timeout_keep_alive=30))
@@ -152,6 +161,16 @@ def test_a_500_is_logged_once_with_its_request_id_and_keeps_the_connection(
     assert len(errors) == 1, [r.getMessage() for r in errors]
     assert request_id in errors[0].getMessage() and errors[0].exc_info is not None
     assert "injected fault" in caplog.text  # the traceback is in that one record
+
+
+def test_a_fault_mid_body_cuts_the_connection_and_is_logged_with_its_request_id(
+        faulty_proxy: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Once bytes are out, a 500 cannot be sent: closing the connection is what tells the client the body is cut."""
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(faulty_proxy + "/test/fault-mid-body", headers={"x-request-id": "cut-short"}, timeout=10)
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) == 1 and "cut-short" in tracebacks[0].getMessage()
+    assert tracebacks[0].levelno == logging.ERROR
 
 
 def test_client_gone_mid_upload_is_info(faulty_proxy: str, caplog: pytest.LogCaptureFixture) -> None:
