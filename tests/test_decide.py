@@ -7,6 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metering.usage import worst_case_nanos
 from router.config_loader import parse_policy
 from router.decide import RoutingRefused, decide
 from router.features import RequestFeatures
@@ -64,6 +65,9 @@ def test_choice_is_capable_bounded_and_cheapest(spec: tuple[str, int], score: fl
     assert chosen == expected  # no cheaper satisfying tier at or above the score's tier was skipped
     assert all(d.tier_index >= chosen for d in decision.plan)  # fallbacks never go down by default
     assert decision.plan[0].tier_index == chosen
+    assert len(decision.plan) <= policy.config.server.max_attempts  # the dispatcher tries no more
+    # the reservation covers the worst case (no max_tokens: 4096 output tokens) on any deployment of the plan
+    assert decision.reserve_nanos == max(worst_case_nanos(prompt_tokens, 4096, d.price) for d in decision.plan)
 
 
 @settings(max_examples=100, deadline=None)
