@@ -12,7 +12,7 @@ pydantic-core, both of which still need a second parse for the pass-through dict
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -62,7 +62,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", code="invalid_json")
-    _check_depth(body)
+    check_depth(body)
     return body
 
 
@@ -76,7 +76,9 @@ def _too_deep(value: dict[str, Any] | list[Any], levels_left: int) -> bool:
     return False
 
 
-def _check_depth(body: dict[str, Any]) -> None:
+def check_depth(body: dict[str, Any]) -> None:
+    """400 naming the top-level field that nests deeper than MAX_DEPTH. The walk visits containers only, so its
+    cost follows the body's structure, not its size (counting brackets in the raw bytes cost more on every body)."""
     for key, value in body.items():
         if (type(value) is dict or type(value) is list) and _too_deep(value, MAX_DEPTH - 1):
             raise bad_request(f"'{key}' is nested more than {MAX_DEPTH} levels deep", param=key, code="too_deep")
@@ -92,25 +94,30 @@ def _type_error(field: str, expected: str, value: Any) -> ApiError:
     return bad_request(f"'{field}' must be {expected}, got {type(value).__name__}", param=field, code="invalid_type")
 
 
-def _opt_int(body: dict[str, Any], field: str, minimum: int = 1, maximum: int | None = None) -> None:
-    value = body.get(field)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(field, "an integer", value)
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-        raise bad_request(f"'{field}' must be {bound}, got {value}", param=field)
+def _int_field(field: str, maximum: int | None = None) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(field, "an integer", value)
+        if value < 1 or (maximum is not None and value > maximum):
+            bound = f"from 1 to {maximum}" if maximum is not None else ">= 1"
+            raise bad_request(f"'{field}' must be {bound}, got {value}", param=field)
+    return check
 
 
-def _opt_number(body: dict[str, Any], field: str, lo: float, hi: float) -> None:
-    value = body.get(field)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _type_error(field, "a number", value)
-    if not lo <= value <= hi:
-        raise bad_request(f"'{field}' must be within [{lo}, {hi}], got {value}", param=field)
+def _number_field(field: str, lo: float, hi: float) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(field, "a number", value)
+        if not lo <= value <= hi:
+            raise bad_request(f"'{field}' must be within [{lo}, {hi}], got {value}", param=field)
+    return check
+
+
+def _type_field(field: str, kind: type | tuple[type, ...], expected: str) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not isinstance(value, kind):
+            raise _type_error(field, expected, value)
+    return check
 
 
 def _opt(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, expected: str) -> Any:
@@ -147,49 +154,70 @@ def header_tags(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     return tags
 
 
-def _common(body: dict[str, Any]) -> None:
+def _check_stream_options(options: Any) -> None:
+    if not isinstance(options, dict):
+        raise _type_error("stream_options", "an object", options)
+    _opt(options, "include_usage", bool, "stream_options", "a boolean")
+
+
+def _check_metadata(metadata: Any) -> None:
+    if not isinstance(metadata, dict):
+        raise _type_error("metadata", "an object", metadata)
+    _check_tag_count(len(metadata), "metadata")
+    for key, value in metadata.items():
+        _check_tag(key, value, f"metadata.{key}")
+
+
+# Optional top-level fields the pipeline reads, by name: only the fields a body has are looked at (null = absent).
+_COMMON: dict[str, Callable[[Any], None]] = {
+    "stream": _type_field("stream", bool, "a boolean"),
+    "stream_options": _check_stream_options,
+    "metadata": _check_metadata,
+    "user": _type_field("user", str, "a string"),
+    "max_tokens": _int_field("max_tokens"),
+    "max_completion_tokens": _int_field("max_completion_tokens"),
+    "n": _int_field("n", maximum=MAX_N),
+    "temperature": _number_field("temperature", 0.0, 2.0),
+    "top_p": _number_field("top_p", 0.0, 1.0),
+}
+
+
+def _check_fields(body: dict[str, Any], checks: dict[str, Callable[[Any], None]], required: str) -> Any:
+    """The model, the endpoint's ``required`` field (returned) and every optional field in ``checks``."""
     model = body.get("model")
     if model is None:
         raise bad_request("'model' is required (use 'auto' to let tiergate choose)", param="model", code="missing_field")
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise _type_error("stream", "a boolean", stream)
-    options = _opt(body, "stream_options", dict, "", "an object")
-    if options is not None:
-        _opt(options, "include_usage", bool, "stream_options", "a boolean")
-    metadata = _opt(body, "metadata", dict, "", "an object")
-    if metadata:
-        _check_tag_count(len(metadata), "metadata")
-        for key, value in metadata.items():
-            _check_tag(key, value, f"metadata.{key}")
-    _opt(body, "user", str, "", "a string")
-    _opt_int(body, "max_tokens")
-    _opt_int(body, "max_completion_tokens")
-    _opt_int(body, "n", maximum=MAX_N)
-    _opt_number(body, "temperature", 0.0, 2.0)
-    _opt_number(body, "top_p", 0.0, 1.0)
+    value = body.get(required)
+    if value is None:
+        raise bad_request(f"'{required}' is required", param=required, code="missing_field")
+    if len(body) > 2:  # else the body is model and the required field: nothing optional to look at
+        for key, field in body.items():
+            check = checks.get(key)
+            if check is not None and field is not None:
+                check(field)
+    return value
 
 
 def _check_parts(parts: list[Any], where: str) -> None:
-    for j, part in enumerate(parts):
-        at = f"{where}[{j}]"
+    for j, part in enumerate(parts):  # paths are formatted only for an error: this runs for every part of every turn
         if not isinstance(part, dict):
-            raise _type_error(at, "a content part object", part)
+            raise _type_error(f"{where}[{j}]", "a content part object", part)
         kind = part.get("type")
         spec = _PARTS.get(kind) if isinstance(kind, str) else None
         if spec is None:
-            raise bad_request(f"'{at}.type' must be one of {sorted(_PARTS)}, got {shown(kind)}", param=f"{at}.type")
+            raise bad_request(f"'{where}[{j}].type' must be one of {sorted(_PARTS)}, got {shown(kind)}",
+                              param=f"{where}[{j}].type")
         key, allowed = spec
         value = part.get(key)
         if not isinstance(value, allowed):
-            raise bad_request(f"'{at}.{key}' is required for a {kind!r} part and must be "
-                              f"{'a string' if allowed is str else 'an object'}", param=f"{at}.{key}")
+            raise bad_request(f"'{where}[{j}].{key}' is required for a {kind!r} part and must be "
+                              f"{'a string' if allowed is str else 'an object'}", param=f"{where}[{j}].{key}")
         if kind == "image_url" and isinstance(value, dict):
             if not isinstance(value.get("url"), str):
-                raise bad_request(f"'{at}.image_url.url' must be a string", param=f"{at}.image_url.url")
-            _opt(value, "detail", str, f"{at}.image_url", "a string")
+                raise bad_request(f"'{where}[{j}].image_url.url' must be a string", param=f"{where}[{j}].image_url.url")
+            _opt(value, "detail", str, f"{where}[{j}].image_url", "a string")
 
 
 def _check_function(fn: Any, where: str, fields: tuple[str, ...]) -> None:
@@ -205,83 +233,95 @@ def _check_tool_calls(calls: Any, where: str) -> None:
     if not isinstance(calls, list):
         raise _type_error(where, "an array", calls)
     for j, call in enumerate(calls):
-        at = f"{where}[{j}]"
         if not isinstance(call, dict):
-            raise _type_error(at, "an object", call)
+            raise _type_error(f"{where}[{j}]", "an object", call)
         if not isinstance(call.get("id"), str):
-            raise bad_request(f"'{at}.id' must be a string", param=f"{at}.id")
+            raise bad_request(f"'{where}[{j}].id' must be a string", param=f"{where}[{j}].id")
         kind = call.get("type", "function")
         if kind not in _TOOL_TYPES:
-            raise bad_request(f"'{at}.type' must be one of {list(_TOOL_TYPES)}, got {shown(kind)}", param=f"{at}.type")
-        if kind == "function":
-            _check_function(call.get("function"), f"{at}.function", ("name", "arguments"))
-        else:
-            _check_function(call.get("custom"), f"{at}.custom", ("name", "input"))
+            raise bad_request(f"'{where}[{j}].type' must be one of {list(_TOOL_TYPES)}, got {shown(kind)}",
+                              param=f"{where}[{j}].type")
+        fields = ("name", "arguments") if kind == "function" else ("name", "input")
+        _check_function(call.get(kind), f"{where}[{j}].{kind}", fields)
 
 
-def _check_messages(messages: list[Any]) -> None:
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _type_error(where, "an object", message)
-        role = message.get("role")
-        if not isinstance(role, str) or role not in ROLES:
-            raise bad_request(f"'{where}.role' must be one of {sorted(ROLES)}, got {shown(role)}", param=f"{where}.role")
-        content = message.get("content")
-        if type(content) is str:  # the common case first
-            pass
-        elif isinstance(content, list):
-            _check_parts(content, f"{where}.content")
-        elif content is not None:
-            raise _type_error(f"{where}.content", "a string or an array of content parts", content)
-        elif role != "assistant":
-            raise bad_request(f"'{where}.content' is required for role {role!r}", param=f"{where}.content")
-        if len(message) > 2 or content is None:  # else it holds role and content only: nothing more to check
-            _opt(message, "name", str, where, "a string")
-            _opt(message, "tool_call_id", str, where, "a string")
-            calls = message.get("tool_calls")
-            if calls is not None:
-                _check_tool_calls(calls, f"{where}.tool_calls")
-            call = message.get("function_call")
-            if call is not None:
-                _check_function(call, f"{where}.function_call", ("name", "arguments"))
+def _check_message(message: dict[str, Any], role: str, content: Any, where: str) -> None:
+    if isinstance(content, list):
+        _check_parts(content, f"{where}.content")
+    elif content is None and role != "assistant":
+        raise bad_request(f"'{where}.content' is required for role {role!r}", param=f"{where}.content")
+    elif content is not None and not isinstance(content, str):
+        raise _type_error(f"{where}.content", "a string or an array of content parts", content)
+    _opt(message, "name", str, where, "a string")
+    _opt(message, "tool_call_id", str, where, "a string")
+    calls = message.get("tool_calls")
+    if calls is not None:
+        _check_tool_calls(calls, f"{where}.tool_calls")
+    call = message.get("function_call")
+    if call is not None:
+        _check_function(call, f"{where}.function_call", ("name", "arguments"))
 
 
-def _check_tools(body: dict[str, Any]) -> None:
-    tools = _opt(body, "tools", list, "", "an array")
-    for i, tool in enumerate(tools or ()):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise _type_error(where, "an object", tool)
-        kind = tool.get("type", "function")
-        if kind not in _TOOL_TYPES:
-            raise bad_request(f"'{where}.type' must be one of {list(_TOOL_TYPES)}, got {shown(kind)}", param=f"{where}.type")
-        _check_function(tool.get(kind), f"{where}.{kind}", ("name",))
-        if kind == "function":
-            _opt(tool["function"], "parameters", dict, f"{where}.function", "an object")
-    functions = _opt(body, "functions", list, "", "an array")
-    for i, fn in enumerate(functions or ()):
-        _check_function(fn, f"functions[{i}]", ("name",))
-    choice = body.get("tool_choice")
-    if choice is not None and not isinstance(choice, (str, dict)):
-        raise _type_error("tool_choice", "a string or an object", choice)
-
-
-def check_chat(body: dict[str, Any]) -> None:
-    _common(body)
-    messages = body.get("messages")
-    if messages is None:
-        raise bad_request("'messages' is required", param="messages", code="missing_field")
+def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list):
         raise _type_error("messages", "an array", messages)
     if not messages:
         raise bad_request("'messages' must contain at least one message", param="messages")
-    _check_messages(messages)
-    if len(body) > 2:  # model and messages only: the rest is absent
-        _check_tools(body)
-        fmt = _opt(body, "response_format", dict, "", "an object")
-        if fmt is not None and not isinstance(fmt.get("type"), str):
-            raise bad_request("'response_format.type' must be a string", param="response_format.type")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _type_error(f"messages[{i}]", "an object", message)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise bad_request(f"'messages[{i}].role' must be one of {sorted(ROLES)}, got {shown(role)}",
+                              param=f"messages[{i}].role")
+        content = message.get("content")
+        if type(content) is not str or len(message) > 2:  # else a plain text turn: nothing more to check
+            _check_message(message, role, content, f"messages[{i}]")
+
+
+def _check_tools(tools: Any) -> None:
+    if not isinstance(tools, list):
+        raise _type_error("tools", "an array", tools)
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _type_error(f"tools[{i}]", "an object", tool)
+        kind = tool.get("type", "function")
+        if kind not in _TOOL_TYPES:
+            raise bad_request(f"'tools[{i}].type' must be one of {list(_TOOL_TYPES)}, got {shown(kind)}",
+                              param=f"tools[{i}].type")
+        fn = tool.get(kind)
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            _check_function(fn, f"tools[{i}].{kind}", ("name",))  # raises, naming what is wrong
+        if kind == "function" and not isinstance(fn.get("parameters", {}), (dict, type(None))):
+            raise _type_error(f"tools[{i}].function.parameters", "an object", fn["parameters"])
+
+
+def _check_functions(functions: Any) -> None:
+    if not isinstance(functions, list):
+        raise _type_error("functions", "an array", functions)
+    for i, fn in enumerate(functions):
+        _check_function(fn, f"functions[{i}]", ("name",))
+
+
+def _check_response_format(fmt: Any) -> None:
+    if not isinstance(fmt, dict):
+        raise _type_error("response_format", "an object", fmt)
+    if not isinstance(fmt.get("type"), str):
+        raise bad_request("'response_format.type' must be a string", param="response_format.type")
+
+
+_CHAT = {
+    **_COMMON,
+    "tools": _check_tools,
+    "functions": _check_functions,
+    "tool_choice": _type_field("tool_choice", (str, dict), "a string or an object"),
+    "response_format": _check_response_format,
+}
+_COMPLETION = {**_COMMON, "best_of": _int_field("best_of", maximum=MAX_BEST_OF)}
+
+
+def check_chat(body: dict[str, Any]) -> None:
+    _check_messages(_check_fields(body, _CHAT, "messages"))
 
 
 def _check_token_input(value: Any, field: str) -> None:
@@ -310,18 +350,8 @@ def _token_ids(items: list[Any]) -> bool:
 
 
 def check_completion(body: dict[str, Any]) -> None:
-    _common(body)
-    prompt = body.get("prompt")
-    if prompt is None:
-        raise bad_request("'prompt' is required", param="prompt", code="missing_field")
-    _check_token_input(prompt, "prompt")
-    _opt_int(body, "best_of", maximum=MAX_BEST_OF)
+    _check_token_input(_check_fields(body, _COMPLETION, "prompt"), "prompt")
 
 
 def check_embeddings(body: dict[str, Any]) -> None:
-    _common(body)
-    value = body.get("input")
-    if value is None:
-        raise bad_request("'input' is required", param="input", code="missing_field")
-    _check_token_input(value, "input")
-
+    _check_token_input(_check_fields(body, _COMMON, "input"), "input")

@@ -50,6 +50,10 @@ def test_malformed_json(demo_proxy: Process) -> None:
         ({"model": "auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}, "max_tokens"),
         ({"model": "auto", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
         ({"model": "auto", "messages": [{"role": "user", "content": "x"}], "temperature": 7}, "temperature"),
+        # issue 11, item 5: these were 500s (the full set runs in process in test_edge_validation.py)
+        ({"model": "auto", "messages": [{"role": [], "content": "x"}]}, "messages[0].role"),
+        ({"model": "auto", "messages": [{"role": "assistant", "tool_calls": 5}]}, "messages[0].tool_calls"),
+        ({"model": "auto", "messages": [{"role": "user", "content": [{"type": []}]}]}, "messages[0].content[0].type"),
     ],
 )
 def test_schema_violations_name_the_field(demo_proxy: Process, body: dict, param: str) -> None:
