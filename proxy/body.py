@@ -5,8 +5,9 @@ limits, tags) is checked for type and shape here, and the whole body for nesting
 naming the field, never a ``TypeError`` deep in routing or metering (a 500) and never a record the ledger's database
 refuses. Fields the proxy only passes through are not validated beyond depth: the upstream checks its own parameters.
 
-Hand-written rather than a schema library: on the benchmark body it is as fast as msgspec and faster than
-pydantic-core, both of which still need a second parse for the pass-through dict (benchmarks/body/RESULTS.md).
+Hand-written rather than a schema library (benchmarks/body/RESULTS.md): on the benchmark body it ties msgspec (which
+still needs orjson's dict for the pass-through fields) and beats pydantic-core, and either library would leave the
+prompt shapes, header tags, depth and the content rule to hand-written code anyway.
 """
 
 from __future__ import annotations
