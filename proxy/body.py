@@ -187,7 +187,8 @@ def _check_fields(body: dict[str, Any], checks: dict[str, Callable[[Any], None]]
     """The model, the endpoint's ``required`` field (returned) and every optional field in ``checks``."""
     model = body.get("model")
     if model is None:
-        raise bad_request("'model' is required (use 'auto' to let tiergate choose)", param="model", code="missing_field")
+        raise bad_request("'model' is required (use 'auto' to let tiergate choose)", param="model",
+                          code="missing_field")
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
     value = body.get(required)

@@ -6,7 +6,6 @@ Derandomized, so CI runs the same examples every time; benchmarks/fuzz/run.py ru
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest

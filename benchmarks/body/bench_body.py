@@ -13,7 +13,6 @@ msgspec is not a dependency of tiergate: ``pip install msgspec`` into .venv to i
 import argparse
 import json
 import platform
-import re
 import statistics
 import subprocess
 import sys
