@@ -1,0 +1,118 @@
+"""Config across the fleet (issue 16, item 3): an edit of the policy file reaches every replica within 5 s under
+load through HAProxy, and a replica that rejects its file keeps serving its last good policy, says why, and shows up
+as config drift (its sha256 is not the fleet's) until it gets a valid file again.
+
+Each replica reads the policy through its own link to the fleet's file (``fleet.sh`` sets them up as a pod's mounted
+ConfigMap): editing the fleet's file is a ConfigMap update, replacing one replica's link is a replica whose copy went
+bad. What a replica serves is read from it directly: ``/readyz`` (active sha256, last reload error) and ``/v1/route``
+(the tier a request would get).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fault_harness import Call, Load, describe, proxy_errors
+from fleet_harness import RESEARCH, SUPPORT, Fleet, Replica, running_fleet, sha256_of
+
+PROPAGATION_S = 5.0  # the issue's bound: replicas poll their file every second
+HELLO = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello!"}]}
+
+
+def plan(client: int, i: int) -> Call:
+    return Call(team=RESEARCH if client % 2 == 0 else SUPPORT, body=HELLO)
+
+
+def served(replica: Replica) -> tuple[str, str]:
+    """(active config sha256, tier a research "Hello!" gets) on one replica."""
+    sha = replica.readyz()["config"]["sha256"]
+    route = httpx.post(replica.url + "/v1/route", json=HELLO, headers=RESEARCH.auth, timeout=5)
+    route.raise_for_status()
+    return sha, route.json()["tier"]
+
+
+def converge(replicas: list[Replica], sha: str, tier: str, since: float) -> None:
+    """Every replica serves ``sha`` (and routes accordingly) within PROPAGATION_S of ``since``, the write."""
+    pending = {r.name: r for r in replicas}
+    seen: dict[str, tuple[str, str]] = {}
+    while pending:
+        for name, replica in list(pending.items()):
+            seen[name] = served(replica)
+            if seen[name] == (sha, tier):
+                del pending[name]
+        if pending and time.monotonic() - since > PROPAGATION_S:
+            raise AssertionError(f"after {PROPAGATION_S:g}s {sorted(pending)} still serve {seen} instead of "
+                                 f"({sha[:12]}, {tier})")
+        time.sleep(0.1)
+
+
+def drift(fleet: Fleet) -> dict[str, str]:
+    """Replicas not serving the fleet's file, with the sha256 they serve."""
+    want = sha256_of(fleet.config)
+    return {r.name: sha for r in fleet.replicas() if (sha := r.readyz()["config"]["sha256"]) != want}
+
+
+def tiers_through_haproxy(fleet: Fleet, n: int = 8) -> set[str]:
+    with httpx.Client(timeout=30) as client:
+        answers = [client.post(fleet.url + "/v1/chat/completions", json=HELLO, headers=RESEARCH.auth)
+                   for _ in range(n)]
+    assert all(a.status_code == 200 for a in answers), [a.status_code for a in answers]
+    return {a.headers["x-tiergate-tier"] for a in answers}
+
+
+def set_research_tiers(tiers: dict[str, str]):  # noqa: ANN201 - a config mutation for Fleet.write_config
+    return lambda config: config["teams"]["research"].update(tiers=tiers)
+
+
+@pytest.mark.timeout(240)
+def test_policy_edits_reach_every_replica_and_a_rejected_file_shows_as_drift(tmp_path: Path) -> None:
+    with running_fleet(tmp_path, replicas=2) as fleet, \
+            Load(fleet.url, plan, clients=4, rate=8, prefix="cfg") as load:
+        replicas = fleet.replicas()
+        original = sha256_of(fleet.config)
+        assert {served(r)[0] for r in replicas} == {original}
+
+        # An edit of the fleet's file (a ConfigMap update) reaches every replica, and HAProxy's answers follow it.
+        written = time.monotonic()
+        v1 = fleet.write_config(set_research_tiers({"floor": "mid", "ceiling": "mid"}))
+        converge(replicas, v1, "mid", written)
+        assert tiers_through_haproxy(fleet) == {"mid"}
+        assert drift(fleet) == {}
+
+        # One replica's copy goes bad: it keeps serving its last good policy and says why.
+        bad, good = replicas[-1], replicas[:-1]
+        fleet.write_text(fleet.config.read_text() + "unknown_setting: 1\n", path=bad.policy_file)
+        deadline = time.monotonic() + PROPAGATION_S
+        while not (error := bad.readyz()["config"]["last_reload_error"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert error and str(bad.policy_file) in error and "unknown_setting" in error, error
+        assert served(bad) == (v1, "mid")
+
+        # The fleet's next edit leaves it behind: drift, visible per replica and in `fleet.sh status`.
+        written = time.monotonic()
+        v2 = fleet.write_config(set_research_tiers({"floor": "frontier"}))
+        converge(good, v2, "frontier", written)
+        assert served(bad) == (v1, "mid")
+        assert drift(fleet) == {bad.name: v1}
+        status = {line.split()[0]: line for line in fleet.sh("status").splitlines()[2:]}
+        assert "drift" in status[bad.name] and "rejected its file" in status[bad.name], status
+        assert not any("drift" in status[r.name] for r in good), status
+
+        # Given the fleet's file again, it catches up and the rejection is cleared.
+        bad.policy_file.unlink()
+        written = time.monotonic()
+        bad.policy_file.symlink_to(fleet.config)
+        converge([bad], v2, "frontier", written)
+        assert bad.readyz()["config"]["last_reload_error"] is None
+        assert drift(fleet) == {}
+        assert tiers_through_haproxy(fleet) == {"frontier"}
+
+        results = load.stop()
+    errors = proxy_errors(results)
+    assert not errors, f"{len(errors)} of {len(results)} requests failed while the policy changed: {describe(errors)}"
+    assert all(r.done for r in results), describe([r for r in results if not r.done])
+    assert len(results) >= 20
