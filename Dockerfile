@@ -12,7 +12,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first (hash-pinned), so code changes do not rebuild this layer.
+# Runtime dependencies only (hash-pinned; training and test tools are in requirements-train/-dev.lock),
+# first, so code changes do not rebuild this layer.
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install (with dev dependencies), make sure Redis and PostgreSQL answer, run the whole test suite.
+# Install all three layers (runtime, train, dev), make sure Redis and PostgreSQL answer, run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+bash scripts/install.sh train dev
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_for() {

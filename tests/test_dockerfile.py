@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 
 from conftest import ROOT
 
@@ -42,3 +43,57 @@ def test_dockerfile_installs_from_the_hashed_lock_and_copies_real_paths() -> Non
     config = cmd[cmd.index("--config") + 1]
     assert (ROOT / config).is_file()
     assert re.search(r"^tiergate = ", (ROOT / "pyproject.toml").read_text(), re.M)
+
+
+# -- the three hash-pinned layers (scripts/lock.sh) ---------------------------------------------------------------
+
+LOCKS = {"runtime": "requirements.lock", "train": "requirements-train.lock", "dev": "requirements-dev.lock"}
+# Heavy packages that must never reach the runtime install (the Dockerfile, scripts/demo.sh).
+NOT_RUNTIME = {"scikit-learn", "scipy", "skl2onnx", "onnx", "pytest", "hypothesis", "playwright", "mypy", "ruff"}
+
+
+def _lock(name: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """``{package: (version, hashes)}`` of a lock file."""
+    out: dict[str, tuple[str, frozenset[str]]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", (ROOT / name).read_text()):
+        head = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", block)
+        if head:
+            out[_norm(head.group(1))] = (head.group(2), frozenset(re.findall(r"sha256:[0-9a-f]{64}", block)))
+    return out
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {_norm(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in requirements}  # type: ignore[union-attr]
+
+
+def test_the_runtime_lock_holds_what_serve_needs_and_nothing_to_train_or_test() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    locks = {layer: _lock(path) for layer, path in LOCKS.items()}
+    runtime = locks["runtime"]
+    assert _names(project["dependencies"]) <= runtime.keys()
+    assert not NOT_RUNTIME & runtime.keys()
+    for layer in ("train", "dev"):
+        assert _names(project["optional-dependencies"][layer]) <= locks[layer].keys(), layer
+        # Each layer lock is the runtime plus its extra, cut from one resolution: shared pins agree exactly.
+        assert runtime.keys() <= locks[layer].keys()
+    for name in locks["train"].keys() & locks["dev"].keys():
+        assert locks["train"][name] == locks["dev"][name], name
+    for pins in locks.values():
+        assert all(hashes for _, hashes in pins.values())  # --require-hashes installs need every hash
+
+
+def test_runtime_installs_take_the_runtime_lock_only_and_tests_take_all_three() -> None:
+    runs = " ".join(rest for word, rest in _instructions() if word in {"RUN", "COPY"})
+    assert "requirements-train" not in runs and "requirements-dev" not in runs and "[dev]" not in runs
+    demo = (ROOT / "scripts" / "demo.sh").read_text()
+    assert re.search(r"^bash scripts/install\.sh$", demo, re.M)
+    test = (ROOT / "scripts" / "test.sh").read_text()
+    assert re.search(r"^bash scripts/install\.sh train dev$", test, re.M)
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    assert "runtime) echo requirements.lock" in install and 'train|dev) echo "requirements-$1.lock"' in install
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^exec bash scripts/test\.sh$", ci, re.M)
