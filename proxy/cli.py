@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from router.config_loader import ConfigError, load_policy
 
@@ -24,27 +25,62 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from proxy.server import serve
+    from proxy.server import PortInUse, ServeOptions, serve
 
     try:
         load_policy(args.config)  # fail fast, with file/line/field, before any worker starts
     except ConfigError as exc:
         print(f"{args.config}: invalid config\n{exc}", file=sys.stderr)
         return 1
-    return serve(args.config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    options = ServeOptions(config_path=args.config, host=args.host, port=args.port, workers=args.workers,
+                           log_level=args.log_level, shutdown_grace_s=args.shutdown_grace_s)
+    try:
+        return serve(options)
+    except PortInUse as exc:
+        print(f"tiergate serve: {exc}", file=sys.stderr)
+        return 1
+
+
+def _number(kind: type[int] | type[float], low: float, high: float = float("inf")) -> Callable[[str], int | float]:
+    """An argparse type: a usage error, not a traceback, for a value out of range."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}" if high < float("inf")
+                                             else f"must be at least {low:g}")
+        return value
+    return parse
+
+
+def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    serve = sub.add_parser("serve", help="run the proxy",
+                           description="Run the proxy. SIGHUP or a change of the file reloads the policy; "
+                                       "SIGTERM or SIGINT drains and stops.")
+    serve.add_argument("--config", required=True, metavar="PATH",
+                       help="policy YAML, required (see configs/; check it with tiergate check-config)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=_number(int, 0, 65535), default=4000,
+                       help="TCP port; start-up fails if anything else holds it (default: %(default)s)")
+    serve.add_argument("--workers", type=_number(int, 1), default=1,
+                       help="worker processes; the kernel balances connections across them, each keeps its own "
+                            "event loop and in-process state (default: %(default)s)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="log level (default: %(default)s)")
+    serve.add_argument("--shutdown-grace-s", type=_number(float, 0.1), default=10.0, metavar="SECONDS",
+                       help="how long SIGTERM/SIGINT may take: in-flight requests get most of it to finish, then "
+                            "the process exits even if work remains (ledger records not yet committed stay in the "
+                            "spool for the next start) (default: %(default)s)")
+    serve.set_defaults(func=_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiergate", description="OpenAI-compatible LLM proxy with cost-aware routing")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", required=True, help="policy YAML (see configs/)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=4000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.set_defaults(func=_serve)
+    _add_serve(sub)
 
     check = sub.add_parser("check-config", help="validate a policy file; errors name file, line and field")
     check.add_argument("path")
@@ -70,9 +106,20 @@ def _ledger_location(path: str) -> tuple[str, str]:
         raise ValueError(f"{path}: invalid config\n{exc}") from None
 
 
+# Top-level modules only the `train` extra installs (requirements-train.lock); `serve` never imports them.
+TRAIN_ONLY_MODULES = frozenset({"sklearn", "skl2onnx", "onnx", "scipy"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in TRAIN_ONLY_MODULES:
+            raise
+        print(f"tiergate {args.command}: needs the train extra ({exc.name} is not installed): "
+              f"bash scripts/install.sh train", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
