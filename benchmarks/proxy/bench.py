@@ -27,6 +27,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+OUT = REPO / "benchmarks" / "out" / "proxy"  # raw results and profiles: ignored by git, numbers go to RESULTS.md
 HOST = "127.0.0.1"
 KEY = "sk-bench"
 DIRECT_MODEL = "gpt-4o-mini"
@@ -537,7 +538,8 @@ class Bench:
         pyspy = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
         worker = workers_of(proc)[0]
         raw = self.work / "profile.txt"
-        svg = HERE / "profile.svg"
+        OUT.mkdir(parents=True, exist_ok=True)
+        svg = OUT / "profile.svg"
         dur = int(self.args.duration)
         spy = subprocess.Popen([pyspy, "record", "--pid", str(worker), "--duration", str(dur), "--rate", "200",
                                 "--format", "raw", "-o", str(raw), "--nonblocking"],
@@ -551,7 +553,7 @@ class Bench:
         prof = summarize_collapsed(raw.read_text() if raw.exists() else "")
         prof["collapsed_stacks"] = str(raw)  # py-spy raw format, kept in the run's temp dir
         prof["rps_while_profiled"] = load["rps"]
-        (HERE / "profile-top.txt").write_text(render_profile(prof))
+        (OUT / "profile-top.txt").write_text(render_profile(prof))
         self.log("profile: top self-time\n" + render_profile(prof, limit=15))
         return prof
 
@@ -806,7 +808,7 @@ def main() -> int:
                    help="before each wrk run, wait up to this many seconds for other processes to go quiet")
     p.add_argument("--nice", type=int, default=0,
                    help="niceness of this driver and all it starts (negative: ahead of other work on a shared machine; root)")
-    p.add_argument("--out", default=str(HERE / "results.json"))
+    p.add_argument("--out", default=str(OUT / "results.json"))
     args = p.parse_args()
     global WAIT_QUIET_S
     WAIT_QUIET_S = args.wait_quiet
@@ -829,6 +831,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     results = bench.run()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, default=str))
     print(report(results))
     return 1 if "error" in results else 0

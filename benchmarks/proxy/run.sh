@@ -2,7 +2,7 @@
 # Proxy-overhead benchmark: tiergate vs LiteLLM Proxy against `tiergate mock-upstream`, on 127.0.0.1 only.
 #
 #   benchmarks/proxy/run.sh --setup          # once: apt wrk, py-spy into .venv, LiteLLM Proxy venv outside the repo
-#   benchmarks/proxy/run.sh                  # the side-by-side run (~6 min), writes benchmarks/proxy/results.json
+#   benchmarks/proxy/run.sh                  # the side-by-side run (~6 min), writes benchmarks/out/proxy/results.json
 #   benchmarks/proxy/run.sh --targets tiergate --soak 100000 --streams 0 --startups 1   # RSS-flatness check only
 #
 # Any other flags go to bench.py (see `bench.py --help`). Ports: mock 18400, tiergate 4400, LiteLLM 4100.

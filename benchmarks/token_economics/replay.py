@@ -41,6 +41,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+OUT = REPO / "benchmarks" / "out" / "token_economics"  # raw results: ignored by git, numbers go to RESULTS.md
 sys.path.insert(0, str(REPO))
 
 from metering.money import NANOS_PER_USD, format_usd  # noqa: E402
@@ -374,7 +375,7 @@ def main() -> int:
                         help="keep_last_turns of the teams with summaries on")
     parser.add_argument("--user-tokens", default="60-150",
                         help="length range of a user turn, e.g. 250-450 for chats where users paste order details")
-    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    parser.add_argument("--out", type=Path, default=OUT / "results.json")
     args = parser.parse_args()
     global USER_TOKENS, KEEP_LAST_TURNS
     KEEP_LAST_TURNS = args.keep_last_turns
@@ -401,6 +402,7 @@ def main() -> int:
                "user_tokens": list(USER_TOKENS), "keep_last_turns": KEEP_LAST_TURNS,
                "seconds": round(time.perf_counter() - t0, 1),
                "results": results, "checks": checks(results)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["checks"], indent=2))
     for r in results:

@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+OUT = REPO / "benchmarks" / "out" / "upstream"  # raw results: ignored by git, numbers go to RESULTS.md
 sys.path.insert(0, str(REPO / "benchmarks" / "proxy"))
 from bench import SYSTEM_PROMPT, USER_MESSAGE, pct, wait_port  # noqa: E402
 
@@ -133,7 +134,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4, help="interleaved blocks per client")
     p.add_argument("--port", type=int, default=18400)
     p.add_argument("--mock-cpus", default="1")
-    p.add_argument("--out", default=str(HERE / "results.json"))
+    p.add_argument("--out", default=str(OUT / "results.json"))
     args = p.parse_args()
 
     tg = str(REPO / ".venv" / "bin" / "tiergate")
@@ -156,6 +157,7 @@ def main() -> int:
     for r in results:
         r["added_p50_us_vs_aiohttp"] = r["p50_us"] - base["p50_us"]
         r["added_cpu_us_vs_aiohttp"] = r["cpu_us_per_call"] - base["cpu_us_per_call"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"loadavg": open("/proc/loadavg").read().split()[0], "results": results},
                                          indent=2))
     print("\n| client | p50 µs | p99 µs | CPU µs/call | p50 over aiohttp |\n|---|---|---|---|---|")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Upstream client overhead: litellm.acompletion vs pooled aiohttp / httpx / openai SDK, sequential, against the mock.
-# The client is pinned to core 0, the mock to core 1. Writes benchmarks/upstream/results.json.
+# The client is pinned to core 0, the mock to core 1. Writes benchmarks/out/upstream/results.json.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
