@@ -139,17 +139,25 @@ class Alerter:
     async def _send(self, alert: Alert) -> None:
         assert self._session is not None and self.webhook_url
         body = alert.payload()
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                async with self._session.post(self.webhook_url, json=body) as resp:
-                    if resp.status < 300:
-                        return
-                    problem = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                problem = repr(exc)
-            if attempt < self._max_attempts:
-                delay = self._base_delay_s * 2 ** (attempt - 1)
-                log.info("budget alert webhook attempt %d failed (%s); retrying in %.1fs", attempt, problem, delay)
-                await asyncio.sleep(delay)
-            else:
-                log.error("budget alert webhook gave up after %d attempts (%s): %s", attempt, problem, body["text"])
+        await post_json(self._session, self.webhook_url, body, body["text"], self._max_attempts, self._base_delay_s)
+
+
+async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, Any], what: str,
+                    max_attempts: int, base_delay_s: float) -> bool:
+    """POST ``body`` with exponential backoff; True once the webhook answers 2xx. Shared by every alert kind
+    (budgets here, spend anomalies in ``metering.finops.notify``); ``what`` names the alert in the logs."""
+    for attempt in range(1, max_attempts + 1):
+        try:
+            async with session.post(url, json=body) as resp:
+                if resp.status < 300:
+                    return True
+                problem = f"HTTP {resp.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            problem = repr(exc)
+        if attempt < max_attempts:
+            delay = base_delay_s * 2 ** (attempt - 1)
+            log.info("alert webhook attempt %d failed (%s); retrying in %.1fs", attempt, problem, delay)
+            await asyncio.sleep(delay)
+        else:
+            log.error("alert webhook gave up after %d attempts (%s): %s", attempt, problem, what)
+    return False
