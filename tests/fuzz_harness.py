@@ -142,7 +142,7 @@ def _slots(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
 @st.composite
 def broken(draw: st.DrawFn, body: st.SearchStrategy[dict[str, Any]]) -> dict[str, Any]:
     """A well-formed body with one value replaced (or its key removed), anywhere in it."""
-    value = draw(body)
+    value = orjson.loads(orjson.dumps(draw(body)))  # a copy: st.just() hands out the same object every time
     *parent_path, key = draw(st.sampled_from(list(_slots(value))))
     parent = value
     for step in parent_path:
