@@ -50,8 +50,10 @@ def bill(args: argparse.Namespace, ledger_from_config: Callable[[str], tuple[str
 
 
 def add_commands(subparsers: Any, ledger_from_config: Callable[[str], tuple[str, str]]) -> None:
-    """Register ``bill``; ``ledger_from_config`` resolves ``--config`` to the validated policy's ledger URL and
-    PostgreSQL schema (the proxy's config loader: metering does not parse policy files itself)."""
+    """Register ``bill`` and the FinOps commands (``forecast``, ``anomalies``, ``reconcile``, which need teams and
+    budgets too, so they read the policy through ``metering.finops.policy_view``); ``ledger_from_config`` resolves
+    ``--config`` to the validated policy's ledger URL and PostgreSQL schema (the proxy's config loader: metering
+    does not parse policy files itself)."""
     p = subparsers.add_parser("bill", help="a team's bill for one month, from the ledger")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="tiergate YAML config (its metering.ledger URL)")
@@ -63,3 +65,7 @@ def add_commands(subparsers: Any, ledger_from_config: Callable[[str], tuple[str,
     p.add_argument("--group-by", default="model,tier",
                    help="comma list of team,model,tier,day,key,purpose,tag (default model,tier)")
     p.set_defaults(func=lambda args: bill(args, ledger_from_config))
+
+    from metering.finops.cli import add_commands as finops_commands
+
+    finops_commands(subparsers)
