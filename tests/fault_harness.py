@@ -41,6 +41,8 @@ from metering_fixtures import RedisServer
 from proxy_metering_helpers import TeamSpec, parse_sse, write_config
 
 NANOS_PER_USD = 10**9
+# The long run (benchmarks/faults/run.sh) sets this: each scenario repeats its fault, or runs, SCALE times over.
+SCALE = max(1, int(os.environ.get("TIERGATE_FAULTS_SCALE", "1")))
 
 
 # ---- what a client did and saw --------------------------------------------------------------------------------------
