@@ -29,4 +29,5 @@ pins "$tmp/all.lock" > "$tmp/resolved"
 compile requirements.lock -c "$tmp/resolved"
 compile requirements-train.lock --extra train -c "$tmp/resolved"
 compile requirements-dev.lock --extra dev -c "$tmp/resolved"
+sed -i "\\|^    #   -c $tmp/resolved\$|d" requirements.lock requirements-train.lock requirements-dev.lock  # temp path: noise
 echo "wrote requirements.lock, requirements-train.lock, requirements-dev.lock ($(wc -l < "$tmp/resolved") packages in all)"
