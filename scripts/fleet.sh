@@ -14,6 +14,7 @@
 #   FLEET_PORT       HAProxy's port, default 4400
 #   FLEET_BASE_PORT  first replica port, default FLEET_PORT + 1; busy ports are skipped
 #   FLEET_WORKERS    workers per replica, default 1
+#   FLEET_GRACE_S    a replica's --shutdown-grace-s (SIGTERM drains in-flight requests and streams), default 30
 #   FLEET_RUN_DIR    pid files, logs, backend.cfg and each replica's working directory, default var/fleet
 #   FLEET_ADMIN_KEY  admin key `status` shows reload errors with, default the demo's sk-demo-admin
 #
@@ -26,6 +27,7 @@ CONFIG="$(realpath "${FLEET_CONFIG:-$ROOT/configs/fleet.yaml}")"
 PORT="${FLEET_PORT:-4400}"
 BASE_PORT="${FLEET_BASE_PORT:-$((PORT + 1))}"
 WORKERS="${FLEET_WORKERS:-1}"
+GRACE_S="${FLEET_GRACE_S:-30}"
 RUN="$(realpath -m "${FLEET_RUN_DIR:-$ROOT/var/fleet}")"
 PY="$ROOT/.venv/bin/python"
 ADMIN_KEY="${FLEET_ADMIN_KEY:-sk-demo-admin}"
@@ -149,7 +151,7 @@ start_replica() {  # start_replica DIR: start the replica described by DIR/port,
   answers "$port" && die "port $port is taken: cannot start $(basename "$dir")"
   # Each replica is its own process tree with its own metrics: never a directory shared through the environment.
   (cd "$dir" && exec env -u PROMETHEUS_MULTIPROC_DIR setsid "$ROOT/.venv/bin/tiergate" serve \
-    --config "$dir/policy.yaml" --host 127.0.0.1 --port "$port" --workers "$WORKERS" \
+    --config "$dir/policy.yaml" --host 127.0.0.1 --port "$port" --workers "$WORKERS" --shutdown-grace-s "$GRACE_S" \
     >> "$dir/replica.log" 2>&1 < /dev/null) &
   echo $! > "$dir/pid"
 }
@@ -226,7 +228,7 @@ down() {
     if alive tiergate "$dir/pid"; then kill -TERM "$(cat "$dir/pid")" 2>/dev/null || true; fi
   done
   for dir in $(replica_dirs); do
-    stop_pid tiergate "$dir/pid" TERM 60
+    stop_pid tiergate "$dir/pid" TERM $((GRACE_S + 15))
     # The directory stays: its spool, if a crash left one, is replayed when a replica starts there again.
     rm -f "$dir/port"
   done
@@ -266,7 +268,7 @@ restart() {
     name="$(basename "$dir")"
     hap "set server $BACKEND/$name state drain" >/dev/null
     for _ in $(seq 1 300); do [ "$(server_field "$name" scur)" = 0 ] && break; sleep 0.1; done
-    stop_pid tiergate "$dir/pid" TERM 60
+    stop_pid tiergate "$dir/pid" TERM $((GRACE_S + 15))
     start_replica "$dir"
     wait_ready "$dir"
     hap "set server $BACKEND/$name state ready" >/dev/null
