@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 import json.scanner
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -66,43 +67,53 @@ class InvoiceLine:
 
 
 class _Obj(dict):  # type: ignore[type-arg]
-    """A JSON object that remembers the line it starts on (for error messages)."""
+    """A JSON object that remembers where it is in the text (for error messages)."""
 
-    line: int = 0
+    span: tuple[int, int] = (0, 0)
 
 
-def _load(path: Path) -> Any:
-    """JSON with numbers as Decimal (money never passes through float) and objects tagged with their line."""
+def _load(path: Path) -> tuple[Any, str]:
+    """JSON with numbers as Decimal (money never passes through float) and objects tagged with their span."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvoiceError(str(path), None, "", f"cannot read: {exc}") from None
-    newlines = [i for i, c in enumerate(text) if c == "\n"]
     decoder = json.JSONDecoder(parse_float=Decimal)
     plain = decoder.parse_object
 
     def parse_object(s_and_end: tuple[str, int], *args: Any) -> tuple[_Obj, int]:
         obj, end = plain(s_and_end, *args)
         tagged = _Obj(obj)
-        tagged.line = bisect.bisect_left(newlines, s_and_end[1]) + 1
+        tagged.span = (s_and_end[1] - 1, end)
         return tagged, end
 
     decoder.parse_object = parse_object  # type: ignore[method-assign]
     decoder.scan_once = json.scanner.py_make_scanner(decoder)  # the C scanner would bypass parse_object
     try:
-        return decoder.decode(text)
+        return decoder.decode(text), text
     except json.JSONDecodeError as exc:
         raise InvoiceError(str(path), exc.lineno, "", f"not JSON: {exc.msg}") from None
 
 
 class _Reader:
-    """Field access with errors that name the file, line and field."""
+    """Field access with errors that name the file, the line of the field (or of its object) and the field."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, text: str) -> None:
         self.file = file
+        self.text = text
+        self._newlines = [i for i, c in enumerate(text) if c == "\n"]
+
+    def line(self, obj: Any, field: str) -> int | None:
+        if not isinstance(obj, _Obj):
+            return None
+        start, end = obj.span
+        # The field's own line: its key inside this object (a nested object's key of the same name would come
+        # after this object's own, which JSON exporters write first; good enough for pointing a person at it).
+        match = re.compile(rf'"{re.escape(field)}"\s*:').search(self.text, start, end) if field else None
+        return bisect.bisect_left(self._newlines, match.start() if match else start) + 1
 
     def fail(self, obj: Any, field: str, message: str) -> InvoiceError:
-        return InvoiceError(self.file, getattr(obj, "line", None), field, message)
+        return InvoiceError(self.file, self.line(obj, field), field, message)
 
     def get(self, obj: Any, field: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
         if not isinstance(obj, dict):
@@ -264,8 +275,8 @@ class Invoice:
 def read_invoice(path: str | Path) -> Invoice:
     """One export file; ``InvoiceError`` (file, line, field) on anything unexpected."""
     path = Path(path)
-    r = _Reader(str(path))
-    doc = _load(path)
+    doc, text = _load(path)
+    r = _Reader(str(path), text)
     source = _detect(r, doc)
     bucket_day, parse = _PARSERS[source]
     lines, days = [], set()

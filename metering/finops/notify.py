@@ -31,10 +31,11 @@ def generic_payload(episode: Episode) -> dict[str, Any]:
     return {"kind": "spend_anomaly", "source": "tiergate", "summary": episode.summary(), **episode.to_dict()}
 
 
-def pagerduty_payload(episode: Episode, routing_key: str, severity: str = "warning") -> dict[str, Any]:
-    """An Events v2 ``trigger`` (or ``resolve`` once the episode has ended), deduplicated by the episode id."""
+def pagerduty_payload(episode: Episode, routing_key: str, action: Literal["trigger", "resolve"] = "trigger",
+                      severity: str = "warning") -> dict[str, Any]:
+    """An Events v2 event, deduplicated by the episode id: ``trigger`` opens the incident, ``resolve`` closes it."""
     dedup = episode.ident[:_PD_DEDUP_MAX]
-    if episode.ended_at is not None:
+    if action == "resolve":
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup}
     return {
         "routing_key": routing_key,
@@ -53,20 +54,27 @@ def pagerduty_payload(episode: Episode, routing_key: str, severity: str = "warni
     }
 
 
-def payload(episode: Episode, fmt: Format, routing_key: str | None = None) -> dict[str, Any]:
+def payloads(episode: Episode, fmt: Format, routing_key: str | None = None) -> list[dict[str, Any]]:
+    """The bodies one episode sends: one, or for PagerDuty a trigger and, if the episode already ended within
+    the scan that found it, the resolve (an episode still open when found is resolved by hand: a later scan
+    reports only episodes that start in its window)."""
     if fmt == "pagerduty":
         if not routing_key:
             raise ValueError("PagerDuty events need a routing key")
-        return pagerduty_payload(episode, routing_key)
-    return slack_payload(episode) if fmt == "slack" else generic_payload(episode)
+        events = [pagerduty_payload(episode, routing_key)]
+        if episode.ended_at is not None:
+            events.append(pagerduty_payload(episode, routing_key, "resolve"))
+        return events
+    return [slack_payload(episode) if fmt == "slack" else generic_payload(episode)]
 
 
 async def deliver(url: str, episodes: Iterable[Episode], fmt: Format, routing_key: str | None = None,
                   timeout_s: float = 5.0, max_attempts: int = 6, base_delay_s: float = 0.5) -> int:
-    """POST one body per episode; returns how many the webhook accepted (the rest are logged by the sender)."""
+    """POST each episode's bodies; returns how many episodes the webhook took whole (the sender logs the rest)."""
     sent = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         for episode in episodes:
-            body = payload(episode, fmt, routing_key)
-            sent += await post_json(session, url, body, episode.summary(), max_attempts, base_delay_s)
+            results = [await post_json(session, url, body, episode.summary(), max_attempts, base_delay_s)
+                       for body in payloads(episode, fmt, routing_key)]
+            sent += all(results)
     return sent

@@ -184,10 +184,12 @@ class Reconciliation:
                 billed = f"${format_usd(r.invoice_cost_nanos)}" if r.invoice_cost_nanos is not None else "-"
                 lines.append(f"  {r.day} {r.model:<32} {r.status:<18} ledger ${format_usd(r.ledger.cost_nanos)}"
                              f"  invoice {billed}")
-        for day in self.days:
-            if not day.ok:
-                lines.append(f"  day {day.day} {day.provider}: ledger ${format_usd(day.ledger_cost_nanos)}, "
-                             f"invoice ${format_usd(day.invoice_cost_nanos)}")
+        off_days = [d for d in self.days if not d.ok]
+        if off_days:
+            lines.append("days off (every model and charge of the provider):")
+        for day in off_days:
+            lines.append(f"  {day.day} {day.provider}: ledger ${format_usd(day.ledger_cost_nanos)}, "
+                         f"invoice ${format_usd(day.invoice_cost_nanos)}")
         return "\n".join(lines) + "\n"
 
 
@@ -249,6 +251,7 @@ def _status(cell: LedgerCell, cost: int | None, tokens: tuple[int, int] | None, 
 def reconcile(ledger: Mapping[tuple[date, str], LedgerCell], invoices: Sequence[Invoice], start: date, end: date,
               tol: Tolerance = Tolerance()) -> Reconciliation:
     """Compare over ``[start, end)``; ``ledger`` maps (day, model) to the ledger's sums (model "" excluded)."""
+    ledger = {k: v for k, v in ledger.items() if start <= k[0] < end}
     providers = sorted({i.provider for i in invoices})
     by_provider: dict[str, list[str]] = {}
     for model in {m for _, m in ledger}:
