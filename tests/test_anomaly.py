@@ -20,6 +20,7 @@ from typing import Iterator
 import pytest
 
 from conftest import ROOT
+from finops_helpers import policy_file, tiergate
 from metering.finops.anomaly import Episode, Rules, detect
 from metering.finops.hourly import RequestRow
 from metering.finops.notify import deliver, generic_payload, pagerduty_payload, slack_payload
@@ -259,29 +260,16 @@ def test_cli_reports_and_notifies(tmp_path: Path, webhook: _Webhook) -> None:
     db = tmp_path / "ledger.db"
     at = SCAN + timedelta(hours=14)
     _seed(db, burst(steady(per_hour=4), at, 2, 60))
-    config = tmp_path / "policy.yaml"
-    config.write_text(f"""metering:
-  ledger: sqlite:///{db}
-  alert_webhook: {webhook.url}
-classifier:
-  model: length
-tiers:
-  - name: small
-    deployments: [{{id: s, model: simulated/gpt-4o-mini}}]
-  - name: frontier
-    deployments: [{{id: f, model: simulated/o1}}]
-teams:
-  t:
-    keys: [{{id: k1, sha256: "{'0' * 64}"}}]
-""")
-    base = [sys.executable, "-m", "proxy.cli", "anomalies", "--config", str(config), "--until",
-            (SCAN + timedelta(days=1)).isoformat()]
-    out = subprocess.run([*base, "--json"], capture_output=True, text=True, cwd=ROOT, check=True)
+    config = policy_file(tmp_path / "policy.yaml", db, f'  t:\n    keys: [{{id: k1, sha256: "{"0" * 64}"}}]\n',
+                         f"  alert_webhook: {webhook.url}\n")
+    base = ["anomalies", "--config", str(config), "--until", (SCAN + timedelta(days=1)).isoformat()]
+    out = subprocess.run([sys.executable, "-m", "proxy.cli", *base, "--json"], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
     doc = json.loads(out.stdout)
     assert {(e["dimension"], e["metric"], e["started_at"]) for e in doc["episodes"]} == {
         (d, m, at.isoformat()) for d in ("team", "key", "tag", "model") for m in ("spend", "requests")}
-    text = subprocess.run([*base, "--notify", "--team", "t"], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert "key k1 of team t: requests 64" in text.stdout and "sent 8 of 8" in text.stderr
+    text = tiergate(*base, "--notify", "--team", "t")
+    assert text.returncode == 0 and "key k1 of team t: requests 64" in text.stdout and "sent 8 of 8" in text.stderr
     assert len(webhook.bodies) == 8 and all(b["text"].startswith(":rotating_light:") for b in webhook.bodies)
-    unknown = subprocess.run([*base, "--team", "nosuch"], capture_output=True, text=True, cwd=ROOT)
+    unknown = tiergate(*base, "--team", "nosuch")
     assert unknown.returncode == 2 and "unknown team 'nosuch'; known teams: t" in unknown.stderr

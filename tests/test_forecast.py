@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from finops_helpers import policy_file, tiergate
 from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from metering.finops.daily import day_model_totals, daily_spend
 from metering.finops.forecast import Partial, budget_outlook, forecast_month, run_rate, usd
@@ -142,15 +143,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(path: Path, db: Path) -> Path:
-    path.write_text(f"""metering:
-  ledger: sqlite:///{db}
-classifier:
-  model: length
-tiers:
-  - name: small
-    deployments: [{{id: s, model: simulated/gpt-4o-mini}}]
-teams:
-  a:
+    return policy_file(path, db, f"""  a:
     keys: [{{id: a1, sha256: "{'1' * 64}"}}, {{id: a2, sha256: "{'2' * 64}"}}]
     budgets:
       team: {{monthly_usd: "80", daily_usd: "2.5"}}
@@ -159,12 +152,10 @@ teams:
   b:
     keys: [{{id: b1, sha256: "{'3' * 64}"}}]
 """)
-    return path
 
 
 def forecast(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", "forecast", "--config", str(config), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+    return tiergate("forecast", "--config", config, *args)
 
 
 def test_cli_forecast_by_team_key_tag_and_model(seeded: Path, tmp_path: Path) -> None:
@@ -198,7 +189,9 @@ def test_cli_forecast_by_team_key_tag_and_model(seeded: Path, tmp_path: Path) ->
 
 
 def test_cli_names_the_known_teams_for_an_unknown_one(seeded: Path, tmp_path: Path) -> None:
-    out = forecast(_config(tmp_path / "policy.yaml", seeded), "--team", "nosuch")
+    out = subprocess.run([sys.executable, "-m", "proxy.cli", "forecast", "--config",
+                          str(_config(tmp_path / "policy.yaml", seeded)), "--team", "nosuch"],
+                         capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip() == "tiergate forecast: unknown team 'nosuch'; known teams: a, b"
     bad = forecast(_config(tmp_path / "policy.yaml", seeded), "--as-of", "2026-13-01")

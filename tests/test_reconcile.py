@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from finops_helpers import policy_file, tiergate
 from metering.finops.invoices import InvoiceError, read_invoice
 from metering.finops.reconcile import LedgerCell, Tolerance, match_models, reconcile
 from metering.ledger.sqlite import SqliteLedger
@@ -65,24 +66,11 @@ def seed(db: Path, records: list[tuple] = RECORDS) -> None:
 
 
 def config(tmp_path: Path, db: Path) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(f"""metering:
-  ledger: sqlite:///{db}
-classifier:
-  model: length
-tiers:
-  - name: small
-    deployments: [{{id: small-0, model: simulated/gpt-4o-mini}}]
-teams:
-  t:
-    keys: [{{id: k, sha256: "{'0' * 64}"}}]
-""")
-    return path
+    return policy_file(tmp_path / "policy.yaml", db, f'  t:\n    keys: [{{id: k, sha256: "{"0" * 64}"}}]\n')
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", "reconcile", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT)
+    return tiergate("reconcile", *args)
 
 
 @pytest.fixture
@@ -123,8 +111,10 @@ def test_exact_match_exits_0_with_capture_rate_1(policy: Path) -> None:
 
 
 def test_missing_day_unknown_model_and_price_gap_exit_1(policy: Path) -> None:
-    out = run("--config", policy, "--invoice", OPENAI_COSTS, "--invoice", OPENAI_USAGE, "--invoice", ANTHROPIC_COST,
-              "--invoice", ANTHROPIC_USAGE, "--json")
+    # In a subprocess once: the real entry point's exit code.
+    out = subprocess.run([sys.executable, "-m", "proxy.cli", "reconcile", "--config", str(policy), "--invoice",
+                          str(OPENAI_COSTS), "--invoice", str(OPENAI_USAGE), "--invoice", str(ANTHROPIC_COST),
+                          "--invoice", str(ANTHROPIC_USAGE), "--json"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1, out.stderr
     doc = json.loads(out.stdout)
     assert (doc["start"], doc["end"]) == ("2026-11-03", "2026-11-07")  # the exports' days, end exclusive
