@@ -5,8 +5,8 @@ Each scenario asserts the same four things where they apply: no completed respon
 budget counters equal to the ledger within one lease, and spend past a cap by at most one reservation. Each adds
 one row (test | requests | proxy-caused errors | records lost | overshoot) to test-artifacts/faults.md.
 
-Servers a scenario breaks are its own (``PrivateRedis``, ``PrivatePostgres``): the shared Redis and PostgreSQL are
-never restarted. The long-run variant is benchmarks/faults/run.sh.
+Servers a scenario breaks are its own (``private_redis``, ``PrivatePostgres``): the shared Redis and PostgreSQL are
+never restarted. The long-run variant is benchmarks/faults/run.sh (``TIERGATE_FAULTS_SCALE``).
 """
 
 from __future__ import annotations
