@@ -16,9 +16,9 @@ from metering.service import Reservation
 from metering.usage import Usage, cost_nanos, estimate_usage, normalize_usage
 from proxy.meter import Meter
 from router.decide import Decision
-from router.dispatch import Attempt
 from router.features import RequestFeatures
 from router.policy import DeploymentSpec, TeamPolicy
+from upstream.dispatch import Attempt
 
 
 @dataclass(frozen=True, slots=True)

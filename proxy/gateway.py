@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Coroutine
 import orjson
 from opentelemetry.trace import Span
 
+from kvcache.store import KeyValueCache
 from metering.budgets.base import BudgetExceeded
 from metering.money import format_usd
 from metering.record import UsageRecord
@@ -29,17 +30,16 @@ from proxy.relay import StreamRelay, StreamState
 from proxy.response_cache import cache_key, cacheable
 from proxy.telemetry import Tracing, finish_request
 from proxy.trimming import Trimmed, apply_plan
-from router.cache import KeyValueCache
 from router.context import plan_context
 from router.decide import Decision, RoutingRefused, decide
-from router.dispatch import AllAttemptsFailed, Dispatcher
 from router.features import (RequestFeatures, chat_features, completion_features, embedding_features,
                              system_prompt_tokens)
-from router.health import HealthBook
 from router.policy import DeploymentSpec, Policy, Principal, TeamPolicy
 from router.prefix import conversation_key, prefix_key, provider_caching
 from router.scoring import Scorer
-from router.upstream.base import Endpoint
+from upstream.base import Endpoint
+from upstream.dispatch import AllAttemptsFailed, Dispatcher
+from upstream.health import HealthBook
 
 log = logging.getLogger("tiergate.gateway")
 
@@ -89,7 +89,7 @@ class Prefix:
 
 
 def _upstream_error(exc: AllAttemptsFailed) -> ApiError:
-    """What the client is told: deployments by id with a generic reason each (``router.dispatch.public_reason``);
+    """What the client is told: deployments by id with a generic reason each (``upstream.dispatch.public_reason``);
     upstream URLs and their raw messages stay in the log."""
     last = exc.last
     tried = "; ".join(f"{a.deployment} {a.detail}" for a in exc.attempts)

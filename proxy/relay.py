@@ -17,9 +17,9 @@ import orjson
 from metering.money import format_usd
 from metering.record import UsageRecord
 from metering.usage import Usage, estimate_usage
-from router.dispatch import public_reason
 from router.policy import DeploymentSpec
-from router.upstream.base import UpstreamError
+from upstream.base import UpstreamError
+from upstream.dispatch import public_reason
 
 log = logging.getLogger("tiergate.relay")
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
+from kvcache.store import KeyValueCache, open_cache
 from metering.ledger.insights import Insights
 from metering.prices import release_table
 from metering.tokens import count_text
@@ -26,14 +27,13 @@ from proxy.gateway import Gateway
 from proxy.meter import Meter
 from proxy.metrics import Metrics
 from proxy.telemetry import Tracing
-from router.cache import KeyValueCache, open_cache
 from router.config import Config, ServerSettings
 from router.config_loader import ConfigError, load_policy
-from router.dispatch import Dispatcher
-from router.health import HealthBook
 from router.policy import Policy
 from router.scoring import Scorer, load_scorer
-from router.upstream.pool import UpstreamPool
+from upstream.dispatch import Dispatcher
+from upstream.health import HealthBook
+from upstream.pool import UpstreamPool
 
 log = logging.getLogger("tiergate.reload")
 

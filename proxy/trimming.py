@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from kvcache.store import KeyValueCache
 from metering.tokens import count_messages
-from router.cache import KeyValueCache
 from router.context import ContextPlan, summary_request
 
 log = logging.getLogger("tiergate.context")

@@ -14,8 +14,8 @@ from typing import Literal
 
 from metering.usage import worst_case_nanos
 from router.features import RequestFeatures
-from router.health import HealthBook
 from router.policy import DeploymentSpec, Policy, TeamPolicy, TierSpec
+from upstream.health import HealthBook
 
 RefusalKind = Literal["model_not_found", "pin_forbidden", "tier_forbidden", "no_capable_tier", "max_tokens_exceeded"]
 # Worst-case output when neither client nor policy bounds it; only used to size a budget reservation.

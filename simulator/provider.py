@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
-from router.upstream.base import Endpoint, ErrorKind, UpstreamError, UpstreamReply
 from simulator.engine import Generation
 from simulator.errors import SimulatedError
 from simulator.options import SimulatorOptions
 from simulator.render import response_body
 from simulator.service import SimulatedTimeout, Simulator
+from upstream.base import Endpoint, ErrorKind, UpstreamError, UpstreamReply
 
 
 def _upstream_error(exc: SimulatedError) -> UpstreamError:

@@ -11,7 +11,7 @@ from metering.usage import worst_case_nanos
 from router.config_loader import parse_policy
 from router.decide import RoutingRefused, decide
 from router.features import RequestFeatures
-from router.health import HealthBook
+from upstream.health import HealthBook
 
 MODELS = ["gpt-4o-mini", "gpt-4o", "o1", "gpt-4.1", "gpt-4.1-mini"]
 CAPS = ["tools", "json_schema", "vision"]

@@ -14,7 +14,7 @@ import pytest
 from conftest import DEMO_KEYS
 from fuzz_harness import FuzzApp, deep_value, encode, nested_json
 from proxy.body import MAX_DEPTH, MAX_N, MAX_TAG_VALUE_CHARS, MAX_TAGS
-from router.upstream.base import Endpoint, UpstreamReply
+from upstream.base import Endpoint, UpstreamReply
 
 RESEARCH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
@@ -161,7 +161,7 @@ def test_the_latest_day_still_answers(fuzz_app: FuzzApp) -> None:
 
 
 class _BrokenUpstream:
-    """An upstream client with a bug (what a JSON encoder's recursion error in router/upstream/http.py was)."""
+    """An upstream client with a bug (what a JSON encoder's recursion error in upstream/http.py was)."""
 
     async def send(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamReply:
         raise RuntimeError("a bug below the gateway")

@@ -14,10 +14,10 @@ import httpx
 
 from conftest import DEMO_KEYS, demo_config, mock_config
 from proxy.runtime import PolicyStore, apply_server_settings, changed_settings
-from router.dispatch import Dispatcher
-from router.health import HealthBook
-from router.upstream.base import Upstream
-from router.upstream.pool import UpstreamPool
+from upstream.base import Upstream
+from upstream.dispatch import Dispatcher
+from upstream.health import HealthBook
+from upstream.pool import UpstreamPool
 
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}

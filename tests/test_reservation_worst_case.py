@@ -22,11 +22,11 @@ from proxy.accounting import Accounting, Outcome
 from proxy.gateway import CallContext, Gateway
 from router.config_loader import parse_policy
 from router.decide import Decision, RoutingRefused, decide
-from router.dispatch import AllAttemptsFailed, Dispatcher
 from router.features import RequestFeatures, chat_features, completion_features, embedding_features
-from router.health import HealthBook
 from router.policy import Policy
-from router.upstream.pool import UpstreamPool
+from upstream.dispatch import AllAttemptsFailed, Dispatcher
+from upstream.health import HealthBook
+from upstream.pool import UpstreamPool
 
 TIERS = (("small", "gpt-4o-mini"), ("mid", "gpt-4o"), ("frontier", "o1"))  # cheapest first; o1 reasons
 KEY = "0" * 64

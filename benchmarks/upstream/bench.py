@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     body = {"model": MODEL, "messages": MESSAGES}
     headers = {"content-type": "application/json", "authorization": "Bearer dummy"}
 
-    # 1. aiohttp, pooled keep-alive session, orjson: what router/upstream/http.py does
+    # 1. aiohttp, pooled keep-alive session, orjson: what upstream/http.py does
     connector = aiohttp.TCPConnector(limit=1024, limit_per_host=512, keepalive_timeout=60)
     session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
     timeout = aiohttp.ClientTimeout(total=60)

@@ -16,10 +16,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from router.health import HealthBook
 from router.policy import DeploymentSpec
-from router.upstream.base import Endpoint, UpstreamError, UpstreamReply
-from router.upstream.pool import UpstreamPool
+from upstream.base import Endpoint, UpstreamError, UpstreamReply
+from upstream.health import HealthBook
+from upstream.pool import UpstreamPool
 
 log = logging.getLogger("tiergate.dispatch")
 T = TypeVar("T")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import aiohttp
 
 from router.policy import DeploymentSpec
-from router.upstream.base import Upstream
-from router.upstream.http import HttpUpstream
-from router.upstream.litellm_client import LiteLLMUpstream
+from upstream.base import Upstream
+from upstream.http import HttpUpstream
+from upstream.litellm_client import LiteLLMUpstream
 
 
 def _signature(dep: DeploymentSpec, timeout_s: float, connect_timeout_s: float) -> tuple[object, ...]:

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from router.upstream.base import Endpoint, UpstreamError, UpstreamReply
+from upstream.base import Endpoint, UpstreamError, UpstreamReply
 
 
 def _litellm() -> Any:
