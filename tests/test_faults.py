@@ -113,10 +113,10 @@ def test_kill9_worker_under_load(tmp_path: Path, mock: Process, own_redis: Redis
     clients drive the team to its cap. The restarted worker replays the dead one's spool."""
     body = chat("Count the workers that survived the night.", max_tokens=16)
     clients, rate = 8, 15.0
-    kill_at = [150 + 250 * k for k in range(2 * SCALE)]  # completed responses; the cap lasts well beyond the last
+    kill_at = [100 + 200 * k for k in range(2 * SCALE)]  # completed responses; the cap lasts well beyond the last
     kills = len(kill_at)
     db = tmp_path / "ledger.db"
-    cap = (kill_at[-1] + 350) * approximate_reservation(mock, body)
+    cap = (kill_at[-1] + 250) * approximate_reservation(mock, body)
     team = new_team("k9", budgets={"team": {"daily_usd": _cap_usd(cap)}, "redis_failure": "closed"})
     config = fault_config(tmp_path / "k9.yaml", {"small": [mock.url]}, [team], f"sqlite:///{db}",
                           redis=own_redis.url)
