@@ -18,12 +18,17 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from conftest import ROOT
 from finops_helpers import policy_file, tiergate
+
 from metering.finops.anomaly import Episode, Rules, detect
 from metering.finops.hourly import RequestRow
-from metering.finops.notify import deliver, generic_payload, pagerduty_payload, slack_payload
+from metering.finops.notify import (
+    deliver,
+    generic_payload,
+    pagerduty_payload,
+    slack_payload,
+)
 from metering.finops.scan import scan
 from metering.finops.scopes import Scope
 from metering.ledger.sqlite import SqliteLedger

@@ -14,12 +14,18 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from finops_helpers import policy_file, tiergate
 from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
-from metering.finops.daily import day_model_totals, daily_spend
-from metering.finops.forecast import Partial, budget_outlook, forecast_month, run_rate, usd
+
+from metering.finops.daily import daily_spend, day_model_totals
+from metering.finops.forecast import (
+    Partial,
+    budget_outlook,
+    forecast_month,
+    run_rate,
+    usd,
+)
 from metering.finops.hourly import hourly_profile, request_rows
 from metering.finops.outlook import outlook
 from metering.finops.scopes import Scope

@@ -17,9 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 from finops_helpers import policy_file, tiergate
+
 from metering.finops.invoices import InvoiceError, read_invoice
 from metering.finops.reconcile import LedgerCell, Tolerance, match_models, reconcile
 from metering.ledger.sqlite import SqliteLedger

@@ -1,7 +1,7 @@
 """Backtest of the month-end forecast and of the anomaly detector on the synthetic ledger of ``synth.py``.
 
     .venv/bin/python benchmarks/finops/synth.py --out /tmp/finops/ledger.db --seed 7
-    .venv/bin/python benchmarks/finops/backtest.py --ledger /tmp/finops/ledger.db [--json out.json]
+    .venv/bin/python benchmarks/finops/backtest.py --ledger /tmp/finops/ledger.db [--json out.json] [--sweep]
 
 Forecasts: for every team, key, tag and model, each month of the ledger, made at the start of day 8, 15 and 22
 (7, 14 and 21 full days observed), the month-end forecast against the actual month-end spend, as MAPE, beside
@@ -21,14 +21,17 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from statistics import mean
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from metering.finops.anomaly import Episode, detect  # noqa: E402
+from metering.finops import forecast  # noqa: E402
+from metering.finops.anomaly import Episode, Rules, detect  # noqa: E402
 from metering.finops.daily import daily_spend  # noqa: E402
 from metering.finops.forecast import forecast_month, run_rate  # noqa: E402
 from metering.finops.hourly import request_rows  # noqa: E402
@@ -56,7 +59,7 @@ def forecast_scores(series: dict[Scope, dict[date, int]], start: date, end: date
             month_start, month_end = month_bounds(month)
             if month_start < start or month_end > end:
                 continue  # only whole months have a true month-end
-            for scope, history in series.items():
+            for history in series.values():
                 actual = sum(v for d, v in history.items() if month_start <= d < month_end)
                 if actual <= 0:
                     continue
@@ -105,7 +108,33 @@ def anomaly_scores(episodes: list[Episode], truth: list[dict]) -> dict:
     }
 
 
-async def run(ledger_url: str, truth_path: Path) -> dict:
+def forecast_sweep(series: dict[str, dict[Scope, dict[date, int]]], start: date, end: date) -> dict:
+    """Team-level MAPE at days 7/14/21 for other trend dampings and fit windows (how much the choice matters)."""
+    out = {}
+    saved = (forecast.PHI, forecast.FIT_DAYS)
+    try:
+        for phi in (1.0, 0.98, 0.95, 0.9):
+            for fit_days in (14, 28):
+                forecast.PHI, forecast.FIT_DAYS = phi, fit_days
+                scores = forecast_scores(series["team"], start, end)
+                out[f"phi={phi} fit_days={fit_days}"] = [scores[f"day_{k}"]["mape_model_pct"] for k in CHECKPOINTS]
+    finally:
+        forecast.PHI, forecast.FIT_DAYS = saved
+    return out
+
+
+def anomaly_sweep(rows: list, start: datetime, end: datetime, truth: list[dict]) -> dict:
+    """Precision and recall at other minimum hourly spends (the knob that says what is worth an alert)."""
+    out = {}
+    for usd in ("0.05", "0.25", "1.00"):
+        thresholds = dict(Rules().thresholds)
+        thresholds["spend"] = replace(thresholds["spend"], min_value=int(Decimal(usd) * 10**9))
+        scores = anomaly_scores(detect(rows, start, end, frozenset({"frontier"}), Rules(thresholds=thresholds)), truth)
+        out[f"min_spend=${usd}/h"] = {k: scores[k] for k in ("episodes", "precision_pct", "recall_pct")}
+    return out
+
+
+async def run(ledger_url: str, truth_path: Path, sweep: bool) -> dict:
     truth = json.loads(truth_path.read_text())
     start = date.fromisoformat(truth["start"])
     end = start + timedelta(days=truth["days"])
@@ -124,12 +153,17 @@ async def run(ledger_url: str, truth_path: Path) -> dict:
         t3 = time.perf_counter()
     finally:
         await ledger.close()
-    return {
+    result = {
         "ledger": {"records": truth["records"], "days": truth["days"], "seed": truth["seed"]},
         "forecast": forecasts, "forecast_seconds": round(t1 - t0, 2),
         "anomalies": anomaly_scores(episodes, truth["anomalies"]),
         "anomaly_read_seconds": round(t2 - t1, 2), "anomaly_detect_seconds": round(t3 - t2, 2),
     }
+    if sweep:
+        result["forecast_sweep_team_mape_pct_day_7_14_21"] = forecast_sweep(series, start, end)
+        result["anomaly_sweep"] = anomaly_sweep(rows, midnight + timedelta(days=8),
+                                                midnight + timedelta(days=truth["days"]), truth["anomalies"])
+    return result
 
 
 def main() -> int:
@@ -137,8 +171,11 @@ def main() -> int:
     parser.add_argument("--ledger", required=True, type=Path, help="SQLite ledger written by synth.py")
     parser.add_argument("--truth", type=Path, help="default: truth.json beside the ledger")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--sweep", action="store_true", help="also other trend dampings, fit windows and minimum "
+                                                             "hourly spends")
     args = parser.parse_args()
-    result = asyncio.run(run(f"sqlite:///{args.ledger}", args.truth or args.ledger.with_name("truth.json")))
+    result = asyncio.run(run(f"sqlite:///{args.ledger}", args.truth or args.ledger.with_name("truth.json"),
+                             args.sweep))
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

@@ -55,7 +55,7 @@ class Fit:
     def base(self, day: date) -> float:
         h = (day - self.anchor).days
         # Damped trend: step i ahead adds slope * PHI**i, so a trend fades instead of compounding for weeks.
-        steps = PHI * (1 - PHI ** h) / (1 - PHI) if h > 0 else h
+        steps = PHI * (1 - PHI ** h) / (1 - PHI) if 0 < h and PHI < 1 else h
         return max(0.0, self.level + self.slope * steps)
 
     def predict(self, day: date) -> float:

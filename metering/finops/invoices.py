@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import bisect
 import json
-import re
 import json.scanner
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation

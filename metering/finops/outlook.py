@@ -17,8 +17,16 @@ from typing import Any, Mapping
 
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.finops.daily import daily_spend, total_daily
-from metering.finops.forecast import (BACKTEST_ORIGINS, HISTORY_DAYS, BudgetOutlook, MonthForecast, Partial,
-                                      budget_outlook, forecast_month, usd)
+from metering.finops.forecast import (
+    BACKTEST_ORIGINS,
+    HISTORY_DAYS,
+    BudgetOutlook,
+    MonthForecast,
+    Partial,
+    budget_outlook,
+    forecast_month,
+    usd,
+)
 from metering.finops.hourly import elapsed_share, hourly_profile
 from metering.finops.scopes import Dimension, Scope
 from metering.ledger.base import Ledger
