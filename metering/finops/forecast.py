@@ -7,9 +7,11 @@ spikes barely move it:
   (a 7-day window holds each weekday once, so the ratio isolates the weekday; medians ignore a spike day);
 - the level is a straight line through the last ``FIT_DAYS`` deseasonalised days, its slope the Theil-Sen
   estimate (median of pairwise slopes) and its intercept the median residual, so a spike is one outlier among
-  hundreds of pairs rather than a lever;
-- the interval comes from the median absolute deviation of the deseasonalised residuals: daily noise summed over
-  the days left, plus the uncertainty of the level and slope, as a normal approximation.
+  hundreds of pairs rather than a lever; ahead, the trend is damped (``PHI`` per day) rather than extrapolated;
+- the interval is the wider of two: the spread of this model's own past forecasts of this series at the same
+  horizon (replayed from the days before), and the residual spread of one fit (median absolute deviation)
+  summed over the days left plus the level's and slope's uncertainty. It assumes the recent pattern holds: a
+  step change nobody has seen yet falls outside it (benchmarks/finops/RESULTS.md measures its coverage).
 
 Money stays integer nano-dollars for what happened (``spent_nanos``); the projection and its interval are floats,
 rounded when shown (``usd``). A forecast made "as of" a day uses only the days before it, plus optionally the part
