@@ -19,7 +19,7 @@ from typing import Mapping
 
 from metering.alerts import Alerter
 from metering.budgets.base import (BudgetExceeded, BudgetStore, BudgetStoreUnavailable, Cap, CapState, Hold,
-                                   Seeder)
+                                   Seeder, Spend)
 from metering.budgets.memory_store import MemoryBudgetStore
 from metering.budgets.policy import BudgetPolicy, caps_for
 from metering.ledger import Ledger, open_ledger
@@ -41,11 +41,11 @@ class Reservation:
 
 
 def ledger_seeder(ledger: Ledger) -> Seeder:
-    """Committed spend of a cap's scope and period, from the rollups: refills Redis counters after a restart.
+    """Committed spend of a cap's scope and period, from the rollups: (re)fills Redis counters after a Redis restart
+    or a crashed worker's expired lease.
 
-    It flushes the ledger first, so every record written before the fill is in it; a settle that skipped the
-    unfilled counter therefore cannot be lost, and the remaining error (a record committed just before the fill
-    and settled just after) over-counts, the safe direction for a cap.
+    It flushes the ledger first, so every record this worker wrote before the fill is in the sum; the store stamps
+    the fill with the time before the flush, and settles add only spend written after that stamp (no double count).
     """
 
     async def seed(cap: Cap) -> int:
@@ -76,10 +76,11 @@ class Meter:
     @classmethod
     async def open(cls, ledger_url: str, redis_url: str | None = None, spool_dir: str | Path | None = "",
                    webhook_url: str | None = None, prefix: str = "tg", ledger_schema: str = "public",
-                   hold_ttl_s: float = 900.0, lease_share: float = 0.0) -> "Meter":
+                   hold_ttl_s: float = 900.0, lease_share: float = 0.0, lease_ttl_s: float = 30.0) -> "Meter":
         """Build and start everything from configuration values. ``lease_share`` > 0 serves reservations from
         per-worker leases of that share of each cap (``metering.budgets.leases``): Redis only, where a
-        reservation otherwise costs a network round trip."""
+        reservation otherwise costs a network round trip. ``lease_ttl_s`` bounds how long a killed worker's lease
+        holds budget back (its spend is re-seeded from the ledger when it expires)."""
         ledger = open_ledger(ledger_url, spool_dir=spool_dir, schema=ledger_schema)
         await ledger.start()
         redis_client = None
@@ -98,7 +99,7 @@ class Meter:
         if redis_url and lease_share > 0:
             from metering.budgets.leases import LeasedBudgetStore
 
-            budgets = LeasedBudgetStore(budgets, share=lease_share)
+            budgets = LeasedBudgetStore(budgets, share=lease_share, lease_ttl_s=lease_ttl_s)
             budgets.observe = alerter.observe
         return cls(ledger, budgets, alerter, hold_ttl_s)
 
@@ -143,17 +144,19 @@ class Meter:
         await self.ledger.write(record)
         if reservation is None or reservation.hold is None:
             return
+        # Stamped now, when the record is in the ledger: a counter seeded after this moment already holds it.
+        spend = Spend.now(record.cost_nanos)
         if not (budget_in_background and self.budgets.settles_remotely):
-            await self._settle_budget(reservation, record)
+            await self._settle_budget(reservation, record, spend)
             return
-        task = asyncio.get_running_loop().create_task(self._settle_budget(reservation, record))
+        task = asyncio.get_running_loop().create_task(self._settle_budget(reservation, record, spend))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _settle_budget(self, reservation: Reservation, record: UsageRecord) -> None:
+    async def _settle_budget(self, reservation: Reservation, record: UsageRecord, spend: Spend) -> None:
         assert reservation.hold is not None
         try:
-            states = await self.budgets.settle(reservation.hold, record.cost_nanos)
+            states = await self.budgets.settle(reservation.hold, spend)
         except BudgetStoreUnavailable as exc:
             # Only a bare Redis store raises here; the hold expires by TTL and the ledger has the record.
             log.warning("budgets: settle of %s not applied (%s)", record.request_id, exc)

@@ -5,11 +5,14 @@ A missing server fails the test under ``CI=true`` and skips it elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
@@ -105,6 +108,63 @@ class RedisServer:
             self.proc = None
 
 
+class DeadOnRestartRelay:
+    """A TCP relay to a Redis port, in its own process. ``restart()`` leaves every connection made so far open but
+    dead: what the client writes is swallowed and no reply or FIN comes back, as when Redis restarts behind a
+    network hop. New connections reach the (restarted) server. Call ``restart()`` before stopping the server, so
+    the server's FINs are not relayed."""
+
+    def __init__(self, target_port: int) -> None:
+        port = free_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._proc = subprocess.Popen([sys.executable, __file__, "relay", str(port), str(target_port)],
+                                      stdout=subprocess.PIPE)
+        assert self._proc.stdout is not None and self._proc.stdout.readline() == b"ready\n"
+
+    def restart(self) -> None:
+        assert self._proc.stdout is not None
+        self._proc.send_signal(signal.SIGUSR1)
+        assert self._proc.stdout.readline() == b"restarted\n"
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+
+async def _relay(port: int, target_port: int) -> None:
+    generation = 0
+    dead: list[asyncio.StreamWriter] = []  # referenced, so they stay open
+
+    def restart() -> None:
+        nonlocal generation
+        generation += 1
+        print("restarted", flush=True)
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, client: asyncio.StreamWriter,
+                   born: int) -> None:
+        try:
+            while data := await src.read(65536):
+                if born == generation:
+                    dst.write(data)
+                    await dst.drain()
+        except OSError:
+            pass
+        if born == generation:
+            dst.close()
+        else:
+            dead.append(client)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        born = generation
+        await asyncio.gather(pump(reader, up_writer, writer, born), pump(up_reader, writer, writer, born))
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, restart)
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
@@ -144,3 +204,8 @@ def make_record(i: int = 0, **overrides: Any):
     )
     fields.update(overrides)
     return UsageRecord(**fields)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "relay":
+        asyncio.run(_relay(int(sys.argv[2]), int(sys.argv[3])))

@@ -62,7 +62,7 @@ class Webhook:
 
 
 def test_settle_writes_record_releases_hold_and_alerts(tmp_path: Path) -> None:
-    policy = BudgetPolicy(team=BudgetLimits(daily_usd=Decimal("0.000010")))  # 10 000 nano-dollars
+    policy = BudgetPolicy(team=BudgetLimits(daily_usd=Decimal("0.000010")), redis_failure="closed")  # 10 000 nano-dollars
 
     async def go() -> None:
         async with Webhook() as hook:

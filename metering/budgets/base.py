@@ -2,11 +2,17 @@
 
 A request reserves its worst-case cost against every cap that applies to it, all or nothing, then settles to the
 actual cost. A hold carries a time-to-live so a proxy that dies between the two cannot leak its reservation.
+
+The ledger is the source of truth; a shared counter is re-seeded from it when it may have lost spend (Redis
+restarted, or a hold expired unsettled because its worker died). A seed at wall time T already holds every record
+written to the ledger before T, so settled spend carries when its records were written (``Spend``) and a counter
+adds only the part written at or after its seed: nothing is counted twice, whichever order seeds and settles come in.
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Awaitable, Callable, Literal, Sequence
@@ -53,6 +59,59 @@ class Cap:
         return f"{'daily' if self.period == 'day' else 'monthly'} budget of {who}"
 
 
+def wall_ms() -> int:
+    """Wall-clock milliseconds: comparable across the workers (and hosts) that share one counter."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """Actual cost as ``(written_ms, nanos)`` parts, oldest first: when the records reached the ledger, and what
+    they cost. One part per request; a lease's settle carries its requests' parts in 10 ms buckets."""
+
+    parts: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def now(cls, nanos: int) -> "Spend":
+        return cls(((wall_ms(), nanos),))
+
+    @property
+    def nanos(self) -> int:
+        return sum(n for _, n in self.parts)
+
+
+def as_spend(actual: "int | Spend") -> Spend:
+    """Settle takes a plain amount too: spend whose records were written just now."""
+    return actual if isinstance(actual, Spend) else Spend.now(actual)
+
+
+class SpendLog:
+    """Accumulates ``Spend`` in 10 ms buckets, at most ``max_parts`` of them (the oldest merge), so a lease's or an
+    outage's settle stays one small script call. A bucket is stamped with its end: a record near a seed counts as
+    written after it, which over-counts (the safe direction for a cap) rather than drops."""
+
+    BUCKET_MS = 10
+
+    def __init__(self, max_parts: int = 64) -> None:
+        self._max_parts = max_parts
+        self._buckets: dict[int, int] = {}
+        self.nanos = 0
+
+    def add(self, spend: Spend) -> None:
+        for ms, nanos in spend.parts:
+            key = ms - ms % self.BUCKET_MS + self.BUCKET_MS - 1
+            self._buckets[key] = self._buckets.get(key, 0) + nanos
+            self.nanos += nanos
+        while len(self._buckets) > self._max_parts:
+            oldest = min(self._buckets)
+            moved = self._buckets.pop(oldest)
+            nxt = min(self._buckets)
+            self._buckets[nxt] += moved  # stamped with the later time: over-count, never drop
+
+    def freeze(self) -> Spend:
+        return Spend(tuple(sorted(self._buckets.items())))
+
+
 @dataclass(frozen=True, slots=True)
 class Hold:
     """A reservation. ``local`` marks one taken in the in-process fallback while Redis was unreachable."""
@@ -90,6 +149,7 @@ class BudgetStoreUnavailable(Exception):
 
 
 # Committed spend of a cap's scope and period, read from the ledger to refill counters Redis lost on a restart.
+# It must first commit everything this worker wrote: its caller stamps the seed with the time before the call.
 Seeder = Callable[[Cap], Awaitable[int]]
 
 
@@ -108,11 +168,17 @@ class BudgetStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def settle(self, hold: Hold, actual: int) -> list[CapState]:
+    async def settle(self, hold: Hold, actual: int | Spend) -> list[CapState]:
         """Replace the hold by ``actual`` spend (also after the hold expired); never raises for an outage.
 
-        Returns the caps' states after settling, for alerting.
+        An ``int`` is spend whose records were written just now. Returns the caps' states after settling, for
+        alerting.
         """
+
+    @abc.abstractmethod
+    async def extend(self, hold: Hold, ttl_s: float) -> bool:
+        """Push the hold's expiry to ``ttl_s`` from now (a lease's heartbeat). False if the hold is gone (expired,
+        or Redis restarted): it no longer guards anything."""
 
     @abc.abstractmethod
     async def states(self, caps: Sequence[Cap]) -> list[CapState]:

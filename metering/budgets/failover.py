@@ -1,10 +1,15 @@
 """Redis outages: fail-closed or fail-open per team, with local accounting reconciled into Redis when it returns.
 
-While Redis is down (and for ``retry_after_s`` after each failure, so requests don't each pay a connect timeout)
-a fail-open team reserves against an in-process store whose counters start from the last totals Redis reported,
-so caps still bind approximately. Spend settled locally, and spend of holds taken in Redis but settled during the
-outage, is queued as per-counter deltas; the first successful Redis call afterwards applies them in one idempotent
-script (a retried batch whose reply was lost applies once). Holds left in Redis expire by their TTL.
+While Redis is down (and for ``retry_after_s`` after each failure, so fail-open requests don't each pay a connect
+timeout) a fail-open team reserves against an in-process store whose counters start from the last totals Redis
+reported, so caps still bind approximately. A fail-closed team always asks Redis, whose client reconnects a stale
+connection once: it gets 503 only while Redis really does not answer, never for the back-off after it is back.
+
+Spend settled locally is queued as per-counter ``Spend``; settles of holds taken in Redis that failed are queued
+whole, so the holds are released rather than left to block budget until their TTL. The first successful Redis call
+afterwards applies both: the settles by the idempotent settle script, the local spend in one batch that applies
+once even if re-sent. Spend carries when its records were written, so a counter re-seeded from the ledger meanwhile
+(Redis restarted empty) skips what its seed already holds.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from metering.budgets.base import BudgetStore, BudgetStoreUnavailable, Cap, CapState, Hold
+from metering.budgets.base import BudgetStore, BudgetStoreUnavailable, Cap, CapState, Hold, Spend, SpendLog, as_spend
 from metering.budgets.memory_store import MemoryBudgetStore
 from metering.budgets.redis_store import RedisBudgetStore
 
@@ -33,8 +38,9 @@ class FailoverBudgetStore(BudgetStore):
         self._clock = clock
         self._down_until = 0.0
         self.local = MemoryBudgetStore(seeder=self._last_known)
-        self._pending: dict[str, tuple[Cap, int]] = {}
-        self._inflight: tuple[str, list[tuple[Cap, int]]] | None = None
+        self._pending: dict[str, tuple[Cap, SpendLog]] = {}
+        self._inflight: tuple[str, list[tuple[Cap, Spend]]] | None = None
+        self._held: list[tuple[Hold, Spend]] = []  # settles of Redis holds that did not reach Redis
         self._lock = asyncio.Lock()
 
     async def _last_known(self, cap: Cap) -> int:
@@ -42,18 +48,19 @@ class FailoverBudgetStore(BudgetStore):
 
     @property
     def degraded(self) -> bool:
-        return self._clock() < self._down_until or bool(self._pending) or self._inflight is not None
+        return (self._clock() < self._down_until or bool(self._pending) or self._inflight is not None
+                or bool(self._held))
 
     def _mark_down(self, exc: Exception) -> None:
         if self._clock() >= self._down_until:
             log.warning("budgets: Redis unreachable (%s); fail-open teams account locally", exc)
         self._down_until = self._clock() + self._retry_after_s
 
-    async def _remote_ok(self) -> bool:
-        """Whether to try Redis now; first pushes any spend accounted locally while it was away."""
-        if self._clock() < self._down_until:
+    async def _remote_ok(self, probe: bool = False) -> bool:
+        """Whether to try Redis now (``probe``: even inside the back-off); first pushes what was accounted locally."""
+        if not probe and self._clock() < self._down_until:
             return False
-        if self._pending or self._inflight is not None:
+        if self._pending or self._inflight is not None or self._held:
             try:
                 await self._reconcile()
             except BudgetStoreUnavailable as exc:
@@ -63,8 +70,13 @@ class FailoverBudgetStore(BudgetStore):
 
     async def _reconcile(self) -> None:
         async with self._lock:
+            while self._held:
+                hold, spend = self._held[0]
+                await self.remote.settle(hold, spend)
+                self._held.pop(0)
             if self._inflight is None and self._pending:
-                self._inflight = (secrets.token_hex(8), list(self._pending.values()))
+                deltas = [(cap, spends.freeze()) for cap, spends in self._pending.values()]
+                self._inflight = (secrets.token_hex(8), deltas)
                 self._pending = {}
             if self._inflight is None:
                 return
@@ -74,16 +86,20 @@ class FailoverBudgetStore(BudgetStore):
             self.local.reset()  # the next outage starts from fresh Redis totals
             log.info("budgets: Redis back; reconciled %d counters accounted locally", len(deltas))
 
-    def _queue(self, caps: Sequence[Cap], actual: int) -> None:
+    def _queue(self, caps: Sequence[Cap], spend: Spend) -> None:
         for cap in caps:
-            _, delta = self._pending.get(cap.counter_id, (cap, 0))
-            self._pending[cap.counter_id] = (cap, delta + actual)
+            entry = self._pending.get(cap.counter_id)
+            if entry is None:
+                entry = self._pending[cap.counter_id] = (cap, SpendLog())
+            entry[1].add(spend)
 
     async def reserve(self, hold_id: str, caps: Sequence[Cap], amount: int, ttl_s: float, enforce: bool = True,
                       fail_open: bool = False) -> Hold:
-        if await self._remote_ok():
+        if await self._remote_ok(probe=not fail_open):
             try:
-                return await self.remote.reserve(hold_id, caps, amount, ttl_s, enforce)
+                hold = await self.remote.reserve(hold_id, caps, amount, ttl_s, enforce)
+                self._down_until = 0.0
+                return hold
             except BudgetStoreUnavailable as exc:
                 self._mark_down(exc)
         if not fail_open:
@@ -91,22 +107,32 @@ class FailoverBudgetStore(BudgetStore):
         hold = await self.local.reserve(hold_id, caps, amount, ttl_s, enforce)
         return replace(hold, local=True)
 
-    async def settle(self, hold: Hold, actual: int) -> list[CapState]:
+    async def settle(self, hold: Hold, actual: int | Spend) -> list[CapState]:
+        spend = as_spend(actual)
         if hold.local:
-            states = await self.local.settle(hold, actual)
-            self._queue(hold.caps, actual)
+            states = await self.local.settle(hold, spend)
+            self._queue(hold.caps, spend)
             await self._remote_ok()  # reconciles now if Redis is back
             return states
         # A Redis hold is always settled in Redis if at all possible, even inside the back-off window (which one
-        # stale connection can open while Redis is fine): left there, it would block budget until its TTL.
-        await self._remote_ok()
+        # failed call can open while Redis is fine): left there, it would block budget until its TTL.
+        await self._remote_ok(probe=True)
         try:
-            return await self.remote.settle(hold, actual)
+            return await self.remote.settle(hold, spend)
         except BudgetStoreUnavailable as exc:
             self._mark_down(exc)
-        # A Redis hold settled during the outage: the hold expires there; the spend is counted locally and queued.
-        self._queue(hold.caps, actual)
-        return await self.local.settle(hold, actual)
+        # Queued whole: reconciling releases the hold, and counts the spend once (the settle script is idempotent).
+        self._held.append((hold, spend))
+        return await self.local.settle(hold, spend)
+
+    async def extend(self, hold: Hold, ttl_s: float) -> bool:
+        if hold.local:
+            return await self.local.extend(hold, ttl_s)
+        try:
+            return await self.remote.extend(hold, ttl_s)
+        except BudgetStoreUnavailable as exc:
+            self._mark_down(exc)
+            return True  # unknown: keep the lease; its hold expires in Redis by itself if this lasts
 
     async def states(self, caps: Sequence[Cap]) -> list[CapState]:
         if await self._remote_ok():
@@ -117,7 +143,7 @@ class FailoverBudgetStore(BudgetStore):
         return await self.local.states(caps)
 
     async def close(self) -> None:
-        if self._pending or self._inflight is not None:
+        if self._pending or self._inflight is not None or self._held:
             try:
                 await self._reconcile()
             except BudgetStoreUnavailable:

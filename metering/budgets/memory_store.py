@@ -1,5 +1,7 @@
 """In-process budget store: the default without Redis, and the local accounting of a fail-open team during an
-outage. Check-and-reserve runs without an ``await`` in between, so it is atomic under asyncio."""
+outage. Check-and-reserve runs without an ``await`` in between, so it is atomic under asyncio.
+
+Counters live as long as the process, so a seed never goes stale here: ``Spend``'s write times do not matter."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from metering.budgets.base import BudgetExceeded, BudgetStore, Cap, CapState, Hold, Seeder
+from metering.budgets.base import BudgetExceeded, BudgetStore, Cap, CapState, Hold, Seeder, Spend, as_spend
 
 
 @dataclass
@@ -52,16 +54,26 @@ class MemoryBudgetStore(BudgetStore):
             c.holds[hold_id] = (amount, now + ttl_s)
         return Hold(hold_id, tuple(caps), amount)
 
-    async def settle(self, hold: Hold, actual: int) -> list[CapState]:
+    async def settle(self, hold: Hold, actual: int | Spend) -> list[CapState]:
+        nanos = as_spend(actual).nanos
         states = []
         for cap in hold.caps:
             c = self._counters.setdefault(cap.counter_id, _Counter())
             held = c.holds.pop(hold.id, None)
             if held is not None:
                 c.reserved -= held[0]
-            c.spent += actual
+            c.spent += nanos
             states.append(CapState(cap, c.spent, c.reserved))
         return states
+
+    async def extend(self, hold: Hold, ttl_s: float) -> bool:
+        held = False
+        for cap in hold.caps:
+            c = self._counters.get(cap.counter_id)
+            if c is not None and hold.id in c.holds:
+                c.holds[hold.id] = (c.holds[hold.id][0], self._clock() + ttl_s)
+                held = True
+        return held
 
     async def states(self, caps: Sequence[Cap]) -> list[CapState]:
         now = self._clock()

@@ -23,13 +23,15 @@ class BudgetPolicy:
 
     ``on_exceeded`` tells the proxy what to do with ``BudgetExceeded`` (429, or serve the cheapest tier and reserve
     again with ``enforce=False``); ``redis_failure`` chooses 503 (closed) or local accounting (open) in an outage.
+    It has no default here: the one default is the YAML policy's (``router.config.Budgets``), which the proxy
+    always passes, so the two can no longer disagree.
     """
 
     team: BudgetLimits = field(default_factory=BudgetLimits)
     keys: Mapping[str, BudgetLimits] = field(default_factory=dict)
     tags: Mapping[str, BudgetLimits] = field(default_factory=dict)
     on_exceeded: Literal["reject", "downgrade"] = "reject"
-    redis_failure: Literal["closed", "open"] = "closed"
+    redis_failure: Literal["closed", "open"] = field(kw_only=True)
 
 
 def _caps(kind: Kind, team: str, name: str, limits: BudgetLimits, day: date) -> list[Cap]:
