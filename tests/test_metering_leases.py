@@ -115,3 +115,38 @@ def test_idle_lease_is_returned_and_alerting_sees_the_close(redis_prefix: str) -
     counter = asyncio.run(go())
     assert int(counter[b"reserved"]) == 0 and int(counter[b"spent"]) == 400
     assert [[(s.cap, s.spent_nanos) for s in states] for states in seen] == [[(cap, 400)]]
+
+
+def test_heartbeat_renews_a_lease_in_use_and_retires_one_whose_hold_is_gone(redis_prefix: str) -> None:
+    """A lease's hold has a short TTL (what a killed worker holds back), so a heartbeat renews it while a long
+    request keeps the (retired) lease open; a heartbeat that finds the hold gone (Redis restarted) retires the
+    lease, so the next request takes a new one that guards the cap again."""
+    cap = _cap(1_000_000)
+    key = f"{redis_prefix}:budget:{cap.counter_id}"
+
+    def holds() -> list[bytes]:
+        return sorted(k for k in _counter(redis_prefix, cap) if k.startswith(b"r:"))
+
+    async def go() -> None:
+        store = LeasedBudgetStore(RedisBudgetStore.from_url(REDIS_URL, prefix=redis_prefix), max_age_s=0.05,
+                                  lease_ttl_s=1.0)
+        stream = await store.reserve("stream", [cap], 500, ttl_s=60)
+        await asyncio.sleep(2.5)  # 2.5 TTLs: retired by age, kept open by its stream
+        probe = RedisBudgetStore.from_url(REDIS_URL, prefix=redis_prefix)
+        await probe.reserve("probe", [cap], 1, ttl_s=60)  # drops every expired hold
+        assert len(holds()) == 2  # the lease's hold is still there
+        await store.settle(stream, 400)
+        await probe.close()
+        await store.close()
+        assert holds() == [b"r:probe"] and int(_counter(redis_prefix, cap)[b"spent"]) == 400
+
+        store = LeasedBudgetStore(RedisBudgetStore.from_url(REDIS_URL, prefix=redis_prefix), max_age_s=60,
+                                  lease_ttl_s=1.0)
+        await store.settle(await store.reserve("a", [cap], 500, ttl_s=60), 100)
+        redis_sync.Redis.from_url(REDIS_URL).delete(key, key + ":holds", key + ":settled")  # as a restart does
+        await asyncio.sleep(1.0)  # a heartbeat finds the hold gone
+        await store.reserve("b", [cap], 500, ttl_s=60)
+        assert len(holds()) == 1  # a new lease: without the retirement "b" came from the vanished one
+        await store.close()
+
+    asyncio.run(go())
