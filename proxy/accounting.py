@@ -100,7 +100,7 @@ class Accounting:
         return estimate_usage(features.prompt_tokens, text, dep.upstream_model)
 
     async def reserve(self, outcome: Outcome, enforce: bool = True) -> Reservation:
-        """Hold the decision's worst case against the budgets; raises ``BudgetExceeded`` or ``ApiError`` 503."""
+        """Hold the decision's worst case against the budgets; raises ``BudgetExceeded`` or ``TiergateError``."""
         ctx = outcome.ctx
         return await self._meter.reserve(ctx.policy, outcome.team, ctx.principal.key_id, outcome.tags,
                                          outcome.decision.reserve_nanos, ctx.request_id, ctx.started_at, enforce)

@@ -5,28 +5,37 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pipeline.errors import TiergateError, error_object
 from proxy import dashboard, endpoints, metrics, spend
-from proxy.errors import ApiError
+from proxy.errors import error_body, headers_of, wire
 from proxy.request_id import RequestIdMiddleware
 from proxy.runtime import Runtime
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
+async def _tiergate_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TiergateError)
+    return Response(error_body(exc), status_code=wire(exc).status, media_type="application/json",
+                    headers=headers_of(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, a method the route lacks), in the same shape."""
     assert isinstance(exc, HTTPException)
-    not_found = exc.status_code == 404
-    message = f"no such endpoint: {request.method} {request.url.path}" if not_found else str(exc.detail)
-    return await _api_error(request, ApiError(exc.status_code, message, code="not_found" if not_found else None))
+    if exc.status_code == 404:
+        return await _tiergate_error(request, TiergateError("not_found", f"no such endpoint: {request.method} "
+                                                                         f"{request.url.path}"))
+    if exc.status_code == 405:
+        return await _tiergate_error(request, TiergateError("method_not_allowed", str(exc.detail)))
+    # Any other refusal is Starlette's choice of status, not ours: passed on in the same shape.
+    body = orjson.dumps(error_object(str(exc.detail), "invalid_request_error", None, None))
+    return Response(body, status_code=exc.status_code, media_type="application/json")
 
 
 def create_app(config_path: str) -> Starlette:
@@ -64,7 +73,7 @@ def create_app(config_path: str) -> Starlette:
         ("/readyz", endpoints.readyz, ["GET"]),
     ):
         app.router.add_route(path, handler, methods=methods)
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(TiergateError, _tiergate_error)
     app.add_exception_handler(HTTPException, _http_error)
     return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Mapping
 
-from proxy.errors import ApiError
+from pipeline.errors import TiergateError
 from router.policy import Policy, Principal, hash_key
 
 
@@ -23,12 +23,13 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 def authenticate(policy: Policy, headers: Mapping[str, str]) -> Principal:
     key = presented_key(headers)
     if key is None:
-        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
+        raise TiergateError("auth.missing_api_key", "missing API key: send 'Authorization: Bearer <key>'")
     # Lookup is by the key's SHA-256, so lookup timing can reveal nothing about the key itself.
     principal = policy.keys.get(hash_key(key))
     if principal is None:
-        raise ApiError(401, "invalid API key", code="invalid_api_key")
+        raise TiergateError("auth.invalid_api_key", "invalid API key")
     if principal.expires_at is not None and principal.expires_at <= datetime.now(timezone.utc):
-        raise ApiError(401, f"API key {principal.key_id!r} expired at {principal.expires_at.isoformat()}", code="expired_api_key")
+        raise TiergateError("auth.expired_api_key",
+                            f"API key {principal.key_id!r} expired at {principal.expires_at.isoformat()}")
     return principal
 

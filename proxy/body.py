@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from proxy.errors import ApiError, bad_request
+from pipeline.errors import TiergateError
+from proxy.errors import bad_request
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -56,13 +57,14 @@ _TOOL_TYPES = ("function", "custom")
 
 def parse_json(raw: bytes) -> dict[str, Any]:
     if not raw:
-        raise bad_request("the request body is empty; expected a JSON object", code="invalid_json")
+        raise bad_request("the request body is empty; expected a JSON object", code="invalid_request.invalid_json")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise bad_request(f"the request body is not valid JSON: {exc}",
+                          code="invalid_request.invalid_json") from None
     if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object", code="invalid_json")
+        raise bad_request("the request body must be a JSON object", code="invalid_request.invalid_json")
     check_depth(body)
     return body
 
@@ -82,7 +84,8 @@ def check_depth(body: dict[str, Any]) -> None:
     cost follows the body's structure, not its size (counting brackets in the raw bytes cost more on every body)."""
     for key, value in body.items():
         if (type(value) is dict or type(value) is list) and _too_deep(value, MAX_DEPTH - 1):
-            raise bad_request(f"'{key}' is nested more than {MAX_DEPTH} levels deep", param=key, code="too_deep")
+            raise bad_request(f"'{key}' is nested more than {MAX_DEPTH} levels deep", param=key,
+                              code="invalid_request.too_deep")
 
 
 def shown(value: Any) -> str:
@@ -91,8 +94,9 @@ def shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _type_error(field: str, expected: str, value: Any) -> ApiError:
-    return bad_request(f"'{field}' must be {expected}, got {type(value).__name__}", param=field, code="invalid_type")
+def _type_error(field: str, expected: str, value: Any) -> TiergateError:
+    return bad_request(f"'{field}' must be {expected}, got {type(value).__name__}", param=field,
+                       code="invalid_request.invalid_type")
 
 
 def _int_field(field: str, maximum: int | None = None) -> Callable[[Any], None]:
@@ -133,16 +137,16 @@ def _check_tag(key: str, value: Any, param: str) -> None:
         raise _type_error(param, "a string", value)
     if not key or len(key) > MAX_TAG_KEY_CHARS or CONTROL_CHARS.search(key):
         raise bad_request(f"tag names must be 1 to {MAX_TAG_KEY_CHARS} characters without control characters "
-                          f"(in '{param}')", param=param, code="invalid_tag")
+                          f"(in '{param}')", param=param, code="invalid_request.invalid_tag")
     if len(value) > MAX_TAG_VALUE_CHARS or CONTROL_CHARS.search(value):
         raise bad_request(f"'{param}' must be at most {MAX_TAG_VALUE_CHARS} characters without control characters",
-                          param=param, code="invalid_tag")
+                          param=param, code="invalid_request.invalid_tag")
 
 
 def _check_tag_count(count: int, param: str) -> None:
     if count > MAX_TAGS:
         raise bad_request(f"at most {MAX_TAGS} tags may be sent in '{param}', got {count}", param=param,
-                          code="invalid_tag")
+                          code="invalid_request.invalid_tag")
 
 
 def header_tags(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -188,12 +192,12 @@ def _check_fields(body: dict[str, Any], checks: dict[str, Callable[[Any], None]]
     model = body.get("model")
     if model is None:
         raise bad_request("'model' is required (use 'auto' to let tiergate choose)", param="model",
-                          code="missing_field")
+                          code="invalid_request.missing_field")
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
     value = body.get(required)
     if value is None:
-        raise bad_request(f"'{required}' is required", param=required, code="missing_field")
+        raise bad_request(f"'{required}' is required", param=required, code="invalid_request.missing_field")
     if len(body) > 2:  # else the body is model and the required field: nothing optional to look at
         for key, field in body.items():
             check = checks.get(key)
@@ -342,7 +346,7 @@ def _check_token_input(value: Any, field: str) -> None:
     for i, item in enumerate(value):
         if isinstance(item, bool) or not isinstance(item, kind) or (kind is list and not _token_ids(item)):
             raise bad_request(f"'{field}[{i}]': every item of '{field}' must be one of {expected} (as the first is)",
-                              param=f"{field}[{i}]", code="invalid_type")
+                              param=f"{field}[{i}]", code="invalid_request.invalid_type")
         if kind is int and item < 0:
             raise bad_request(f"'{field}[{i}]' must be a token id >= 0, got {item}", param=f"{field}[{i}]")
 

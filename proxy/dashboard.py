@@ -12,7 +12,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.errors import ApiError
+from pipeline.errors import TiergateError
 
 _STATIC = Path(__file__).resolve().parent / "static"
 _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
@@ -38,5 +38,5 @@ async def page(request: Request) -> Response:
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in _ASSETS:
-        raise ApiError(404, f"no such dashboard file: {name!r}", code="not_found")
+        raise TiergateError("not_found", f"no such dashboard file: {name!r}")
     return Response(_read(name), media_type=_ASSETS[name], headers=_HEADERS)

@@ -9,9 +9,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pipeline.errors import TiergateError
 from proxy.auth import authenticate
 from proxy.body import check_chat, check_completion, check_embeddings, header_tags, parse_json
-from proxy.errors import ApiError
 from proxy.gateway import CallContext, Completed, Streamed
 from proxy.runtime import Runtime
 from proxy.streaming import SSEResponse
@@ -32,13 +32,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, refusing more than ``limit`` bytes without reading them all into memory first."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes", code="body_too_large")
+        raise TiergateError("invalid_request.body_too_large",
+                            f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+            raise TiergateError("invalid_request.body_too_large", f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -125,7 +126,7 @@ async def healthz(request: Request) -> Response:
 def _is_admin(request: Request, policy: Policy) -> bool:
     try:
         return authenticate(policy, request.headers).admin
-    except ApiError:
+    except TiergateError:
         return False
 
 

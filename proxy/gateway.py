@@ -23,7 +23,8 @@ from metering.money import format_usd
 from metering.record import UsageRecord
 from metering.service import Reservation
 from proxy.accounting import Accounting, Outcome
-from proxy.errors import ApiError, bad_request
+from pipeline.errors import ErrorCode, Rejection, TiergateError
+from proxy.errors import status_of
 from proxy.meter import budget_error
 from proxy.metrics import Metrics
 from proxy.relay import StreamRelay, StreamState
@@ -31,7 +32,7 @@ from proxy.response_cache import cache_key, cacheable
 from proxy.telemetry import Tracing, finish_request
 from proxy.trimming import Trimmed, apply_plan
 from router.context import plan_context
-from router.decide import Decision, RoutingRefused, decide
+from router.decide import Decision, RefusalKind, RoutingRefused, decide
 from router.features import (RequestFeatures, chat_features, completion_features, embedding_features,
                              system_prompt_tokens)
 from router.policy import DeploymentSpec, Policy, Principal, TeamPolicy
@@ -43,12 +44,12 @@ from upstream.health import HealthBook
 
 log = logging.getLogger("tiergate.gateway")
 
-_REFUSAL_STATUS = {
-    "model_not_found": 404,
-    "pin_forbidden": 403,
-    "tier_forbidden": 403,
-    "no_capable_tier": 400,
-    "max_tokens_exceeded": 400,
+_REFUSED: dict[RefusalKind, ErrorCode] = {
+    "model_not_found": "routing_refused.model_not_found",
+    "pin_forbidden": "routing_refused.pin_forbidden",
+    "tier_forbidden": "routing_refused.tier_forbidden",
+    "no_capable_tier": "routing_refused.no_capable_tier",
+    "max_tokens_exceeded": "routing_refused.max_tokens_exceeded",
 }
 # Providers cache prompts of 1,024+ tokens only; shorter conversations gain nothing from staying on a tier.
 _STICKY_MIN_TOKENS = 1024
@@ -88,7 +89,7 @@ class Prefix:
     hint_provider: bool  # the team wants provider caching hints (prompt_cache_key / cache_control)
 
 
-def _upstream_error(exc: AllAttemptsFailed) -> ApiError:
+def _upstream_error(exc: AllAttemptsFailed) -> TiergateError:
     """What the client is told: deployments by id with a generic reason each (``upstream.dispatch.public_reason``);
     upstream URLs and their raw messages stay in the log."""
     last = exc.last
@@ -98,16 +99,17 @@ def _upstream_error(exc: AllAttemptsFailed) -> ApiError:
         error = (last.body or {}).get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             code, param = error.get("code"), error.get("param")
-            return ApiError(last.status or 400, error["message"], code=code if isinstance(code, str) else None,
-                            param=param if isinstance(param, str) else None)
-        return ApiError(last.status or 400, f"upstream rejected the request ({tried})", code="upstream_rejected")
+            return TiergateError("upstream_failed.rejected", error["message"],
+                                 param=param if isinstance(param, str) else None,
+                                 rejection=Rejection(last.status, True, code if isinstance(code, str) else None))
+        return TiergateError("upstream_failed.rejected", f"upstream rejected the request ({tried})",
+                             rejection=Rejection(last.status, False))
     if last.kind == "rate_limit":
-        retry = str(max(1, int(last.retry_after or 1)))
-        return ApiError(429, f"upstream rate limit ({tried}); retry later", code="upstream_rate_limited",
-                        headers={"retry-after": retry})
+        return TiergateError("upstream_failed.rate_limited", f"upstream rate limit ({tried}); retry later",
+                             retry_after=last.retry_after)
     if last.kind == "timeout":
-        return ApiError(504, f"upstream timed out ({tried})", code="upstream_timeout")
-    return ApiError(502, f"upstream failed ({tried})", code="upstream_error")
+        return TiergateError("upstream_failed.timeout", f"upstream timed out ({tried})")
+    return TiergateError("upstream_failed.error", f"upstream failed ({tried})")
 
 
 class Gateway:
@@ -127,7 +129,7 @@ class Gateway:
     def _team(self, ctx: CallContext) -> TeamPolicy:
         team = ctx.principal.team
         if team is None:
-            raise ApiError(403, "admin keys cannot make model calls; use a team key", code="team_key_required")
+            raise TiergateError("team_key_required", "admin keys cannot make model calls; use a team key")
         return ctx.policy.teams[team]
 
     def _tags(self, ctx: CallContext, team: TeamPolicy, body: dict[str, Any]) -> dict[str, str]:
@@ -136,9 +138,10 @@ class Gateway:
         tags.update(ctx.header_tags)
         missing = [t for t in team.settings.required_tags if t not in tags]
         if missing:
-            raise bad_request(
+            raise TiergateError(
+                "invalid_request.missing_tags",
                 f"team {team.name!r} requires tags {missing}: send them in 'metadata' or as x-tiergate-tag-<name> headers",
-                param="metadata", code="missing_tags",
+                param="metadata",
             )
         return tags
 
@@ -157,7 +160,7 @@ class Gateway:
                                   affinity=affinity, sticky_tier=sticky_tier,
                                   stickiness_margin=team.settings.context.stickiness_margin)
             except RoutingRefused as exc:
-                raise ApiError(_REFUSAL_STATUS[exc.kind], exc.message, code=exc.kind, param=exc.param) from None
+                raise TiergateError(_REFUSED[exc.kind], exc.message, param=exc.param) from None
             if span is not None:
                 span.set_attributes({"tiergate.tier": decision.tier.name, "tiergate.reasons": list(decision.reasons)})
             return decision
@@ -343,8 +346,9 @@ class Gateway:
             return outcome, await self._accounting.reserve(outcome)
         except BudgetExceeded as exc:
             if outcome.team.settings.budgets.on_exceeded != "downgrade":
-                await self._settle(outcome, None, outcome.failed([], 429, str(exc)))
-                raise budget_error(exc) from None
+                error = budget_error(exc)
+                await self._settle(outcome, None, outcome.failed([], status_of(error), error.message))
+                raise error from None
         if outcome.decision.tier.index > outcome.team.floor:
             floor = outcome.ctx.policy.tiers[outcome.team.floor].name
             decision = self._decide(outcome.ctx, outcome.team, {**outcome.body, "model": floor}, outcome.features, None)
@@ -383,11 +387,12 @@ class Gateway:
             dep, reply, attempts = await self._dispatcher.send(outcome.decision.plan, endpoint, body_for)
         except AllAttemptsFailed as exc:
             error = _upstream_error(exc)
-            await self._settle(outcome, reservation, outcome.failed(exc.attempts, error.status, error.message))
+            await self._settle(outcome, reservation, outcome.failed(exc.attempts, status_of(error), error.message))
             raise error from None
         except BaseException as exc:  # the reservation must still be settled, with the status the client gets
-            status, why = ((499, "client disconnected") if isinstance(exc, asyncio.CancelledError)
-                           else (500, f"internal error: {type(exc).__name__}"))  # the app answers any other with 500
+            status, why = ((status_of("client_disconnected"), "client disconnected")
+                           if isinstance(exc, asyncio.CancelledError)  # the app answers any other with a 500
+                           else (status_of("internal_error"), f"internal error: {type(exc).__name__}"))
             self._spawn(self._settle(outcome, reservation, outcome.failed([], status, why)))
             raise
         usage = self._accounting.usage_of(reply.body, dep, features)

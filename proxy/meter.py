@@ -1,8 +1,9 @@
-"""The proxy's side of metering: maps the YAML policy onto ``metering``'s budget policy and its errors onto
-HTTP-free ``ApiError``s. One ``metering.service.Meter`` per worker process."""
+"""The proxy's side of metering: maps the YAML policy onto ``metering``'s budget policy and its errors onto the
+error taxonomy. One ``metering.service.Meter`` per worker process."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Mapping
 
@@ -11,9 +12,11 @@ from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.record import UsageRecord
 from metering.service import Meter as _Meter
 from metering.service import Reservation
-from proxy.errors import ApiError
+from pipeline.errors import TiergateError
 from router.config import BudgetLimit
 from router.policy import Policy, TeamPolicy
+
+log = logging.getLogger("tiergate.budgets")
 
 
 def _limits(limit: BudgetLimit) -> BudgetLimits:
@@ -52,13 +55,16 @@ class Meter:
 
     async def reserve(self, policy: Policy, team: TeamPolicy, key_id: str, tags: Mapping[str, str], amount: int,
                       request_id: str, started_at: datetime, enforce: bool = True) -> Reservation:
-        """Raises ``BudgetExceeded`` (the caller decides: reject or downgrade) or ``ApiError`` 503."""
+        """Raises ``BudgetExceeded`` (the caller decides: reject or downgrade) or ``TiergateError``
+        ``budget_store_unavailable``."""
         try:
             return await self.inner.reserve(team.name, key_id, tags, amount, self.policies(policy)[team.name],
                                             request_id=request_id, started_at=started_at, enforce=enforce)
         except BudgetStoreUnavailable as exc:
-            raise ApiError(503, f"budget store unavailable and team {team.name!r} fails closed "
-                                f"(budgets.redis_failure: closed): {exc}", code="budget_store_unavailable") from None
+            # The store's own words name its host and port: the log has them, the client a generic reason.
+            log.warning("budget store unavailable for team %s (fails closed): %s", team.name, exc)
+            raise TiergateError("budget_store_unavailable", f"budget store unavailable and team {team.name!r} fails "
+                                "closed (budgets.redis_failure: closed)") from None
 
     async def settle(self, reservation: Reservation | None, record: UsageRecord) -> None:
         await self.inner.settle(reservation, record, budget_in_background=True)
@@ -67,7 +73,5 @@ class Meter:
         await self.inner.close()
 
 
-def budget_error(exc: BudgetExceeded) -> ApiError:
-    # x-should-retry: false stops OpenAI SDKs from retrying a 429 that only a new budget period can clear.
-    return ApiError(429, str(exc), code="budget_exceeded", type="insufficient_quota",
-                    headers={"x-should-retry": "false"})
+def budget_error(exc: BudgetExceeded) -> TiergateError:
+    return TiergateError("budget_exceeded", str(exc))

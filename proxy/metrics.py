@@ -39,7 +39,7 @@ from metering.ledger import TeamSpend
 from metering.money import NANOS_PER_USD, usd_to_nanos
 from metering.record import UsageRecord
 from proxy.auth import authenticate, presented_key
-from proxy.errors import ApiError
+from pipeline.errors import TiergateError
 from router.config import MetricsAccess
 from router.policy import Policy
 
@@ -184,18 +184,18 @@ def check_access(access: MetricsAccess, policy: Policy, headers: Mapping[str, st
         return
     if access.auth == "admin_key":
         if not authenticate(policy, headers).admin:
-            raise ApiError(403, "/metrics shows every team's spend: it needs an admin key", code="admin_key_required")
+            raise TiergateError("admin_key_required", "/metrics shows every team's spend: it needs an admin key")
         return
     assert access.token_env is not None  # the config model requires it with bearer_token
     presented = presented_key(headers)
     if presented is None:
-        raise ApiError(401, "missing scrape token: send 'Authorization: Bearer <token>'", code="missing_api_key")
+        raise TiergateError("auth.missing_api_key", "missing scrape token: send 'Authorization: Bearer <token>'")
     expected = os.environ.get(access.token_env)
     if not expected:
         log.error("server.metrics.auth is bearer_token but %s is not set: every scrape is refused", access.token_env)
-        raise ApiError(503, "the proxy has no metrics token configured; see its log", code="metrics_token_unset")
+        raise TiergateError("metrics_token_unset", "the proxy has no metrics token configured; see its log")
     if not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise ApiError(401, "invalid scrape token", code="invalid_api_key")
+        raise TiergateError("auth.invalid_api_key", "invalid scrape token")
 
 
 async def endpoint(request: Request) -> Response:

@@ -17,6 +17,7 @@ import orjson
 from metering.money import format_usd
 from metering.record import UsageRecord
 from metering.usage import Usage, estimate_usage
+from proxy.errors import status_of
 from router.policy import DeploymentSpec
 from upstream.base import UpstreamError
 from upstream.dispatch import public_reason
@@ -85,7 +86,7 @@ class StreamRelay:
         return self._finishing
 
     def abandon(self) -> None:
-        self._finish(499, None)
+        self._finish(status_of("client_disconnected"), None)
 
     async def payloads(self) -> AsyncIterator[bytes]:
         completed = False
@@ -109,7 +110,9 @@ class StreamRelay:
             error = f"upstream stream from deployment {self._dep.id} ended early: {reason}"
             log.warning("stream from %s ended early: %s", self._dep.id, str(exc) or type(exc).__name__)
         finally:
-            task = self._finish(200 if completed else (502 if error is not None else 499), error)
+            ending = ("ok" if completed else "upstream_failed.stream_cut" if error is not None
+                      else "client_disconnected")
+            task = self._finish(status_of(ending), error)
             if completed:
                 self.trailer["x-tiergate-cost-usd"] = format_usd(await asyncio.shield(task))
             elif error is not None:

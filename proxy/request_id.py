@@ -20,7 +20,8 @@ from typing import Any, Awaitable, Callable
 
 from starlette.requests import ClientDisconnect
 
-from proxy.errors import ApiError
+from pipeline.errors import TiergateError
+from proxy.errors import error_body, status_of
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -37,9 +38,9 @@ def new_request_id() -> str:
     return "req_" + os.urandom(12).hex()
 
 
-def internal_error(request_id: str) -> ApiError:
-    return ApiError(500, f"internal error in tiergate; its log has the details under request id {request_id}",
-                    code="internal_error")
+def internal_error(request_id: str) -> TiergateError:
+    return TiergateError("internal_error",
+                         f"internal error in tiergate; its log has the details under request id {request_id}")
 
 
 class RequestIdMiddleware:
@@ -74,8 +75,8 @@ class RequestIdMiddleware:
                 # Part of the answer is out: returning unfinished makes uvicorn close the connection, the only way
                 # to tell the client the body is cut short.
                 return
-            body = internal_error(request_id).body()
-            await send_with_id({"type": "http.response.start", "status": 500,
+            body = error_body(internal_error(request_id))
+            await send_with_id({"type": "http.response.start", "status": status_of("internal_error"),
                                 "headers": [(b"content-type", b"application/json"),
                                             (b"content-length", str(len(body)).encode())]})
             await send_with_id({"type": "http.response.body", "body": body})

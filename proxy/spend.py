@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from metering.ledger.report import rows_to_csv
+from pipeline.errors import TiergateError
 from proxy.body import CONTROL_CHARS, shown
 from proxy.endpoints import call_context, json_response, runtime
-from proxy.errors import ApiError, bad_request
+from proxy.errors import bad_request
 
 FLUSH_TIMEOUT_S = 10.0
 _MAX_REQUESTS = 200
@@ -69,8 +70,8 @@ async def _flushed(request: Request) -> None:
     try:
         await asyncio.wait_for(runtime(request).meter.inner.ledger.flush(), FLUSH_TIMEOUT_S)
     except asyncio.TimeoutError:
-        raise ApiError(503, f"the ledger did not commit within {FLUSH_TIMEOUT_S:.0f}s; see the proxy log",
-                       code="ledger_unavailable") from None
+        raise TiergateError("ledger_unavailable",
+                            f"the ledger did not commit within {FLUSH_TIMEOUT_S:.0f}s; see the proxy log") from None
 
 
 def _scope(request: Request) -> str | None:
@@ -84,7 +85,7 @@ def _scope(request: Request) -> str | None:
     if principal.admin:
         return requested or None
     if requested and requested != principal.team:
-        raise ApiError(403, f"a key of team {principal.team!r} may only see its own spend", code="forbidden_team")
+        raise TiergateError("forbidden_team", f"a key of team {principal.team!r} may only see its own spend")
     return principal.team
 
 

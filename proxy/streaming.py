@@ -11,6 +11,8 @@ from typing import Any, AsyncIterator
 import orjson
 from starlette.responses import StreamingResponse
 
+from pipeline.errors import error_object
+from proxy.errors import ERRORS
 from proxy.gateway import Streamed
 
 DONE = b"data: [DONE]\n\n"
@@ -28,8 +30,8 @@ async def sse(streamed: Streamed) -> AsyncIterator[bytes]:
     trailer = streamed.relay.trailer
     error = trailer.get("error")
     if error is not None:
-        body = {"error": {"message": error, "type": "api_error", "param": None, "code": "upstream_stream_error"}}
-        yield b"data: " + orjson.dumps(body) + b"\n\n"
+        spec = ERRORS["upstream_failed.stream_cut"]
+        yield b"data: " + orjson.dumps(error_object(error, spec.type, None, spec.code)) + b"\n\n"
         return
     for name, value in trailer.items():
         yield comment(name, value)

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from metering.money import format_usd
 from metering.record import UsageRecord
+from proxy.errors import status_of
 
 _OPERATIONS = {"chat/completions": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 
@@ -120,7 +121,7 @@ def finish_request(span: Span | None, record: UsageRecord | None, provider: str 
         if record.score is not None:
             attrs["tiergate.score"] = record.score
         span.set_attributes(attrs)
-        if record.status >= 400:
+        if record.error is not None or record.status != status_of("ok"):
             span.set_status(Status(StatusCode.ERROR, record.error or str(record.status)))
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))

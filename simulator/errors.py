@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.errors import error_object
+
 
 class SimulatedError(Exception):
     """An error response the simulator answers with instead of a completion (validation or injected failure)."""
@@ -27,7 +29,7 @@ class SimulatedError(Exception):
         self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return error_object(self.message, self.type, self.param, self.code)
 
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> SimulatedError:

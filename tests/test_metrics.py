@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import DEMO_KEYS, ROOT, Process, demo_config
 from metering.record import UsageRecord
-from proxy.errors import ApiError
+from pipeline.errors import TiergateError
+from proxy.errors import wire
 from proxy.metrics import MULTIPROC_ENV, Metrics, check_access
 from router.config_loader import ConfigError, parse_policy
 from router.policy import Policy
@@ -209,8 +210,8 @@ def _refusal(policy: Policy, headers: dict[str, str]) -> tuple[int, str | None] 
     """``check_access``'s answer: None when the scrape may proceed, else (status, code)."""
     try:
         check_access(policy.config.server.metrics, policy, headers)
-    except ApiError as exc:
-        return exc.status, exc.code
+    except TiergateError as exc:
+        return wire(exc).status, wire(exc).code
     return None
 
 

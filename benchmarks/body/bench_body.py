@@ -30,7 +30,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks" / "proxy")]
 from bench import chat_body  # noqa: E402  (benchmarks/proxy/bench.py: the body wrk sends)
 
 from proxy import body as edge  # noqa: E402
-from proxy.errors import ApiError  # noqa: E402
+from pipeline.errors import TiergateError  # noqa: E402
 
 _NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 ROLE = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -307,7 +307,7 @@ def hand_written(module: types.ModuleType) -> Callable[[bytes], Any]:
 def _refuses(fn: Callable[[bytes], Any], raw: bytes) -> bool:
     try:
         fn(raw)
-    except (ApiError, ValueError):
+    except (TiergateError, ValueError):
         return True
     except Exception:  # a crash is not a refusal: the old code 500ed here  # noqa: BLE001
         return False
