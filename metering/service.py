@@ -58,9 +58,14 @@ def ledger_seeder(ledger: Ledger) -> Seeder:
             return sum(r.totals.cost_nanos for r in report.rows if r.keys["key_id"] == cap.name)
         report = await ledger.report(cap.start, cap.end, team=cap.team, group_by=("tag",))
         return sum(r.totals.cost_nanos for r in report.rows
-                   if f"{r.keys['tag_key']}={r.keys['tag_value']}" == cap.name)
+                   if r.keys["tag_value"] is not None and f"{r.keys['tag_key']}={r.keys['tag_value']}" == cap.name)
 
     return seed
+
+
+def _request_of(hold_id: str) -> str:
+    """The request a hold was taken for (``reserve`` names holds ``<request id>~<unique>``)."""
+    return hold_id.partition("~")[0]
 
 
 class Meter:
@@ -94,13 +99,13 @@ class Meter:
             budgets = FailoverBudgetStore(remote)
         else:
             budgets = MemoryBudgetStore(seeder=ledger_seeder(ledger))
-        alerter = Alerter(webhook_url, redis=redis_client, prefix=prefix)
+        alerter = Alerter(webhook_url, redis=redis_client, prefix=prefix, ledger=ledger)
         await alerter.start()
         if redis_url and lease_share > 0:
             from metering.budgets.leases import LeasedBudgetStore
 
             budgets = LeasedBudgetStore(budgets, share=lease_share, lease_ttl_s=lease_ttl_s)
-            budgets.observe = alerter.observe
+            budgets.observe = lambda states, holds: alerter.observe(states, [(_request_of(h), n) for h, n in holds])
         return cls(ledger, budgets, alerter, hold_ttl_s)
 
     async def reserve(self, team: str, key_id: str, tags: Mapping[str, str], worst_case_nanos: int,
@@ -124,7 +129,7 @@ class Meter:
                                               fail_open=policy.redis_failure == "open")
         except BudgetExceeded as exc:
             if self.alerter is not None:
-                self.alerter.observe_refusal(exc)
+                self.alerter.observe_refusal(exc, key_id, tags, request_id)
             raise
         return Reservation(team, started_at, hold)
 
@@ -161,8 +166,8 @@ class Meter:
             # Only a bare Redis store raises here; the hold expires by TTL and the ledger has the record.
             log.warning("budgets: settle of %s not applied (%s)", record.request_id, exc)
             return
-        if self.alerter is not None:
-            self.alerter.observe(states)
+        if self.alerter is not None and states:
+            self.alerter.observe(states, ((record.request_id, spend.nanos),))
 
     async def budget_states(self, team: str, policy: BudgetPolicy, day: date | None = None) -> list[CapState]:
         """Live totals of the team-level caps (for ``/v1/spend/teams``), including other replicas' spend."""

@@ -101,10 +101,11 @@ def test_two_workers_never_pass_the_cap_by_more_than_one_reservation(redis_prefi
 def test_idle_lease_is_returned_and_alerting_sees_the_close(redis_prefix: str) -> None:
     cap = _cap(1_000_000)
     seen: list[list[CapState]] = []
+    settled: list[list[tuple[str, int]]] = []
 
     async def go() -> dict[Any, Any]:
         store = LeasedBudgetStore(RedisBudgetStore.from_url(REDIS_URL, prefix=redis_prefix), max_age_s=0.2)
-        store.observe = seen.append
+        store.observe = lambda states, holds: (seen.append(states), settled.append(holds))
         hold = await store.reserve("r", [cap], 500, ttl_s=60)
         await store.settle(hold, 400)
         await asyncio.sleep(0.6)  # no further calls: the timer retires the idle lease
@@ -115,6 +116,7 @@ def test_idle_lease_is_returned_and_alerting_sees_the_close(redis_prefix: str) -
     counter = asyncio.run(go())
     assert int(counter[b"reserved"]) == 0 and int(counter[b"spent"]) == 400
     assert [[(s.cap, s.spent_nanos) for s in states] for states in seen] == [[(cap, 400)]]
+    assert settled == [[("r", 400)]]  # what the close added, by hold, for the alerter to find the crossing request
 
 
 def test_heartbeat_renews_a_lease_in_use_and_retires_one_whose_hold_is_gone(redis_prefix: str) -> None:

@@ -156,9 +156,8 @@ def test_report_grouping_filters_and_formats(backend: Backend, tmp_path: Path) -
             "tag": await ledger.report(*NOV, group_by=["tag"]),
             "key_purpose": await ledger.report(*NOV, group_by=["key", "purpose"]),
             "teams": await ledger.spend_by_team(day2.date()),
+            "tag_model": await ledger.report(*NOV, group_by=["tag", "model"]),
         }
-        with pytest.raises(ValueError):
-            await ledger.report(*NOV, group_by=["tag", "model"])
         with pytest.raises(ValueError):
             await ledger.report(*NOV, group_by=["colour"])
         await ledger.close()
@@ -180,9 +179,14 @@ def test_report_grouping_filters_and_formats(backend: Backend, tmp_path: Path) -
     assert [(r.keys["model"], r.totals.cost_nanos) for r in out["team_a_model"].rows] == [("big", 123_450),
                                                                                          ("small", 1_000)]
     assert out["team_a_model"].totals.requests == 2
+    # each tag key's rows, its untagged row (None) included, sum to the total
     assert [(r.keys["tag_key"], r.keys["tag_value"], r.totals.requests) for r in out["tag"].rows] == [
-        ("exp", "e1", 2), ("owner", "ana", 1)]
+        ("exp", "e1", 2), ("exp", None, 1), ("owner", "ana", 1), ("owner", None, 2)]
     assert out["tag"].totals.requests == 3  # totals count records, not tag rows
+    assert [(r.keys["tag_key"], r.keys["tag_value"], r.keys["model"], r.totals.cost_nanos)
+            for r in out["tag_model"].rows] == [
+        ("exp", "e1", "big", 123_450), ("exp", "e1", "small", 1_000), ("exp", None, "small", 2_000_000_001),
+        ("owner", "ana", "small", 1_000), ("owner", None, "big", 123_450), ("owner", None, "small", 2_000_000_001)]
     assert [(r.keys["key_id"], r.keys["purpose"]) for r in out["key_purpose"].rows] == [
         ("k1", "chat"), ("k2", "summarization"), ("k3", "chat")]
     assert [(t.team, t.day_nanos, t.month_nanos) for t in out["teams"]] == [("a", 1_000, 124_450),
@@ -207,7 +211,7 @@ def test_csv_and_json_agree(backend: Backend, tmp_path: Path) -> None:
                                     "counterfactual_cost_usd", "savings_usd"]
     as_json = report.to_dict()["rows"]
     assert len(rows) == len(as_json) > 10
-    assert rows == [{k: str(v) for k, v in row.items()} for row in as_json]
+    assert rows == [{k: "" if v is None else str(v) for k, v in row.items()} for row in as_json]
 
 
 def test_spool_replay_is_idempotent(backend: Backend, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ class _Lease:
     extended: float  # when the hold's TTL was last renewed
     reserved: int = 0  # live reservations of requests served from this lease
     spend: SpendLog = field(default_factory=SpendLog)  # what settled requests actually cost, and when written
+    settled: list[tuple[str, int]] = field(default_factory=list)  # (hold id, nanos) in settle order, for alerts
     inflight: int = 0
     retired: bool = False  # takes no new reservations; closes when the last one settles
 
@@ -51,10 +52,11 @@ class LeasedBudgetStore(BudgetStore):
         ``lease_ttl_s``: how long a crashed worker's lease keeps holding budget back; renewed every third of it.
 
         The shared totals change when a lease closes, not when a request settles, so alerting subscribes to
-        ``observe`` (called with the caps' states after every close) instead of reading ``settle``'s result.
+        ``observe`` (called with the caps' states after every close, and the (hold id, nanos) the close added, in
+        the order its requests settled) instead of reading ``settle``'s result.
         """
         self.inner = inner
-        self.observe: Callable[[list[CapState]], None] | None = None
+        self.observe: Callable[[list[CapState], list[tuple[str, int]]], None] | None = None
         self._share = share
         self._max_age_s = max_age_s
         self._clock = clock
@@ -139,7 +141,7 @@ class LeasedBudgetStore(BudgetStore):
         self._unclosed.pop(lease.hold.id, None)
         states = await self.inner.settle(lease.hold, lease.spend.freeze())
         if self.observe is not None:
-            self.observe(states)
+            self.observe(states, lease.settled)
         return states
 
     async def settle(self, hold: Hold, actual: int | Spend) -> list[CapState]:
@@ -148,7 +150,9 @@ class LeasedBudgetStore(BudgetStore):
         if lease is None:
             return await self.inner.settle(hold, actual)
         lease.reserved -= hold.amount
-        lease.spend.add(as_spend(actual))
+        spend = as_spend(actual)
+        lease.spend.add(spend)
+        lease.settled.append((hold.id, spend.nanos))
         lease.inflight -= 1
         if lease.retired and lease.inflight == 0:
             await self._close(lease)

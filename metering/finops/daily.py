@@ -38,6 +38,8 @@ async def daily_spend(ledger: Ledger, dimension: Dimension, start: date, end: da
     report = await ledger.report(start, end, team=team, group_by=_GROUP_BY[dimension])
     out: dict[Scope, dict[date, int]] = {}
     for row in report.rows:
+        if dimension == "tag" and row.keys["tag_value"] is None:
+            continue  # the report's untagged row: records without that tag, no tag's series
         day = date.fromisoformat(row.keys["day"][:10])  # PostgreSQL DATE and SQLite text both start YYYY-MM-DD
         series = out.setdefault(_scope(dimension, row.keys), {})
         series[day] = series.get(day, 0) + row.totals.cost_nanos

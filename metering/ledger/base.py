@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Sequence
 
+from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.ledger.report import Report
 from metering.money import format_usd
 from metering.record import UsageRecord
@@ -51,6 +52,20 @@ class Ledger(abc.ABC):
     async def report(self, start: date, end: date, team: str | None = None,
                      group_by: Sequence[str] = ("team",)) -> Report:
         """Aggregates over UTC days ``[start, end)`` from the rollups. ValueError on a bad ``group_by``."""
+
+    @abc.abstractmethod
+    async def add_alerts(self, events: Sequence[AlertEvent]) -> list[bool]:
+        """Store fired thresholds and refusals, committed when this returns. Per event: False when the database
+        already holds it (its id, or a threshold's scope, period and threshold), which is how a threshold alert
+        fires once however many processes see the crossing."""
+
+    @abc.abstractmethod
+    async def alerts(self, query: AlertQuery) -> list[AlertEvent]:
+        """Stored alerts matching ``query``, newest first."""
+
+    @abc.abstractmethod
+    async def teams(self) -> list[str]:
+        """Every team with a record in the ledger, sorted (to name the known ones when asked about another)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

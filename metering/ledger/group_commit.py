@@ -22,16 +22,17 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
+from metering.ledger.alert_log import SELECT_ALERTS, AlertEvent, AlertQuery
 from metering.ledger.base import Ledger
 from metering.ledger.dead_letter import DeadLetterFile
 from metering.ledger.refusal import is_refusal, label, message
-from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_day, build_report,
-                                    parse_group_by)
+from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_day, build_report, midnight,
+                                    parse_group_by, source_of)
 from metering.ledger.schema import RECORD_COLUMNS, Entry
 from metering.ledger.spool import Segment, Spool
 from metering.record import UsageRecord
@@ -59,6 +60,7 @@ class RecordRefused(Exception):
 
 class GroupCommitLedger(Ledger):
     placeholder = "?"
+    tag_rows = "json_each(records.tags)"  # a record's tags as (key, value) rows, for reports the rollups cannot answer
 
     def __init__(self, spool_dir: str | Path | None, options: WriterOptions = WriterOptions()) -> None:
         """Without a spool and a dead-letter path, ``write()`` raises ``RecordRefused`` for a record the database
@@ -97,8 +99,16 @@ class GroupCommitLedger(Ledger):
     @abc.abstractmethod
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
 
+    @abc.abstractmethod
+    async def _insert_alerts(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        """Insert each row in one transaction (``alert_log.insert_alert_sql``); True where it was new."""
+
     def _day_param(self, day: date) -> Any:
         return day.isoformat()
+
+    def _ts_param(self, at: datetime) -> Any:
+        # SQLite keeps ISO text (``...+00:00``), which sorts like the instant it names; PostgreSQL a TIMESTAMPTZ.
+        return at.isoformat()
 
     # -- Ledger --------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,17 +170,45 @@ class GroupCommitLedger(Ledger):
                      group_by: Sequence[str] = ("team",)) -> Report:
         names = parse_group_by(group_by)
         start, end = as_day(start), as_day(end)
-        params = [self._day_param(start), self._day_param(end)] + ([team] if team is not None else [])
-        tables = ("rollup_tag", "rollup_daily")
-        grouped = await self._fetch(aggregate_sql(names, self.placeholder, team is not None, *tables), params)
-        if names and "tag" not in names:
-            # Rows partition the records, so their exact integer sum is the total: no second scan.
-            width = sum(len(GROUPS[g]) for g in names)
-            total = [sum(int(t[i] or 0) for t in grouped) for i in range(width, width + len(SUMMED))]
-        else:
-            total = list((await self._fetch(aggregate_sql((), self.placeholder, team is not None, *tables),
-                                            params))[0])
-        return build_report(start, end, team, names, grouped, total)
+        team_param = [team] if team is not None else []
+        days = [self._day_param(start), self._day_param(end)]
+        scan = [self._ts_param(midnight(start)), self._ts_param(midnight(end))] if source_of(names) == "records" else []
+        grouped = await self._fetch(aggregate_sql(names, self.placeholder, team is not None, self.tag_rows),
+                                    scan + days + team_param)
+        if "tag" not in names:
+            by_group: list[tuple[Any, ...]] = []
+            if names:  # rows partition the records, so their exact integer sum is the total: no second scan
+                width = sum(len(GROUPS[g]) for g in names)
+                total = [sum(int(t[i] or 0) for t in grouped) for i in range(width, width + len(SUMMED))]
+            else:
+                total = list(grouped[0])
+                grouped = []
+        else:  # tag rows overlap: the total, and each group's for its untagged rows, come from the daily rollup
+            other = tuple(g for g in names if g != "tag")
+            by_group = await self._fetch(aggregate_sql(other, self.placeholder, team is not None, self.tag_rows),
+                                         days + team_param)
+            width = sum(len(GROUPS[g]) for g in other)
+            total = [sum(int(t[i] or 0) for t in by_group) for i in range(width, width + len(SUMMED))]
+        return build_report(start, end, team, names, grouped, total, by_group)
+
+    async def add_alerts(self, events: Sequence[AlertEvent]) -> list[bool]:
+        if not events:
+            return []
+        return await self._insert_alerts([tuple(self._adapt_alert_value(v) for v in e.values()) for e in events])
+
+    def _adapt_alert_value(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return self._ts_param(value)
+        return self._day_param(value) if isinstance(value, date) else value
+
+    async def alerts(self, query: AlertQuery) -> list[AlertEvent]:
+        tail, binds = query.sql(self.placeholder)
+        given = {"since": self._ts_param(query.since), "until": self._ts_param(query.until), "team": query.team,
+                 "kind": query.kind, "limit": query.limit}
+        return [AlertEvent.from_row(row) for row in await self._fetch(SELECT_ALERTS + tail, [given[b] for b in binds])]
+
+    async def teams(self) -> list[str]:
+        return sorted(str(row[0]) for row in await self._fetch("SELECT DISTINCT team FROM rollup_daily", []))
 
     async def close(self) -> None:
         if self._task is not None:

@@ -11,11 +11,12 @@ A record's billing day is the UTC date of ``started_at``, so hours of a day add 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
 
 from metering.ledger.base import Ledger
 from metering.ledger.group_commit import GroupCommitLedger
+from metering.ledger.report import midnight
 from metering.money import format_usd
 
 Order = Literal["cost", "recent"]
@@ -73,10 +74,6 @@ class HourSpend:
         return {"hour": self.hour.isoformat(), "requests": self.requests, "cost_usd": format_usd(self.cost_nanos),
                 "counterfactual_cost_usd": format_usd(self.counterfactual_cost_nanos),
                 "savings_usd": format_usd(self.counterfactual_cost_nanos - self.cost_nanos)}
-
-
-def midnight(day: date) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=timezone.utc)
 
 
 class Insights:

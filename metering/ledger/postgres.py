@@ -9,13 +9,14 @@ rollup rows lock them in the same order and do not deadlock.
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Sequence
 
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
+from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
 from metering.ledger.schema import RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl
@@ -44,6 +45,7 @@ def _upsert_json(table: str, dims: tuple[str, ...]) -> str:
 
 
 _UPSERTS = {"rollup_daily": _upsert_json("rollup_daily", DAILY_DIMS), "rollup_tag": _upsert_json("rollup_tag", TAG_DIMS)}
+_INSERT_ALERT = insert_alert_sql("%s")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -64,6 +66,7 @@ def _records_json(entries: Sequence[Entry]) -> str:
 
 class PostgresLedger(GroupCommitLedger):
     placeholder = "%s"
+    tag_rows = "jsonb_each_text(records.tags)"
 
     def __init__(self, url: str, spool_dir: str | Path | None, schema: str = "public",
                  options: WriterOptions = WriterOptions(), pool_size: int = 4) -> None:
@@ -80,6 +83,9 @@ class PostgresLedger(GroupCommitLedger):
     def _day_param(self, day: date) -> Any:
         return day
 
+    def _ts_param(self, at: datetime) -> Any:
+        return at
+
     async def _open_db(self) -> None:
         await self._pool.open(wait=True, timeout=10.0)
         async with self._pool.connection() as conn:
@@ -91,6 +97,8 @@ class PostgresLedger(GroupCommitLedger):
             await conn.execute(STARTED_AT_INDEX)
             for table, dims in ROLLUPS:
                 await conn.execute(rollup_ddl(table, dims, "DATE", "BIGINT"))
+            for ddl in alerts_ddl("TIMESTAMPTZ", "DATE", "BIGINT"):
+                await conn.execute(ddl)
 
     async def _close_db(self) -> None:
         await self._pool.close()
@@ -109,6 +117,10 @@ class PostgresLedger(GroupCommitLedger):
                     rows = [dict(zip(dims + MEASURES, (*key, *values))) for key, values in deltas.items()]
                     await conn.execute(_UPSERTS[table], (orjson.dumps(rows).decode(),))
         return len(inserted)
+
+    async def _insert_alerts(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        async with self._pool.connection() as conn:  # one transaction, committed when the block ends
+            return [(await conn.execute(_INSERT_ALERT, row)).rowcount == 1 for row in rows]
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async with self._pool.connection() as conn:

@@ -14,6 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Sequence
 
+from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.ledger.rollup import rollup
 from metering.ledger.schema import (RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl,
@@ -32,6 +33,7 @@ _INSERT = "INSERT OR IGNORE INTO records ({}) VALUES ({})".format(
     ", ".join(RECORD_COLUMNS), ", ".join("?" * len(RECORD_COLUMNS))
 )
 _UPSERTS = {table: upsert_sql(table, dims, "?") for table, dims in ROLLUPS}
+_INSERT_ALERT = insert_alert_sql("?")
 
 
 def _adapt(value: Any) -> Any:
@@ -54,6 +56,19 @@ def create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(STARTED_AT_INDEX)
     for table, dims in ROLLUPS:
         conn.execute(rollup_ddl(table, dims, "TEXT", "INTEGER"))
+    for ddl in alerts_ddl("TEXT", "TEXT", "INTEGER"):
+        conn.execute(ddl)
+
+
+def insert_alerts(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[bool]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        inserted = [conn.execute(_INSERT_ALERT, row).rowcount == 1 for row in rows]
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return inserted
 
 
 def insert_batch(conn: sqlite3.Connection, entries: Sequence[Entry]) -> int:
@@ -113,6 +128,11 @@ class SqliteLedger(GroupCommitLedger):
     async def _insert(self, entries: Sequence[Entry]) -> int:
         assert self._conn is not None
         return await self._call(insert_batch, self._conn, entries)
+
+    async def _insert_alerts(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
+        # On the writer's thread and connection: alerts are rare, and one writer per file avoids lock waits.
+        assert self._conn is not None
+        return await self._call(insert_alerts, self._conn, rows)
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:
