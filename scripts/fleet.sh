@@ -23,7 +23,7 @@
 # reaches every replica; replacing one replica's link gives that replica alone a different file.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CONFIG="$(realpath "${FLEET_CONFIG:-$ROOT/configs/fleet.yaml}")"
+CONFIG="$(realpath -m "${FLEET_CONFIG:-$ROOT/configs/fleet.yaml}")"
 PORT="${FLEET_PORT:-4400}"
 BASE_PORT="${FLEET_BASE_PORT:-$((PORT + 1))}"
 WORKERS="${FLEET_WORKERS:-1}"
@@ -36,6 +36,9 @@ BACKEND=replicas
 HAPROXY_CFG="$ROOT/deploy/haproxy/haproxy.cfg"
 export TIERGATE_LB_BIND="127.0.0.1:$PORT" HAPROXY_STATS_SOCKET="$SOCK"
 export LITELLM_LOCAL_MODEL_COST_MAP=True
+# The checkout's packages as they are now, from any working directory (each replica runs in its own): the editable
+# install maps only the top-level packages that existed when it ran.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 say() { echo "fleet: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -196,6 +199,7 @@ up() {
     down
   fi
   answers "$PORT" && die "127.0.0.1:$PORT is taken by another program"
+  [ -f "$CONFIG" ] || die "no policy file $CONFIG"
   install
   check_services
   mkdir -p "$RUN/replicas"
