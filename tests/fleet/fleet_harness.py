@@ -7,6 +7,7 @@ and HAProxy are the test's own and stopped by ``fleet.sh down`` when the test en
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -14,10 +15,11 @@ import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import yaml
@@ -78,7 +80,7 @@ class Fleet:
     def sh(self, *args: str, timeout_s: float = 240) -> str:
         """``bash scripts/fleet.sh ARGS`` for this fleet; its stdout, or an AssertionError with everything it said."""
         done = subprocess.run(["bash", str(FLEET_SH), *args], env=self.env(), capture_output=True, text=True,
-                              timeout=timeout_s)
+                              timeout=timeout_s, check=False)
         if done.returncode != 0:
             raise AssertionError(f"fleet.sh {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         return done.stdout
@@ -168,7 +170,5 @@ def running_fleet(tmp_path: Path, replicas: int) -> Iterator[Fleet]:
         try:
             fleet.sh("down")
         finally:
-            try:
+            with contextlib.suppress(Exception):  # the database may not exist if `up` failed early
                 _drop_schema(ledger, schema)
-            except Exception:  # noqa: BLE001 - the database may not exist if `up` failed early
-                pass

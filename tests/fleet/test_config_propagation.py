@@ -11,7 +11,9 @@ bad. What a replica serves is read from it directly: ``/readyz`` (active sha256,
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -64,7 +66,8 @@ def tiers_through_haproxy(fleet: Fleet, n: int = 8) -> set[str]:
     return {a.headers["x-tiergate-tier"] for a in answers}
 
 
-def set_research_tiers(tiers: dict[str, str]):  # noqa: ANN201 - a config mutation for Fleet.write_config
+def set_research_tiers(tiers: dict[str, str]) -> Callable[[dict[str, Any]], None]:
+    """A config mutation for ``Fleet.write_config``: research's tier range."""
     return lambda config: config["teams"]["research"].update(tiers=tiers)
 
 

@@ -168,7 +168,7 @@ def compose() -> dict[str, Any]:
 
 
 def haproxy_servers(path: Path) -> dict[str, str]:
-    return dict(re.findall(r"^\s*server\s+(\S+)\s+(\S+)", path.read_text(), re.M))
+    return dict(re.findall(r"^\s*server\s+(\S+)\s+(\S+)", path.read_text(), re.MULTILINE))
 
 
 def test_compose_runs_haproxy_in_front_of_three_replicas_redis_and_postgres() -> None:
@@ -187,7 +187,7 @@ def test_compose_runs_haproxy_in_front_of_three_replicas_redis_and_postgres() ->
 
     # Replicas: the fleet's policy, one per HAProxy server line, each checked on /readyz.
     ports = set()
-    for name, service in replicas.items():
+    for service in replicas.values():
         command = service["command"]
         assert command[:3] == ["serve", "--config", "configs/fleet.yaml"]
         port = command[command.index("--port") + 1]
