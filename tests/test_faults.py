@@ -449,7 +449,7 @@ def test_poison_record_cannot_stop_the_ledger(tmp_path: Path, mock: Process, pg_
             with httpx.Client(timeout=30) as client:
                 upstream = [send(client, proxy.url, Call(team, chat("hi", model="poison", max_tokens=8)),
                                  f"poison-up-{n}") for n in range(3)]
-            load.run_for(1.5)
+            load.run_for(1.5 * SCALE)
             before_kill = collect([*load.snapshot()], LedgerReader(dsn), timeout_s=10)
             killed_at = load.mark("kill")
             kill9(proxy.proc.pid)  # one worker: the served process is the worker, and its spool is left behind
@@ -462,7 +462,7 @@ def test_poison_record_cannot_stop_the_ledger(tmp_path: Path, mock: Process, pg_
             restarted_ok = False
         if restarted_ok:
             with Load(proxy.url, lambda n, i: Call(team, body), 3, 20.0, "poison-b") as load:
-                load.run_for(1.5)
+                load.run_for(1.5 * SCALE)
             results += load.results
     finally:
         bad_upstream.close()
@@ -542,11 +542,11 @@ def test_reload_mid_load(tmp_path: Path, mock: Process, summary: Summary) -> Non
         rewrite(changed)
         wait_for(lambda: everywhere(lambda c: c["sha256"] == sha["changed"]), 20, "the valid change on both workers")
         load.mark("changed")
-        load.run_for(1.0)
+        load.run_for(1.0 * SCALE)
         rewrite(invalid)
         wait_for(lambda: everywhere(lambda c: c["last_reload_error"]), 20, "the invalid file reported")
         assert everywhere(lambda c: c["sha256"] == sha["changed"]), "the invalid file replaced the running policy"
-        load.run_for(1.0)
+        load.run_for(1.0 * SCALE)
         rewrite(changed)
         cleared = True
         try:
@@ -557,7 +557,7 @@ def test_reload_mid_load(tmp_path: Path, mock: Process, summary: Summary) -> Non
         rewrite(original)
         wait_for(lambda: everywhere(lambda c: c["sha256"] == sha["original"]), 20, "the original on both workers")
         load.mark("original")
-        load.run_for(1.0)
+        load.run_for(1.0 * SCALE)
     results = load.results
     marks = load.marks
 
