@@ -217,6 +217,38 @@ def stats_settled() -> None:
     time.sleep(1.5)
 
 
+def _upsert_loop(dsn: str, key: int, deadline: float, counts: list[int], i: int) -> None:
+    with psycopg.connect(dsn) as conn:
+        while time.monotonic() < deadline:
+            conn.execute("INSERT INTO bench_hot_rollup VALUES (%s, 1) ON CONFLICT (k) DO UPDATE "
+                         "SET n = bench_hot_rollup.n + 1", (key,))
+            conn.commit()
+            counts[i] += 1
+
+
+def commit_rates(clients: int, seconds: float) -> dict[str, float]:
+    """Commits/s of ``clients`` connections each looping {upsert one rollup-shaped row; COMMIT}: all on one row (every
+    replica's writer adding to the same team/model/day rollup) and each on its own row. The gap is the row lock
+    each commit holds until its WAL flush: the ceiling on fleet-wide ledger commits while rollups are shared rows."""
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{DATABASE}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_hot_rollup (k INT PRIMARY KEY, n BIGINT NOT NULL)")
+    out = {}
+    for name, shared in (("one_row", True), ("own_rows", False)):
+        counts = [0] * clients
+        deadline = time.monotonic() + seconds
+        threads = [threading.Thread(target=_upsert_loop, args=(dsn, 0 if shared else i + 1, deadline, counts, i))
+                   for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out[name] = round(sum(counts) / seconds, 1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE bench_hot_rollup")
+    return out
+
+
 # ---- load ----------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -420,6 +452,8 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     parser.add_argument("--saturate-seconds", type=float, default=0.0,
                         help="then this long flat out (0: skip; on a shared machine it measures the neighbours)")
+    parser.add_argument("--commit-seconds", type=float, default=5.0,
+                        help="PostgreSQL commit-rate probe per case, shared rollup row vs own rows (0: skip)")
     parser.add_argument("--classifier", default="default", help="the policy's classifier.model (default: shipped ONNX)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "fleet" / "results.json")
     args = parser.parse_args()
@@ -449,11 +483,14 @@ def main() -> int:
     finally:
         upstream.close()
         private_redis.close()
+    if args.commit_seconds:
+        out["postgres_commit_rates"] = {"clients": 8, **commit_rates(8, args.commit_seconds)}
     calibration.append(calibration_cpu_s())
     out["machine"].update(load_average_at_end=os.getloadavg(), calibration_loop_cpu_s=calibration)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     points = out["points"]
     print("calibration loop CPU s (before, after):", calibration, "load average:", os.getloadavg())
+    print("PostgreSQL commits/s, 8 connections:", out.get("postgres_commit_rates"))
     for p in points:
         print(json.dumps({k: p[k] for k in ("replicas", "achieved_rps", "failed", "latency_ms", "cpu_ms_per_request",
                                             "rss_mb", "saturated")}))
