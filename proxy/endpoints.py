@@ -99,22 +99,8 @@ async def route(request: Request) -> Response:
 
 async def models(request: Request) -> Response:
     ctx = call_context(request)
-    policy = ctx.policy
-    if ctx.principal.team is None:
-        lo, hi, pinning = 0, len(policy.tiers) - 1, True
-    else:
-        team = policy.teams[ctx.principal.team]
-        lo, hi = team.floor, team.ceiling
-        routing = team.settings.routing
-        pinning = routing.allow_pinning
-    names = ["auto"] + [policy.tiers[i].name for i in range(lo, hi + 1)]
-    if pinning:
-        for i in range(lo, hi + 1):
-            for dep in policy.tiers[i].deployments:
-                if dep.upstream_model not in names:
-                    names.append(dep.upstream_model)
-        if ctx.principal.team is not None and routing.pinnable_models is not None:
-            names = [n for n in names if n == "auto" or policy.tier_index(n) is not None or n in routing.pinnable_models]
+    # The names decide() accepts from this key, from the policy's one compiled table.
+    names = ctx.policy.allowed_models(ctx.principal.team)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "tiergate"} for name in names]
     return json_response({"object": "list", "data": data})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -32,7 +33,7 @@ from proxy.response_cache import cache_key, cacheable
 from proxy.telemetry import Tracing, finish_request
 from proxy.trimming import Trimmed, apply_plan
 from router.context import plan_context
-from router.decide import Decision, RefusalKind, RoutingRefused, decide
+from router.decide import Decision, RefusalKind, RouteRequest, RoutingRefused, decide
 from router.features import (RequestFeatures, chat_features, completion_features, embedding_features,
                              system_prompt_tokens)
 from router.policy import DeploymentSpec, Policy, Principal, TeamPolicy
@@ -117,6 +118,7 @@ class Gateway:
                  cache: KeyValueCache, tracing: Tracing, metrics: Metrics) -> None:
         self._dispatcher = dispatcher
         self._health = health
+        self._rng = random.Random()  # one per process: a new Random per request showed in the profile
         self._scorer = scorer
         self._accounting = accounting
         self._cache = cache
@@ -156,9 +158,8 @@ class Gateway:
                     span.set_attribute("tiergate.score", score)
         with self._tracing.span("tiergate.route") as span:
             try:
-                decision = decide(ctx.policy, team, features, score, model, ctx.tier_header, self._health,
-                                  affinity=affinity, sticky_tier=sticky_tier,
-                                  stickiness_margin=team.settings.context.stickiness_margin)
+                route = RouteRequest(features, model, score, ctx.tier_header, affinity, sticky_tier)
+                decision = decide(ctx.policy, team, route, self._health.snapshot(), self._rng)
             except RoutingRefused as exc:
                 raise TiergateError(_REFUSED[exc.kind], exc.message, param=exc.param) from None
             if span is not None:

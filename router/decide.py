@@ -1,28 +1,28 @@
-"""``decide()``: the pure routing decision. No HTTP, no I/O; the same inputs give the same tier.
+"""``decide()``: the pure routing decision. No HTTP, no I/O, no clock: the same request, health snapshot and
+random state give the same decision.
 
-The score picks the lowest adequate tier, capabilities and context length can only raise it, the team's floor
-and ceiling bound it, and the plan lists what to try next if the chosen deployment fails.
+The steps, in order: the output bound (``_output_limit``), what the client asked for by model name or header
+(``_requested``), the tier the score points to and whether stickiness holds the previous one (``_scored_tier``),
+the tiers that can serve the request (``_capable``), and the attempt plan over their deployments (``_plan``).
+The score picks the lowest adequate tier, capabilities and context length can only raise it, the team's floor and
+ceiling bound it, and the plan lists what to try next if the chosen deployment fails.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import random
 from dataclasses import dataclass
 from typing import Literal
 
 from metering.usage import worst_case_nanos
 from router.features import RequestFeatures
+from router.health_snapshot import HealthSnapshot
+from router.ordering import extend_plan
 from router.policy import DeploymentSpec, Policy, TeamPolicy, TierSpec
-from upstream.health import HealthBook
 
 RefusalKind = Literal["model_not_found", "pin_forbidden", "tier_forbidden", "no_capable_tier", "max_tokens_exceeded"]
 # Worst-case output when neither client nor policy bounds it; only used to size a budget reservation.
 _UNBOUNDED_OUTPUT = 4096
-_RNG = random.Random()  # one per process: seeding a new Random per request showed up in the profile
-# A deployment keeps its affinity keys while its in-flight load is within this share above the tier's mean.
-AFFINITY_LOAD_SLACK = 0.25
 
 
 class RoutingRefused(Exception):
@@ -31,6 +31,18 @@ class RoutingRefused(Exception):
         self.kind: RefusalKind = kind
         self.message = message
         self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What ``decide()`` needs to know about one request; the caller has scored it and looked up its history."""
+
+    features: RequestFeatures
+    model: str  # the body's model: "auto", a tier name or a pin name
+    score: float | None = None  # the classifier's score; None when the client chose (or nothing was scored)
+    tier_header: str | None = None  # x-tiergate-tier
+    affinity: str | None = None  # a prompt-prefix key: keeps the prefix on one deployment (warm KV cache)
+    sticky_tier: int | None = None  # the tier the conversation was last served on
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +80,13 @@ def worst_case(features: RequestFeatures, output_budget: int, plan: tuple[Deploy
     return max(worst_case_nanos(features.prompt_tokens, output, price) for price in {dep.price for dep in plan})
 
 
-def _max_tokens(team: TeamPolicy, requested: int | None) -> tuple[int | None, str | None]:
+def _output_limit(team: TeamPolicy, features: RequestFeatures) -> tuple[int | None, str | None]:
+    """The max_tokens to send upstream and why it differs from the client's (None, None: leave the body alone).
+    Embeddings produce no output: nothing to bound, and a max_tokens default must not reach their body."""
+    if not features.completions:
+        return None, None
     limits = team.settings.max_tokens
+    requested = features.max_output_tokens
     if requested is None:
         return (limits.default, "default") if limits.default is not None else (None, None)
     if limits.cap is not None and requested > limits.cap:
@@ -83,33 +100,63 @@ def _max_tokens(team: TeamPolicy, requested: int | None) -> tuple[int | None, st
     return requested, None
 
 
-def _rendezvous(key: str, dep: DeploymentSpec) -> float:
-    """Weighted highest-random-weight score: the same key prefers the same deployment, and adding or removing
-    a deployment moves only the keys that must move."""
-    digest = hashlib.blake2b(f"{key}|{dep.id}".encode(), digest_size=8).digest()
-    u = (int.from_bytes(digest, "big") + 1) / (2**64 + 2)
-    return dep.weight / -math.log(u)
+def _pinned(policy: Policy, team: TeamPolicy, model: str) -> tuple[DeploymentSpec, ...]:
+    """The team's deployments serving pin name ``model``; the refusal says which rule stands in the way."""
+    pinned = team.pins.get(model)
+    if pinned is not None:
+        return pinned
+    if not policy.by_name.get(model):
+        pinnable = sorted(team.pins)
+        raise RoutingRefused(
+            "model_not_found",
+            f"model {model!r} is not available; team {team.name!r} may use 'auto', tiers {list(team.tier_names)}"
+            + (f" or models {pinnable}" if pinnable else ""),
+            param="model",
+        )
+    routing = team.settings.routing
+    if not routing.allow_pinning or (routing.pinnable_models is not None and model not in routing.pinnable_models):
+        raise RoutingRefused(
+            "pin_forbidden",
+            f"team {team.name!r}'s policy (routing.allow_pinning / pinnable_models) does not allow pinning "
+            f"{model!r}; use model 'auto' or a tier name {list(team.tier_names)}",
+            param="model",
+        )
+    raise RoutingRefused(
+        "pin_forbidden",
+        f"model {model!r} is outside team {team.name!r}'s tiers {list(team.tier_names)} (policy: tiers.floor/ceiling)",
+        param="model",
+    )
 
 
-def _order(deployments: tuple[DeploymentSpec, ...], health: HealthBook, rng: random.Random,
-           affinity: str | None = None) -> list[DeploymentSpec]:
-    """Healthy deployments first, deployments in cooldown last (as a last resort). With an affinity key, a
-    prefix keeps going to the same deployment (its KV cache is warm) unless that one carries more than its
-    share of the load; otherwise weighted random."""
-    healthy = [d for d in deployments if health.healthy(d.id)]
-    cooling = [d for d in deployments if not health.healthy(d.id)]
-    if affinity is not None and len(healthy) > 1:
-        ordered = sorted(healthy, key=lambda d: _rendezvous(affinity, d), reverse=True)
-        load = [health.inflight.get(d.id, 0) for d in healthy]
-        bound = (1.0 + AFFINITY_LOAD_SLACK) * sum(load) / len(load) + 1
-        return [d for d in ordered if health.inflight.get(d.id, 0) <= bound] + \
-            [d for d in ordered if health.inflight.get(d.id, 0) > bound] + cooling
-    ordered = []
-    while healthy:
-        pick = rng.choices(healthy, weights=[d.weight for d in healthy])[0] if len(healthy) > 1 else healthy[0]
-        ordered.append(pick)
-        healthy.remove(pick)
-    return ordered + cooling
+def _requested(policy: Policy, team: TeamPolicy, request: RouteRequest,
+               reasons: list[str]) -> tuple[tuple[DeploymentSpec, ...] | None, int | None]:
+    """What the client chose: pinned deployments, or a tier (by model name or header), or neither (None, None)."""
+    model = request.model
+    wanted: int | None = None
+    if model != "auto":
+        wanted = policy.tier_by_name.get(model)
+        if wanted is None:
+            pinned = _pinned(policy, team, model)
+            reasons.append(f"pinned to {model!r}")
+            return pinned, None
+        reasons.append(f"tier {model!r} requested by model name")
+    header = request.tier_header
+    if header:
+        index = policy.tier_by_name.get(header)
+        if index is None or not team.settings.routing.allow_tier_header:
+            raise RoutingRefused(
+                "tier_forbidden",
+                f"x-tiergate-tier {header!r} is not allowed for team {team.name!r} (tiers {list(team.tier_names)})",
+            )
+        wanted = index
+        reasons.append(f"tier {header!r} requested by header")
+    if wanted is not None and not team.floor <= wanted <= team.ceiling:
+        raise RoutingRefused(
+            "tier_forbidden",
+            f"tier {policy.tiers[wanted].name!r} is outside team {team.name!r}'s tiers {list(team.tier_names)} "
+            "(policy: tiers.floor/ceiling)",
+        )
+    return None, wanted
 
 
 def _score_tier(team: TeamPolicy, score: float) -> int:
@@ -130,125 +177,92 @@ def _stays(team: TeamPolicy, score: float, chosen: int, sticky: int, margin: flo
     return threshold is None or score >= threshold - margin
 
 
-def decide(
-    policy: Policy,
-    team: TeamPolicy,
-    features: RequestFeatures,
-    score: float | None,
-    requested_model: str,
-    tier_header: str | None,
-    health: HealthBook,
-    rng: random.Random | None = None,
-    affinity: str | None = None,
-    sticky_tier: int | None = None,
-    stickiness_margin: float = 0.0,
-) -> Decision:
-    """Choose tier and deployment plan for one request; raises ``RoutingRefused``."""
-    rng = rng or _RNG
-    tiers = policy.tiers
-    routing = team.settings.routing
-    reasons: list[str] = []
-    # Embeddings produce no output: nothing to bound, and a max_tokens default must not reach their body.
-    max_tokens, note = _max_tokens(team, features.max_output_tokens) if features.completions else (None, None)
-    output_budget = max_tokens if max_tokens is not None else _UNBOUNDED_OUTPUT
-    allowed = range(team.floor, team.ceiling + 1)
-    allowed_names = [tiers[i].name for i in allowed]
+def _scored_tier(policy: Policy, team: TeamPolicy, request: RouteRequest, reasons: list[str]) -> tuple[int, bool]:
+    """The tier the score points to (it may lie above the ceiling: the caller clamps), or the conversation's tier
+    if stickiness holds it there; and whether it did."""
+    score = request.score
+    chosen = max(team.floor, _score_tier(team, score if score is not None else 0.0))
+    if score is None:
+        reasons.append("no score")
+        return chosen, False
+    reasons.append(f"score {score:.3f} -> tier {policy.tiers[chosen].name!r}")
+    sticky = request.sticky_tier
+    if (sticky is not None and sticky != chosen and team.floor <= sticky <= team.ceiling
+            and _stays(team, score, chosen, sticky, team.settings.context.stickiness_margin)):
+        reasons.append(f"kept on tier {policy.tiers[sticky].name!r}: its prompt cache is warm")
+        return sticky, True
+    return chosen, False
 
-    pinned: tuple[DeploymentSpec, ...] | None = None
-    wanted_tier: int | None = None
-    sticky_held = False
-    if requested_model != "auto" and policy.tier_index(requested_model) is not None:
-        wanted_tier = policy.tier_index(requested_model)
-        reasons.append(f"tier {requested_model!r} requested by model name")
-    elif requested_model != "auto":
-        candidates = policy.by_name.get(requested_model)
-        if not candidates:
-            names = sorted({d.upstream_model for i in allowed for d in tiers[i].deployments} | set(allowed_names))
-            raise RoutingRefused(
-                "model_not_found",
-                f"model {requested_model!r} is not available; team {team.name!r} may use 'auto', "
-                f"tiers {allowed_names} or models {names}",
-                param="model",
-            )
-        if not routing.allow_pinning or (
-            routing.pinnable_models is not None and requested_model not in routing.pinnable_models
-        ):
-            raise RoutingRefused(
-                "pin_forbidden",
-                f"team {team.name!r}'s policy (routing.allow_pinning / pinnable_models) does not allow pinning "
-                f"{requested_model!r}; use model 'auto' or a tier name {allowed_names}",
-                param="model",
-            )
-        pinned = tuple(d for d in candidates if d.tier_index in allowed)
-        if not pinned:
-            raise RoutingRefused(
-                "pin_forbidden",
-                f"model {requested_model!r} is outside team {team.name!r}'s tiers {allowed_names} (policy: tiers.floor/ceiling)",
-                param="model",
-            )
-        reasons.append(f"pinned to {requested_model!r}")
-    if pinned is None and tier_header:
-        index = policy.tier_index(tier_header)
-        if index is None or not routing.allow_tier_header:
-            raise RoutingRefused(
-                "tier_forbidden",
-                f"x-tiergate-tier {tier_header!r} is not allowed for team {team.name!r} (tiers {allowed_names})",
-            )
-        wanted_tier = index
-        reasons.append(f"tier {tier_header!r} requested by header")
-    if wanted_tier is not None and wanted_tier not in allowed:
+
+def _capable(policy: Policy, team: TeamPolicy, start: int, features: RequestFeatures, output_budget: int,
+             reasons: list[str]) -> list[TierSpec]:
+    """The tiers from ``start`` up to the ceiling that can serve the request, cheapest first."""
+    capable = []
+    for tier in policy.tiers[start:team.ceiling + 1]:
+        why_not = _fits(tier, features, output_budget)
+        if why_not is None:
+            capable.append(tier)
+        elif not capable:
+            reasons.append(f"skipped {tier.name!r}: {why_not}")
+    if not capable:
         raise RoutingRefused(
-            "tier_forbidden",
-            f"tier {tiers[wanted_tier].name!r} is outside team {team.name!r}'s tiers {allowed_names} "
-            "(policy: tiers.floor/ceiling)",
+            "no_capable_tier",
+            f"no tier within team {team.name!r}'s policy ({list(team.tier_names)}) can serve this request: "
+            + "; ".join(reasons[-len(team.tier_names):]),
         )
+    return capable
 
+
+def _plan(policy: Policy, team: TeamPolicy, capable: list[TierSpec], request: RouteRequest, output_budget: int,
+          health: HealthSnapshot, rng: random.Random) -> list[DeploymentSpec]:
+    """Attempt order: the chosen tier's deployments, then richer capable tiers', then (if the team allows a
+    downgrade on failure) cheaper tiers that fit. It stops at max_attempts: the dispatcher tries no more, so the
+    reservation must not cover more either."""
+    limit = policy.config.server.max_attempts
+    plan: list[DeploymentSpec] = []
+    for tier in capable:
+        extend_plan(plan, tier.deployments, health, rng, request.affinity)
+        if len(plan) >= limit:
+            return plan
+    if team.settings.routing.allow_downgrade_on_failure:
+        for tier in reversed(policy.tiers[team.floor:capable[0].index]):
+            if _fits(tier, request.features, output_budget) is None:
+                extend_plan(plan, tier.deployments, health, rng, request.affinity)
+                if len(plan) >= limit:
+                    break
+    return plan
+
+
+def decide(policy: Policy, team: TeamPolicy, request: RouteRequest, health: HealthSnapshot,
+           rng: random.Random) -> Decision:
+    """Choose tier and deployment plan for one request; raises ``RoutingRefused``."""
+    features = request.features
+    max_tokens, note = _output_limit(team, features)
+    output_budget = max_tokens if max_tokens is not None else _UNBOUNDED_OUTPUT
+    reasons: list[str] = []
+    pinned, wanted = _requested(policy, team, request, reasons)
+    sticky_held = False
     if pinned is not None:
-        tier = tiers[pinned[0].tier_index]
-        plan = _order(pinned, health, rng, affinity)
+        tier = policy.tiers[pinned[0].tier_index]
+        plan: list[DeploymentSpec] = []
+        extend_plan(plan, pinned, health, rng, request.affinity)
     else:
-        if wanted_tier is None:
-            wanted_tier = max(team.floor, _score_tier(team, score if score is not None else 0.0))
-            reasons.append(f"score {score:.3f} -> tier {tiers[wanted_tier].name!r}" if score is not None else "no score")
-            if (score is not None and sticky_tier is not None and sticky_tier != wanted_tier
-                    and sticky_tier in allowed and _stays(team, score, wanted_tier, sticky_tier, stickiness_margin)):
-                wanted_tier = sticky_tier
-                sticky_held = True
-                reasons.append(f"kept on tier {tiers[sticky_tier].name!r}: its prompt cache is warm")
-        start = min(max(wanted_tier, team.floor), team.ceiling)
-        capable = []
-        for index in range(start, team.ceiling + 1):
-            why_not = _fits(tiers[index], features, output_budget)
-            if why_not is None:
-                capable.append(tiers[index])
-            elif not capable:
-                reasons.append(f"skipped {tiers[index].name!r}: {why_not}")
-        if not capable:
-            raise RoutingRefused(
-                "no_capable_tier",
-                f"no tier within team {team.name!r}'s policy ({allowed_names}) can serve this request: "
-                + "; ".join(reasons[-len(allowed_names):]),
-            )
+        if wanted is None:
+            wanted, sticky_held = _scored_tier(policy, team, request, reasons)
+        capable = _capable(policy, team, min(wanted, team.ceiling), features, output_budget, reasons)
         tier = capable[0]
-        plan = _order(tier.deployments, health, rng, affinity)
-        for fallback in capable[1:]:
-            plan += _order(fallback.deployments, health, rng, affinity)
-        if routing.allow_downgrade_on_failure:
-            for index in range(tier.index - 1, team.floor - 1, -1):
-                if _fits(tiers[index], features, output_budget) is None:
-                    plan += _order(tiers[index].deployments, health, rng, affinity)
-    # The dispatcher tries no more than max_attempts deployments: the plan (and so the reservation) stops there.
-    plan = plan[: policy.config.server.max_attempts]
-    first = plan[0]
-    reasons.append(f"deployment {first.id!r}")
+        plan = _plan(policy, team, capable, request, output_budget, health, rng)
+    del plan[policy.config.server.max_attempts:]
+    reasons.append(f"deployment {plan[0].id!r}")
+    attempts = tuple(plan)
     return Decision(
         tier=tier,
-        plan=tuple(plan),
+        plan=attempts,
         reasons=tuple(reasons),
-        score=score,
+        score=request.score,
         max_tokens=max_tokens,
         max_tokens_note=note,
-        reserve_nanos=worst_case(features, output_budget, tuple(plan)),
-        counterfactual_tier=tiers[team.ceiling],
+        reserve_nanos=worst_case(features, output_budget, attempts),
+        counterfactual_tier=policy.tiers[team.ceiling],
         sticky_held=sticky_held,
     )

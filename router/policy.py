@@ -83,6 +83,9 @@ class TeamPolicy:
     floor: int
     ceiling: int
     thresholds: tuple[float | None, ...]  # per tier index; None = no threshold set
+    tier_names: tuple[str, ...]  # the tiers from floor to ceiling
+    pins: dict[str, tuple[DeploymentSpec, ...]]  # pin names the team may use -> its deployments serving them
+    models: tuple[str, ...]  # every model name the team may send: "auto", its tiers, its pins (``/v1/models``)
 
 
 @dataclass(frozen=True)
@@ -92,16 +95,20 @@ class Policy:
     teams: dict[str, TeamPolicy]
     keys: dict[str, Principal]  # sha256 hex -> principal
     by_name: dict[str, tuple[DeploymentSpec, ...]]  # pin names -> deployments serving them
+    tier_by_name: dict[str, int]
+    every_model: tuple[str, ...]  # "auto", every tier, every pin name: what an admin key is shown
     warnings: tuple[str, ...]
     sha256: str = ""
     source: str = ""
     loaded_at: float = 0.0
 
     def tier_index(self, name: str) -> int | None:
-        for tier in self.tiers:
-            if tier.name == name:
-                return tier.index
-        return None
+        return self.tier_by_name.get(name)
+
+    def allowed_models(self, team: str | None) -> tuple[str, ...]:
+        """The model names ``decide()`` accepts from ``team`` (``None``: an admin key, which routes nothing but
+        may see everything). ``/v1/models`` lists exactly these."""
+        return self.every_model if team is None else self.teams[team].models
 
 
 def _read_secret(env: str | None, file: str | None) -> str | None:
@@ -217,6 +224,40 @@ def _principal(key: ApiKey, team: str | None, warnings: list[str]) -> tuple[str,
     return digest, Principal(key_id=key.id, team=team, admin=team is None, tags=dict(key.tags), expires_at=expires)
 
 
+def _pin_names(dep: DeploymentSpec, alias: str | None) -> tuple[str, ...]:
+    """Every name that pins ``dep``, the upstream's own name first (what ``/v1/models`` has always shown)."""
+    names = (dep.upstream_model, alias, dep.model, dep.id)
+    return tuple(n for i, n in enumerate(names) if n is not None and n not in names[:i])
+
+
+def _team_policy(name: str, team: Team, tiers: tuple[TierSpec, ...], order: dict[str, int],
+                 pins: dict[str, tuple[DeploymentSpec, ...]]) -> TeamPolicy:
+    """A team's bounds and the names it may route by, compiled once so ``decide()`` and ``/v1/models`` read the
+    same table: pins only if pinning is allowed (and the name is pinnable), narrowed to the team's tiers."""
+    floor = order[team.tiers.floor] if team.tiers.floor else 0
+    ceiling = order[team.tiers.ceiling] if team.tiers.ceiling else len(tiers) - 1
+    routing = team.routing
+    allowed: dict[str, tuple[DeploymentSpec, ...]] = {}
+    if routing.allow_pinning:
+        for pin, deployments in pins.items():
+            if routing.pinnable_models is not None and pin not in routing.pinnable_models:
+                continue
+            within = tuple(d for d in deployments if floor <= d.tier_index <= ceiling)
+            if within:
+                allowed[pin] = within
+    tier_names = tuple(t.name for t in tiers[floor:ceiling + 1])
+    return TeamPolicy(
+        name=name,
+        settings=team,
+        floor=floor,
+        ceiling=ceiling,
+        thresholds=tuple(routing.thresholds.get(t.name) for t in tiers),
+        tier_names=tier_names,
+        pins=allowed,
+        models=("auto", *tier_names, *allowed),
+    )
+
+
 def _check_references(config: Config) -> None:
     """Cross-field rules pydantic cannot place on one field; each error points at the offending entry."""
     names = [tier.name for tier in config.tiers]
@@ -268,7 +309,7 @@ def compile_policy(config: Config) -> Policy:
                 raise PolicyError(loc + ("id",), f"deployment id {dep.id!r} is used twice")
             seen_ids.add(dep.id)
             deployments.append(dep)
-            for name in {dep.id, dep.model, dep.upstream_model, alias} - {None}:
+            for name in _pin_names(dep, alias):
                 by_name.setdefault(name, []).append(dep)
         caps = frozenset.intersection(*(d.capabilities for d in deployments))
         tiers.append(
@@ -281,6 +322,8 @@ def compile_policy(config: Config) -> Policy:
             )
         )
     order = {t.name: t.index for t in tiers}
+    # A tier's name (and "auto") always means the tier (the router): never a pin.
+    pins = {k: tuple(v) for k, v in by_name.items() if k not in order and k != "auto"}
     teams: dict[str, TeamPolicy] = {}
     keys: dict[str, Principal] = {}
     for key in config.admin_keys:
@@ -288,13 +331,7 @@ def compile_policy(config: Config) -> Policy:
         if entry:
             keys[entry[0]] = entry[1]
     for name, team in config.teams.items():
-        teams[name] = TeamPolicy(
-            name=name,
-            settings=team,
-            floor=order[team.tiers.floor] if team.tiers.floor else 0,
-            ceiling=order[team.tiers.ceiling] if team.tiers.ceiling else len(tiers) - 1,
-            thresholds=tuple(team.routing.thresholds.get(t.name) for t in tiers),
-        )
+        teams[name] = _team_policy(name, team, tuple(tiers), order, pins)
         for k_index, key in enumerate(team.keys):
             entry = _principal(key, name, warnings)
             if entry is None:
@@ -308,5 +345,7 @@ def compile_policy(config: Config) -> Policy:
         teams=teams,
         keys=keys,
         by_name={k: tuple(v) for k, v in by_name.items()},
+        tier_by_name=order,
+        every_model=("auto", *order, *pins),
         warnings=tuple(warnings),
     )

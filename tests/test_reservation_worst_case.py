@@ -21,8 +21,9 @@ from metering.record import UsageRecord
 from proxy.accounting import Accounting, Outcome
 from proxy.gateway import CallContext, Gateway
 from router.config_loader import parse_policy
-from router.decide import Decision, RoutingRefused, decide
+from router.decide import Decision, RouteRequest, RoutingRefused, decide
 from router.features import RequestFeatures, chat_features, completion_features, embedding_features
+from router.health_snapshot import HealthSnapshot
 from router.policy import Policy
 from upstream.dispatch import AllAttemptsFailed, Dispatcher
 from upstream.health import HealthBook
@@ -77,7 +78,7 @@ def settled(policy: Policy, endpoint: str, body: dict[str, Any], score: float | 
     """(decision, features, the ledger's record, the provider's usage), or None if every attempt failed."""
     team = policy.teams["t"]
     features = features_of(endpoint, body)
-    decision = decide(policy, team, features, score, body["model"], None, HealthBook(), random.Random(0))
+    decision = decide(policy, team, RouteRequest(features, body["model"], score), HealthSnapshot(), random.Random(0))
     served = asyncio.run(serve(policy, endpoint, body, decision))
     if served is None:
         return None
@@ -225,7 +226,8 @@ def test_the_plan_stops_at_max_attempts() -> None:
     """A deployment the dispatcher will never try does not inflate the reservation."""
     policy = parse_policy(policy_text([[False], [False], [False]], 1, None, None, False))
     features = chat_features({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10})
-    decision = decide(policy, policy.teams["t"], features, None, "small", None, HealthBook())
+    decision = decide(policy, policy.teams["t"], RouteRequest(features, "small"), HealthSnapshot(),
+                      random.Random(0))
     assert [d.id for d in decision.plan] == ["small-0"]
     assert decision.reserve_nanos == worst_case_nanos(features.prompt_tokens, 10, decision.plan[0].price)
 
@@ -234,7 +236,8 @@ def test_embeddings_reserve_their_inputs_and_no_output() -> None:
     policy = parse_policy(policy_text([[False], [False], [False]], 1, 100, None, False))
     features = embedding_features({"input": ["one two three", [1, 2, 3, 4], "five"]})
     assert features.prompt_tokens == 3 + 4 + 1 and features.completions == 0
-    decision = decide(policy, policy.teams["t"], features, None, "small", None, HealthBook())
+    decision = decide(policy, policy.teams["t"], RouteRequest(features, "small"), HealthSnapshot(),
+                      random.Random(0))
     assert decision.max_tokens is None  # the team's max_tokens default must not reach an embeddings body
     assert decision.reserve_nanos == worst_case_nanos(features.prompt_tokens, 0, decision.plan[0].price)
 
