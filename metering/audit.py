@@ -9,9 +9,12 @@ and the exact number of tokens above it, which a ``percentile_cont`` would not.
 The policy knows what the ledger does not (tier order, thresholds, caps); the caller passes it in as ``TeamRules``
 so this module stays free of policy parsing. Money is Decimal nano-dollars until one half-even rounding per figure.
 
-What counts: requests that reached a provider and were billed (``status < 400``, not answered by the response
-cache). Lever (d) assumes a cap at P95 truncates the longer answers there; it is an upper bound (a truncated
-answer may be asked for again).
+What counts: requests that reached a provider and were billed, as the spend report counts them: completed ones
+(``status < 400``) and those cut short after tokens flowed (a client that disconnected, 499, or a broken stream:
+``cost_nanos > 0``); not the response cache's answers. So lever (a) plus the response cache's savings is the spend
+report's ``savings_usd`` for the same records. Output lengths (the P50/P95 table, lever (d)) come from completed
+requests only: a cut-short answer's length says nothing about what the model needs. Lever (d) assumes a cap at
+P95 truncates the longer answers there; it is an upper bound (a truncated answer may be asked for again).
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ from metering.ledger.sqlite import SqliteLedger
 from metering.money import NANOS_PER_USD, format_usd
 from metering.prices import Price, lookup
 
+COUNTED = ("billed requests, client-aborted (499) and cut streams included, as in the spend report; output "
+           "lengths (P50/P95, lever d) from completed requests only")
 SYSTEM_PROMPT_FLAG_TOKENS = 500  # a static prompt above this is resent (and paid for) on every call
 OUTPUT_PERCENTILE = 95
 MONTH = timedelta(days=30)
 LEVERS = ("routing", "prefix_caching", "rolling_summaries", "max_tokens_p95")
-_BILLED = "status < 400 AND deployment <> 'response-cache'"
+_CHARGED = "deployment <> 'response-cache' AND (status < 400 OR cost_nanos > 0)"
+_COMPLETED = "deployment <> 'response-cache' AND status < 400"
+_CACHE_HITS = "deployment = 'response-cache'"
 
 PriceOf = Callable[[str], Price | None]
 
@@ -130,6 +137,7 @@ class AuditReport:
     frontier: list[FrontierOnSimple]
     levers: dict[str, Lever]
     summarization_cost_nanos: int  # what the summaries themselves cost: lever (c) is gross of it
+    response_cache_savings_nanos: int  # the report's savings_usd is lever (a) plus this
     unpriced_models: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +150,9 @@ class AuditReport:
             "frontier_on_simple": [r.to_dict() for r in self.frontier],
             "levers": {name: lever.to_dict() for name, lever in self.levers.items()},
             "summarization_cost_usd": format_usd(self.summarization_cost_nanos),
+            "response_cache_savings_usd": format_usd(self.response_cache_savings_nanos),
+            "report_savings_usd": format_usd(self.levers["routing"].window_nanos + self.response_cache_savings_nanos),
+            "counted": COUNTED,
             "unpriced_models": self.unpriced_models,
         }
 
@@ -192,9 +203,10 @@ class _Reader:
         sqlite = isinstance(ledger, SqliteLedger)
         self._window = [start.isoformat(), end.isoformat()] if sqlite else [start, end]
 
-    async def fetch(self, select: str, where: str, group_by: str, params: Iterable[Any] = ()) -> list[tuple]:
-        sql = (f"SELECT {select} FROM records WHERE started_at >= ? AND started_at < ? AND {_BILLED}"
-               f"{' AND ' + where if where else ''} GROUP BY {group_by}")
+    async def fetch(self, select: str, where: str, group_by: str, params: Iterable[Any] = (),
+                    records: str = _CHARGED) -> list[tuple]:
+        sql = (f"SELECT {select} FROM records WHERE started_at >= ? AND started_at < ? AND {records}"
+               f"{' AND ' + where if where else ''}{' GROUP BY ' + group_by if group_by else ''}")
         return await self._ledger._fetch(sql.replace("?", self._ledger.placeholder), [*self._window, *params])
 
 
@@ -214,7 +226,7 @@ async def _system_prompts(reader: _Reader) -> list[SystemPrompt]:
 
 async def _outputs(reader: _Reader, rules: Mapping[str, TeamRules]) -> list[OutputLengths]:
     rows = await reader.fetch("team, model, completion_tokens, COUNT(*)", "purpose = 'chat'",
-                              "team, model, completion_tokens")
+                              "team, model, completion_tokens", records=_COMPLETED)
     histograms: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
     for team, model, tokens, count in rows:
         histograms[(team, model)][int(tokens or 0)] = int(count)
@@ -294,8 +306,10 @@ async def audit(ledger: Ledger, start: datetime, end: datetime, rules: Mapping[s
                     {t: (_nanos(v), monthly(v, span)) for t, v in per_team.items()})
         for name, per_team in window.items()
     }
+    cache_hits = await reader.fetch("SUM(counterfactual_cost_nanos), SUM(cost_nanos)", "", "", records=_CACHE_HITS)
+    cache_savings = int(cache_hits[0][0] or 0) - int(cache_hits[0][1] or 0)
     return AuditReport(start, end, await _system_prompts(reader), outputs, await _frontier(reader, rules), levers,
-                       summarization, sorted(unpriced))
+                       summarization, cache_savings, sorted(unpriced))
 
 
 # ---- text form ----------------------------------------------------------------------------------------------------
@@ -308,12 +322,14 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
 
 def render_text(report: AuditReport) -> str:
     days = (report.end - report.start) / timedelta(days=1)
-    lines = [f"tiergate audit: {report.start.isoformat()} .. {report.end.isoformat()} ({days:g} days)", ""]
+    lines = [f"tiergate audit: {report.start.isoformat()} .. {report.end.isoformat()} ({days:g} days)",
+             f"Counts {COUNTED}.", ""]
     lines.append(f"System prompt tokens per chat request (flag: average over {SYSTEM_PROMPT_FLAG_TOKENS})")
     lines += _table(("team", "key", "requests", "avg", "max", "flag"), [
         (r.team, r.key_id or "(all keys)", r.requests, f"{r.average:.1f}", r.max_tokens,
          "OVER" if r.flagged else "") for r in report.system_prompts])
-    lines += ["", f"Output tokens per chat request (P{OUTPUT_PERCENTILE}: nearest rank)"]
+    lines += ["", f"Output tokens per completed chat request (P{OUTPUT_PERCENTILE}: nearest rank; client-aborted "
+                  "and failed answers left out, their lengths were cut short)"]
     lines += _table(("team", "model", "requests", "p50", "p95", "max", "cap", "tokens>p95"), [
         (r.team, r.model, r.requests, r.p50, r.p95, r.max, r.cap, r.tokens_above_p95) for r in report.outputs])
     lines += ["", "Frontier-tier calls among requests scored simple (below the team's lowest threshold)"]
@@ -330,6 +346,9 @@ def render_text(report: AuditReport) -> str:
         for name, lever in report.levers.items()])
     lines.append(f"  summaries cost {format_usd(report.summarization_cost_nanos)} in the window (net of (c): "
                  f"{format_usd(report.levers['rolling_summaries'].window_nanos - report.summarization_cost_nanos)})")
+    lines.append(f"  (a) + response-cache hits ({format_usd(report.response_cache_savings_nanos)}) = "
+                 f"{format_usd(report.levers['routing'].window_nanos + report.response_cache_savings_nanos)}, the "
+                 "spend report's savings_usd for the same records")
     if report.unpriced_models:
         lines.append(f"  not priced (left out of (b)-(d)): {', '.join(report.unpriced_models)}")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,9 @@
-"""``tiergate bill``: a team's bill for a month straight from the ledger, offline (the proxy need not run)."""
+"""``tiergate bill``: a team's bill for a month straight from the ledger, offline (the proxy need not run).
+
+A team that neither the policy (with ``--config``) nor the ledger knows is an error naming the known ones (exit 2),
+not a $0 bill: a typo must not read as "nothing spent". The month is ``[first day, first day of the next month)``,
+the same inclusive-start, exclusive-end convention as the spend API.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,11 @@ import argparse
 import asyncio
 import sys
 from datetime import date
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import orjson
 
-from metering.ledger import open_ledger
+from metering.ledger import Report, open_ledger
 from metering.ledger.base import month_bounds
 
 
@@ -21,25 +26,32 @@ def _period(text: str) -> tuple[date, date]:
         raise argparse.ArgumentTypeError(f"period must be YYYY-MM, got {text!r}") from None
 
 
-async def _bill(url: str, schema: str, team: str, period: tuple[date, date], group_by: list[str]) -> Any:
+async def _bill(url: str, schema: str, team: str, period: tuple[date, date], group_by: list[str],
+                policy_teams: Sequence[str]) -> Report:
     # No spool: a read-only process must neither create segments nor replay a running proxy's.
     ledger = open_ledger(url, spool_dir=None, schema=schema)
     await ledger.start()
     try:
+        if team not in policy_teams:
+            known = sorted(set(policy_teams) | set(await ledger.teams()))
+            if team not in known:
+                raise ValueError(f"unknown team {team!r}; known teams: {', '.join(known) or '(none)'}")
         return await ledger.report(period[0], period[1], team=team, group_by=group_by)
     finally:
         await ledger.close()
 
 
-def bill(args: argparse.Namespace, ledger_from_config: Callable[[str], tuple[str, str]]) -> int:
+def bill(args: argparse.Namespace) -> int:
     try:
-        url, schema = (args.ledger, args.schema) if args.ledger else ledger_from_config(args.config)
-    except ValueError as exc:
-        print(f"tiergate bill: {exc}", file=sys.stderr)
-        return 2
-    try:
-        report = asyncio.run(_bill(url, schema, args.team, args.period, args.group_by.split(",")))
-    except ValueError as exc:
+        if args.ledger:
+            url, schema, policy_teams = args.ledger, args.schema, ()
+        else:
+            from metering.finops.policy_view import load_view
+
+            view = load_view(args.config)
+            url, schema, policy_teams = view.ledger_url, view.ledger_schema, view.teams
+        report = asyncio.run(_bill(url, schema, args.team, args.period, args.group_by.split(","), policy_teams))
+    except ValueError as exc:  # an invalid config, an unknown team, a bad --group-by
         print(f"tiergate bill: {exc}", file=sys.stderr)
         return 2
     if args.format == "csv":
@@ -49,22 +61,22 @@ def bill(args: argparse.Namespace, ledger_from_config: Callable[[str], tuple[str
     return 0
 
 
-def add_commands(subparsers: Any, ledger_from_config: Callable[[str], tuple[str, str]]) -> None:
-    """Register ``bill`` and the FinOps commands (``forecast``, ``anomalies``, ``reconcile``, which need teams and
-    budgets too, so they read the policy through ``metering.finops.policy_view``); ``ledger_from_config`` resolves
-    ``--config`` to the validated policy's ledger URL and PostgreSQL schema (the proxy's config loader: metering
-    does not parse policy files itself)."""
+def add_commands(subparsers: Any) -> None:
+    """Register ``bill`` and the FinOps commands (``forecast``, ``anomalies``, ``reconcile``). Commands that read a
+    policy file (teams, budgets, the ledger's location) go through ``metering.finops.policy_view``: metering does
+    not parse policy files itself."""
     p = subparsers.add_parser("bill", help="a team's bill for one month, from the ledger")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="tiergate YAML config (its metering.ledger URL)")
+    source.add_argument("--config", help="tiergate YAML config (its metering.ledger URL and teams)")
     source.add_argument("--ledger", help="ledger URL: sqlite:///PATH or postgresql://...")
     p.add_argument("--schema", default="public", help="PostgreSQL schema, with --ledger (default public)")
-    p.add_argument("--team", required=True)
+    p.add_argument("--team", required=True, help="a team of the policy or the ledger (exit 2 naming them if not)")
     p.add_argument("--period", required=True, type=_period, help="month, YYYY-MM (UTC)")
     p.add_argument("--format", choices=("json", "csv"), default="json")
     p.add_argument("--group-by", default="model,tier",
-                   help="comma list of team,model,tier,day,key,purpose,tag (default model,tier)")
-    p.set_defaults(func=lambda args: bill(args, ledger_from_config))
+                   help="comma list of team,model,tier,day,key,purpose,tag, any combination (default model,tier); "
+                        "tag rows include each tag key's untagged records (tag_value null, empty in CSV)")
+    p.set_defaults(func=bill)
 
     from metering.finops.cli import add_commands as finops_commands
 

@@ -93,17 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulator_commands(sub)
     classifier_commands(sub)
-    metering_commands(sub, _ledger_location)
+    metering_commands(sub)
     audit_commands(sub)
     return parser
-
-
-def _ledger_location(path: str) -> tuple[str, str]:
-    try:
-        metering = load_policy(path).config.metering
-        return metering.ledger, metering.ledger_schema
-    except ConfigError as exc:
-        raise ValueError(f"{path}: invalid config\n{exc}") from None
 
 
 # Top-level modules only the `train` extra installs (requirements-train.lock); `serve` never imports them.

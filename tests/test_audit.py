@@ -53,8 +53,14 @@ def _records() -> list[UsageRecord]:
         # a summary: counts for routing savings and its own cost, never as a chat request
         rec(team="a", key_id="a1", purpose="summarization", completion_tokens=300, cost_nanos=1234,
             counterfactual_cost_nanos=5000, system_tokens=90),
-        # never counted: failed, answered by the response cache, before the window, at its (exclusive) end
-        rec(**{**a2, "status": 502}, system_tokens=9999, completion_tokens=5000, score=0.1),
+        # the client went away mid-answer (499): billed, so its prompt and savings count as in the spend report;
+        # its cut-short length is left out of the output percentiles
+        rec(**a1, status=499, system_tokens=500, completion_tokens=7000, cost_nanos=5_000,
+            counterfactual_cost_nanos=20_000, score=None),
+        # never counted: failed before any token (not billed), answered by the response cache, before the window,
+        # at its (exclusive) end
+        rec(**{**a2, "status": 502, "cost_nanos": 0, "counterfactual_cost_nanos": 0}, system_tokens=9999,
+            completion_tokens=5000, score=0.1),
         rec(**a1, deployment="response-cache", system_tokens=9999, completion_tokens=4000, cached_tokens=1000,
             context_saved_tokens=500),
         rec(**a1, started_at=START - timedelta(microseconds=1), system_tokens=9999, completion_tokens=9999,
@@ -73,7 +79,7 @@ def _records() -> list[UsageRecord]:
 def check(report: AuditReport) -> None:
     prompts = {(r.team, r.key_id): (r.requests, r.total_tokens, r.max_tokens, r.flagged) for r in report.system_prompts}
     assert prompts == {
-        ("a", None): (6, 3200, 800, True), ("a", "a1"): (4, 2000, 700, False), ("a", "a2"): (2, 1200, 800, True),
+        ("a", None): (7, 3700, 800, True), ("a", "a1"): (5, 2500, 700, False), ("a", "a2"): (2, 1200, 800, True),
         ("b", None): (22, 0, 0, False), ("b", "b1"): (22, 0, 0, False),
     }
     outputs = {(r.team, r.model): (r.requests, r.p50, r.p95, r.max, r.cap, r.tokens_above_p95) for r in report.outputs}
@@ -87,7 +93,7 @@ def check(report: AuditReport) -> None:
     assert report.frontier[0].share == 0.5
 
     window = {name: (lever.window_nanos, lever.monthly_nanos) for name, lever in report.levers.items()}
-    routing = 4 * (450_000 - 27_000) + (5000 - 1234) + 21 * (450_000 - 27_000)
+    routing = 4 * (450_000 - 27_000) + (20_000 - 5_000) + (5000 - 1234) + 21 * (450_000 - 27_000)
     assert window == {
         "routing": (routing, 10 * routing),
         "prefix_caching": (2048 * 1250 + 2000 * 75, 10 * (2048 * 1250 + 2000 * 75)),
@@ -96,11 +102,14 @@ def check(report: AuditReport) -> None:
     }
     assert report.levers["prefix_caching"].teams == {"a": (2_560_000, 25_600_000), "b": (150_000, 1_500_000)}
     assert report.summarization_cost_nanos == 1234
+    assert report.response_cache_savings_nanos == 450_000 - 27_000
     assert report.unpriced_models == ["my-llama"]
     as_json = json.loads(json.dumps(report.to_dict()))
     assert as_json["levers"]["rolling_summaries"]["monthly_usd"] == "0.075000000"
+    assert as_json["report_savings_usd"] == f"0.{routing + 423_000:09d}"
     text = render_text(report)
     assert text.count("OVER") == 2 and "0.075000000" in text and "50.0%" in text
+    assert "client-aborted (499)" in text and "the spend report's savings_usd" in text
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -120,7 +129,11 @@ def test_audit_numbers(ledger_url: tuple[str, str]) -> None:
         try:
             for record in _records():
                 await ledger.write(record)
-            return await audit(ledger, START, END, RULES)
+            result = await audit(ledger, START, END, RULES)
+            # the audit's savings agree with the spend report over the same (whole) days
+            spend = await ledger.report(START.date(), END.date(), group_by=())
+            assert result.to_dict()["report_savings_usd"] == spend.totals.to_dict()["savings_usd"]
+            return result
         finally:
             await ledger.close()
 
