@@ -48,9 +48,9 @@ class RedisCache:
     """Shared across replicas. A Redis outage degrades to a miss, never to a failed request."""
 
     def __init__(self, url: str, prefix: str = "tg:kv:") -> None:
-        import redis.asyncio as redis
+        from metering.redis_client import open_redis  # redis-py is imported only when Redis is configured
 
-        self._client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._client = open_redis(url)
         self._prefix = prefix
 
     async def get(self, key: str) -> bytes | None:

@@ -211,7 +211,9 @@ class ServerSettings(_Model):
 
 class MeteringSettings(_Model):
     ledger: str = Field(default="sqlite:///var/tiergate-ledger.db", pattern=r"^(sqlite:///|postgres(ql)?://)")
-    redis: str | None = Field(default=None, pattern=r"^rediss?://")
+    redis: str | None = Field(default=None, pattern=r"^(rediss?://|unix://|redis\+sentinel://[^/?#]+/[^/?#]+)",
+                              description="redis://, rediss://, unix:// or redis+sentinel://host:port,.../service[/db] "
+                                          "(metering.redis_client)")
     budget_lease_share: float = Field(default=0.02, ge=0, le=0.5, description=(
         "with Redis: each worker reserves this share of a cap at a time and serves requests from it locally "
         "(0: one Redis round trip per request)"))

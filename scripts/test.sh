@@ -27,6 +27,10 @@ if ! answers 5432; then
   wait_for 5432 PostgreSQL
 fi
 
+# tests/fleet: Sentinel failover (Debian's redis-sentinel) and packet loss inside network namespaces (nft).
+need_pkg redis-sentinel redis-sentinel
+need_pkg nft nftables
+
 # The dashboard test drives Debian's headless Chromium (Playwright's own browser downloads are not used).
 need_pkg chromium chromium || echo "could not install chromium: tests/test_dashboard.py will fail under CI" >&2
 

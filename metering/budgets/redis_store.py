@@ -35,12 +35,11 @@ import logging
 from typing import Any, Callable, Sequence
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from metering.budgets.base import (BudgetExceeded, BudgetStore, BudgetStoreUnavailable, Cap, CapState, Hold, Seeder,
                                    Spend, as_spend, wall_ms)
+from metering.redis_client import open_redis
 
 log = logging.getLogger(__name__)
 
@@ -229,16 +228,10 @@ class RedisBudgetStore(BudgetStore):
     @classmethod
     def from_url(cls, url: str, prefix: str = "tg", seeder: Seeder | None = None, timeout_s: float = 0.5,
                  health_check_interval_s: int = 30) -> "RedisBudgetStore":
-        """Short timeouts: a request must not hang on a dead Redis, it must fail over (open) or fail fast (closed).
-
-        After a Redis restart every pooled connection is dead although Redis answers; ``from_url`` alone retries
-        nothing, so each of them failed one request (fail-closed teams got 503s for minutes). One retry on a
-        connection error reconnects (every script here is safe to re-send), and connections idle for longer than
-        ``health_check_interval_s`` are PINGed before use.
-        """
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
-                                         retry=Retry(NoBackoff(), 1), health_check_interval=health_check_interval_s)
-        return cls(client, prefix, seeder)
+        """Any URL ``metering.redis_client`` opens (one server or a Sentinel-managed master), with its short timeouts
+        and one retry on a dropped connection (every script here is safe to re-send)."""
+        return cls(open_redis(url, timeout_s=timeout_s, health_check_interval_s=health_check_interval_s), prefix,
+                   seeder)
 
     def _keys(self, caps: Sequence[Cap]) -> list[str]:
         keys = []
