@@ -12,7 +12,8 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 lock_of() { case "$1" in runtime) echo requirements.lock ;; train|dev) echo "requirements-$1.lock" ;;
   *) echo "scripts/install.sh: unknown layer '$1' (known: train, dev)" >&2; exit 2 ;; esac; }
-stamp_of() { echo "$1 $(cat "$(lock_of "$1")" pyproject.toml | sha256sum | cut -d' ' -f1)"; }
+# The editable install maps each top-level package it saw, so a new package (a new */__init__.py) reinstalls too.
+stamp_of() { echo "$1 $( (cat "$(lock_of "$1")" pyproject.toml; ls -d */__init__.py) | sha256sum | cut -d' ' -f1)"; }
 stamp=.venv/.tiergate-installed  # one "layer sha256" line per installed layer
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 
