@@ -30,6 +30,8 @@ fi
 # tests/fleet: Sentinel failover (Debian's redis-sentinel) and packet loss inside network namespaces (nft).
 need_pkg redis-sentinel redis-sentinel
 need_pkg nft nftables
+# tests/fleet: replicas behind Debian's HAProxy (scripts/fleet.sh).
+need_pkg haproxy haproxy
 
 # The dashboard test drives Debian's headless Chromium (Playwright's own browser downloads are not used).
 need_pkg chromium chromium || echo "could not install chromium: tests/test_dashboard.py will fail under CI" >&2
