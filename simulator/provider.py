@@ -7,7 +7,7 @@ become ``UpstreamError`` with the kind the proxy's fallback logic expects instea
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from simulator.engine import Generation
 from simulator.errors import SimulatedError
@@ -15,6 +15,10 @@ from simulator.options import SimulatorOptions
 from simulator.render import response_body
 from simulator.service import SimulatedTimeout, Simulator
 from upstream.base import Endpoint, ErrorKind, UpstreamError, UpstreamReply
+from upstream.registry import ClientSettings, register
+
+if TYPE_CHECKING:
+    from router.policy import DeploymentSpec
 
 
 def _upstream_error(exc: SimulatedError) -> UpstreamError:
@@ -73,3 +77,13 @@ class SimulatedUpstream:
 
     async def close(self) -> None:
         """Nothing to release: no connections, and the cache goes with the instance."""
+
+
+def _client(dep: DeploymentSpec, settings: ClientSettings) -> SimulatedUpstream:
+    """``simulated/<model>`` deployments: the policy's ``simulator`` options; the pool's timeouts do not apply (the
+    dispatcher bounds every call)."""
+    return SimulatedUpstream(**(dep.simulator or {}))
+
+
+# The provider registry imports this module the first time a policy has a simulated deployment (upstream.registry).
+register("simulated", _client)

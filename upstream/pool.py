@@ -1,4 +1,4 @@
-"""One long-lived client per deployment, sharing a pooled HTTP session.
+"""One long-lived client per deployment, sharing a pooled HTTP session; the provider registry builds them.
 
 Clients are built lazily (inside the running event loop) and kept across policy reloads for as long as the
 deployment's connection settings do not change.
@@ -10,8 +10,7 @@ import aiohttp
 
 from router.policy import DeploymentSpec
 from upstream.base import Upstream
-from upstream.http import HttpUpstream
-from upstream.litellm_client import LiteLLMUpstream
+from upstream.registry import ClientSettings, factory
 
 
 def _signature(dep: DeploymentSpec, timeout_s: float, connect_timeout_s: float) -> tuple[object, ...]:
@@ -46,16 +45,8 @@ class UpstreamPool:
         cached = self._clients.get(dep.id)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        client: Upstream
-        if dep.provider == "simulated":
-            from simulator.provider import SimulatedUpstream  # the demo's far end lives in process
-
-            client = SimulatedUpstream(**(dep.simulator or {}))
-        elif dep.provider == "openai":
-            assert dep.api_base is not None
-            client = HttpUpstream(self._http_session(), dep.api_base, dep.api_key, timeout_s, self._connect_timeout_s)
-        else:
-            client = LiteLLMUpstream(dep.model, dep.api_base, dep.api_key, timeout_s)
+        settings = ClientSettings(timeout_s, self._connect_timeout_s, self._http_session)
+        client = factory(dep.provider)(dep, settings)
         self._clients[dep.id] = (signature, client)
         return client
 
