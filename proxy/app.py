@@ -1,4 +1,4 @@
-"""The ASGI application: routes, error mapping, lifespan. Business logic lives in the gateway."""
+"""The ASGI application: routes, error rendering, lifespan. The request's steps live in ``pipeline``."""
 
 from __future__ import annotations
 

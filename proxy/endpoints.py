@@ -1,31 +1,30 @@
-"""HTTP endpoints of the OpenAI-compatible API. Parsing, auth and response shaping only; the decisions are the
-gateway's."""
+"""HTTP endpoints of the OpenAI-compatible API, the ingress adapter for OpenAI's wire format: parse and check the
+body, authenticate the key, collect the client's tags -> ``pipeline.request.Request`` -> the pipeline -> render."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from metering.money import format_usd
 from pipeline.errors import TiergateError
+from pipeline.request import Request as PipelineRequest
 from proxy.auth import authenticate
 from proxy.body import check_chat, check_completion, check_embeddings, header_tags, parse_json
-from proxy.gateway import CallContext, Completed, Streamed
+from proxy.render import json_response, respond
 from proxy.runtime import Runtime
-from proxy.streaming import SSEResponse
-from router.policy import Policy
-
-_JSON = "application/json"
+from router.policy import Policy, Principal
+from upstream.base import Endpoint
 
 
 def runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type=_JSON, headers=headers)
+def authenticated(request: Request) -> Principal:
+    return authenticate(runtime(request).store.policy, request.headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -44,63 +43,62 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def call_context(request: Request) -> CallContext:
-    rt = runtime(request)
-    policy = rt.store.policy  # one policy object for the whole request, even across a reload
+async def _parse(request: Request, kind: Endpoint) -> PipelineRequest:
+    """The canonical request: the key's principal, the checked body and the client's tags (``metadata``, then
+    ``x-tiergate-tag-*`` headers, which win)."""
+    policy = runtime(request).store.policy  # one policy object for the whole request, even across a reload
     principal = authenticate(policy, request.headers)
-    return CallContext(
-        request_id=request.scope["state"]["request_id"],
-        principal=principal,
-        policy=policy,
-        tier_header=request.headers.get("x-tiergate-tier"),
-        header_tags=header_tags(request.headers.items()),
-    )
-
-
-async def _json_body(request: Request, ctx: CallContext) -> dict[str, Any]:
-    return parse_json(await read_body(request, ctx.policy.config.server.max_body_bytes))
-
-
-def _respond(result: Completed | Streamed) -> Response:
-    if isinstance(result, Completed):
-        return json_response(result.body, headers=result.headers)
-    headers = {**result.headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
-    return SSEResponse(result, headers)
+    tags = header_tags(request.headers.items())
+    body = parse_json(await read_body(request, policy.config.server.max_body_bytes))
+    if kind == "chat/completions":
+        check_chat(body)
+    elif kind == "completions":
+        check_completion(body)
+    else:
+        check_embeddings(body)
+    metadata = body.get("metadata")
+    if metadata:  # checked by check_*: string values, sane sizes
+        tags = {**metadata, **tags}
+    return PipelineRequest(kind=kind, body=body, principal=principal, policy=policy,
+                           request_id=request.scope["state"]["request_id"], tags=tags,
+                           tier_header=request.headers.get("x-tiergate-tier"))
 
 
 async def chat_completions(request: Request) -> Response:
-    ctx = call_context(request)
-    body = await _json_body(request, ctx)
-    check_chat(body)
-    return _respond(await runtime(request).gateway.chat(ctx, body))
+    return respond(await runtime(request).pipeline.run(await _parse(request, "chat/completions")))
 
 
 async def completions(request: Request) -> Response:
-    ctx = call_context(request)
-    body = await _json_body(request, ctx)
-    check_completion(body)
-    return _respond(await runtime(request).gateway.completions(ctx, body))
+    return respond(await runtime(request).pipeline.run(await _parse(request, "completions")))
 
 
 async def embeddings(request: Request) -> Response:
-    ctx = call_context(request)
-    body = await _json_body(request, ctx)
-    check_embeddings(body)
-    return _respond(await runtime(request).gateway.embeddings(ctx, body))
+    return respond(await runtime(request).pipeline.run(await _parse(request, "embeddings")))
 
 
 async def route(request: Request) -> Response:
     """Dry run: the score, tier, model and estimated cost a chat request would get. No upstream call."""
-    ctx = call_context(request)
-    body = await _json_body(request, ctx)
-    check_chat(body)
-    return json_response(runtime(request).gateway.preview(ctx, body))
+    preview = runtime(request).pipeline.preview(await _parse(request, "chat/completions"))
+    decision, dep = preview.decision, preview.decision.plan[0]
+    return json_response({
+        "score": decision.score,
+        "tier": decision.tier.name,
+        "model": dep.upstream_model,
+        "deployment": dep.id,
+        "fallbacks": [d.id for d in decision.plan[1:]],
+        "reasons": list(decision.reasons),
+        "prompt_tokens": preview.features.prompt_tokens,
+        "max_tokens": decision.max_tokens,
+        "estimated_max_cost_usd": format_usd(decision.reserve_nanos),
+        "classifier": preview.classifier,
+    })
 
 
 async def models(request: Request) -> Response:
-    ctx = call_context(request)
+    policy = runtime(request).store.policy
+    principal = authenticate(policy, request.headers)
     # The names decide() accepts from this key, from the policy's one compiled table.
-    names = ctx.policy.allowed_models(ctx.principal.team)
+    names = policy.allowed_models(principal.team)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "tiergate"} for name in names]
     return json_response({"object": "list", "data": data})
 

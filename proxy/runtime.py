@@ -22,11 +22,12 @@ from kvcache.store import KeyValueCache, open_cache
 from metering.ledger.insights import Insights
 from metering.prices import release_table
 from metering.tokens import count_text
-from proxy.accounting import Accounting
-from proxy.gateway import Gateway
+from pipeline.pipeline import Pipeline
+from pipeline.routing import Routing
+from pipeline.telemetry import Tracing
+from proxy.errors import status_of
 from proxy.meter import Meter
 from proxy.metrics import Metrics
-from proxy.telemetry import Tracing
 from router.config import Config, ServerSettings
 from router.config_loader import ConfigError, load_policy
 from router.policy import Policy
@@ -168,7 +169,7 @@ class Runtime:
     """Everything a worker process shares between requests; built once at start-up."""
 
     store: PolicyStore
-    gateway: Gateway
+    pipeline: Pipeline
     scorer: Scorer
     pool: UpstreamPool
     meter: Meter
@@ -195,8 +196,9 @@ class Runtime:
         meter = await Meter.open(store.policy)
         cache = open_cache(config.metering.redis)
         metrics = Metrics()
-        gateway = Gateway(dispatcher, health, scorer, Accounting(meter), cache, tracing, metrics)
-        runtime = cls(store=store, gateway=gateway, scorer=scorer, pool=pool, meter=meter, cache=cache,
+        pipeline = Pipeline(dispatcher, Routing(scorer, health, tracing), meter.inner, meter.budgets, cache, tracing,
+                            metrics.observe, status_of)
+        runtime = cls(store=store, pipeline=pipeline, scorer=scorer, pool=pool, meter=meter, cache=cache,
                       metrics=metrics, insights=Insights(meter.inner.ledger))
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         _return_freed_memory()
@@ -205,7 +207,7 @@ class Runtime:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
-        await self.gateway.drain()
+        await self.pipeline.drain()
         await self.pool.close()
         await self.meter.close()
         await self.cache.close()

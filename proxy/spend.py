@@ -17,8 +17,9 @@ from starlette.responses import Response
 from metering.ledger.report import rows_to_csv
 from pipeline.errors import TiergateError
 from proxy.body import CONTROL_CHARS, shown
-from proxy.endpoints import call_context, json_response, runtime
+from proxy.endpoints import authenticated, runtime
 from proxy.errors import bad_request
+from proxy.render import json_response
 
 FLUSH_TIMEOUT_S = 10.0
 _MAX_REQUESTS = 200
@@ -81,7 +82,7 @@ def _scope(request: Request) -> str | None:
         # PostgreSQL refuses NUL in a query parameter: that would be a 500, not an empty answer
         raise bad_request(f"'team' must be a team name (at most {_MAX_TEAM_CHARS} characters, no control "
                           f"characters), got {shown(requested)}", param="team")
-    principal = call_context(request).principal
+    principal = authenticated(request)
     if principal.admin:
         return requested or None
     if requested and requested != principal.team:

@@ -1,6 +1,6 @@
 """Server-sent events framing, byte-compatible with OpenAI's: ``data: <json>\\n\\n`` ... ``data: [DONE]\\n\\n``.
 
-The gateway yields bare JSON payloads; this module adds the framing, the proxy's own comment lines (ignored by
+The pipeline yields bare JSON payloads; this module adds the framing, the proxy's own comment lines (ignored by
 SSE parsers, including every OpenAI SDK), and an OpenAI-shaped error event if the upstream breaks mid-stream.
 """
 
@@ -11,42 +11,42 @@ from typing import Any, AsyncIterator
 import orjson
 from starlette.responses import StreamingResponse
 
+from metering.money import format_usd
 from pipeline.errors import error_object
+from pipeline.result import Streaming
 from proxy.errors import ERRORS
-from proxy.gateway import Streamed
 
 DONE = b"data: [DONE]\n\n"
+_CUT = ERRORS["upstream_failed.stream_cut"]
 
 
 def comment(name: str, value: str) -> bytes:
     return f": {name}={value}\n\n".encode()
 
 
-async def sse(streamed: Streamed) -> AsyncIterator[bytes]:
-    for name, value in streamed.lead.items():
-        yield comment(name, value)
-    async for payload in streamed.relay.payloads():
+async def sse(streaming: Streaming) -> AsyncIterator[bytes]:
+    if streaming.notes.context is not None:  # said before the first payload: a client reading events sees it first
+        yield comment("x-tiergate-context", streaming.notes.context)
+    relay = streaming.relay
+    async for payload in relay.payloads():
         yield b"data: " + payload + b"\n\n"
-    trailer = streamed.relay.trailer
-    error = trailer.get("error")
-    if error is not None:
-        spec = ERRORS["upstream_failed.stream_cut"]
-        yield b"data: " + orjson.dumps(error_object(error, spec.type, None, spec.code)) + b"\n\n"
+    if relay.error is not None:
+        yield b"data: " + orjson.dumps(error_object(relay.error, _CUT.type, None, _CUT.code)) + b"\n\n"
         return
-    for name, value in trailer.items():
-        yield comment(name, value)
+    if relay.cost_nanos is not None:
+        yield comment("x-tiergate-cost-usd", format_usd(relay.cost_nanos))
     yield DONE
 
 
 class SSEResponse(StreamingResponse):
     """An SSE response that settles its stream even if it is never sent (the client left before it began)."""
 
-    def __init__(self, streamed: Streamed, headers: dict[str, str]) -> None:
-        super().__init__(sse(streamed), media_type="text/event-stream", headers=headers)
-        self._streamed = streamed
+    def __init__(self, streaming: Streaming, headers: dict[str, str]) -> None:
+        super().__init__(sse(streaming), media_type="text/event-stream", headers=headers)
+        self._streaming = streaming
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._streamed.relay.abandon()  # a no-op when the relay already settled
+            self._streaming.relay.abandon()  # a no-op when the relay already settled

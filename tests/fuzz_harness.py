@@ -236,7 +236,7 @@ class FuzzApp:
         runtime = self.app.state.runtime
 
         async def settle() -> None:
-            await runtime.gateway.drain()
+            await runtime.pipeline.drain()
             await runtime.meter.inner.ledger.flush()
 
         assert self.client.portal is not None

@@ -2,8 +2,8 @@
 serves it, the cost settled from the provider's usage never exceeds what was reserved (issue 11, item 2).
 
 Fast and in process: the real features, ``decide()``, the real dispatcher falling back across in-process
-simulator deployments (some made to fail), and the real pricing of the answer (``Accounting.normalize`` and
-``Outcome.succeeded``, which computes the ledger's ``cost_nanos``).
+simulator deployments (some made to fail), and the real pricing of the answer (``pipeline.records.normalize`` and
+``pipeline.records.served``, which computes the ledger's ``cost_nanos``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from metering.usage import Usage, cost_nanos, worst_case_nanos
 from metering.record import UsageRecord
-from proxy.accounting import Accounting, Outcome
-from proxy.gateway import CallContext, Gateway
+from pipeline import records
+from pipeline.request import Request, RequestState
+from pipeline.upstream_call import apply_max_tokens
 from router.config_loader import parse_policy
 from router.decide import Decision, RouteRequest, RoutingRefused, decide
 from router.features import RequestFeatures, chat_features, completion_features, embedding_features
@@ -63,14 +64,14 @@ async def serve(policy: Policy, endpoint: str, body: dict[str, Any], decision: D
     server = policy.config.server
     pool = UpstreamPool(server.upstream_timeout_s, server.connect_timeout_s)
     dispatcher = Dispatcher(pool, HealthBook(), server.max_attempts, server.retry_budget_s, server.upstream_timeout_s)
-    upstream = Gateway._apply_max_tokens(body, decision)
+    upstream = apply_max_tokens(body, decision)
     try:
         dep, reply, _ = await dispatcher.send(decision.plan, endpoint, lambda d: {**upstream, "model": d.upstream_model})
     except AllAttemptsFailed:
         return None
     finally:
         await pool.close()
-    return dep, Accounting.normalize(reply.body["usage"], dep)
+    return dep, records.normalize(reply.body["usage"], dep)
 
 
 def settled(policy: Policy, endpoint: str, body: dict[str, Any], score: float | None = None,
@@ -84,9 +85,10 @@ def settled(policy: Policy, endpoint: str, body: dict[str, Any], score: float | 
         return None
     dep, usage = served
     principal = policy.keys[KEY]
-    ctx = CallContext(request_id="r", principal=principal, policy=policy)
-    outcome = Outcome(ctx=ctx, team=team, tags={}, body=body, features=features, decision=decision, purpose="chat")
-    return decision, features, outcome.succeeded(dep, [], usage, ttft_ms=None), usage
+    request = Request(kind=endpoint, body=body, principal=principal, policy=policy, request_id="r", tags={})
+    state = RequestState(request, team, {}, "chat", body)
+    state.features, state.decision = features, decision
+    return decision, features, records.served(state, dep, usage, ttft_ms=None, status=200), usage
 
 
 # ---- request shapes ------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from metering.money import format_usd
 from metering.record import UsageRecord
-from proxy.errors import status_of
 
 _OPERATIONS = {"chat/completions": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 
@@ -32,7 +31,8 @@ def _provider_from_env() -> trace.TracerProvider | None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "tiergate")}))
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "tiergate")})
+    provider = TracerProvider(resource=resource)
     if exporter_name == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     else:
@@ -98,8 +98,9 @@ class Tracing:
 
 
 def finish_request(span: Span | None, record: UsageRecord | None, provider: str | None = None,
-                   error: BaseException | None = None) -> None:
-    """Copy the outcome onto the request span and end it."""
+                   error: BaseException | None = None, failed: bool = False) -> None:
+    """Copy the outcome onto the request span and end it; ``failed``: the record is of a request not served
+    in full (its status says how, in the ingress's terms)."""
     if span is None:
         return
     if record is not None:
@@ -121,7 +122,7 @@ def finish_request(span: Span | None, record: UsageRecord | None, provider: str 
         if record.score is not None:
             attrs["tiergate.score"] = record.score
         span.set_attributes(attrs)
-        if record.error is not None or record.status != status_of("ok"):
+        if failed:
             span.set_status(Status(StatusCode.ERROR, record.error or str(record.status)))
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))

@@ -14,10 +14,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
 import orjson
 
-from metering.money import format_usd
 from metering.record import UsageRecord
 from metering.usage import Usage, estimate_usage
-from proxy.errors import status_of
+from pipeline.errors import Ending
 from router.policy import DeploymentSpec
 from upstream.base import UpstreamError
 from upstream.dispatch import public_reason
@@ -51,12 +50,13 @@ class StreamState:
 
 
 class StreamRelay:
-    """One stream's relay. ``payloads()`` is handed to the HTTP layer; ``abandon()`` settles a stream whose
+    """One stream's relay. ``payloads()`` is handed to the ingress; ``abandon()`` settles a stream whose
     payloads were never iterated (the client vanished before the response started), so no hold or record
-    is ever lost."""
+    is ever lost. Once ``payloads()`` is exhausted, ``cost_nanos`` (completed) or ``error`` (cut) says how it
+    ended."""
 
     def __init__(self, first: bytes, rest: AsyncIterator[bytes], dep: DeploymentSpec, client_wants_usage: bool,
-                 record_for: Callable[[StreamState, int, str | None], UsageRecord],
+                 record_for: Callable[[StreamState, Ending, str | None], UsageRecord],
                  settle: Callable[[UsageRecord], Awaitable[int]], spawn: Spawn) -> None:
         self._first = first
         self._rest = rest
@@ -67,13 +67,14 @@ class StreamRelay:
         self._spawn = spawn
         self._state = StreamState()
         self._finishing: asyncio.Task[int] | None = None
-        self.trailer: dict[str, str] = {}  # filled when the stream ends: cost, or error
+        self.cost_nanos: int | None = None  # set when the stream completed
+        self.error: str | None = None  # set when the upstream cut it: what the client is told
 
-    def _finish(self, status: int, error: str | None) -> "asyncio.Task[int]":
+    def _finish(self, ending: Ending, error: str | None) -> "asyncio.Task[int]":
         """Close the upstream and settle, once, in a task of its own: if the client went away, the relaying
         task is being cancelled, and the settlement (and the upstream close) must still complete."""
         if self._finishing is None:
-            record = self._record_for(self._state, status, error)
+            record = self._record_for(self._state, ending, error)
 
             async def finish() -> int:
                 try:
@@ -86,7 +87,7 @@ class StreamRelay:
         return self._finishing
 
     def abandon(self) -> None:
-        self._finish(status_of("client_disconnected"), None)
+        self._finish("client_disconnected", None)
 
     async def payloads(self) -> AsyncIterator[bytes]:
         completed = False
@@ -110,10 +111,10 @@ class StreamRelay:
             error = f"upstream stream from deployment {self._dep.id} ended early: {reason}"
             log.warning("stream from %s ended early: %s", self._dep.id, str(exc) or type(exc).__name__)
         finally:
-            ending = ("ok" if completed else "upstream_failed.stream_cut" if error is not None
-                      else "client_disconnected")
-            task = self._finish(status_of(ending), error)
+            ending: Ending = ("ok" if completed else "upstream_failed.stream_cut" if error is not None
+                              else "client_disconnected")
+            task = self._finish(ending, error)
             if completed:
-                self.trailer["x-tiergate-cost-usd"] = format_usd(await asyncio.shield(task))
-            elif error is not None:
-                self.trailer["error"] = error
+                self.cost_nanos = await asyncio.shield(task)
+            else:
+                self.error = error

@@ -32,7 +32,8 @@ class Trimmed:
     summarized: bool  # False: plain truncation (summarizer failed or timed out)
     computed: int  # summaries written for this request (0 when all came from the cache)
 
-    def header(self) -> str:
+    def note(self) -> str:
+        """How the conversation was trimmed, for the client: ``trimmed;summarized=<turns>;saved_tokens=<n>``."""
         mode = f"summarized={self.summarized_turns}" if self.summarized else f"truncated={self.summarized_turns}"
         return f"trimmed;{mode};saved_tokens={self.saved_tokens}"
 

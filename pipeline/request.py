@@ -1,0 +1,78 @@
+"""The canonical request every ingress hands the pipeline, and the state one request carries through its steps.
+
+An ingress adapter (``proxy.endpoints`` for OpenAI's wire format; Responses and Messages next) parses and checks its
+format, authenticates the key and collects the client's tags, then builds a ``Request``: the endpoint kind and an
+OpenAI-shaped body, whatever format the client spoke.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from opentelemetry.trace import Span
+
+from pipeline.errors import TiergateError
+from pipeline.trimming import Trimmed
+from router.decide import Decision
+from router.features import RequestFeatures
+from router.policy import Policy, Principal, TeamPolicy
+from upstream.base import Endpoint
+
+# What a call is for, as the ledger records it: the client's request, or a summary the pipeline wrote for it.
+Purpose = Literal["chat", "embedding", "summarization"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    kind: Endpoint
+    body: dict[str, Any]  # OpenAI-shaped and checked at the edge: the pipeline assumes well-formed input
+    principal: Principal  # who is asking (the key, authenticated at the edge)
+    policy: Policy  # one policy object for the whole request, even across a reload
+    request_id: str
+    tags: dict[str, str]  # the client's own (body metadata, tag headers); the key's tags are merged in by admit()
+    tier_header: str | None = None  # a tier the client forces (x-tiergate-tier on OpenAI's wire)
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    t0: float = field(default_factory=time.perf_counter)
+    span: Span | None = None  # the request's trace span when tracing is on
+
+
+def admitted_team(request: Request) -> TeamPolicy:
+    """The caller's team; an admin key has none and may not make model calls."""
+    team = request.principal.team
+    if team is None:
+        raise TiergateError("team_key_required", "admin keys cannot make model calls; use a team key")
+    return request.policy.teams[team]
+
+
+def admitted_tags(request: Request, team: TeamPolicy) -> dict[str, str]:
+    """The key's tags overridden by the client's; every tag the team requires must be among them."""
+    tags = {**request.principal.tags, **request.tags}
+    missing = [t for t in team.settings.required_tags if t not in tags]
+    if missing:
+        raise TiergateError(
+            "invalid_request.missing_tags",
+            f"team {team.name!r} requires tags {missing}: send them in 'metadata' or as x-tiergate-tag-<name> "
+            "headers",
+            param="metadata",
+        )
+    return tags
+
+
+@dataclass(slots=True, eq=False)
+class RequestState:
+    """One request between admission and settlement: what the steps decided so far. Steps fill ``features`` and
+    ``decision`` before anything reads them; the records the request ends with are built from it
+    (``pipeline.records``)."""
+
+    request: Request
+    team: TeamPolicy
+    tags: dict[str, str]
+    purpose: Purpose
+    body: dict[str, Any]  # the request as routed: the client's body, or its trimmed conversation
+    features: RequestFeatures = field(init=False)
+    decision: Decision = field(init=False)
+    trimmed: Trimmed | None = None
+    budget_downgraded: bool = False  # over a cap with ``on_exceeded: downgrade``: served by the team's floor
