@@ -32,7 +32,7 @@ def threshold_for_share(scores: np.ndarray, share: float) -> float:
     if not 0.0 <= share <= 1.0:
         raise ValueError("strong share must be in [0, 1]")
     ordered = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    k = int(round(share * len(ordered)))
+    k = round(share * len(ordered))
     return _above_all(ordered) if k == 0 else _floor(float(ordered[k - 1]))
 
 

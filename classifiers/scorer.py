@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from classifiers.modelmeta import INPUT_NAME, PROBA_OUTPUT, decode_bounds
 from classifiers.features import FEATURE_NAMES, featurize, featurize_many
+from classifiers.modelmeta import INPUT_NAME, LOGIT_OUTPUT, PROBA_OUTPUT
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "complexity.onnx"
 # Used only if featurization or inference fails: the middle of the scale, neither tier favoured.
@@ -44,22 +44,31 @@ class ComplexityScorer:
         stored = self.metadata.get("feature_names")
         if stored is not None and stored != ",".join(FEATURE_NAMES):
             raise ValueError("model was trained on a different feature set than classifiers/features.py computes")
-        self._bounds = decode_bounds(self.metadata)
+        # A model learned from a deployment's traffic may add a word block: one 0/1 input per vocabulary word.
+        words = self.metadata.get("vocabulary", "").split()
+        self.vocabulary: dict[str, int] | None = {w: i for i, w in enumerate(words)} if words else None
+
+    def features(self, batch: list[Any]) -> np.ndarray:
+        """The model's input matrix for many requests (hand features, plus its word block if it has one)."""
+        return featurize_many(batch, self.vocabulary)
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "ComplexityScorer":
+    def load(cls, path: str | Path | None = None) -> ComplexityScorer:
         """Load a model file; ``None`` means the shipped ``classifiers/models/complexity.onnx``."""
         return cls(Path(path if path is not None else DEFAULT_MODEL).read_bytes())
 
     def _run(self, X: np.ndarray) -> np.ndarray:
-        if self._bounds is not None:
-            np.clip(X, self._bounds[0], self._bounds[1], out=X)
+        # Inputs are clipped to the training range inside the graph (classifiers/export.py).
         return self._session.run([PROBA_OUTPUT], {INPUT_NAME: X})[0][:, 1]
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        """The model's logit for each row of a feature matrix: the prior a learned model builds on."""
+        return self._session.run([LOGIT_OUTPUT], {INPUT_NAME: np.asarray(X, dtype=np.float32)})[0][:, 0].astype(np.float64)
 
     def score(self, messages: list) -> float:
         """P(strong tier needed) for one request. Never raises; deterministic for a given input."""
         try:
-            value = float(self._run(featurize(messages).reshape(1, -1))[0])
+            value = float(self._run(featurize(messages, self.vocabulary).reshape(1, -1))[0])
         except Exception:  # noqa: BLE001 -- a routing decision must come out of any request
             return FALLBACK_SCORE
         return min(max(value, 0.0), 1.0) if math.isfinite(value) else FALLBACK_SCORE
@@ -69,7 +78,7 @@ class ComplexityScorer:
         if not batch:
             return []
         try:
-            X = featurize_many(batch)
+            X = featurize_many(batch, self.vocabulary)
         except Exception:  # noqa: BLE001 -- fall back to per-row scoring to isolate the bad row
             return [self.score(m) for m in batch]
         values = self._run(X)

@@ -1,4 +1,4 @@
-"""Train the complexity model: featurize, subject-grouped CV, calibrate, fit on everything, export.
+"""Train the default complexity model: featurize, domain-grouped CV, calibrate, fit on everything, export.
 
 Reproducible from the repo alone (``tiergate train --data classifiers/data --out classifiers/models/complexity.onnx``):
 the same data and seed give the same CV metrics and the same ONNX bytes.
@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
-from classifiers import cv, dataset, export, model, modelmeta
+from classifiers import cv, dataset, export, model
 from classifiers.features import FEATURE_NAMES, featurize_many, split_request
-from metering.tokens import count_text
+from text.tokens import count_text
 
 
 @dataclass(frozen=True)
@@ -37,79 +36,103 @@ def _card_paths(out: Path) -> tuple[Path, Path]:
 def format_report(rep: cv.CVReport) -> str:
     """Human-readable CV summary (printed by ``tiergate train`` and put in the card)."""
     def row(name: str, m) -> str:
-        return f"| {name} | {m.apgr:.3f} | {100 * m.cpt50:.1f}% | {100 * m.cpt80:.1f}% |"
+        return f"| {name} | {m.n} | {m.apgr:.3f} | {100 * m.cpt50:.1f}% | {100 * m.cpt80:.1f}% |"
 
-    lines = [
-        "| score | APGR | CPT(50%) | CPT(80%) |",
-        "|---|---:|---:|---:|",
-        row("model (pooled out-of-fold)", rep.pooled),
-        row("prompt length (tokens) baseline", rep.baseline),
+    lines = ["| collection (pooled out-of-fold) | n | APGR | CPT(50%) | CPT(80%) |", "|---|---:|---:|---:|---:|"]
+    for source, (m, base) in rep.sources.items():
+        lines += [row(f"{source}: model", m), row(f"{source}: prompt length (tokens)", base)]
+    undefined = ", ".join(f.group for f in rep.folds if not np.isfinite(f.apgr)) or "none"
+    lines += [
         "",
-        f"Model beats prompt length on {rep.wins} of {len(rep.scored_folds)} folds "
-        f"(folds with undefined PGR, strong <= weak on average: "
-        f"{', '.join(f.group for f in rep.folds if not np.isfinite(f.apgr)) or 'none'}).",
+        (f"Mean over collections: model {rep.mean_source_apgr:.3f}. Model beats prompt length on {rep.wins} of "
+         f"{len(rep.scored_folds)} held-out domains (undefined PGR, strong <= weak on average: {undefined})."),
         "",
-        "| held-out group | n | model APGR | length APGR |",
+        "| held-out domain | n | model APGR | length APGR |",
         "|---|---:|---:|---:|",
     ]
     lines += [f"| {f.group} | {f.n} | {f.apgr:.3f} | {f.baseline_apgr:.3f} |" for f in rep.folds]
     return "\n".join(lines)
 
 
-def train(data_dir: str | Path, out: str | Path, seed: int = 0, show_progress: bool = True) -> TrainResult:
-    """Run the whole training and write the model and its card. Returns the CV report."""
-    data = dataset.load(data_dir, for_training=True)
-    X = featurize_many(data.messages)
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
 
+
+def fit(data: dataset.OutcomeData, X: np.ndarray) -> model.LinearScore:
+    """The default recipe on these rows: labels computed from them only, then the ridge fit."""
+    return model.fit_linear(X, model.target(data, model.LABEL), model.balanced_weights(data.groups), model.ALPHA)
+
+
+def out_of_fold(data: dataset.OutcomeData, X: np.ndarray,
+                progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> np.ndarray:
+    """Domain-grouped out-of-fold logits of the default recipe (labels re-fitted inside every fold)."""
     def fit_predict(train_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
-        fitted = model.fit(X[train_rows], data.weak[train_rows], data.strong[train_rows], data.groups[train_rows], seed)
-        return model.decision(fitted, X[test_rows])
+        return fit(data.subset(train_rows), X[train_rows]).decision(X[test_rows])
 
-    progress: Callable[[Iterable[str]], Iterable[str]] = (
-        (lambda it: tqdm(list(it), desc="grouped CV", unit="fold")) if show_progress else iter
-    )
-    oof = cv.out_of_fold(fit_predict, data.groups, progress)
+    return cv.out_of_fold(fit_predict, data.groups, data.ids, data.duplicates, progress)
+
+
+def train(data_dir: str | Path, out: str | Path, seed: int = 0, show_progress: bool = True) -> TrainResult:
+    """Run the whole training and write the model and its card. Raises ValueError if there are no rows.
+
+    ``seed`` is recorded for the record: every step is closed form or a fixed iteration, so nothing
+    random is drawn.
+    """
+    data = dataset.load(data_dir, for_training=True)
+    X = featurize_many(data.messages).astype(np.float64)
+    progress: Callable[[Iterable[str]], Iterable[str]] = iter
+    if show_progress:
+        from tqdm import tqdm
+
+        progress = lambda it: tqdm(list(it), desc="domain-grouped CV", unit="fold")
+    oof = out_of_fold(data, X, progress)
     baseline = np.array([count_text(split_request(m)[0]) for m in data.messages], dtype=np.float64)
-    rep = cv.report(oof, baseline, data.weak, data.strong, data.groups)
+    rep = cv.report(oof, baseline, data.weak, data.strong, data.groups, data.collections)
 
     a, b = model.fit_platt(oof, model.strong_needed(data.weak, data.strong))
-    final = model.fit(X, data.weak, data.strong, data.groups, seed)
-    model.fold_platt(final, a, b)
+    final = fit(data, X).calibrated(a, b)
 
     out = Path(out)
     data_sha = hashlib.sha256("\n".join(data.ids).encode()).hexdigest()[:12]
-    meta = {**modelmeta.encode_bounds(X), "trained_on": f"{len(data)} rows, ids sha256 {data_sha}", "seed": str(seed),
-            "label": "z-scored sum of P(weak fails) and P(strong fails) logits; Platt-calibrated to P(strong beats weak)"}
-    onnx_bytes = export.to_onnx(final, out, meta)
-    drift = export.check_roundtrip(final, onnx_bytes, X[:512])
+    meta = {"kind": "default", "trained_on": f"{len(data)} rows, ids sha256 {data_sha}", "seed": str(seed),
+            "label": f"{model.LABEL} difficulty, z-scored per collection; ridge alpha {model.ALPHA:g}, "
+                     "domain-balanced; Platt-calibrated to P(strong beats weak)"}
+    onnx_bytes = export.linear_model(final, out, meta)
+    from classifiers.scorer import ComplexityScorer
+
+    got = np.array(ComplexityScorer(onnx_bytes).score_many(data.messages[:512]))
+    drift = float(np.max(np.abs(got - _sigmoid(final.decision(X[:512])))))
     if drift > 1e-4:
         raise RuntimeError(f"ONNX export changed scores by up to {drift}")
 
     card_json, card_md = _card_paths(out)
-    lr = final.named_steps["lr"]
+    sd = X.std(axis=0)
     card = {
         "model_file": out.name,
         "model_id": hashlib.sha256(onnx_bytes).hexdigest()[:12],
         "size_bytes": len(onnx_bytes),
         "seed": seed,
-        "data": {"rows": len(data), "groups": sorted(set(data.groups.tolist())), "ids_sha256_12": data_sha},
+        "data": {"rows": len(data), "collections": sorted(set(data.collections.tolist())),
+                 "groups": sorted(set(data.groups.tolist())), "ids_sha256_12": data_sha},
         "cv": {
-            "pooled": asdict(rep.pooled),
-            "length_baseline": asdict(rep.baseline),
+            "collections": {s: {"model": asdict(m), "length_baseline": asdict(base)} for s, (m, base) in rep.sources.items()},
+            "mean_collection_apgr": rep.mean_source_apgr,
             "wins": rep.wins,
             "scored_folds": len(rep.scored_folds),
             "folds": [asdict(f) for f in rep.folds],
         },
         "platt": {"a": a, "b": b},
         "features": list(FEATURE_NAMES),
-        "weights_standardised": dict(zip(FEATURE_NAMES, [round(float(w), 5) for w in lr.coef_[0]])),
+        # Weight x training sd: how far one sd of each feature moves the logit (0 = not used).
+        "weights_per_sd": dict(zip(FEATURE_NAMES, [round(float(w), 5) for w in final.coef * sd])),
     }
     card_json.write_text(json.dumps(card, indent=1) + "\n")
     card_md.write_text(
         f"# {out.name}: generated training report\n\n"
         f"model_id `{card['model_id']}`, {len(onnx_bytes)} bytes, seed {seed}, "
-        f"{len(data)} training rows in {len(card['data']['groups'])} groups.\n\n"
-        f"Subject-grouped CV (one whole subject held out per fold, pooled out-of-fold scores):\n\n"
+        f"{len(data)} training rows in {len(card['data']['groups'])} domains.\n\n"
+        f"Domain-grouped CV (one whole domain held out per fold, copies of its questions never trained on; "
+        f"pooled out-of-fold scores):\n\n"
         f"{format_report(rep)}\n"
     )
     return TrainResult(rep, out, card_json, card_md, (a, b), len(onnx_bytes))

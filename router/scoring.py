@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
-from metering.tokens import count_messages
+from text.tokens import count_messages
 
 
 class Scorer(Protocol):

@@ -61,8 +61,43 @@ def test_feature_vector_matches_names() -> None:
 
 def test_option_block_is_parsed() -> None:
     vec = dict(zip(features.FEATURE_NAMES, features.featurize(QUESTION)))
-    assert vec["n_options"] == 4
+    assert vec["has_options"] == 1.0
+    assert vec["log_options"] == pytest.approx(math.log1p(4))
     assert vec["opt_numeric_frac"] == 1.0
+    prose = dict(zip(features.FEATURE_NAMES, features.featurize([{"role": "user", "content": "Write a haiku."}])))
+    assert all(prose[name] == 0.0 for name in ("has_options", "log_options", "opt_dup_words", "neg_stem"))
+    assert prose["ask_produce"] == 1.0
+
+
+# A ~3k-token system prompt of numbered policies, as in a support deployment.
+POLICIES = "\n".join(
+    f"Policy {i}: Employees must submit expense reports within {i + 3} days of purchase, attach receipts, and "
+    f"obtain manager approval for amounts over ${(i + 1) * 50}. Exceptions require written sign-off from finance."
+    for i in range(1, 80)
+)
+
+
+def _demo_tier(score: float) -> int:
+    """Index of the tier the demo's research team routes a score to (0 small, 1 mid, 2 frontier)."""
+    thresholds = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["teams"]["research"]["routing"]["thresholds"]
+    return sum(score >= thresholds[tier] for tier in ("mid", "frontier"))
+
+
+def test_trivia_in_a_short_question_does_not_flip_the_tier(scorer: ComplexityScorer) -> None:
+    """Issue 12: "What is policy 7?" went to small and "What is policy 42?" to mid behind the same system prompt,
+    so the two also missed each other's provider cache. Numbers count as numbers, densities are smoothed."""
+    questions = [f"What is policy {n}?" for n in (7, 42, 100, 2024, 31337)]
+    scores = [scorer.score([{"role": "system", "content": POLICIES}, {"role": "user", "content": q}]) for q in questions]
+    assert max(scores) - min(scores) < 0.003, scores
+    assert len({_demo_tier(s) for s in scores}) == 1, scores
+
+
+def test_system_prompt_does_not_change_the_default_score(scorer: ComplexityScorer) -> None:
+    """The shipped model never saw a system prompt or a multi-turn chat, so those features keep weight zero."""
+    question = [{"role": "user", "content": "What is policy 7?"}]
+    with_context = [{"role": "system", "content": POLICIES}, {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "Hello! How can I help?"}, *question]
+    assert scorer.score(with_context) == pytest.approx(scorer.score(question), abs=1e-6)
 
 
 def test_request_is_last_user_turn_and_context_is_counted() -> None:

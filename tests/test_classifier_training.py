@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from classifiers import metrics
-from classifiers.dataset import read_jsonl
+from classifiers.cli import add_commands
+from classifiers.dataset import TRAINING_EXCLUDED_SOURCES, read_jsonl
 from classifiers.scorer import ComplexityScorer
 from classifiers.train import train
 
@@ -29,24 +31,43 @@ def small_data(tmp_path_factory) -> Path:
         if subject in ("astronomy", "formal_logic", "nutrition", "professional_law") and seen.get(subject, 0) < 60:
             seen[subject] = seen.get(subject, 0) + 1
             keep.append(r)
-    alpaca = {"id": "alpacaeval-000", "source": "alpaca_eval", "messages": [{"role": "user", "content": "hi"}],
-              "weak_score": 0.0, "strong_score": 0.5}
+    # Evaluation-only sources (licence or terms): present in the folder, never trained on.
+    excluded = [{"id": f"{source}-0", "source": source, "messages": [{"role": "user", "content": "hi"}],
+                 "weak_score": 0.0, "strong_score": 0.5} for source in sorted(TRAINING_EXCLUDED_SOURCES)]
     d = tmp_path_factory.mktemp("data")
     (d / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
-    (d / "alpaca_eval.jsonl").write_text(json.dumps(alpaca) + "\n")
+    (d / "excluded.jsonl").write_text("".join(json.dumps(r) + "\n" for r in excluded))
     return d
 
 
 def test_training_is_deterministic_with_seed(small_data: Path, tmp_path: Path) -> None:
     a = train(small_data, tmp_path / "a.onnx", seed=3, show_progress=False)
     b = train(small_data, tmp_path / "b.onnx", seed=3, show_progress=False)
-    assert a.report.pooled == b.report.pooled
+    assert a.report.sources == b.report.sources
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
-    assert len(a.report.folds) == 4  # the AlpacaEval row (CC BY-NC) was not trained on
+    assert len(a.report.folds) == 4  # the evaluation-only rows were not trained on
     card = json.loads(a.card_json.read_text())
     assert card["data"]["rows"] == 240
     msg = [{"role": "user", "content": "What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:"}]
     assert ComplexityScorer.load(tmp_path / "a.onnx").score(msg) == ComplexityScorer.load(tmp_path / "b.onnx").score(msg)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "only excluded rows", "bad JSON"])
+def test_train_without_usable_data_is_one_line_exit_2(case: str, small_data: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    if case != "missing":
+        data.mkdir()
+    if case == "only excluded rows":
+        (data / "excluded.jsonl").write_text((small_data / "excluded.jsonl").read_text())
+    if case == "bad JSON":
+        (data / "rows.jsonl").write_text("{broken\n")
+    parser = argparse.ArgumentParser(prog="tiergate")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", "--data", str(data), "--out", str(tmp_path / "m.onnx")])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tiergate train: ") and "\n" not in err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_metrics_constant_score_is_random() -> None:

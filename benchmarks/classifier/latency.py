@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import resource
 import sys
 import time
@@ -23,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from classifiers.dataset import read_jsonl  # noqa: E402
+from classifiers.dataset import read_jsonl
 
 
 def rss_mb() -> float:
@@ -32,7 +33,7 @@ def rss_mb() -> float:
 
 
 def padded(text: str, n_tokens: int) -> list[dict]:
-    from metering.tokens import count_text
+    from text.tokens import count_text
 
     body = text
     while count_text(body) < n_tokens:
@@ -103,7 +104,7 @@ def main() -> None:
 
     print(f"model {path} ({path.stat().st_size} bytes, id {scorer.model_id})")
     print(f"load {load_ms:.1f} ms; RSS added by load {load_rss:.1f} MB")
-    print(f"load average {open('/proc/loadavg').read().split()[0]} on {len(__import__('os').sched_getaffinity(0))} CPUs")
+    print(f"load average {Path('/proc/loadavg').read_text().split()[0]} on {len(os.sched_getaffinity(0))} CPUs")
     print("| prompts | wall p50 ms | wall p99 ms | CPU p50 ms | CPU p99 ms |\n|---|---:|---:|---:|---:|")
     for name, prompts in sets.items():
         if prompts:
