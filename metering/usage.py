@@ -179,6 +179,6 @@ def estimate_usage(prompt_tokens: int, completion_text: str, model: str) -> Usag
     ``prompt_tokens`` comes from the caller, who counted the request already (``count_messages``). Nothing is
     assumed cached: the estimate errs towards the higher bill rather than towards $0.
     """
-    from metering.tokens import count_text
+    from text.tokens import count_text
 
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=count_text(completion_text, model), estimated=True)

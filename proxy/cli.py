@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from router.config_loader import ConfigError, load_policy
+from text.tokens import configure as configure_text
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -104,6 +105,7 @@ TRAIN_ONLY_MODULES = frozenset({"sklearn", "skl2onnx", "onnx", "scipy"})
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_text()  # tiktoken's offline files, before any command counts a token
     try:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as exc:

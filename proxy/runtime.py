@@ -21,7 +21,6 @@ from pydantic import BaseModel
 from kvcache.store import KeyValueCache, open_cache
 from metering.ledger.insights import Insights
 from metering.prices import release_table
-from metering.tokens import count_text
 from pipeline.pipeline import Pipeline
 from pipeline.routing import Routing
 from pipeline.telemetry import Tracing
@@ -32,6 +31,7 @@ from router.config import Config, ServerSettings
 from router.config_loader import ConfigError, load_policy
 from router.policy import Policy
 from router.scoring import Scorer, load_scorer
+from text.tokens import count_text
 from upstream.dispatch import Dispatcher
 from upstream.health import HealthBook
 from upstream.pool import UpstreamPool

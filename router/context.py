@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from metering.tokens import count_messages
+from text.tokens import DEFAULT_MODEL, count_messages
 
 LOW_WATER = 0.5  # after trimming, the history uses at most this share of the budget
 SUMMARY_SHARE = 0.15  # a summary may use this share of the budget (its max_tokens)
@@ -78,7 +78,7 @@ def _key(team: str, head: Sequence[dict[str, Any]], turns: Sequence[Sequence[dic
 
 
 def plan_context(team: str, messages: Sequence[dict[str, Any]], budget: int, keep_last_turns: int,
-                 model: str = "gpt-4o") -> ContextPlan | None:
+                 model: str = DEFAULT_MODEL) -> ContextPlan | None:
     """None when the conversation fits the budget (or nothing may be aged out)."""
     head, turns = split_turns(messages)
     head_tokens = count_messages(head, model) if head else 0

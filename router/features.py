@@ -7,7 +7,7 @@ from typing import Any
 
 from orjson import dumps
 
-from metering.tokens import count_messages, count_text
+from text.tokens import DEFAULT_MODEL, count_messages, count_text
 
 _IMAGE_PARTS = {"image_url", "input_image", "image"}
 
@@ -49,7 +49,7 @@ def _output_limit(body: dict[str, Any]) -> int | None:
     return max(limits) if limits else None
 
 
-def chat_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFeatures:
+def chat_features(body: dict[str, Any], model_hint: str = DEFAULT_MODEL) -> RequestFeatures:
     """Features of a validated chat-completions body."""
     messages = body.get("messages") or []
     needs = set()
@@ -67,7 +67,7 @@ def chat_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFe
                            system_tokens=system_prompt_tokens(messages, model_hint), completions=_count(body.get("n")))
 
 
-def system_prompt_tokens(messages: list[Any], model_hint: str = "gpt-4o") -> int:
+def system_prompt_tokens(messages: list[Any], model_hint: str = DEFAULT_MODEL) -> int:
     """Tokens of the leading system/developer messages: the static prompt an app resends on every call."""
     head = 0
     while head < len(messages) and isinstance(messages[head], dict) and messages[head].get("role") in ("system", "developer"):
@@ -75,7 +75,7 @@ def system_prompt_tokens(messages: list[Any], model_hint: str = "gpt-4o") -> int
     return count_messages(messages[:head], model_hint) - 3 if head else 0  # minus the reply priming
 
 
-def prompt_token_counts(value: Any, model_hint: str = "gpt-4o") -> list[int]:
+def prompt_token_counts(value: Any, model_hint: str = DEFAULT_MODEL) -> list[int]:
     """Tokens of each prompt of a completions ``prompt`` or embeddings ``input``: a string, a token array (its
     length is its count), or a list of strings and token arrays. Stray items count as one token each (the edge
     refuses them; counting never undercounts what an upstream might accept)."""
@@ -89,7 +89,7 @@ def prompt_token_counts(value: Any, model_hint: str = "gpt-4o") -> list[int]:
             for item in value]
 
 
-def completion_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFeatures:
+def completion_features(body: dict[str, Any], model_hint: str = DEFAULT_MODEL) -> RequestFeatures:
     """Features of a validated legacy completions body: every prompt is billed, and each gets ``n`` completions
     (``best_of`` of them when larger: the provider generates and bills all ``best_of``, returns ``n``)."""
     prompts = prompt_token_counts(body.get("prompt"), model_hint)
@@ -98,7 +98,7 @@ def completion_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> Req
                            completions=max(len(prompts), 1) * per_prompt, longest_prompt_tokens=max(prompts, default=0))
 
 
-def embedding_features(body: dict[str, Any], model_hint: str = "gpt-4o") -> RequestFeatures:
+def embedding_features(body: dict[str, Any], model_hint: str = DEFAULT_MODEL) -> RequestFeatures:
     """Features of a validated embeddings body: every input is billed as prompt, nothing as output."""
     inputs = prompt_token_counts(body.get("input"), model_hint)
     return RequestFeatures(needs=frozenset(), prompt_tokens=sum(inputs), max_output_tokens=None, completions=0,

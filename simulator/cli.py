@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from simulator.options import FAIL_KINDS, SimulatorOptions
+from text.tokens import configure as configure_text
 
 
 def _rate(text: str) -> float:
@@ -66,4 +67,5 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tiergate")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["mock-upstream", *(sys.argv[1:] if argv is None else argv)])
+    configure_text()  # tiktoken's offline files, before the first count
     return int(args.func(args))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from metering.tokens import count_text
 from simulator.text import seed_for
+from text.tokens import count_text
 
 _DEFAULT_DIMENSIONS = {"text-embedding-3-large": 3072}
 

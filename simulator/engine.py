@@ -18,10 +18,11 @@ from typing import Any, Literal
 
 import orjson
 
-from metering.tokens import count_messages, count_text, encoding_for, message_text
 from simulator.prefix_cache import MIN_CACHED_TOKENS, PrefixCache
 from simulator.structured import json_object_reply, object_for, value_for
 from simulator.text import seed_for, words
+from text.messages import message_text
+from text.tokens import count_messages, count_text, encoding_for
 
 _ALNUM_ONLY = bytes.maketrans(b"+/", b"xZ")  # base64 minus its two symbols looks like OpenAI's ids
 _FRAME = 0xFFFF0000  # ids above any real vocabulary stand in for OpenAI's chat framing tokens in cached prefixes

@@ -19,6 +19,8 @@ from simulator.options import SimulatorOptions
 from simulator.render import response_body
 from simulator.service import ENDPOINTS, SimulatedTimeout, Simulator
 from simulator.text import vocabulary
+from text.tokens import DEFAULT_MODEL
+from text.tokens import configure as configure_text
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -167,10 +169,11 @@ async def _hang(receive: Receive, seconds: float) -> None:
 def create_app(options: SimulatorOptions | None = None) -> MockUpstreamApp:
     """The ASGI app for ``options`` (defaults: instant, never failing).
 
-    Loads the gpt-4o tokenizer now: lazily it would add ~0.4 s to the first request, which benchmarks would
+    Loads the default tokenizer now: lazily it would add ~0.4 s to the first request, which benchmarks would
     count as the proxy's latency.
     """
-    vocabulary("gpt-4o")
+    configure_text()
+    vocabulary(DEFAULT_MODEL)
     return MockUpstreamApp(options or SimulatorOptions())
 
 

@@ -12,9 +12,9 @@ import functools
 import hashlib
 import random
 
-from metering.tokens import encoding_for  # also points tiktoken at its offline files, so it must come first
+import tiktoken
 
-import tiktoken  # noqa: E402
+from text.tokens import encoding_for
 
 _CANDIDATES = """
 the of and to in is that for it as with was on be by this are from or at an not but have which all can has

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from metering.tokens import count_messages
 from router.context import plan_context, split_turns
+from text.tokens import count_messages
 
 SYSTEM = {"role": "system", "content": "You are a support agent. " * 200}
 

@@ -8,9 +8,9 @@ import pytest
 
 from metering.money import format_usd, usd_to_nanos
 from metering.prices import Price, lookup
-from metering import tokens
-from metering.tokens import count_messages, count_text, encoding_for
 from metering.usage import Usage, cost_nanos, estimate_usage, normalize_usage, worst_case_nanos
+from text import tokens
+from text.tokens import count_messages, count_text, encoding_for
 
 # Claude 3.5 Sonnet list prices ($/1M): input 3, output 15, cache read 0.30, cache write 3.75.
 SONNET = Price.per_million(Decimal(3), Decimal(15), Decimal("0.30"), Decimal("3.75"))

@@ -12,11 +12,12 @@ from typing import Iterator
 import httpx
 import openai
 import pytest
-
-import metering.tokens  # noqa: F401  (points tiktoken at its offline files before the import below)
 import tiktoken
-from helpers_simulator import MockServer, running
 
+from helpers_simulator import MockServer, running
+from text.tokens import configure
+
+configure()  # tiktoken's offline files, before the encoding below
 ENC = tiktoken.get_encoding("o200k_base")  # gpt-4o family, computed here independently of the simulator
 USER = [{"role": "user", "content": "Summarise the quarterly report in two sentences."}]
 WEATHER_TOOL = {

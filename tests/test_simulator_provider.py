@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from metering.tokens import encoding_for
 from simulator.cli import add_commands, options_from_args, run
 from simulator.options import SimulatorOptions
 from simulator.prefix_cache import PrefixCache, cacheable_tokens
 from simulator.provider import SimulatedUpstream
 from simulator.structured import value_for
 from simulator.text import words
+from text.tokens import encoding_for
 from upstream.base import UpstreamError
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Plan a three-day trip to Lisbon."}]}

@@ -46,9 +46,9 @@ sys.path.insert(0, str(REPO))
 
 from metering.money import NANOS_PER_USD, format_usd  # noqa: E402
 from metering.prices import lookup  # noqa: E402
-from metering.tokens import count_messages, count_text  # noqa: E402
 from router.context import plan_context  # noqa: E402
 from simulator.prefix_cache import cacheable_tokens  # noqa: E402
+from text.tokens import count_messages, count_text  # noqa: E402
 
 HOST = "127.0.0.1"
 PROXY_PORT = 4600
