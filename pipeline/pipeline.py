@@ -37,6 +37,7 @@ from router.context import plan_context
 from router.features import chat_features, completion_features, embedding_features, system_prompt_tokens
 from router.policy import DeploymentSpec
 from router.prefix import prefix_key
+from text.tokens import DEFAULT_MODEL
 from upstream.dispatch import AllAttemptsFailed, BodyFor, Dispatcher
 
 log = logging.getLogger("tiergate.pipeline")
@@ -156,7 +157,7 @@ class Pipeline:
             return str(result.body["choices"][0]["message"].get("content") or "")
 
         with self._tracing.span("tiergate.context") as span:
-            trimmed = await apply_plan(plan, self._cache, complete, settings.summary_timeout_s, "gpt-4o")
+            trimmed = await apply_plan(plan, self._cache, complete, settings.summary_timeout_s, DEFAULT_MODEL)
             if span is not None:
                 span.set_attributes({"tiergate.context.saved_tokens": trimmed.saved_tokens,
                                      "tiergate.context.summaries_written": trimmed.computed})

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from kvcache.store import KeyValueCache
-from metering.tokens import count_messages
 from router.context import ContextPlan, summary_request
+from text.tokens import count_messages
 
 log = logging.getLogger("tiergate.context")
 
