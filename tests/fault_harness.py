@@ -446,24 +446,55 @@ def fault_config(path: Path, tiers: dict[str, list[str]], teams: list[TeamSpec],
     return path
 
 
-def start_proxy(config: Path, directory: Path, workers: int = 1, cwd: Path = ROOT, port: int | None = None,
-                timeout_s: float = 45.0, signal_while_starting: int | None = None) -> Process:
-    """``tiergate serve`` until ready. ``signal_while_starting``: sent to the supervisor as soon as it has spawned
-    its workers, i.e. while they are still starting (an operator's reload does not wait for a deploy to settle)."""
-    port = port or free_port()
-    args = ["serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
-    log = directory / f"proxy-{port}.log"
-    if signal_while_starting is None:
-        return start_process(args, port, log, "/readyz", cwd=cwd, timeout_s=timeout_s)
-    with ThreadPoolExecutor(1) as pool:
-        starting = pool.submit(start_process, args, port, log, "/readyz", cwd=cwd, timeout_s=timeout_s)
-        # the supervisor's first log line (``... tiergate.server [pid] ...``) follows its signal handlers
-        line = wait_for(lambda: next((ln for ln in _lines(log) if " tiergate.server [" in ln), None), timeout_s,
-                        "the supervisor's first log line", 0.01)
-        supervisor = int(line.split(" tiergate.server [", 1)[1].split("]", 1)[0])
-        wait_for(lambda: worker_pids(supervisor), timeout_s, "the first worker process", 0.01)
-        os.kill(supervisor, signal_while_starting)
-        return starting.result()
+class Proxies:
+    """``tiergate serve`` processes of one test, run in its directory (the PostgreSQL spool is relative to the
+    working directory), every one stopped at ``close()``: supervisors get SIGTERM and stop their workers."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[Process] = []
+
+    def start(self, config: Path, workers: int = 1, timeout_s: float = 45.0,
+              signal_while_starting: int | None = None) -> Process:
+        """Returns once ``/readyz`` answers. ``signal_while_starting``: sent to the supervisor as soon as it has
+        spawned its workers, i.e. while they are still booting (an operator's reload does not wait for a deploy)."""
+        port = free_port()
+        args = ["serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
+        log = self.directory / f"proxy-{port}.log"
+        with ThreadPoolExecutor(1) as pool:
+            starting = pool.submit(start_process, args, port, log, "/readyz", cwd=self.directory,
+                                   timeout_s=timeout_s)
+            supervisor, workers = None, set()  # workers seen, to reap if start_process kills their supervisor
+            signalled = signal_while_starting is None
+            while not starting.done():
+                supervisor = supervisor or _supervisor_pid(log)
+                if supervisor is not None:
+                    workers.update(worker_pids(supervisor))
+                    if not signalled and workers:
+                        os.kill(supervisor, signal_while_starting)  # type: ignore[arg-type]
+                        signalled = True
+                time.sleep(0.01 if not signalled else 0.1)
+            try:
+                proxy = starting.result()
+            except RuntimeError:
+                for pid in workers:
+                    kill9(pid)
+                raise
+        self.started.append(proxy)
+        assert signalled, "the proxy was ready before its workers could be signalled"
+        self.started.append(proxy)
+        return proxy
+
+    def close(self) -> None:
+        for proxy in self.started:
+            proxy.stop()
+
+
+def _supervisor_pid(log: Path) -> int | None:
+    """From the supervisor's first log line (``... tiergate.server [pid] ...``), logged after its signal handlers
+    are in place."""
+    line = next((ln for ln in _lines(log) if " tiergate.server [" in ln), None)
+    return int(line.split(" tiergate.server [", 1)[1].split("]", 1)[0]) if line else None
 
 
 def _lines(path: Path) -> list[str]:

@@ -30,7 +30,7 @@ import yaml
 from conftest import ROOT, Process
 from fault_harness import (NANOS_PER_USD, Call, ErrorUpstream, LedgerReader, Load, PrivatePostgres, Result,
                            Row, SCALE, StreamCutter, Summary, collect, describe, fault_config, kill9, overshoot_cell,
-                           private_redis, proxy_errors, send, settled_counter, start_proxy, wait_for,
+                           Proxies, private_redis, proxy_errors, send, settled_counter, wait_for,
                            worker_pids)
 from metering_fixtures import RedisServer
 from proxy_metering_helpers import ADMIN_AUTH, Procs, TeamSpec, chat, new_team, report
@@ -57,6 +57,13 @@ def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Procs]:
 def mock(procs: Procs) -> Process:
     """A healthy, instant upstream shared by the scenarios that break something else."""
     return procs.mock()
+
+
+@pytest.fixture
+def proxies(tmp_path: Path) -> Iterator[Proxies]:
+    """The test's proxies, started in its directory and stopped at its end."""
+    with contextlib.closing(Proxies(tmp_path)) as started:
+        yield started
 
 
 @pytest.fixture
@@ -107,7 +114,7 @@ def _cap_usd(nanos: int) -> str:
 
 # ---- kill -9 of a worker under load --------------------------------------------------------------------------------
 
-def test_kill9_worker_under_load(tmp_path: Path, mock: Process, own_redis: RedisServer,
+def test_kill9_worker_under_load(tmp_path: Path, proxies: Proxies, mock: Process, own_redis: RedisServer,
                                  summary: Summary) -> None:
     """Two workers under a supervisor, budgets leased from a private Redis; a worker is SIGKILLed twice while
     clients drive the team to its cap. The restarted worker replays the dead one's spool."""
@@ -120,7 +127,7 @@ def test_kill9_worker_under_load(tmp_path: Path, mock: Process, own_redis: Redis
     team = new_team("k9", budgets={"team": {"daily_usd": _cap_usd(cap)}, "redis_failure": "closed"})
     config = fault_config(tmp_path / "k9.yaml", {"small": [mock.url]}, [team], f"sqlite:///{db}",
                           redis=own_redis.url)
-    proxy = start_proxy(config, tmp_path, workers=2, cwd=tmp_path)
+    proxy = proxies.start(config, workers=2)
     res = reservation(proxy, team, body)
     startups = lambda: proxy.output().count("Application startup complete")  # noqa: E731
 
@@ -177,7 +184,7 @@ def test_kill9_worker_under_load(tmp_path: Path, mock: Process, own_redis: Redis
 
 # ---- Redis restart under load --------------------------------------------------------------------------------------
 
-def test_redis_restart_under_load(tmp_path: Path, mock: Process, own_redis: RedisServer,
+def test_redis_restart_under_load(tmp_path: Path, proxies: Proxies, mock: Process, own_redis: RedisServer,
                                   summary: Summary) -> None:
     """A fail-open and a fail-closed team under load; the private Redis is killed and started again (empty, as
     without persistence). Fail-open is always served; fail-closed gets 503 only while Redis is away; afterwards the
@@ -190,7 +197,7 @@ def test_redis_restart_under_load(tmp_path: Path, mock: Process, own_redis: Redi
     db = tmp_path / "ledger.db"
     config = fault_config(tmp_path / "rr.yaml", {"small": [mock.url]}, [opened, closed], f"sqlite:///{db}",
                           redis=own_redis.url)
-    proxy = start_proxy(config, tmp_path, workers=2, cwd=tmp_path)  # two workers: two pools, two reconciliations
+    proxy = proxies.start(config, workers=2)  # two workers: two pools, two reconciliations
     res = reservation(proxy, opened, body)
     grace_s = 2.0  # a failure backs Redis off for 1 s, and a stale socket times out after 0.5 s
 
@@ -240,14 +247,14 @@ def test_redis_restart_under_load(tmp_path: Path, mock: Process, own_redis: Redi
 
 # ---- PostgreSQL restart under load ---------------------------------------------------------------------------------
 
-def test_postgres_restart_under_load(tmp_path: Path, mock: Process, pg_cluster: PrivatePostgres,
-                                     summary: Summary) -> None:
+def test_postgres_restart_under_load(tmp_path: Path, proxies: Proxies, mock: Process,
+                                     pg_cluster: PrivatePostgres, summary: Summary) -> None:
     """The PostgreSQL ledger's server crashes (immediate stop) and comes back while clients keep going: every
     answer is still served, spooled, and committed exactly once when the database returns."""
     dsn = pg_cluster.create_database()
     team = new_team("pgr")
     config = fault_config(tmp_path / "pg.yaml", {"small": [mock.url]}, [team], dsn)
-    proxy = start_proxy(config, tmp_path, cwd=tmp_path)  # the PostgreSQL spool is relative to the working directory
+    proxy = proxies.start(config)
     body = chat("Is the ledger still there?", max_tokens=12)
 
     load = Load(proxy.url, lambda n, i: Call(team, body), 4, 25.0, "pgr")
@@ -302,7 +309,8 @@ UPSTREAM_EXPECT = {  # tier -> (client status, error code, record status)
 }
 
 
-def test_upstream_faults_under_load(tmp_path: Path, procs: Procs, mock: Process, summary: Summary) -> None:
+def test_upstream_faults_under_load(tmp_path: Path, proxies: Proxies, procs: Procs, mock: Process,
+                                    summary: Summary) -> None:
     """One proxy, a tier per upstream fault (each team confined to its tier, so nothing falls back): every
     request gets the documented status, and its record carries the same one."""
     cutter = StreamCutter(mock.port, cut_bytes=1500)
@@ -317,7 +325,7 @@ def test_upstream_faults_under_load(tmp_path: Path, procs: Procs, mock: Process,
         db = tmp_path / "ledger.db"
         config = fault_config(tmp_path / "up.yaml", tiers, list(teams.values()), f"sqlite:///{db}",
                               server={"upstream_timeout_s": 1})
-        proxy = start_proxy(config, tmp_path, cwd=tmp_path)
+        proxy = proxies.start(config)
         order = ["ok", "r429", "r500", "cut", "slow", "ok", "r429", "r500", "cut", "slow"]
 
         def plan(n: int, i: int) -> Call:
@@ -359,7 +367,7 @@ def test_upstream_faults_under_load(tmp_path: Path, procs: Procs, mock: Process,
 
 # ---- client disconnects --------------------------------------------------------------------------------------------
 
-def test_client_disconnects_under_load(tmp_path: Path, procs: Procs, own_redis: RedisServer,
+def test_client_disconnects_under_load(tmp_path: Path, proxies: Proxies, procs: Procs, own_redis: RedisServer,
                                        summary: Summary) -> None:
     """Clients hang up mid-stream, while waiting for a non-streamed answer, and mid-upload, among clients that
     don't: each hang-up is recorded as 499 with what was generated so far, and releases its budget hold."""
@@ -368,7 +376,7 @@ def test_client_disconnects_under_load(tmp_path: Path, procs: Procs, own_redis: 
     db = tmp_path / "ledger.db"
     config = fault_config(tmp_path / "disc.yaml", {"small": [slow.url]}, [team], f"sqlite:///{db}",
                           redis=own_redis.url)
-    proxy = start_proxy(config, tmp_path, cwd=tmp_path)
+    proxy = proxies.start(config)
     long_stream = chat("Write a long essay about tides.", max_tokens=200, stream=True)
     kinds = [
         Call(team, long_stream, drop_after_chunks=3),  # hangs up mid-stream
@@ -423,8 +431,8 @@ def _hang_up_mid_upload(proxy: Process, team: TeamSpec, rid: str) -> None:
 
 # ---- a poison record -----------------------------------------------------------------------------------------------
 
-def test_poison_record_cannot_stop_the_ledger(tmp_path: Path, mock: Process, pg_cluster: PrivatePostgres,
-                                              summary: Summary) -> None:
+def test_poison_record_cannot_stop_the_ledger(tmp_path: Path, proxies: Proxies, mock: Process,
+                                              pg_cluster: PrivatePostgres, summary: Summary) -> None:
     """Values PostgreSQL refuses: tag values with a NUL or over the index row limit are rejected at the edge (400),
     and a NUL in an upstream's 400 message (relayed to the client, who must fix its request) reaches a record past
     the edge. Either way the ledger keeps committing every later record, and after a kill -9 the restarted proxy
@@ -435,7 +443,7 @@ def test_poison_record_cannot_stop_the_ledger(tmp_path: Path, mock: Process, pg_
     try:
         config = fault_config(tmp_path / "poison.yaml", {"small": [mock.url], "poison": [bad_upstream.url]}, [team],
                               dsn)
-        proxy = start_proxy(config, tmp_path, cwd=tmp_path)
+        proxy = proxies.start(config)
         body = chat("A healthy request.", max_tokens=8)
         edge_poisons = [
             (chat("hi", max_tokens=8, metadata={"owner": "a\u0000b"}), {}),
@@ -457,7 +465,7 @@ def test_poison_record_cannot_stop_the_ledger(tmp_path: Path, mock: Process, pg_
         results += load.results
         restarted_ok = True
         try:
-            proxy = start_proxy(config, tmp_path, cwd=tmp_path, timeout_s=40)
+            proxy = proxies.start(config, timeout_s=40)
         except RuntimeError:
             restarted_ok = False
         if restarted_ok:
@@ -500,7 +508,7 @@ def test_poison_record_cannot_stop_the_ledger(tmp_path: Path, mock: Process, pg_
 
 # ---- reload mid-load -----------------------------------------------------------------------------------------------
 
-def test_reload_mid_load(tmp_path: Path, mock: Process, summary: Summary) -> None:
+def test_reload_mid_load(tmp_path: Path, proxies: Proxies, mock: Process, summary: Summary) -> None:
     """Two workers under load while the policy file is rewritten: a valid change applies, an invalid one is
     rejected with the running policy kept (and reported), restoring the running file clears the report, and the
     original applies again. Not one request fails. The first SIGHUP comes while the workers are still starting
@@ -513,7 +521,7 @@ def test_reload_mid_load(tmp_path: Path, mock: Process, summary: Summary) -> Non
     parsed["teams"][team.name]["max_tokens"] = {"default": 24}
     changed = yaml.safe_dump(parsed, sort_keys=False)
     invalid = changed + "\nteams: [this is: not valid\n"
-    proxy = start_proxy(config, tmp_path, workers=2, cwd=tmp_path, signal_while_starting=signal.SIGHUP)
+    proxy = proxies.start(config, workers=2, signal_while_starting=signal.SIGHUP)
     # Both workers serving before the edits: readiness probes must reach each of them (a worker still booting
     # takes the file as it finds it when its watcher starts).
     wait_for(lambda: proxy.output().count("Application startup complete") >= 2, 60, "both workers serving")
@@ -562,9 +570,10 @@ def test_reload_mid_load(tmp_path: Path, mock: Process, summary: Summary) -> Non
     marks = load.marks
 
     def expected_max_tokens(r: Result) -> str | None:
-        if r.started < marks["write-changed"]:
+        """A worker takes the policy when it handles a request, which may be after the client sent it."""
+        if r.ended <= marks["write-changed"]:
             return "16;default"
-        if marks["changed"] <= r.started < marks["write-original"]:
+        if marks["changed"] <= r.started and r.ended <= marks["write-original"]:
             return "24;default"
         if r.started >= marks["original"]:
             return "16;default"
