@@ -204,6 +204,6 @@ async def endpoint(request: Request) -> Response:
     policy = rt.store.policy
     check_access(policy.config.server.metrics, policy, request.headers)
     today = datetime.now(timezone.utc).date()
-    spent = await rt.meter.inner.ledger.spend_by_team(today)
-    gauges = budget_gauges(spent, rt.meter.policies(policy))
+    spent = await rt.meter.ledger.spend_by_team(today)
+    gauges = budget_gauges(spent, rt.budgets.of(policy))
     return Response(rt.metrics.render(gauges), media_type=CONTENT_TYPE_LATEST)

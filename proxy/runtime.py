@@ -21,17 +21,18 @@ from pydantic import BaseModel
 from kvcache.store import KeyValueCache, open_cache
 from metering.ledger.insights import Insights
 from metering.prices import release_table
+from metering.service import Meter
+from metering.tokens import count_text
+from pipeline.budget import BudgetPolicies
 from pipeline.pipeline import Pipeline
 from pipeline.routing import Routing
 from pipeline.telemetry import Tracing
 from proxy.errors import status_of
-from proxy.meter import Meter
 from proxy.metrics import Metrics
 from router.config import Config, ServerSettings
 from router.config_loader import ConfigError, load_policy
 from router.policy import Policy
 from router.scoring import Scorer, load_scorer
-from text.tokens import count_text
 from upstream.dispatch import Dispatcher
 from upstream.health import HealthBook
 from upstream.pool import UpstreamPool
@@ -164,6 +165,15 @@ def apply_server_settings(settings: ServerSettings, pool: UpstreamPool, dispatch
     health.cooldown_s = settings.cooldown_s
 
 
+async def open_meter(policy: Policy) -> Meter:
+    """The worker's one meter (ledger, budget store, alerts), from the policy's ``metering`` settings: read at
+    start-up only, so a change there waits for a restart."""
+    settings = policy.config.metering
+    return await Meter.open(settings.ledger, settings.redis, webhook_url=settings.alert_webhook,
+                            spool_dir=settings.spool_dir or "", ledger_schema=settings.ledger_schema,
+                            lease_share=settings.budget_lease_share)
+
+
 @dataclass
 class Runtime:
     """Everything a worker process shares between requests; built once at start-up."""
@@ -173,6 +183,7 @@ class Runtime:
     scorer: Scorer
     pool: UpstreamPool
     meter: Meter
+    budgets: BudgetPolicies  # every team's budget policy, derived once per policy version
     cache: KeyValueCache
     metrics: Metrics
     insights: Insights
@@ -193,13 +204,14 @@ class Runtime:
         dispatcher = Dispatcher(pool, health, config.server.max_attempts, config.server.retry_budget_s,
                                 config.server.upstream_timeout_s, tracing.tracer)
         store.on_reload.append(lambda policy: apply_server_settings(policy.config.server, pool, dispatcher, health))
-        meter = await Meter.open(store.policy)
+        meter = await open_meter(store.policy)
+        budgets = BudgetPolicies()
         cache = open_cache(config.metering.redis)
         metrics = Metrics()
-        pipeline = Pipeline(dispatcher, Routing(scorer, health, tracing), meter.inner, meter.budgets, cache, tracing,
+        pipeline = Pipeline(dispatcher, Routing(scorer, health, tracing), meter, budgets, cache, tracing,
                             metrics.observe, status_of)
-        runtime = cls(store=store, pipeline=pipeline, scorer=scorer, pool=pool, meter=meter, cache=cache,
-                      metrics=metrics, insights=Insights(meter.inner.ledger))
+        runtime = cls(store=store, pipeline=pipeline, scorer=scorer, pool=pool, meter=meter, budgets=budgets, cache=cache,
+                      metrics=metrics, insights=Insights(meter.ledger))
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         _return_freed_memory()
         return runtime

@@ -69,7 +69,7 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
 async def _flushed(request: Request) -> None:
     """Wait for records written so far to be queryable; a stuck database must not hang the endpoint."""
     try:
-        await asyncio.wait_for(runtime(request).meter.inner.ledger.flush(), FLUSH_TIMEOUT_S)
+        await asyncio.wait_for(runtime(request).meter.ledger.flush(), FLUSH_TIMEOUT_S)
     except asyncio.TimeoutError:
         raise TiergateError("ledger_unavailable",
                             f"the ledger did not commit within {FLUSH_TIMEOUT_S:.0f}s; see the proxy log") from None
@@ -99,7 +99,7 @@ async def report(request: Request) -> Response:
     rt = runtime(request)
     await _flushed(request)
     try:
-        result = await rt.meter.inner.ledger.report(start, end + timedelta(days=1), team=team, group_by=group_by)
+        result = await rt.meter.ledger.report(start, end + timedelta(days=1), team=team, group_by=group_by)
     except ValueError as exc:
         raise bad_request(str(exc), param="group_by") from None
     payload = result.to_dict()
@@ -124,10 +124,10 @@ async def teams(request: Request) -> Response:
     team = _scope(request)
     rt = runtime(request)
     await _flushed(request)
-    policies = rt.meter.policies(rt.store.policy)
+    policies = rt.budgets.of(rt.store.policy)
     if team is not None:
         policies = {team: policies[team]} if team in policies else {}
-    rows = await rt.meter.inner.teams_status(policies)
+    rows = await rt.meter.teams_status(policies)
     if team is not None:
         rows = [row for row in rows if row["team"] == team]
     return json_response({"day": datetime.now(timezone.utc).date().isoformat(), "teams": rows})

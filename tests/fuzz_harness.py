@@ -237,7 +237,7 @@ class FuzzApp:
 
         async def settle() -> None:
             await runtime.pipeline.drain()
-            await runtime.meter.inner.ledger.flush()
+            await runtime.meter.ledger.flush()
 
         assert self.client.portal is not None
         self.client.portal.call(settle)

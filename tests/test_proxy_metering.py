@@ -451,7 +451,7 @@ def test_kill9_durability_postgres(tmp_path: Path, shared: Shared, procs: Procs)
     require_service("PostgreSQL", postgres_up(POSTGRES_DSN), POSTGRES_DSN)
     import psycopg
 
-    # The ledger's schema cannot be chosen from the YAML (proxy.meter.Meter.open never passes ledger_schema, and
+    # The ledger's schema cannot be chosen from the YAML (proxy.runtime.open_meter never passes ledger_schema, and
     # PostgresLedger's own search_path option overrides one in the URL), so each run gets its own database.
     # The proxy runs in tmp_path: the PostgreSQL spool directory (var/spool/pg-<hash>) is relative to the CWD.
     dbname = "tg_e2e_" + uuid.uuid4().hex[:12]

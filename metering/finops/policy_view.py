@@ -2,7 +2,7 @@
 the alert webhook.
 
 metering does not parse policies; the router's loader does (with file/line/field errors), and the proxy maps a
-team's budget settings onto ``BudgetPolicy`` (``proxy.meter.budget_policy``). Both are imported here, lazily and
+team's budget settings onto ``BudgetPolicy`` (``pipeline.budget.budget_policy``). Both are imported here, lazily and
 only by the offline commands, so the request path never loads them through metering.
 """
 
@@ -26,7 +26,7 @@ class FinopsView:
 
 def load_view(path: str) -> FinopsView:
     """Raises ValueError naming the file, line and field of an invalid config."""
-    from proxy.meter import budget_policy
+    from pipeline.budget import budget_policy
     from router.config_loader import ConfigError, load_policy
 
     try:
