@@ -22,7 +22,6 @@ from kvcache.store import KeyValueCache, open_cache
 from metering.ledger.insights import Insights
 from metering.prices import release_table
 from metering.service import Meter
-from metering.tokens import count_text
 from pipeline.budget import BudgetPolicies
 from pipeline.pipeline import Pipeline
 from pipeline.routing import Routing
@@ -33,6 +32,7 @@ from router.config import Config, ServerSettings
 from router.config_loader import ConfigError, load_policy
 from router.policy import Policy
 from router.scoring import Scorer, load_scorer
+from text.tokens import count_text
 from upstream.dispatch import Dispatcher
 from upstream.health import HealthBook
 from upstream.pool import UpstreamPool
@@ -210,8 +210,8 @@ class Runtime:
         metrics = Metrics()
         pipeline = Pipeline(dispatcher, Routing(scorer, health, tracing), meter, budgets, cache, tracing,
                             metrics.observe, status_of)
-        runtime = cls(store=store, pipeline=pipeline, scorer=scorer, pool=pool, meter=meter, budgets=budgets, cache=cache,
-                      metrics=metrics, insights=Insights(meter.ledger))
+        runtime = cls(store=store, pipeline=pipeline, scorer=scorer, pool=pool, meter=meter, budgets=budgets,
+                      cache=cache, metrics=metrics, insights=Insights(meter.ledger))
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         _return_freed_memory()
         return runtime
