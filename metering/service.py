@@ -196,7 +196,7 @@ class Meter:
     async def close(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.budgets.close()  # first: closing budget leases reports their spend, which the alerter evaluates
         if self.alerter is not None:
             await self.alerter.close()
-        await self.budgets.close()
         await self.ledger.close()

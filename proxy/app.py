@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pipeline.errors import TiergateError, error_object
-from proxy import dashboard, endpoints, metrics, spend
+from proxy import alerts_api, dashboard, endpoints, metrics, spend
 from proxy.errors import error_body, headers_of, wire
 from proxy.request_id import RequestIdMiddleware
 from proxy.runtime import Runtime
@@ -43,6 +43,7 @@ def create_app(config_path: str) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = await Runtime.start(config_path)
+        alerts_api.connect(runtime)
         app.state.runtime = runtime
         try:
             yield
@@ -66,6 +67,7 @@ def create_app(config_path: str) -> Starlette:
         ("/v1/spend/percentiles", spend.percentiles, ["GET"]),
         ("/v1/spend/requests", spend.expensive_requests, ["GET"]),
         ("/v1/spend/timeseries", spend.timeseries, ["GET"]),
+        ("/v1/alerts", alerts_api.alerts, ["GET"]),
         ("/dashboard", dashboard.page, ["GET"]),
         ("/dashboard/{name}", dashboard.asset, ["GET"]),
         ("/metrics", metrics.endpoint, ["GET"]),

@@ -36,10 +36,11 @@ from starlette.responses import Response
 
 from metering.budgets.policy import BudgetPolicy
 from metering.ledger import TeamSpend
+from metering.ledger.alert_log import AlertEvent
 from metering.money import NANOS_PER_USD, usd_to_nanos
 from metering.record import UsageRecord
-from proxy.auth import authenticate, presented_key
 from pipeline.errors import TiergateError
+from proxy.auth import authenticate, presented_key
 from router.config import MetricsAccess
 from router.policy import Policy
 
@@ -95,6 +96,9 @@ class Metrics:
         self._sticky = Counter("tiergate_sticky_held_requests",
                                "Requests kept on their conversation's tier (prompt caching) against the score.",
                                ("team", "tier"), registry=r)
+        self._refusals = Counter("tiergate_budget_refusals", "Requests a budget cap refused (429), by the cap's scope "
+                                 "(team, key, tag); each is also listed by GET /v1/alerts?kind=refusal.",
+                                 ("team", "scope"), registry=r)
         self._series: dict[tuple[str, str, str, int], _Series] = {}
 
     def _children(self, team: str, tier: str, model: str, status: int) -> _Series:
@@ -136,6 +140,10 @@ class Metrics:
             s.ttft.observe(record.ttft_ms / 1000)
         if sticky_held:
             s.sticky.inc()
+
+    def observe_refusal(self, refusal: AlertEvent) -> None:
+        """Count one budget refusal (an ``Alerter`` refusal listener: called on the request path)."""
+        self._refusals.labels(refusal.team, refusal.scope).inc()
 
     def render(self, budgets: Iterable[Metric] = ()) -> bytes:
         """The text exposition: every worker's counters (multiprocess) or this one's, plus ``budgets``."""

@@ -1,8 +1,11 @@
 """Finance and ops endpoints: the spend report (JSON or CSV), each team's spend against its budgets, and the
 raw-record views the dashboard needs (output-token percentiles, single requests by cost, spend per hour).
 
-An admin key sees every team; a team key sees only its own. Every endpoint flushes the ledger first, so a
-response that completed before the question was asked is in the answer.
+An admin key sees every team; a team key sees only its own; a team neither the policy nor the ledger knows is a
+404 naming the known ones (a typo must not read as a $0 bill). Date ranges are UTC days, ``start`` inclusive and
+``end`` exclusive (as ``tiergate bill`` and the ledger's reports): ``start=2026-11-01&end=2026-12-01`` is
+November. Every endpoint flushes the ledger first, so a response that completed before the question was asked is
+in the answer.
 """
 
 from __future__ import annotations
@@ -25,16 +28,16 @@ FLUSH_TIMEOUT_S = 10.0
 _MAX_REQUESTS = 200
 _MAX_HOURS = 24 * 31
 _MAX_TEAM_CHARS = 256
-# Dates outside are refused: before any ledger existed, or so close to date.max that adding a day or a month to an
-# inclusive end (the queries do) would overflow.
+# Dates outside are refused: before any ledger existed, or so close to date.max that adding a day or a month (the
+# hourly and forecast queries do) would overflow.
 FIRST_DAY = date(2000, 1, 1)
 LAST_DAY = date(9998, 12, 31)
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 def _day(value: str | None, name: str, default: date) -> date:
-    """A date from ``FIRST_DAY`` to ``LAST_DAY``: queries add a day to an inclusive end, and ``date.max`` + 1 day
-    would overflow (a 500) instead of naming the parameter."""
+    """A date from ``FIRST_DAY`` to ``LAST_DAY``: ``date.max`` + 1 day would overflow (a 500) instead of naming the
+    parameter."""
     if not value:
         return default
     try:
@@ -47,16 +50,19 @@ def _day(value: str | None, name: str, default: date) -> date:
 
 
 def _period(request: Request) -> tuple[date, date]:
-    """``start`` and ``end`` (inclusive) query parameters; default this month so far."""
+    """``start`` (inclusive) and ``end`` (exclusive) query parameters; default this month so far, today included."""
     today = datetime.now(timezone.utc).date()
     start = _day(request.query_params.get("start"), "start", today.replace(day=1))
-    end = _day(request.query_params.get("end"), "end", today)
-    if end < start:
-        raise bad_request("'end' is before 'start'", param="end")
+    end = _day(request.query_params.get("end"), "end", today + timedelta(days=1))
+    if end <= start:
+        one_day = f"start={start}&end={start + timedelta(days=1)}"
+        raise bad_request(f"'end' must be after 'start' ('end' is exclusive: {one_day} is one day), got "
+                          f"start={start}&end={end}", param="end")
     return start, end
 
 
-def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter from ``low`` to ``high`` (400 naming it otherwise)."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -75,8 +81,8 @@ async def _flushed(request: Request) -> None:
                             f"the ledger did not commit within {FLUSH_TIMEOUT_S:.0f}s; see the proxy log") from None
 
 
-def _scope(request: Request) -> str | None:
-    """The team a caller may see: its own for a team key, any (or all) for an admin key."""
+async def visible_team(request: Request) -> str | None:
+    """The team a caller may see: its own for a team key, any known one (or all: None) for an admin key."""
     requested = request.query_params.get("team")
     if requested and (len(requested) > _MAX_TEAM_CHARS or CONTROL_CHARS.search(requested)):
         # PostgreSQL refuses NUL in a query parameter: that would be a 500, not an empty answer
@@ -84,29 +90,46 @@ def _scope(request: Request) -> str | None:
                           f"characters), got {shown(requested)}", param="team")
     principal = authenticated(request)
     if principal.admin:
+        if requested:
+            await _known(request, requested)
         return requested or None
     if requested and requested != principal.team:
         raise TiergateError("forbidden_team", f"a key of team {principal.team!r} may only see its own spend")
     return principal.team
 
 
+async def _known(request: Request, team: str) -> None:
+    """404 for a team neither the policy nor the ledger knows, naming those that are."""
+    rt = runtime(request)
+    if team in rt.store.policy.teams:
+        return
+    await _flushed(request)  # a team that left the policy is known by its records, this worker's last ones too
+    known = sorted(set(rt.store.policy.teams) | set(await rt.meter.ledger.teams()))
+    if team not in known:
+        raise TiergateError("not_found", f"unknown team {shown(team)}; known teams: {_listed(known)}", param="team")
+
+
+def _listed(names: list[str], most: int = 50) -> str:
+    shown_names = ", ".join(names[:most])
+    return shown_names + (f" and {len(names) - most} more" if len(names) > most else "") if names else "(none)"
+
+
 async def report(request: Request) -> Response:
     """``GET /v1/spend/report``. Grouped by team and model (in either order), rows also carry P50/P95 output
     tokens, so ops can set max_tokens caps from what is really used."""
-    team = _scope(request)
+    team = await visible_team(request)
     start, end = _period(request)
     group_by = [g.strip() for g in request.query_params.get("group_by", "team").split(",") if g.strip()]
     rt = runtime(request)
     await _flushed(request)
     try:
-        result = await rt.meter.ledger.report(start, end + timedelta(days=1), team=team, group_by=group_by)
+        result = await rt.meter.ledger.report(start, end, team=team, group_by=group_by)
     except ValueError as exc:
         raise bad_request(str(exc), param="group_by") from None
     payload = result.to_dict()
-    payload["end"] = end.isoformat()
     columns = [*result.key_columns, *result.metric_columns]
     if sorted(group_by) == ["model", "team"]:
-        found = await rt.insights.output_percentiles(start, end + timedelta(days=1), team)
+        found = await rt.insights.output_percentiles(start, end, team)
         by_group = {(p.team, p.model): p for p in found}
         for row in payload["rows"]:
             p = by_group.get((row["team"], row["model"]))
@@ -121,7 +144,7 @@ async def report(request: Request) -> Response:
 
 async def teams(request: Request) -> Response:
     """``GET /v1/spend/teams``: each team's spend today and this month against its budgets."""
-    team = _scope(request)
+    team = await visible_team(request)
     rt = runtime(request)
     await _flushed(request)
     policies = rt.budgets.of(rt.store.policy)
@@ -134,20 +157,20 @@ async def teams(request: Request) -> Response:
 
 
 async def percentiles(request: Request) -> Response:
-    """``GET /v1/spend/percentiles?start=&end=&team=``: P50/P95 output tokens per team and model (end inclusive)."""
-    team = _scope(request)
+    """``GET /v1/spend/percentiles?start=&end=&team=``: P50/P95 output tokens per team and model."""
+    team = await visible_team(request)
     start, end = _period(request)
     await _flushed(request)
-    rows = await runtime(request).insights.output_percentiles(start, end + timedelta(days=1), team)
+    rows = await runtime(request).insights.output_percentiles(start, end, team)
     return json_response({"start": start.isoformat(), "end": end.isoformat(), "team": team,
                           "rows": [row.to_dict() for row in rows]})
 
 
 async def expensive_requests(request: Request) -> Response:
     """``GET /v1/spend/requests?limit=20&order=cost|recent&hours=24&team=``: single requests of the last hours."""
-    team = _scope(request)
-    limit = _int(request, "limit", 20, 1, _MAX_REQUESTS)
-    hours = _int(request, "hours", 24, 1, _MAX_HOURS)
+    team = await visible_team(request)
+    limit = int_param(request, "limit", 20, 1, _MAX_REQUESTS)
+    hours = int_param(request, "hours", 24, 1, _MAX_HOURS)
     order = request.query_params.get("order", "cost")
     if order not in ("cost", "recent"):
         raise bad_request(f"'order' must be 'cost' or 'recent', got {order!r}", param="order")
@@ -160,7 +183,7 @@ async def expensive_requests(request: Request) -> Response:
 
 async def timeseries(request: Request) -> Response:
     """``GET /v1/spend/timeseries?bucket=hour&day=&team=``: spend per UTC hour of one day (default today)."""
-    team = _scope(request)
+    team = await visible_team(request)
     if request.query_params.get("bucket", "hour") != "hour":
         raise bad_request("only bucket=hour is supported (daily spend: /v1/spend/report?group_by=day)",
                           param="bucket")

@@ -157,6 +157,18 @@ class Budgets(_Model):
     per_tag: dict[str, BudgetLimit] = Field(default_factory=dict, description="'tag=value' -> limit")
     on_exceeded: Literal["reject", "downgrade"] = "reject"
     redis_failure: Literal["closed", "open"] = "open"
+    alert_thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100], description=(
+        "percents of each of the team's caps (team, key, tag) at which settled spend fires an alert, once per "
+        "day or month; above 100 is useful with on_exceeded: downgrade, [] turns them off"))
+
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _distinct_percents(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= pct <= 1000 for pct in value):
+            raise ValueError(f"alert thresholds are percents from 1 to 1000, got {value}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"alert thresholds must be distinct, got {value}")
+        return sorted(value)
 
 
 class ContextSettings(_Model):

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -103,8 +103,13 @@ def today() -> str:
     return datetime.now(timezone.utc).date().isoformat()
 
 
+def tomorrow() -> str:
+    """The exclusive ``end`` of a report of today."""
+    return (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()
+
+
 def report(proxy_url: str, auth: dict[str, str], **params: str) -> httpx.Response:
-    params = {"start": today(), "end": today(), **params}
+    params = {"start": today(), "end": tomorrow(), **params}
     return httpx.get(proxy_url + "/v1/spend/report", params=params, headers=auth, timeout=30)
 
 

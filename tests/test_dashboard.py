@@ -122,7 +122,8 @@ def test_dashboard_shows_the_spend_report(demo_proxy: Process, browser: Any, tmp
     _wait_for_refreshes(page, 2)  # the second one started after the traffic had been settled
     month = _report(demo_proxy)
     today = datetime.now(timezone.utc).date().isoformat()
-    day = _report(demo_proxy, start=today, end=today)
+    tomorrow = (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()  # the API's end is exclusive
+    day = _report(demo_proxy, start=today, end=tomorrow)
     assert month["totals"]["requests"] >= 24
 
     exact, shown = _usd(page, "month-spend")
@@ -151,7 +152,7 @@ def test_dashboard_shows_the_spend_report(demo_proxy: Process, browser: Any, tmp
 
     page.get_by_role("tab", name="Today").click()
     _wait_for_refreshes(page, 1)
-    assert _usd(page, "savings")[0] == _report(demo_proxy, start=today, end=today)["totals"]["savings_usd"]
+    assert _usd(page, "savings")[0] == _report(demo_proxy, start=today, end=tomorrow)["totals"]["savings_usd"]
     assert external == []  # nothing outside the proxy was asked for
     page.close()
 
@@ -189,13 +190,14 @@ def test_page_is_static_and_self_contained(demo_proxy: Process) -> None:
 def test_insights_endpoints(demo_proxy: Process) -> None:
     _traffic(demo_proxy, 2)
     today = datetime.now(timezone.utc).date().isoformat()
+    tomorrow = (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()  # the API's end is exclusive
     support = {"authorization": f"Bearer {DEMO_KEYS['support']}"}
 
     def get(path: str, headers: dict[str, str] = ADMIN, **params: Any) -> httpx.Response:
         return httpx.get(demo_proxy.url + path, params=params, headers=headers, timeout=30)
 
     hours = get("/v1/spend/timeseries", bucket="hour").json()
-    day = _report(demo_proxy, start=today, end=today)
+    day = _report(demo_proxy, start=today, end=tomorrow)
     assert len(hours["points"]) == 24
     assert sum(p["requests"] for p in hours["points"]) == day["totals"]["requests"]
     assert sum(Decimal(p["cost_usd"]) for p in hours["points"]) == Decimal(day["totals"]["cost_usd"])
@@ -211,7 +213,7 @@ def test_insights_endpoints(demo_proxy: Process) -> None:
     assert get("/v1/spend/timeseries", bucket="day").status_code == 400
     assert get("/v1/spend/requests", limit=0).status_code == 400
 
-    pct = get("/v1/spend/percentiles", start=today, end=today).json()["rows"]
+    pct = get("/v1/spend/percentiles", start=today, end=tomorrow).json()["rows"]
     assert {r["team"] for r in pct} == {"research", "support"}
     assert all(0 < r["p50_output_tokens"] <= r["p95_output_tokens"] for r in pct)
     assert sum(r["requests"] for r in pct) == day["totals"]["requests"]  # every demo request succeeded

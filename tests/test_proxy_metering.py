@@ -25,8 +25,8 @@ import pytest
 
 from conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
 from proxy_metering_helpers import (ADMIN_AUTH, Procs, TeamSpec, chat, cost_of, drop_redis_state, new_team, open_holds,
-                                    parse_sse, postgres_up, redis_up, report, sqlite_records, tiergate, today, totals,
-                                    usd, write_config)
+                                    parse_sse, postgres_up, redis_up, report, sqlite_records, tiergate, today, tomorrow,
+                                    totals, usd, write_config)
 
 LONG_PROMPT = " ".join(f"token{i}" for i in range(1600))  # ~3,800 tokens: well over the 1,024 caching minimum
 
@@ -330,7 +330,7 @@ def test_csv_json_bill_agree_and_team_keys_are_scoped(shared: Shared) -> None:
             assert {k: str(v) for k, v in j.items()} == c
         # Accept: text/csv is the same as format=csv
         accept = httpx.get(proxy.url + "/v1/spend/report", headers={**ADMIN_AUTH, "accept": "text/csv"},
-                           params={"start": today(), "end": today(), "group_by": group_by})
+                           params={"start": today(), "end": tomorrow(), "group_by": group_by})
         assert accept.text == cs.text
 
     mine = [r for r in report(proxy.url, ADMIN_AUTH, group_by="team,model,tier,day").json()["rows"]

@@ -1,10 +1,13 @@
 """The spend report's P50/P95 output tokens per team and model, JSON and CSV agreeing; query parameters out of
-range are 400s naming the parameter."""
+range are 400s naming the parameter; one date convention (start inclusive, end exclusive); an unknown team is a
+404 naming the known ones; tag rows include the untagged records and combine with any dimension."""
 
 from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +74,67 @@ def test_spend_parameters_out_of_range_are_400s_on_the_postgres_ledger(tmp_path:
     assert widest.status_code == 200 and widest.json()["totals"]["requests"] == 1
     last_day = httpx.get(proxy.url + "/v1/spend/timeseries", params={"day": "9998-12-31"}, headers=ADMIN_AUTH)
     assert last_day.status_code == 200 and len(last_day.json()["points"]) == 24
+
+
+def _get(proxy: Process, path: str, headers: dict[str, str] = ADMIN, **params: str) -> httpx.Response:
+    return httpx.get(proxy.url + path, params=params, headers=headers, timeout=30)
+
+
+def test_report_days_are_start_inclusive_end_exclusive(demo_proxy: Process) -> None:
+    research = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
+    assert httpx.post(demo_proxy.url + "/v1/chat/completions", headers=research, timeout=30,
+                      json={"model": "small", "messages": [{"role": "user", "content": "one day"}]}).status_code == 200
+    today = datetime.now(timezone.utc).date()
+    day = {"start": str(today), "end": str(today + timedelta(days=1)), "team": "research"}
+    one_day = _get(demo_proxy, "/v1/spend/report", **day).json()
+    assert one_day["totals"]["requests"] >= 1 and (one_day["start"], one_day["end"]) == (day["start"], day["end"])
+    assert _get(demo_proxy, "/v1/spend/report", team="research").json()["totals"] == one_day["totals"]  # month so far
+    before = _get(demo_proxy, "/v1/spend/report", start=str(today - timedelta(days=1)), end=str(today),
+                  team="research").json()
+    assert before["totals"]["requests"] == 0  # end is exclusive: today is not in [yesterday, today)
+    empty = _get(demo_proxy, "/v1/spend/report", start=str(today), end=str(today))
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "end"
+    assert "exclusive" in empty.json()["error"]["message"]
+    pct = _get(demo_proxy, "/v1/spend/percentiles", **day).json()["rows"]
+    assert sum(r["requests"] for r in pct) == one_day["totals"]["requests"]
+
+
+def test_unknown_team_is_a_404_naming_the_known_ones(demo_proxy: Process) -> None:
+    for path in ("/v1/spend/report", "/v1/spend/teams", "/v1/spend/percentiles", "/v1/spend/requests",
+                 "/v1/spend/timeseries", "/v1/alerts"):
+        resp = _get(demo_proxy, path, team="nosuch")
+        assert resp.status_code == 404, (path, resp.text)
+        error = resp.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "not_found", "team")
+        assert error["message"] == "unknown team 'nosuch'; known teams: research, support"
+    support = {"authorization": f"Bearer {DEMO_KEYS['support']}"}
+    assert _get(demo_proxy, "/v1/spend/report", support, team="nosuch").status_code == 403  # not its team either
+    assert _get(demo_proxy, "/v1/spend/report", team="support").status_code == 200  # known: in the policy
+
+
+def test_tag_rows_include_untagged_records_and_combine_with_any_dimension(demo_proxy: Process) -> None:
+    support = {"authorization": f"Bearer {DEMO_KEYS['support']}"}
+    for n, metadata in enumerate([{"feature": "faq"}, {"feature": "faq", "ticket": "t1"}, None, None]):
+        body = {"model": "small", "messages": [{"role": "user", "content": f"tagged {n}"}],
+                **({"metadata": metadata} if metadata else {})}
+        assert httpx.post(demo_proxy.url + "/v1/chat/completions", headers=support, json=body,
+                          timeout=30).status_code == 200
+    report = _get(demo_proxy, "/v1/spend/report", group_by="tag", team="support").json()
+    total = report["totals"]
+    for key in {r["tag_key"] for r in report["rows"]}:
+        rows = [r for r in report["rows"] if r["tag_key"] == key]
+        assert sum(r["requests"] for r in rows) == total["requests"], key
+        assert sum(Decimal(r["cost_usd"]) for r in rows) == Decimal(total["cost_usd"]), key
+        assert [r["tag_value"] for r in rows][-1] is None  # the untagged row comes after the key's values
+    feature = {r["tag_value"]: r["requests"] for r in report["rows"] if r["tag_key"] == "feature"}
+    assert feature["faq"] >= 2 and feature[None] >= 2
+    by_tier = _get(demo_proxy, "/v1/spend/report", group_by="tier,tag,key", team="support")
+    assert by_tier.status_code == 200
+    rows = by_tier.json()["rows"]
+    assert list(rows[0])[:4] == ["tier", "tag_key", "tag_value", "key_id"]
+    ticket = [r for r in rows if r["tag_key"] == "ticket"]
+    assert sum(r["requests"] for r in ticket) == total["requests"]
+    as_csv = list(csv.DictReader(io.StringIO(_get(demo_proxy, "/v1/spend/report", group_by="tag", team="support",
+                                                  format="csv").text)))
+    assert [(r["tag_key"], r["tag_value"]) for r in as_csv] == [
+        (r["tag_key"], r["tag_value"] or "") for r in report["rows"]]  # untagged: an empty cell

@@ -268,7 +268,7 @@ def spend_report() -> list[dict[str, Any]]:
     today = datetime.now(timezone.utc).date()
     response = httpx.get(f"http://{HOST}:{PROXY_PORT}/v1/spend/report",
                          params={"group_by": "team,purpose,model", "start": str(today - timedelta(days=1)),
-                                 "end": str(today)},
+                                 "end": str(today + timedelta(days=1))},  # end exclusive: today included
                          headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
     response.raise_for_status()
     return response.json()["rows"]

@@ -60,7 +60,7 @@ class RecordRefused(Exception):
 
 class GroupCommitLedger(Ledger):
     placeholder = "?"
-    tag_rows = "json_each(records.tags)"  # a record's tags as (key, value) rows, for reports the rollups cannot answer
+    tag_rows = "json_each({tags})"  # a record's tags as (key, value) rows, for reports the rollups cannot answer
 
     def __init__(self, spool_dir: str | Path | None, options: WriterOptions = WriterOptions()) -> None:
         """Without a spool and a dead-letter path, ``write()`` raises ``RecordRefused`` for a record the database

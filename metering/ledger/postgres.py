@@ -66,7 +66,7 @@ def _records_json(entries: Sequence[Entry]) -> str:
 
 class PostgresLedger(GroupCommitLedger):
     placeholder = "%s"
-    tag_rows = "jsonb_each_text(records.tags)"
+    tag_rows = "jsonb_each_text({tags})"
 
     def __init__(self, url: str, spool_dir: str | Path | None, schema: str = "public",
                  options: WriterOptions = WriterOptions(), pool_size: int = 4) -> None:

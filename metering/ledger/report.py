@@ -75,27 +75,32 @@ def aggregate_sql(group_by: Sequence[str], placeholder: str, team_filter: bool, 
 
     Parameters: the first and the end day (exclusive), then the team if ``team_filter``; a records scan takes the
     same range twice more as timestamps first (``started_at``, which is indexed, and whose UTC date is ``day``).
-    ``tag_rows`` is the backend's set-returning function over a record's tags (``json_each(records.tags)``,
-    ``jsonb_each_text(records.tags)``), whose rows have ``key`` and ``value`` columns. Column names come only from
-    ``GROUPS``/``SUMMED`` (never from input), so the string building is injection-free.
+    ``tag_rows`` is the backend's set-returning function over a JSON object of tags, ``{tags}`` standing for it
+    (``json_each({tags})``, ``jsonb_each_text({tags})``), whose rows have ``key`` and ``value`` columns. A records
+    scan first sums the records per distinct tag set (far fewer than records), and only then expands the tags.
+    Column names come only from ``GROUPS``/``SUMMED`` (never from input), so the string building is injection-free.
     """
     p = placeholder
     source = source_of(group_by)
     dims = [col for g in group_by for col in GROUPS[g]]
     if source == "records":
-        shown = [f"t.{col[4:]} AS {col}" if col in ("tag_key", "tag_value") else f"records.{col}" for col in dims]
-        sums = ["COUNT(*)"] + [f"SUM(records.{m})" for m in SUMMED[1:]]
-        where = (f"records.started_at >= {p} AND records.started_at < {p} AND records.day >= {p} AND "
-                 f"records.day < {p}" + (f" AND records.team = {p}" if team_filter else ""))
-        sql = f"SELECT {', '.join(shown + sums)} FROM records CROSS JOIN {tag_rows} AS t WHERE {where}"
-        keys = ", ".join(s.rsplit(" AS ", 1)[0] for s in shown)
+        other = [col for col in dims if col not in ("tag_key", "tag_value")]
+        where = (f"started_at >= {p} AND started_at < {p} AND day >= {p} AND day < {p}"
+                 + (f" AND team = {p}" if team_filter else ""))
+        per_tag_set = (f"SELECT {', '.join(['tags', *other, 'COUNT(*) AS requests'])}, "
+                       f"{', '.join(f'SUM({m}) AS {m}' for m in SUMMED[1:])} FROM records WHERE {where} "
+                       f"GROUP BY {', '.join(['tags', *other])}")
+        shown = [f"t.{col[4:]}" if col in ("tag_key", "tag_value") else f"g.{col}" for col in dims]
+        sql = (f"SELECT {', '.join(shown + [f'SUM(g.{m})' for m in SUMMED])} FROM ({per_tag_set}) AS g "
+               f"CROSS JOIN {tag_rows.format(tags='g.tags')} AS t")
+        keys = ", ".join(shown)
     else:
         select = ", ".join(dims + [f"SUM({m})" for m in SUMMED])
         where = f"day >= {p} AND day < {p}" + (f" AND team = {p}" if team_filter else "")
         sql = f"SELECT {select} FROM {source} WHERE {where}"
         keys = ", ".join(dims)
     if dims:
-        sql += f" GROUP BY {keys}"
+        sql += f" GROUP BY {keys}" + ("" if "tag" in group_by else f" ORDER BY {keys}")
     return sql
 
 
@@ -113,16 +118,6 @@ class Totals:
     def from_sums(cls, sums: Sequence[Any]) -> "Totals":
         # SUM over no rows is NULL; PostgreSQL returns NUMERIC (Decimal) for SUM(bigint): both become exact ints.
         return cls(*(int(v or 0) for v in sums))
-
-    def minus(self, other: "Totals") -> "Totals":
-        return Totals(*(a - b for a, b in zip(self.as_tuple(), other.as_tuple())))
-
-    def plus(self, other: "Totals") -> "Totals":
-        return Totals(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
-
-    def as_tuple(self) -> tuple[int, ...]:
-        return (self.requests, self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.reasoning_tokens,
-                self.cost_nanos, self.counterfactual_cost_nanos)
 
     @property
     def savings_nanos(self) -> int:
@@ -201,48 +196,64 @@ def rows_to_csv(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _sort_key(row: ReportRow) -> tuple[tuple[bool, str], ...]:
-    # An untagged row (None) after its key's values; str() so PostgreSQL dates and SQLite text sort alike.
-    return tuple((v is None, "" if v is None else str(v)) for v in row.keys.values())
+_TAG_COLUMNS = ("tag_key", "tag_value")
 
 
-def _rows(cols: Sequence[str], grouped: Iterable[Sequence[Any]]) -> list[ReportRow]:
+def _normal(rows: Iterable[Sequence[Any]], width: int) -> list[tuple[Any, ...]]:
+    """Keys as text (PostgreSQL returns dates) and sums as ints (it returns Decimals; a SUM over nothing is NULL)."""
+    return [(*(str(v) for v in t[:width]), *(int(v or 0) for v in t[width:])) for t in rows]
+
+
+def untagged_rows(cols: Sequence[str], tagged: list[tuple[Any, ...]], by_group: list[tuple[Any, ...]]
+                  ) -> list[tuple[Any, ...]]:
+    """Per group of the other dimensions (``by_group``: the daily rollup's sums for them) and per tag key seen in
+    the report, the records without that key: the group's sums minus those of its rows of that key (exact, as a
+    record has at most one value per key); None in ``tag_value`` (and ``tag_key`` when no record of the report
+    has a tag). Rows are normalised tuples (``_normal``), keys in ``cols`` order, then ``SUMMED``."""
     width = len(cols)
-    return [ReportRow(keys={c: str(v) for c, v in zip(cols, t[:width])}, totals=Totals.from_sums(t[width:]))
-            for t in grouped]
-
-
-def untagged_rows(group_by: tuple[str, ...], tagged: list[ReportRow], by_group: list[ReportRow]) -> list[ReportRow]:
-    """Per group of the other dimensions (``by_group``: the daily rollup's rows for them) and per tag key seen in
-    the report, the records without that key: the group's total minus its rows of that key (exact, as a record
-    has at most one value per key). With no tag key at all, each group is one all-null row."""
-    cols = [col for g in group_by for col in GROUPS[g]]
-    other = [c for c in cols if c not in ("tag_key", "tag_value")]
-    per_key: dict[tuple[tuple[str | None, ...], str | None], Totals] = {}
-    for row in tagged:
-        at = (tuple(row.keys[c] for c in other), row.keys["tag_key"])
-        per_key[at] = per_key.get(at, Totals()).plus(row.totals)
-    tag_keys: list[str | None] = sorted({k for _, k in per_key}) or [None]  # type: ignore[type-var]
+    other = [i for i, c in enumerate(cols) if c not in _TAG_COLUMNS]
+    key_at = cols.index("tag_key")
+    per_key: dict[tuple[Any, ...], list[int]] = {}
+    for t in tagged:
+        at = (*(t[i] for i in other), t[key_at])
+        acc = per_key.get(at)
+        if acc is None:
+            per_key[at] = list(t[width:])
+        else:
+            for j, v in enumerate(t[width:]):
+                acc[j] += v
+    tag_keys: list[str | None] = sorted({at[-1] for at in per_key}) or [None]
+    nothing = [0] * len(SUMMED)
     out = []
     for group in by_group:
-        values = tuple(group.keys[c] for c in other)
+        values, sums = group[:len(other)], group[len(other):]
         for key in tag_keys:
-            rest = group.totals.minus(per_key.get((values, key), Totals()))
-            if rest.requests > 0:
-                keys = {c: (key if c == "tag_key" else None if c == "tag_value" else group.keys[c]) for c in cols}
-                out.append(ReportRow(keys=keys, totals=rest))
+            rest = [a - b for a, b in zip(sums, per_key.get((*values, key), nothing))]
+            if rest[0] > 0:  # requests: a group with none left has nothing untagged
+                given = iter(values)
+                out.append((*(key if c == "tag_key" else None if c == "tag_value" else next(given) for c in cols),
+                            *rest))
     return out
+
+
+def _sort_key(width: int) -> Any:
+    # An untagged row (None) after its key's values.
+    return lambda t: tuple((v is None, v or "") for v in t[:width])
 
 
 def build_report(start: date, end: date, team: str | None, group_by: tuple[str, ...],
                  grouped: Iterable[Sequence[Any]], total: Sequence[Any],
                  by_group: Iterable[Sequence[Any]] = ()) -> Report:
-    """Assemble from the backend's result tuples (group key columns first, then ``SUMMED``). With ``tag``,
-    ``by_group`` is the daily rollup grouped by the other dimensions, for the untagged rows."""
+    """Assemble from the backend's result tuples (group key columns first, then ``SUMMED``; ordered by the keys
+    unless they include ``tag``). With ``tag``, ``by_group`` is the daily rollup's sums grouped by the other
+    dimensions, for the untagged rows, and rows are sorted here (the same order on both backends)."""
     cols = [col for g in group_by for col in GROUPS[g]]
-    rows = _rows(cols, grouped)
+    width = len(cols)
+    rows = _normal(grouped, width)
     if "tag" in group_by:
         other = [col for g in group_by if g != "tag" for col in GROUPS[g]]
-        rows += untagged_rows(group_by, rows, _rows(other, by_group))
-    rows.sort(key=_sort_key)
-    return Report(start, end, team, group_by, rows, Totals.from_sums(total))
+        rows += untagged_rows(cols, rows, _normal(by_group, len(other)))
+        rows.sort(key=_sort_key(width))
+    return Report(start, end, team, group_by,
+                  [ReportRow(keys=dict(zip(cols, t[:width])), totals=Totals(*t[width:])) for t in rows],
+                  Totals.from_sums(total))

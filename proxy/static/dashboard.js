@@ -271,8 +271,9 @@ async function refresh() {
   try {
     const [teams, month] = await Promise.all([api("/v1/spend/teams"), api("/v1/spend/report?group_by=team")]);
     const today = teams.day;
-    const dayRange = `start=${today}&end=${today}`;
-    const range = state.period === "day" ? dayRange : `start=${month.start}&end=${today}`;
+    // UTC days, end exclusive: the default report (month) already ends tomorrow
+    const dayRange = `start=${today}&end=${month.end}`;
+    const range = state.period === "day" ? dayRange : `start=${month.start}&end=${month.end}`;
     const [day, tiers, keys, tags, percentiles, requests, series] = await Promise.all([
       api(`/v1/spend/report?${dayRange}&group_by=team`),
       api(`/v1/spend/report?${range}&group_by=tier`),
@@ -294,7 +295,8 @@ async function refresh() {
     }
     renderTiers(tiers);
     renderRanking("keys", keys.rows, (r) => r.key_id, "key");
-    renderRanking("tags", tags.rows, (r) => `${r.tag_key}=${r.tag_value}`, "tag");
+    renderRanking("tags", tags.rows, (r) => r.tag_value !== null ? `${r.tag_key}=${r.tag_value}`
+      : r.tag_key !== null ? `${r.tag_key}: (untagged)` : "(no tags)", "tag");
     renderPercentiles(percentiles);
     renderRequests(requests);
     state.refreshes += 1;
