@@ -100,7 +100,7 @@ def approximate_reservation(mock: Process, body: dict[str, Any]) -> int:
 
 
 def usd(nanos: int) -> str:
-    return f"${nanos / NANOS_PER_USD:.6f}"
+    return f"{'-' if nanos < 0 else ''}${abs(nanos) / NANOS_PER_USD:.6f}"
 
 
 def lease_of(cap_nanos: int, reservation_nanos: int, share: float = 0.02) -> int:
