@@ -271,3 +271,24 @@ def test_meter_settles_cross_thresholds_and_refusals_are_recorded(tmp_path: Path
             for e in refusals] == [("tag", "exp=e1", "t", "k", {"exp": "e1"}, 2_000, 4_000, "refused")]
     assert [e.id for e in heard] == [refusals[0].id]
     assert sorted(e.threshold_pct for e in stored if e.kind == "threshold" and e.scope == "tag") == [50, 80, 100]
+
+
+def test_any_budget_scope_alerts_an_experiment_too(tmp_path: Path) -> None:
+    """Scopes are data (the cap's kind and name): a later scope kind needs no change here or in the table."""
+    cap = Cap("experiment", "t", "churn-v2", "month", DAY.replace(day=1), 1_000)  # type: ignore[arg-type]
+
+    async def go() -> tuple[list[dict[str, Any]], list[AlertEvent]]:
+        async with Webhook() as hook:
+            ledger = await _open((f"sqlite:///{tmp_path / 'l.db'}", "public"))
+            alerter = Alerter(hook.url, ledger=ledger, thresholds=(80,))
+            await alerter.start()
+            alerter.observe([CapState(cap, 900, 0)], [("r1", 700), ("r2", 200)])
+            await alerter.close()
+            stored = await ledger.alerts(EVER)
+            await ledger.close()
+            return hook.bodies, stored
+
+    bodies, stored = run(go)
+    assert [(e.scope, e.scope_name, e.period, e.threshold_pct, e.request_id) for e in stored] == [
+        ("experiment", "churn-v2", "month", 80, "r2")]
+    assert bodies[0]["text"].startswith(":warning: tiergate: monthly budget of experiment churn-v2 of team t")
