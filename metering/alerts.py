@@ -33,7 +33,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from metering.budgets.base import BudgetExceeded, Cap, CapState
-from metering.ledger.alert_log import AlertEvent
+from metering.ledger.alert_log import AlertEvent, once_key
 from metering.ledger.base import Ledger
 from metering.money import format_usd
 
@@ -125,6 +125,7 @@ class Alerter:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._decided: dict[str, int] = {}  # once_key -> unix time its period's counter expires: claimed, or lost
         self._catching_up: set[str] = set()
+        self._closing = False  # no new catch-ups: another replica, or the next start, makes them
         self._queue: asyncio.Queue[tuple[Sequence[CapState], Settled]] = asyncio.Queue()
         self._refusals: list[AlertEvent] = []
         self._refusals_queued = asyncio.Event()
@@ -184,6 +185,7 @@ class Alerter:
     async def close(self) -> None:
         """Drain, except catch-up claims still waiting: another replica, or the next start, makes those."""
         if self._runners:
+            self._closing = True
             for task in list(self._catch_ups):
                 task.cancel()
             try:
@@ -231,11 +233,13 @@ class Alerter:
         return True
 
     def _maybe_catch_up(self, state: CapState, pct: int) -> None:
-        probe = _event(state.cap, "threshold", state.spent_nanos, threshold_pct=pct)
-        if probe.once_key in self._decided or probe.once_key in self._catching_up:
+        cap = state.cap
+        key = once_key(cap.kind, cap.team, cap.name, cap.period, cap.start, pct)  # every later settle asks: cheaply
+        if key in self._decided or key in self._catching_up or self._closing:
             return
-        self._catching_up.add(probe.once_key or "")
-        self._spawn(self._catch_up(state.cap, probe), self._catch_ups)
+        self._catching_up.add(key)
+        self._spawn(self._catch_up(cap, _event(cap, "threshold", state.spent_nanos, threshold_pct=pct)),
+                    self._catch_ups)
 
     async def _catch_up(self, cap: Cap, event: AlertEvent) -> None:
         try:

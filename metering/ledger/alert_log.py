@@ -29,6 +29,11 @@ ALERT_COLUMNS: tuple[str, ...] = (
 )
 
 
+def once_key(scope: str, team: str, scope_name: str, period: str, period_start: date, pct: int | None) -> str:
+    """A threshold of one budget scope in one period: the UNIQUE key of the ``alerts`` table."""
+    return f"{scope}:{team}:{scope_name}:{period}:{period_start.isoformat()}:{pct}"
+
+
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
     """One fired threshold or one refusal, on one budget scope.
@@ -61,11 +66,10 @@ class AlertEvent:
 
     @property
     def once_key(self) -> str | None:
-        """What makes a threshold fire once: scope, period and threshold (None for a refusal: every one counts)."""
+        """What makes a threshold fire once (None for a refusal: every one counts)."""
         if self.kind != "threshold":
             return None
-        return (f"{self.scope}:{self.team}:{self.scope_name}:{self.period}:{self.period_start.isoformat()}:"
-                f"{self.threshold_pct}")
+        return once_key(self.scope, self.team, self.scope_name, self.period, self.period_start, self.threshold_pct)
 
     def values(self) -> tuple[Any, ...]:
         """In ``ALERT_COLUMNS`` order; the instant (UTC) and the day stay objects for the backend to adapt."""
