@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
@@ -111,7 +111,7 @@ class Dispatcher:
         except TimeoutError:
             raise UpstreamError("timeout", f"deployment {dep.id} did not answer within {timeout:g}s") from None
 
-    async def _tracked(self, dep: DeploymentSpec, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _tracked(self, dep: DeploymentSpec, stream: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
         """The stream, counted as in flight on its deployment until it ends or is closed."""
         self._health.started(dep.id)
         try:
@@ -121,9 +121,11 @@ class Dispatcher:
             self._health.finished(dep.id)
             await stream.aclose()  # type: ignore[attr-defined]
 
-    async def send(
-        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body_for: BodyFor
-    ) -> tuple[DeploymentSpec, UpstreamReply, list[Attempt]]:
+    async def _first_success(
+        self, plan: tuple[DeploymentSpec, ...], call: Callable[[DeploymentSpec], Awaitable[T]]
+    ) -> tuple[DeploymentSpec, T, list[Attempt]]:
+        """The attempt loop both paths share: ``call`` each deployment of the plan in order until one succeeds,
+        within max_attempts and the retry budget; a non-retryable failure ends it at once."""
         attempts: list[Attempt] = []
         deadline = time.monotonic() + self._budget_s
         last: UpstreamError | None = None
@@ -131,53 +133,48 @@ class Dispatcher:
             if attempts and time.monotonic() >= deadline:
                 break
             started = time.perf_counter()
-            self._health.started(dep.id)
             with self._attempt_span(dep) as span:
                 try:
-                    reply = await self._bounded(dep, self._pool.get(dep).send(endpoint, body_for(dep)))
+                    result = await call(dep)
                 except UpstreamError as exc:
                     self._failed(dep, exc, started, attempts, span)
                     last = exc
                     if not exc.retryable:
                         break
                     continue
-                finally:
-                    self._health.finished(dep.id)
             self._health.success(dep.id)
             attempts.append(Attempt(dep.id, "ok", "", (time.perf_counter() - started) * 1000))
-            return dep, reply, attempts
+            return dep, result, attempts
         assert last is not None
         raise AllAttemptsFailed(last, attempts)
+
+    async def send(
+        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body_for: BodyFor
+    ) -> tuple[DeploymentSpec, UpstreamReply, list[Attempt]]:
+        async def call(dep: DeploymentSpec) -> UpstreamReply:
+            self._health.started(dep.id)
+            try:
+                return await self._bounded(dep, self._pool.get(dep).send(endpoint, body_for(dep)))
+            finally:
+                self._health.finished(dep.id)
+
+        return await self._first_success(plan, call)
 
     async def open_stream(
         self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body_for: BodyFor
     ) -> tuple[DeploymentSpec, bytes, AsyncIterator[bytes], list[Attempt]]:
         """Returns the serving deployment, the first payload, the rest of the stream and the attempts."""
-        attempts: list[Attempt] = []
-        deadline = time.monotonic() + self._budget_s
-        last: UpstreamError | None = None
-        for dep in self._plan(plan):
-            if attempts and time.monotonic() >= deadline:
-                break
-            started = time.perf_counter()
+
+        async def call(dep: DeploymentSpec) -> tuple[bytes, AsyncGenerator[bytes, None]]:
             stream = self._tracked(dep, self._pool.get(dep).stream(endpoint, body_for(dep)))
-            with self._attempt_span(dep) as span:
-                try:
-                    first = await self._bounded(dep, anext(stream))
-                except StopAsyncIteration:
-                    await stream.aclose()
-                    last = UpstreamError("server", f"deployment {dep.id} closed the stream without data")
-                    self._failed(dep, last, started, attempts, span)
-                    continue
-                except UpstreamError as exc:
-                    await stream.aclose()
-                    self._failed(dep, exc, started, attempts, span)
-                    last = exc
-                    if not exc.retryable:
-                        break
-                    continue
-            self._health.success(dep.id)
-            attempts.append(Attempt(dep.id, "ok", "", (time.perf_counter() - started) * 1000))
-            return dep, first, stream, attempts
-        assert last is not None
-        raise AllAttemptsFailed(last, attempts)
+            try:
+                return await self._bounded(dep, anext(stream)), stream
+            except StopAsyncIteration:
+                await stream.aclose()
+                raise UpstreamError("server", f"deployment {dep.id} closed the stream without data") from None
+            except UpstreamError:
+                await stream.aclose()
+                raise
+
+        dep, (first, stream), attempts = await self._first_success(plan, call)
+        return dep, first, stream, attempts

@@ -39,7 +39,8 @@ PLUGINS: dict[str, str] = {"simulated": "simulator.provider"}
 
 
 def _openai_wire(dep: DeploymentSpec, settings: ClientSettings) -> Upstream:
-    from upstream.http import HttpUpstream  # aiohttp only where a policy calls an HTTP upstream
+    # imported here: the simulator imports this module, and needs no HTTP client
+    from upstream.http import HttpUpstream
 
     assert dep.api_base is not None  # the policy fills in OpenAI's own base URL
     return HttpUpstream(settings.http_session(), dep.api_base, dep.api_key, settings.timeout_s,
