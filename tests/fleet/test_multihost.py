@@ -146,6 +146,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("multihost")
     topo = Topology()
     pg: NetnsPostgres | None = None
+    group: SentinelGroup | None = None
     try:
         main, back = topo.bridge(), topo.bridge()
         pg_link = topo.attach(topo.namespace("pg"), main, 20)
@@ -209,6 +210,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         if pg is not None:
             with contextlib.suppress(Exception):
                 pg.remove()
+        if group is not None:
+            group.close()
         topo.close()
         left = leftovers(topo.tag)
         assert not left, f"the suite left namespaces or links behind: {left}"
