@@ -19,10 +19,14 @@ RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
+COPY pipeline ./pipeline
 COPY router ./router
+COPY upstream ./upstream
+COPY kvcache ./kvcache
 COPY classifiers ./classifiers
 COPY metering ./metering
 COPY simulator ./simulator
+COPY text ./text
 COPY configs ./configs
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && useradd --system --uid 10001 --home-dir /app tiergate \
