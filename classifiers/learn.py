@@ -25,6 +25,14 @@ inside (``classifiers.export.stacked_model``), so the proxy and ``tiergate score
 any other model.
 
 Deterministic: the folds come from ``seed``, every fit is closed form.
+
+Features-only rows (``messages`` null, ``meta.features`` + ``meta.feature_names``: what the outcome store keeps
+for a team that did not opt in to storing prompts) train the same model without the word block: the hand
+features are the stored vector (reordered by name), log length is its ``log_chars`` column, and the prior's logit
+is recomputed from those features by the prior model, since the exported graph computes it the same way at
+serving time (``meta.prior_score``, logged by whatever model served then, is not used). A file mixing both kinds
+trains without the word block too (its columns are unknown on the features-only rows), and the prompt-length
+baseline is then ``log_chars`` on every row so all rows are ranked on one scale.
 """
 
 from __future__ import annotations
@@ -84,6 +92,13 @@ class Outcomes:
     messages: list[Any]
     weak: np.ndarray
     strong: np.ndarray
+    # Per row: the stored hand-feature vector of a features-only row (``messages`` None), else None.
+    features: tuple[np.ndarray | None, ...] = ()
+
+    @property
+    def features_only(self) -> bool:
+        """True when some row has no prompt text: the model is then fitted without the word block."""
+        return any(f is not None for f in self.features)
 
 
 @dataclass(frozen=True)
@@ -107,9 +122,28 @@ def _grade(row: dict[str, Any], key: str) -> float:
     return float(value)
 
 
+def stored_features(meta: Any) -> np.ndarray:
+    """The hand-feature vector of a features-only row, in ``FEATURE_NAMES`` order; ValueError saying what is wrong."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("features"), list) \
+            or not isinstance(meta.get("feature_names"), list):
+        raise ValueError("needs 'messages' (a list) or 'meta.features' with 'meta.feature_names'")
+    names, values = meta["feature_names"], meta["features"]
+    if len(names) != len(values):
+        raise ValueError("'meta.features' and 'meta.feature_names' differ in length")
+    by_name = dict(zip(names, values))
+    missing = [n for n in FEATURE_NAMES if n not in by_name]
+    if missing:
+        raise ValueError(f"'meta.features' lacks {len(missing)} feature(s) this version computes "
+                         f"(first: {missing[0]}); rows recorded by another feature set cannot be used")
+    vector = [by_name[n] for n in FEATURE_NAMES]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vector):
+        raise ValueError("'meta.features' must be finite numbers")
+    return np.array(vector, dtype=np.float64)
+
+
 def read_outcomes(path: str | Path) -> Outcomes:
     """Validated rows of a JSONL file; raises LearnError naming the first bad line."""
-    ids, messages, weak, strong = [], [], [], []
+    ids, messages, weak, strong, features = [], [], [], [], []
     try:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
@@ -119,21 +153,28 @@ def read_outcomes(path: str | Path) -> Outcomes:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     raise LearnError(f"{path}:{number}: not valid JSON") from None
-                if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("messages"), list):
+                if not isinstance(row, dict) or "id" not in row:
                     raise LearnError(f"{path}:{number}: needs an object with 'id' and a 'messages' list")
+                vector = None
+                if not isinstance(row.get("messages"), list):
+                    try:
+                        vector = stored_features(row.get("meta"))
+                    except ValueError as exc:
+                        raise LearnError(f"{path}:{number}: {exc}") from None
                 try:
                     w, s = _grade(row, "weak_score"), _grade(row, "strong_score")
                 except TypeError as exc:
                     raise LearnError(f"{path}:{number}: '{exc}' must be a finite number (both grades are required)") from None
                 ids.append(str(row["id"]))
-                messages.append(row["messages"])
+                messages.append(row["messages"] if vector is None else None)
                 weak.append(w)
                 strong.append(s)
+                features.append(vector)
     except OSError as exc:
         raise LearnError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise LearnError(f"{path}: not UTF-8 text") from None
-    return Outcomes(ids, messages, np.array(weak), np.array(strong))
+    return Outcomes(ids, messages, np.array(weak), np.array(strong), tuple(features))
 
 
 def check(data: Outcomes) -> tuple[int, int, int]:
@@ -306,12 +347,17 @@ def learn(data: Outcomes, out: str | Path, prior_path: str | Path | None = None,
 
     counts = check(data)
     prior_bytes, prior_model = _load_prior(prior_path)
-    X = featurize_many(data.messages).astype(np.float64)
+    X = feature_matrix(data)
     prior = prior_model.logits(X)
     weak, strong = data.weak, data.strong
-    length = np.array([count_text(split_request(m)[0]) for m in data.messages], dtype=np.float64)
-    vocabulary = build_vocabulary(data.messages)
-    words = featurize_many(data.messages, {w: i for i, w in enumerate(vocabulary)})[:, N_FEATURES:].astype(np.float64)
+    if data.features_only:
+        length = X[:, _LOG_CHARS].copy()
+        vocabulary: tuple[str, ...] = ()
+        words = np.zeros((len(X), 0))
+    else:
+        length = np.array([count_text(split_request(m)[0]) for m in data.messages], dtype=np.float64)
+        vocabulary = build_vocabulary(data.messages)
+        words = featurize_many(data.messages, {w: i for i, w in enumerate(vocabulary)})[:, N_FEATURES:].astype(np.float64)
     design = _Design(X, prior, words)
 
     rng = np.random.default_rng(seed)
@@ -367,7 +413,8 @@ def learn(data: Outcomes, out: str | Path, prior_path: str | Path | None = None,
                                       meta, vocab)
     learned = ComplexityScorer(onnx_bytes)
     check_rows = everything[:256]
-    got = learned.logits(learned.features([data.messages[i] for i in check_rows]))
+    inputs = learned.features([data.messages[i] for i in check_rows]) if vocab else X[check_rows]
+    got = learned.logits(inputs)
     expected = a * expected_raw[check_rows] + b
     drift = float(np.max(np.abs(got - expected)))
     if drift > 1e-3 * max(1.0, float(np.max(np.abs(expected)))):
@@ -375,6 +422,20 @@ def learn(data: Outcomes, out: str | Path, prior_path: str | Path | None = None,
         raise RuntimeError(f"exported model differs from the fit by up to {drift} in the logit")
     return LearnResult(out, learned.model_id, len(onnx_bytes), len(data.ids), counts, config, len(vocab),
                        *result_metrics)
+
+
+def feature_matrix(data: Outcomes) -> np.ndarray:
+    """Hand features of every row: computed from the messages, or the stored vector of a features-only row."""
+    if not data.features_only:
+        return featurize_many(data.messages).astype(np.float64)
+    X = np.zeros((len(data.ids), N_FEATURES))
+    texts = [i for i, f in enumerate(data.features) if f is None]
+    if texts:
+        X[texts] = featurize_many([data.messages[i] for i in texts])
+    for i, f in enumerate(data.features):
+        if f is not None:
+            X[i] = f
+    return X
 
 
 def describe(config: Config) -> str:
