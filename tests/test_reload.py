@@ -131,7 +131,7 @@ def test_policy_store_reports_pending_restart_and_applies_server_settings(tmp_pa
     assert store.pending_restart == ["metering.ledger", "classifier.model"]
     assert (health.failures_to_cooldown, health.cooldown_s) == (1, 7)
     health.failure(dep.id)  # one failure now cools the deployment down
-    assert not health.healthy(dep.id)
+    assert not health.snapshot().healthy(dep.id)
     assert dispatcher._plan((dep, dep, dep)) == (dep,)  # max_attempts: 1
 
     async def timeout_reloaded() -> tuple[Upstream, Upstream]:

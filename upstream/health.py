@@ -34,9 +34,6 @@ class HealthBook:
     def finished(self, deployment_id: str) -> None:
         self.inflight[deployment_id] = max(0, self.inflight.get(deployment_id, 0) - 1)
 
-    def healthy(self, deployment_id: str) -> bool:
-        return self._cooldown_until.get(deployment_id, 0.0) <= self.clock()
-
     def success(self, deployment_id: str) -> None:
         if deployment_id in self._failures:
             self._failures[deployment_id] = 0
