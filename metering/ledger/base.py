@@ -9,11 +9,12 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import date
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.ledger.report import Report
 from metering.money import format_usd
+from metering.routing_models import RoutingModel
 from metering.record import UsageRecord
 
 
@@ -62,6 +63,32 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     async def alerts(self, query: AlertQuery) -> list[AlertEvent]:
         """Stored alerts matching ``query``, newest first."""
+
+    @abc.abstractmethod
+    async def add_routing_model(self, team: str, model: bytes, model_id: str, metrics: Mapping[str, Any],
+                                parent_version: int | None, reason: str) -> RoutingModel:
+        """Register a team's model as a candidate under its next version (``routing_models`` table)."""
+
+    @abc.abstractmethod
+    async def routing_models(self, team: str) -> list[RoutingModel]:
+        """A team's registered models, newest version first (without their bytes)."""
+
+    @abc.abstractmethod
+    async def routing_model_bytes(self, team: str, version: int) -> bytes | None:
+        """The ONNX bytes of one version, None if there is no such version."""
+
+    @abc.abstractmethod
+    async def activate_routing_model(self, team: str, version: int | None, reason: str | None = None) -> bool:
+        """Make ``version`` the team's one active model, retiring the one before (None: the default prior serves),
+        in one transaction; False when ``version`` does not exist (nothing changed then)."""
+
+    @abc.abstractmethod
+    async def set_routing_model_reason(self, team: str, version: int, reason: str) -> None:
+        """Record why a version has its status (the gate's verdict)."""
+
+    @abc.abstractmethod
+    async def active_routing_models(self) -> dict[str, tuple[int, str]]:
+        """team -> (active version, model id): what every worker polls, one small query."""
 
     @abc.abstractmethod
     async def teams(self) -> list[str]:

@@ -22,10 +22,10 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from metering.ledger.alert_log import SELECT_ALERTS, AlertEvent, AlertQuery
 from metering.ledger.base import Ledger
@@ -36,6 +36,7 @@ from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_da
 from metering.ledger.schema import RECORD_COLUMNS, Entry
 from metering.ledger.spool import Segment, Spool
 from metering.record import UsageRecord
+from metering import routing_models as rm
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,10 @@ class GroupCommitLedger(Ledger):
     @abc.abstractmethod
     async def _insert_alerts(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         """Insert each row in one transaction (``alert_log.insert_alert_sql``); True where it was new."""
+
+    @abc.abstractmethod
+    async def _transact(self, statements: Sequence[rm.Statement]) -> list[tuple[Any, ...]]:
+        """Run ``statements`` in one write transaction; the rows the last one returns."""
 
     def _day_param(self, day: date) -> Any:
         return day.isoformat()
@@ -206,6 +211,33 @@ class GroupCommitLedger(Ledger):
         given = {"since": self._ts_param(query.since), "until": self._ts_param(query.until), "team": query.team,
                  "kind": query.kind, "limit": query.limit}
         return [AlertEvent.from_row(row) for row in await self._fetch(SELECT_ALERTS + tail, [given[b] for b in binds])]
+
+    async def add_routing_model(self, team: str, model: bytes, model_id: str, metrics: Mapping[str, Any],
+                                parent_version: int | None, reason: str) -> rm.RoutingModel:
+        now = datetime.now(timezone.utc)
+        rows = await self._transact(rm.insert_statements(self.placeholder, team, self._ts_param(now), model_id, model,
+                                                         metrics, parent_version, reason))
+        version = int(rows[0][0])
+        return rm.RoutingModel(team, version, now, model_id, dict(metrics), "candidate", parent_version, reason)
+
+    async def routing_models(self, team: str) -> list[rm.RoutingModel]:
+        return [rm.RoutingModel.from_row(r) for r in await self._fetch(rm.list_sql(self.placeholder), (team,))]
+
+    async def routing_model_bytes(self, team: str, version: int) -> bytes | None:
+        rows = await self._fetch(rm.bytes_sql(self.placeholder), (team, version))
+        return bytes(rows[0][0]) if rows else None
+
+    async def activate_routing_model(self, team: str, version: int | None, reason: str | None = None) -> bool:
+        if version is not None and await self.routing_model_bytes(team, version) is None:
+            return False
+        await self._transact(rm.activate_statements(self.placeholder, team, version, reason))
+        return True
+
+    async def set_routing_model_reason(self, team: str, version: int, reason: str) -> None:
+        await self._transact([(rm.set_reason_sql(self.placeholder), (reason, team, version))])
+
+    async def active_routing_models(self) -> dict[str, tuple[int, str]]:
+        return {str(t): (int(v), str(m)) for t, v, m in await self._fetch(rm.ACTIVE_SQL, ())}
 
     async def teams(self) -> list[str]:
         return sorted(str(row[0]) for row in await self._fetch("SELECT DISTINCT team FROM rollup_daily", []))

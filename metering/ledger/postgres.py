@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
+from metering.routing_models import routing_models_ddl
 from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
 from metering.ledger.schema import RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl
 
@@ -99,6 +100,8 @@ class PostgresLedger(GroupCommitLedger):
                 await conn.execute(rollup_ddl(table, dims, "DATE", "BIGINT"))
             for ddl in alerts_ddl("TIMESTAMPTZ", "DATE", "BIGINT"):
                 await conn.execute(ddl)
+            for ddl in routing_models_ddl("TIMESTAMPTZ", "BYTEA", "BIGINT"):
+                await conn.execute(ddl)
 
     async def _close_db(self) -> None:
         await self._pool.close()
@@ -121,6 +124,16 @@ class PostgresLedger(GroupCommitLedger):
     async def _insert_alerts(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         async with self._pool.connection() as conn:  # one transaction, committed when the block ends
             return [(await conn.execute(_INSERT_ALERT, row)).rowcount == 1 for row in rows]
+
+    async def _transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
+        async with self._pool.connection() as conn:  # one transaction, committed when the block ends
+            # Registrations of one team by two hosts at once must not compute the same next version.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tiergate-routing-models'))")
+            rows: list[tuple[Any, ...]] = []
+            for sql, params in statements:
+                cur = await conn.execute(sql, params)
+                rows = await cur.fetchall() if cur.description is not None else []
+            return rows
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async with self._pool.connection() as conn:

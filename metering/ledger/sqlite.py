@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.ledger.rollup import rollup
+from metering.routing_models import routing_models_ddl
 from metering.ledger.schema import (RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl,
                                     upsert_sql)
 
@@ -58,6 +59,8 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(rollup_ddl(table, dims, "TEXT", "INTEGER"))
     for ddl in alerts_ddl("TEXT", "TEXT", "INTEGER"):
         conn.execute(ddl)
+    for ddl in routing_models_ddl("TEXT", "BLOB", "INTEGER"):
+        conn.execute(ddl)
 
 
 def insert_alerts(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[bool]:
@@ -69,6 +72,20 @@ def insert_alerts(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> li
         conn.execute("ROLLBACK")
         raise
     return inserted
+
+
+def transact(conn: sqlite3.Connection, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
+    """``statements`` in one ``BEGIN IMMEDIATE`` transaction (writers serialised); the last one's rows."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows: list[tuple[Any, ...]] = []
+        for sql, params in statements:
+            rows = conn.execute(sql, params).fetchall()
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return rows
 
 
 def insert_batch(conn: sqlite3.Connection, entries: Sequence[Entry]) -> int:
@@ -133,6 +150,10 @@ class SqliteLedger(GroupCommitLedger):
         # On the writer's thread and connection: alerts are rare, and one writer per file avoids lock waits.
         assert self._conn is not None
         return await self._call(insert_alerts, self._conn, rows)
+
+    async def _transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
+        assert self._conn is not None  # the writer's thread and connection, as for alerts
+        return await self._call(transact, self._conn, statements)
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         def run() -> list[tuple[Any, ...]]:

@@ -1,0 +1,129 @@
+"""Per-team routing models: which scorer serves a team, and how a team's model is retrained, promoted, rolled back.
+
+Every worker holds one scorer per team with an active model (``routing_models`` in the ledger's database) and the
+default for everyone else; ``for_team`` is one dict lookup on the request path. ``refresh`` (run every few
+seconds by the proxy) asks the ledger for the active versions in one small query and loads the bytes only of a
+version it does not hold, then swaps the whole dict at once, so a request sees either the old or the new set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from classifiers import promotion
+from classifiers.learn import LearnError, Outcomes, read_outcomes
+from classifiers.scorer import DEFAULT_MODEL, ComplexityScorer
+from metering.ledger.base import Ledger
+from metering.routing_models import RoutingModel
+from router.scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+
+class TeamScorers:
+    """The default scorer plus each team's active learned model."""
+
+    def __init__(self, default: Scorer) -> None:
+        self.default = default
+        self._by_team: dict[str, Scorer] = {}
+        self._versions: dict[str, tuple[int, str]] = {}
+
+    def for_team(self, team: str) -> Scorer:
+        return self._by_team.get(team, self.default)
+
+    @property
+    def versions(self) -> dict[str, tuple[int, str]]:
+        return dict(self._versions)
+
+    async def refresh(self, ledger: Ledger) -> None:
+        """Load what changed since the last refresh; a version that fails to load keeps the team's previous
+        scorer (logged), never a worker without one."""
+        active = await ledger.active_routing_models()
+        if active == self._versions:
+            return
+        by_team, versions = {}, {}
+        for team, (version, model_id) in active.items():
+            if self._versions.get(team) == (version, model_id) and team in self._by_team:
+                by_team[team], versions[team] = self._by_team[team], (version, model_id)
+                continue
+            data = await ledger.routing_model_bytes(team, version)
+            try:
+                if data is None:
+                    raise ValueError("no bytes stored")
+                scorer = await asyncio.to_thread(ComplexityScorer, data)
+            except Exception as exc:  # noqa: BLE001 -- any failure: keep serving what this team had
+                log.error("routing model %s v%d does not load (%s); team keeps its previous scorer", team, version,
+                          type(exc).__name__)
+                if team in self._by_team:
+                    by_team[team], versions[team] = self._by_team[team], self._versions[team]
+                continue
+            by_team[team], versions[team] = scorer, (version, model_id)
+        self._by_team, self._versions = by_team, versions
+
+
+async def team_outcomes(ledger: Ledger, team: str, fallback: str | Path | None = None) -> Outcomes:
+    """The team's judged rows, oldest first: from the ledger's outcome store, else from an exported JSONL file
+    (rows of every team in it are kept only if ``meta.team`` is this team or absent)."""
+    rows: list[dict[str, Any]] = []
+    reader = getattr(ledger, "outcomes", None)
+    if reader is not None:
+        rows = [o.export_row() for o in await reader(datetime(1970, 1, 1, tzinfo=timezone.utc), team)]
+    if not rows and fallback is not None:
+        with open(fallback, encoding="utf-8") as f:
+            rows = [r for r in map(json.loads, filter(str.strip, f))
+                    if not isinstance(r.get("meta"), dict) or r["meta"].get("team") in (None, team)]
+    if not rows:
+        raise LearnError(f"no judged rows for team {team!r}")
+    with tempfile.TemporaryDirectory() as tmp:  # one validator for every source: read_outcomes
+        path = Path(tmp) / "rows.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return read_outcomes(path)
+
+
+async def serving_bytes(ledger: Ledger, team: str) -> tuple[bytes, int | None]:
+    """(bytes of the team's active model or of the default prior, its version or None)."""
+    active = (await ledger.active_routing_models()).get(team)
+    if active is not None:
+        data = await ledger.routing_model_bytes(team, active[0])
+        if data is not None:
+            return data, active[0]
+    return DEFAULT_MODEL.read_bytes(), None
+
+
+@dataclass(frozen=True)
+class Retrained:
+    model: RoutingModel
+    promoted: bool
+    reason: str
+
+
+async def retrain(ledger: Ledger, team: str, data: Outcomes, seed: int = 0, margin: float = promotion.DEFAULT_MARGIN,
+                  min_holdout: int = promotion.DEFAULT_MIN_HOLDOUT) -> Retrained:
+    """Fit a candidate on the team's rows, register it, and activate it if the gate says so."""
+    current, version = await serving_bytes(ledger, team)
+    verdict = await asyncio.to_thread(promotion.judge, data, current, seed, margin, min_holdout)
+    model = await ledger.add_routing_model(team, verdict.model, verdict.model_id, verdict.metrics, version,
+                                           verdict.reason)
+    if verdict.promote:
+        await ledger.activate_routing_model(team, model.version)
+    return Retrained(model, verdict.promote, verdict.reason)
+
+
+async def rollback(ledger: Ledger, team: str) -> int | None:
+    """Make the version the active one replaced active again (None: the default prior); LookupError when the team
+    has no active model to roll back."""
+    models = await ledger.routing_models(team)
+    active = next((m for m in models if m.status == "active"), None)
+    if active is None:
+        raise LookupError(f"team {team!r} has no active routing model to roll back")
+    await ledger.activate_routing_model(team, active.parent_version,
+                                        reason=f"restored by rollback of v{active.version}")
+    await ledger.set_routing_model_reason(team, active.version, "rolled back")
+    return active.parent_version
