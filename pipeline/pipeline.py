@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import replace
 from typing import Any, Callable, Coroutine
@@ -24,11 +25,13 @@ from metering.service import Meter, Reservation
 from pipeline import records
 from pipeline.budget import BudgetPolicies, hold
 from pipeline.errors import Ending, TiergateError
+from pipeline.judge import answer_text
 from pipeline.relay import StreamRelay, StreamState
 from pipeline.request import Request, RequestState, admitted_tags, admitted_team
 from pipeline.response_cache import cache_key, cacheable
 from pipeline.result import Notes, Preview, Served, Streaming
 from pipeline.routing import Routing
+from pipeline.shadow import Shadowing
 from pipeline.sticky import remember_tier, sticky_key, sticky_tier
 from pipeline.telemetry import Tracing, finish_request
 from pipeline.trimming import Trimmed, apply_plan
@@ -48,7 +51,8 @@ Observe = Callable[[UsageRecord, bool], None]  # metrics: a settled record, and 
 
 class Pipeline:
     def __init__(self, dispatcher: Dispatcher, routing: Routing, meter: Meter, budgets: BudgetPolicies,
-                 cache: KeyValueCache, tracing: Tracing, observe: Observe, status_of: StatusOf) -> None:
+                 cache: KeyValueCache, tracing: Tracing, observe: Observe, status_of: StatusOf,
+                 shadow_rng: random.Random | None = None) -> None:
         self._dispatcher = dispatcher
         self._routing = routing
         self._meter = meter
@@ -59,6 +63,7 @@ class Pipeline:
         self._status_of = status_of
         self._ok = status_of("ok")
         self._background: set[asyncio.Task[int]] = set()
+        self._shadowing = Shadowing(dispatcher, routing, meter, budgets, self._settle, status_of, shadow_rng)
 
     # ---- entry points -------------------------------------------------------------------------------------------
 
@@ -201,8 +206,9 @@ class Pipeline:
                            else ("internal_error", f"internal error: {type(exc).__name__}"))  # the edge's 500
             self._spawn(self._settle(state, reservation, records.failed(state, [], self._status_of(ending), why)))
             raise
-        cost = await self._settle(state, reservation, records.served(state, dep, usage, ttft_ms=None,
-                                                                     status=self._ok), dep.provider)
+        record = records.served(state, dep, usage, ttft_ms=None, status=self._ok)
+        cost = await self._settle(state, reservation, record, dep.provider)
+        self._shadowing.observe(state, record, answer_text(reply.body), self._spawn)  # background, per team policy
         if response_key is not None:
             await self._cache.set(response_key, orjson.dumps(reply.body), team.settings.context.response_cache_ttl_s)
         return Served(self._notes(state, dep, len(attempts), cost), reply.body)
@@ -235,13 +241,19 @@ class Pipeline:
                                                                         send_as)
         ttft_ms = (time.perf_counter() - state.request.t0) * 1000
 
+        answer: list[str] = []  # the relayed text, for shadow sampling once the stream is settled
+
         def record_for(stream: StreamState, ending: Ending, error: str | None) -> UsageRecord:
             usage = (records.normalize(stream.usage, dep) if stream.usage is not None
                      else stream.estimated_usage(state.features.prompt_tokens, dep))
+            answer.extend(stream.text)
             return records.served(state, dep, usage, ttft_ms=ttft_ms, status=self._status_of(ending), error=error)
 
         async def settle(record: UsageRecord) -> int:
-            return await self._settle(state, reservation, record, dep.provider)
+            cost = await self._settle(state, reservation, record, dep.provider)
+            if record.status == self._ok:
+                self._shadowing.observe(state, record, "".join(answer) or None, self._spawn)
+            return cost
 
         relay = StreamRelay(first, rest, dep, client_wants_usage, record_for, settle, self._spawn)
         return Streaming(self._notes(state, dep, len(attempts), None), relay)

@@ -21,8 +21,9 @@ from router.features import RequestFeatures
 from router.policy import Policy, Principal, TeamPolicy
 from upstream.base import Endpoint
 
-# What a call is for, as the ledger records it: the client's request, or a summary the pipeline wrote for it.
-Purpose = Literal["chat", "embedding", "summarization"]
+# What a call is for, as the ledger records it: the client's request, a summary the pipeline wrote for it, or
+# shadow sampling's second answer and its judge's verdict (pipeline.shadow).
+Purpose = Literal["chat", "embedding", "summarization", "shadow", "judge"]
 
 
 @dataclass(frozen=True, slots=True)

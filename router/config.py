@@ -181,6 +181,20 @@ class ContextSettings(_Model):
     stickiness_margin: float = Field(default=0.1, ge=0, le=1)
 
 
+class LearningSettings(_Model):
+    """Shadow sampling and a judge, per team (off unless given): a share of routed requests is also sent to the
+    tier it was not routed to, a judge grades the two answers, and the outcome store keeps the grades for
+    ``tiergate learn`` and the team's evidence report (``pipeline.shadow``)."""
+
+    shadow_share: float = Field(default=0.05, ge=0, le=1, description="share of routed chat requests shadowed")
+    shadow_daily_usd: Decimal = Field(default=Decimal("1.0"), gt=0, description=(
+        "a day's cap on the team's shadow and judge spend; shadowing stops once it is reached"))
+    judge: str = Field(pattern=_NAME, description="deployment id or tier name that grades the two answers")
+    store_prompts: bool = Field(default=False, description="keep the messages in the outcome store (default: "
+                                                           "features only)")
+    tags: dict[str, str] = Field(default_factory=dict, description="only requests carrying all these tags")
+
+
 class Team(_Model):
     keys: list[ApiKey] = Field(min_length=1)
     tiers: TierRange = Field(default_factory=TierRange)
@@ -189,6 +203,7 @@ class Team(_Model):
     budgets: Budgets = Field(default_factory=Budgets)
     required_tags: list[str] = Field(default_factory=list)
     context: ContextSettings = Field(default_factory=ContextSettings)
+    learning: LearningSettings | None = None
 
 
 class MetricsAccess(_Model):

@@ -282,6 +282,10 @@ def _check_references(config: Config) -> None:
         ordered = [thresholds[name] for name in names if name in thresholds]
         if ordered != sorted(ordered):
             raise PolicyError(loc + ("routing", "thresholds"), "thresholds must not decrease from cheaper to richer tiers")
+        if team.learning is not None and team.learning.judge not in names and not any(
+                (d.id or f"{t.name}-{i}") == team.learning.judge for t in config.tiers for i, d in enumerate(t.deployments)):
+            raise PolicyError(loc + ("learning", "judge"), f"judge {team.learning.judge!r} is neither a tier nor a "
+                              "deployment id")
         for k, key in enumerate(team.keys):
             if key.id in key_ids:
                 raise PolicyError(loc + ("keys", k, "id"), f"key id {key.id!r} is used twice")

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
+from simulator.judge import judge_reply
 from simulator.prefix_cache import MIN_CACHED_TOKENS, PrefixCache
 from simulator.structured import json_object_reply, object_for, value_for
 from simulator.text import seed_for, words
@@ -163,8 +164,12 @@ class Engine:
                 # Capped at half the budget so a small max_tokens still shows some visible answer.
                 reasoning = rng.randint(1, 7) * 64 if cap is None else min(rng.randint(1, 7) * 64, cap // 2)
             visible_cap = None if cap is None else cap - reasoning
+            verdict = judge_reply(messages) if tool is None else None
             if tool is not None:
                 choice = self._tool_choice(tool, model, rng)
+            elif verdict is not None:  # judge mode (simulator.judge)
+                pieces, tokens, total = _token_pieces(verdict, model, visible_cap)
+                choice = Choice(pieces, "length" if tokens < total else "stop", tokens)
             else:
                 choice = self._content_choice(body, model, rng, visible_cap)
             choice.completion_tokens += reasoning

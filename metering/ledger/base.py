@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Mapping, Sequence
 
 from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.ledger.report import Report
 from metering.money import format_usd
+from metering.outcomes import Outcome
 from metering.routing_models import RoutingModel
 from metering.record import UsageRecord
 
@@ -89,6 +90,14 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     async def active_routing_models(self) -> dict[str, tuple[int, str]]:
         """team -> (active version, model id): what every worker polls, one small query."""
+
+    @abc.abstractmethod
+    async def add_outcome(self, outcome: Outcome) -> None:
+        """Store one judged request's outcome (the ``outcomes`` table), committed when this returns."""
+
+    @abc.abstractmethod
+    async def outcomes(self, since: datetime, team: str | None = None) -> list[Outcome]:
+        """Stored outcomes created at or after ``since`` (of ``team``, or every team), oldest first."""
 
     @abc.abstractmethod
     async def teams(self) -> list[str]:

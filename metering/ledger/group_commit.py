@@ -35,6 +35,7 @@ from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_da
                                     parse_group_by, source_of)
 from metering.ledger.schema import RECORD_COLUMNS, Entry
 from metering.ledger.spool import Segment, Spool
+from metering.outcomes import Outcome, select_outcomes_sql
 from metering.record import UsageRecord
 from metering import routing_models as rm
 
@@ -107,6 +108,10 @@ class GroupCommitLedger(Ledger):
     @abc.abstractmethod
     async def _transact(self, statements: Sequence[rm.Statement]) -> list[tuple[Any, ...]]:
         """Run ``statements`` in one write transaction; the rows the last one returns."""
+
+    @abc.abstractmethod
+    async def _insert_outcome(self, row: Sequence[Any]) -> None:
+        """Insert one row (``outcomes.insert_outcome_sql``) and commit."""
 
     def _day_param(self, day: date) -> Any:
         return day.isoformat()
@@ -238,6 +243,14 @@ class GroupCommitLedger(Ledger):
 
     async def active_routing_models(self) -> dict[str, tuple[int, str]]:
         return {str(t): (int(v), str(m)) for t, v, m in await self._fetch(rm.ACTIVE_SQL, ())}
+
+    async def add_outcome(self, outcome: Outcome) -> None:
+        await self._insert_outcome([self._ts_param(v) if isinstance(v, datetime) else v for v in outcome.values()])
+
+    async def outcomes(self, since: datetime, team: str | None = None) -> list[Outcome]:
+        sql = select_outcomes_sql(self.placeholder, team is not None)
+        params = [self._ts_param(since.astimezone(timezone.utc))] + ([team] if team is not None else [])
+        return [Outcome.from_row(row) for row in await self._fetch(sql, params)]
 
     async def teams(self) -> list[str]:
         return sorted(str(row[0]) for row in await self._fetch("SELECT DISTINCT team FROM rollup_daily", []))

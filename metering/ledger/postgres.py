@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
+from metering.outcomes import insert_outcome_sql, outcomes_ddl
 from metering.routing_models import routing_models_ddl
 from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
 from metering.ledger.schema import RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl
@@ -47,6 +48,7 @@ def _upsert_json(table: str, dims: tuple[str, ...]) -> str:
 
 _UPSERTS = {"rollup_daily": _upsert_json("rollup_daily", DAILY_DIMS), "rollup_tag": _upsert_json("rollup_tag", TAG_DIMS)}
 _INSERT_ALERT = insert_alert_sql("%s")
+_INSERT_OUTCOME = insert_outcome_sql("%s")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -102,6 +104,8 @@ class PostgresLedger(GroupCommitLedger):
                 await conn.execute(ddl)
             for ddl in routing_models_ddl("TIMESTAMPTZ", "BYTEA", "BIGINT"):
                 await conn.execute(ddl)
+            for ddl in outcomes_ddl("TIMESTAMPTZ", "DOUBLE PRECISION"):
+                await conn.execute(ddl)
 
     async def _close_db(self) -> None:
         await self._pool.close()
@@ -124,6 +128,10 @@ class PostgresLedger(GroupCommitLedger):
     async def _insert_alerts(self, rows: Sequence[Sequence[Any]]) -> list[bool]:
         async with self._pool.connection() as conn:  # one transaction, committed when the block ends
             return [(await conn.execute(_INSERT_ALERT, row)).rowcount == 1 for row in rows]
+
+    async def _insert_outcome(self, row: Sequence[Any]) -> None:
+        async with self._pool.connection() as conn:  # committed when the block ends
+            await conn.execute(_INSERT_OUTCOME, tuple(row))
 
     async def _transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
         async with self._pool.connection() as conn:  # one transaction, committed when the block ends

@@ -18,6 +18,7 @@ from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.ledger.rollup import rollup
 from metering.routing_models import routing_models_ddl
+from metering.outcomes import insert_outcome_sql, outcomes_ddl
 from metering.ledger.schema import (RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl,
                                     upsert_sql)
 
@@ -35,6 +36,7 @@ _INSERT = "INSERT OR IGNORE INTO records ({}) VALUES ({})".format(
 )
 _UPSERTS = {table: upsert_sql(table, dims, "?") for table, dims in ROLLUPS}
 _INSERT_ALERT = insert_alert_sql("?")
+_INSERT_OUTCOME = insert_outcome_sql("?")
 
 
 def _adapt(value: Any) -> Any:
@@ -60,6 +62,8 @@ def create_schema(conn: sqlite3.Connection) -> None:
     for ddl in alerts_ddl("TEXT", "TEXT", "INTEGER"):
         conn.execute(ddl)
     for ddl in routing_models_ddl("TEXT", "BLOB", "INTEGER"):
+        conn.execute(ddl)
+    for ddl in outcomes_ddl("TEXT", "REAL"):
         conn.execute(ddl)
 
 
@@ -150,6 +154,11 @@ class SqliteLedger(GroupCommitLedger):
         # On the writer's thread and connection: alerts are rare, and one writer per file avoids lock waits.
         assert self._conn is not None
         return await self._call(insert_alerts, self._conn, rows)
+
+    async def _insert_outcome(self, row: Sequence[Any]) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        await self._call(conn.execute, _INSERT_OUTCOME, tuple(row))  # autocommit (isolation_level=None)
 
     async def _transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
         assert self._conn is not None  # the writer's thread and connection, as for alerts
