@@ -319,10 +319,9 @@ class Books:
         """Requests recorded more than once (a replay or retry counted twice)."""
         return [rid for rid, rows in self.ledger.items() if len(rows) > 1]
 
-    def unrecorded_answers(self) -> list[str]:
-        """Requests that got any HTTP answer but left no record (every request reaching the pipeline must)."""
-        return [r.rid for r in self.results if r.status is not None and r.rid not in self.ledger
-                and r.status not in (400, 401, 404, 413)]
+    def unrecorded(self, must_record: Callable[[Result], bool]) -> list[str]:
+        """Requests ``must_record`` says leave a record, without one (e.g. budget refusals: 429s are billed at 0)."""
+        return [r.rid for r in self.results if must_record(r) and r.rid not in self.ledger]
 
     def status_mismatches(self) -> list[tuple[str, int | None, int]]:
         """Non-streamed answers whose record's status differs from the client's."""
@@ -343,14 +342,15 @@ class Books:
                    if team is None or rows[0]["team"] == team)
 
 
-def collect(results: list[Result], reader: LedgerReader, timeout_s: float = 20.0) -> Books:
-    """The books once every completed response's record is in the ledger, or as they are at ``timeout_s``
-    (records are committed in batches, and after a fault from the spool, so they may lag the responses)."""
+def collect(results: list[Result], reader: LedgerReader, timeout_s: float = 20.0,
+            must_record: Callable[[Result], bool] = lambda r: r.done) -> Books:
+    """The books once every completed response's (every ``must_record``) record is in the ledger, or as they are at
+    ``timeout_s`` (records are committed in batches, and after a fault from the spool, so they may lag)."""
     teams = {r.team for r in results}
     deadline = time.monotonic() + timeout_s
     while True:
         books = Books(results, reader.by_request(teams))
-        if not books.lost() and not books.unrecorded_answers() or time.monotonic() > deadline:
+        if not books.unrecorded(must_record) or time.monotonic() > deadline:
             return books
         time.sleep(0.25)
 
