@@ -89,6 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     from classifiers.learn import LearnError, format_result, learn, read_outcomes
 
+    if args.outcomes is None or args.out is None:
+        return _fail("learn", "--outcomes and --out are required")
     try:
         result = learn(read_outcomes(args.outcomes), args.out, prior_path=args.prior, seed=args.seed)
     except LearnError as exc:
@@ -102,6 +104,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from classifiers import calibrate, dataset
 
+    if args.data is None:
+        return _fail("calibrate", "--data is required")
     path = Path(args.data)
     try:
         files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
@@ -149,16 +153,17 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("learn", help="fit a deployment model from judged outcomes on top of the default prior")
-    p.add_argument("--outcomes", required=True,
-                   help="JSONL rows with id, messages, weak_score (the cheaper tier's grade) and strong_score")
-    p.add_argument("--out", required=True, help="output .onnx path (load it with `tiergate score --model` "
+    p.add_argument("--outcomes", default=None,
+                   help="JSONL rows with id, messages (or meta.features), weak_score (the cheaper tier's grade) and "
+                        "strong_score; required unless --team (where it is the fallback when the ledger has none)")
+    p.add_argument("--out", default=None, help="output .onnx path (load it with `tiergate score --model` "
                                                 "or `classifier.model:` in the policy)")
     p.add_argument("--seed", type=int, default=0, help="seed of the CV folds; same rows and seed -> same bytes")
     p.add_argument("--prior", default=None, help="model to build on (default: the shipped complexity.onnx)")
     p.set_defaults(func=cmd_learn)
 
     p = subparsers.add_parser("calibrate", help="print the routing threshold that reaches a target")
-    p.add_argument("--data", required=True,
+    p.add_argument("--data", default=None,
                    help="JSONL of requests, or a directory of them (with weak_score/strong_score for --target-quality)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-strong-share", type=float, help="fraction of requests to send to the tier")

@@ -65,6 +65,10 @@ class ComplexityScorer:
         """The model's logit for each row of a feature matrix: the prior a learned model builds on."""
         return self._session.run([LOGIT_OUTPUT], {INPUT_NAME: np.asarray(X, dtype=np.float32)})[0][:, 0].astype(np.float64)
 
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """P(strong tier needed) for each row of an input matrix (``features`` or a stored feature vector)."""
+        return self._run(np.asarray(X, dtype=np.float32)).astype(np.float64)
+
     def score(self, messages: list) -> float:
         """P(strong tier needed) for one request. Never raises; deterministic for a given input."""
         try:

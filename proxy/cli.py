@@ -89,11 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from classifiers.cli import add_commands as classifier_commands
     from metering.cli import add_commands as metering_commands
+    from proxy.models_cli import add_team_options as team_model_options
     from proxy.audit_cli import add_commands as audit_commands
     from simulator.cli import add_commands as simulator_commands
 
     simulator_commands(sub)
     classifier_commands(sub)
+    team_model_options(sub)
     metering_commands(sub)
     audit_commands(sub)
     return parser
