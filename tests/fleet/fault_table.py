@@ -1,8 +1,8 @@
 """The fleet fault table: one row per fault case of tests/fleet (Sentinel failover, the multi-host suite), shown at
 the end of the pytest session and written to test-artifacts/fleet-faults.md (git-ignored) for the closing note.
 
-Import ``fault_table_fixture`` (the ``fault_table`` fixture) into a test module to use it; every module writes the rows of the whole session
-so far, so the file ends up with all of them.
+Import ``fault_table_fixture`` (the ``fault_table`` fixture) into a test module to use it; every module writes
+the rows of the whole session so far, so the file ends up with all of them.
 """
 
 from __future__ import annotations
