@@ -12,7 +12,7 @@ from pipeline.telemetry import Tracing
 from router.decide import Decision, RefusalKind, RouteRequest, RoutingRefused, decide
 from router.features import RequestFeatures
 from router.policy import TeamPolicy
-from router.scoring import Scorer
+from router.scoring import Scorer, TeamScorers
 from upstream.health import HealthBook
 
 _REFUSED: dict[RefusalKind, ErrorCode] = {
@@ -25,15 +25,16 @@ _REFUSED: dict[RefusalKind, ErrorCode] = {
 
 
 class Routing:
-    def __init__(self, scorer: Scorer, health: HealthBook, tracing: Tracing, rng: random.Random | None = None) -> None:
-        self._scorer = scorer
+    def __init__(self, scorer: Scorer | TeamScorers, health: HealthBook, tracing: Tracing, rng: random.Random | None = None) -> None:
+        # The team's learned model, else the default (a plain scorer serves every team).
+        self._scorers = scorer if isinstance(scorer, TeamScorers) else TeamScorers(scorer)
         self._health = health
         self._tracing = tracing
         self._rng = rng or random.Random()  # one per process: a new Random per request showed in the profile
 
     @property
     def classifier(self) -> str:
-        return self._scorer.model_id
+        return self._scorers.default.model_id
 
     def decide(self, request: Request, team: TeamPolicy, features: RequestFeatures, model: str,
                messages: list[Any] | None, affinity: str | None = None, sticky_tier: int | None = None) -> Decision:
@@ -42,7 +43,7 @@ class Routing:
         score = None
         if model == "auto" and messages is not None and not request.tier_header:
             with self._tracing.span("tiergate.classify") as span:
-                score = self._scorer.score(messages)
+                score = self._scorers.for_team(team.name).score(messages)
                 if span is not None:
                     span.set_attribute("tiergate.score", score)
         with self._tracing.span("tiergate.route") as span:

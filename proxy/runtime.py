@@ -19,6 +19,7 @@ from typing import Callable
 from pydantic import BaseModel
 
 from kvcache.store import KeyValueCache, open_cache
+from metering.ledger.base import Ledger
 from metering.ledger.insights import Insights
 from metering.prices import release_table
 from metering.service import Meter
@@ -31,7 +32,7 @@ from proxy.metrics import Metrics
 from router.config import Config, ServerSettings
 from router.config_loader import ConfigError, load_policy
 from router.policy import Policy
-from router.scoring import Scorer, load_scorer
+from router.scoring import Scorer, TeamScorers, load_scorer
 from text.tokens import count_text
 from upstream.dispatch import Dispatcher
 from upstream.health import HealthBook
@@ -174,6 +175,20 @@ async def open_meter(policy: Policy) -> Meter:
                             lease_share=settings.budget_lease_share)
 
 
+# How often each worker asks the ledger which team models are active: a promotion or rollback reaches every worker
+# within this, at the cost of one small query per worker per period.
+TEAM_MODELS_POLL_S = 10.0
+
+
+async def _poll_team_models(scorers: TeamScorers, ledger: Ledger) -> None:
+    while True:
+        try:
+            await scorers.refresh(ledger)
+        except Exception as exc:  # noqa: BLE001 -- a database hiccup keeps the models this worker has
+            log.warning("team models: refresh failed (%s); keeping the loaded ones", type(exc).__name__)
+        await asyncio.sleep(TEAM_MODELS_POLL_S)
+
+
 @dataclass
 class Runtime:
     """Everything a worker process shares between requests; built once at start-up."""
@@ -181,6 +196,7 @@ class Runtime:
     store: PolicyStore
     pipeline: Pipeline
     scorer: Scorer
+    scorers: TeamScorers  # per team: its active learned model (polled from the ledger), else ``scorer``
     pool: UpstreamPool
     meter: Meter
     budgets: BudgetPolicies  # every team's budget policy, derived once per policy version
@@ -208,11 +224,13 @@ class Runtime:
         budgets = BudgetPolicies()
         cache = open_cache(config.metering.redis)
         metrics = Metrics()
-        pipeline = Pipeline(dispatcher, Routing(scorer, health, tracing), meter, budgets, cache, tracing,
+        scorers = TeamScorers(scorer)
+        pipeline = Pipeline(dispatcher, Routing(scorers, health, tracing), meter, budgets, cache, tracing,
                             metrics.observe, status_of)
-        runtime = cls(store=store, pipeline=pipeline, scorer=scorer, pool=pool, meter=meter, budgets=budgets,
+        runtime = cls(store=store, pipeline=pipeline, scorer=scorer, scorers=scorers, pool=pool, meter=meter, budgets=budgets,
                       cache=cache, metrics=metrics, insights=Insights(meter.ledger))
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
+        runtime.tasks.append(asyncio.get_running_loop().create_task(_poll_team_models(scorers, meter.ledger)))
         _return_freed_memory()
         return runtime
 

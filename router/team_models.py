@@ -1,16 +1,12 @@
-"""Per-team routing models: which scorer serves a team, and how a team's model is retrained, promoted, rolled back.
+"""Per-team routing models: how a team's model is retrained, promoted through the gate, and rolled back.
 
-Every worker holds one scorer per team with an active model (``routing_models`` in the ledger's database) and the
-default for everyone else; ``for_team`` is one dict lookup on the request path. ``refresh`` (run every few
-seconds by the proxy) asks the ledger for the active versions in one small query and loads the bytes only of a
-version it does not hold, then swaps the whole dict at once, so a request sees either the old or the new set.
+Which scorer serves a team on each worker is ``router.scoring.TeamScorers``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,53 +15,9 @@ from typing import Any
 
 from classifiers import promotion
 from classifiers.learn import LearnError, Outcomes, read_outcomes
-from classifiers.scorer import DEFAULT_MODEL, ComplexityScorer
+from classifiers.scorer import DEFAULT_MODEL
 from metering.ledger.base import Ledger
 from metering.routing_models import RoutingModel
-from router.scoring import Scorer
-
-log = logging.getLogger(__name__)
-
-
-class TeamScorers:
-    """The default scorer plus each team's active learned model."""
-
-    def __init__(self, default: Scorer) -> None:
-        self.default = default
-        self._by_team: dict[str, Scorer] = {}
-        self._versions: dict[str, tuple[int, str]] = {}
-
-    def for_team(self, team: str) -> Scorer:
-        return self._by_team.get(team, self.default)
-
-    @property
-    def versions(self) -> dict[str, tuple[int, str]]:
-        return dict(self._versions)
-
-    async def refresh(self, ledger: Ledger) -> None:
-        """Load what changed since the last refresh; a version that fails to load keeps the team's previous
-        scorer (logged), never a worker without one."""
-        active = await ledger.active_routing_models()
-        if active == self._versions:
-            return
-        by_team, versions = {}, {}
-        for team, (version, model_id) in active.items():
-            if self._versions.get(team) == (version, model_id) and team in self._by_team:
-                by_team[team], versions[team] = self._by_team[team], (version, model_id)
-                continue
-            data = await ledger.routing_model_bytes(team, version)
-            try:
-                if data is None:
-                    raise ValueError("no bytes stored")
-                scorer = await asyncio.to_thread(ComplexityScorer, data)
-            except Exception as exc:  # noqa: BLE001 -- any failure: keep serving what this team had
-                log.error("routing model %s v%d does not load (%s); team keeps its previous scorer", team, version,
-                          type(exc).__name__)
-                if team in self._by_team:
-                    by_team[team], versions[team] = self._by_team[team], self._versions[team]
-                continue
-            by_team[team], versions[team] = scorer, (version, model_id)
-        self._by_team, self._versions = by_team, versions
 
 
 async def team_outcomes(ledger: Ledger, team: str, fallback: str | Path | None = None) -> Outcomes:

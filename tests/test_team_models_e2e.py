@@ -1,0 +1,80 @@
+"""A running proxy hot-swaps a team's routing model without a restart, and a rollback swaps it back.
+
+``tiergate serve`` on the demo policy (simulated upstreams, SQLite ledger); ``tiergate learn --team research``, a
+separate process, registers and promotes a model learned from the team's judged rows; the worker picks it up by
+polling the ledger (no restart, same process id), so the same request gets a different ``x-tiergate-score``; the
+admin API lists it as active and served; ``POST .../rollback`` restores the default score at once. Other teams keep
+the default model throughout.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import demo_config
+from proxy.cli import main
+from test_learn_features_only import _features_only, _rows, _write
+
+RESEARCH = {"Authorization": "Bearer sk-demo-research"}
+SUPPORT = {"Authorization": "Bearer sk-demo-support"}
+ADMIN = {"Authorization": "Bearer sk-demo-admin"}
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "Please summarise: detail0 of item 3"}]}
+
+
+def _score(url: str, headers: dict) -> str:
+    response = httpx.post(url + "/v1/chat/completions", json=BODY, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.headers["x-tiergate-score"]
+
+
+def test_promoted_model_is_served_without_restart_and_rollback_restores(tmp_path: Path, start_proxy) -> None:
+    config = demo_config(tmp_path)
+    proxy = start_proxy(config)
+    pid = proxy.proc.pid
+    before, other_before = _score(proxy.url, RESEARCH), _score(proxy.url, SUPPORT)
+
+    rows = [_features_only(r) for r in _rows(480)]
+    for r in rows:
+        r["meta"]["team"] = "research"
+    assert main(["learn", "--team", "research", "--config", str(config),
+                 "--outcomes", str(_write(tmp_path / "export.jsonl", rows))]) == 0
+
+    deadline = time.monotonic() + 60  # the worker polls every 10 s; no speed is asserted, only the swap
+    after = before
+    while after == before and time.monotonic() < deadline:
+        time.sleep(1)
+        after = _score(proxy.url, RESEARCH)
+    assert after != before
+    assert proxy.proc.pid == pid and proxy.proc.poll() is None
+    assert _score(proxy.url, SUPPORT) == other_before
+
+    listed = httpx.get(proxy.url + "/v1/routing/models/research", headers=ADMIN, timeout=10).json()
+    assert listed["active_version"] == 1
+    assert listed["serving_model_id"] == listed["models"][0]["model_id"]
+    assert listed["models"][0]["metrics"]["n_holdout"] == 120
+
+    rolled = httpx.post(proxy.url + "/v1/routing/models/research/rollback", headers=ADMIN, timeout=10)
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["restored_version"] is None and rolled.json()["active_version"] is None
+    assert _score(proxy.url, RESEARCH) == before
+    assert [m["status"] for m in rolled.json()["models"]] == ["retired"]
+
+
+def test_models_api_refuses_what_it_cannot_do(tmp_path: Path, start_proxy) -> None:
+    proxy = start_proxy(demo_config(tmp_path))
+    base = proxy.url + "/v1/routing/models/"
+    team_key = httpx.get(base + "research", headers=RESEARCH, timeout=10)
+    assert team_key.status_code == 403 and team_key.json()["error"]["code"] == "admin_key_required"
+    unknown = httpx.get(base + "nobody", headers=ADMIN, timeout=10)
+    assert unknown.status_code == 404 and "nobody" in unknown.json()["error"]["message"]
+    nothing = httpx.post(base + "research/rollback", headers=ADMIN, timeout=10)
+    assert nothing.status_code == 404 and "no active routing model" in nothing.json()["error"]["message"]
+    no_rows = httpx.post(base + "research/retrain", headers=ADMIN, timeout=10)
+    assert no_rows.status_code == 400 and "no judged rows" in no_rows.json()["error"]["message"]
+    bad = httpx.post(base + "research/retrain", headers=ADMIN, content=b"{", timeout=10)
+    assert bad.status_code == 400
+    listed = httpx.get(base + "research", headers=ADMIN, timeout=10).json()
+    assert listed["models"] == [] and listed["active_version"] is None
