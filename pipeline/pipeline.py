@@ -152,8 +152,9 @@ class Pipeline:
             # The cheapest tier writes summaries, metered to the team under its own request id and purpose.
             body = {"model": request.policy.tiers[team.floor].name, "messages": summary_messages,
                     "max_tokens": max_tokens, "temperature": 0}
+            # The pipeline, not the client, takes the summary: it is delivered whether or not the client stays.
             sub = replace(request, body=body, request_id=f"{request.request_id}.summary{calls}", tier_header=None,
-                          span=None)
+                          span=None, client_gone=None)
             summary = RequestState(sub, team, state.tags, "summarization", body)
             summary.features = chat_features(body)
             summary.decision = self._routing.decide(sub, team, summary.features, body["model"], None)
@@ -206,23 +207,31 @@ class Pipeline:
                            else ("internal_error", f"internal error: {type(exc).__name__}"))  # the edge's 500
             self._spawn(self._settle(state, reservation, records.failed(state, [], self._status_of(ending), why)))
             raise
-        record = records.served(state, dep, usage, ttft_ms=None, status=self._ok)
+        record = await self._delivered(state, records.served(state, dep, usage, ttft_ms=None, status=self._ok))
         cost = await self._settle(state, reservation, record, dep.provider)
-        self._shadowing.observe(state, record, answer_text(reply.body), self._spawn)  # background, per team policy
+        if record.status == self._ok:
+            self._shadowing.observe(state, record, answer_text(reply.body), self._spawn)  # background, per policy
         if response_key is not None:
             await self._cache.set(response_key, orjson.dumps(reply.body), team.settings.context.response_cache_ttl_s)
         return Served(self._notes(state, dep, len(attempts), cost), reply.body)
 
     async def _reserve(self, state: RequestState) -> Reservation:
-        """Reserve the worst case. Over a cap: refused, or with ``on_exceeded: downgrade`` every request is served
-        by the team's cheapest tier (spend goes on, at the lowest price the team allows) and still metered."""
+        """Reserve the worst case. A refusal (over a cap, or a fail-closed team's budget store down) is recorded
+        at $0, once, with the status the client gets."""
+        try:
+            return await self._hold(state)
+        except TiergateError as error:
+            await self._settle(state, None, records.failed(state, [], self._status_of(error), error.message))
+            raise
+
+    async def _hold(self, state: RequestState) -> Reservation:
+        """Over a cap: refused, or with ``on_exceeded: downgrade`` every request is served by the team's cheapest
+        tier (spend goes on, at the lowest price the team allows) and still metered."""
         try:
             return await hold(self._meter, self._budgets, state)
         except BudgetExceeded as exc:
             if state.team.settings.budgets.on_exceeded != "downgrade":
-                error = TiergateError("budget_exceeded", str(exc))
-                await self._settle(state, None, records.failed(state, [], self._status_of(error), error.message))
-                raise error from None
+                raise TiergateError("budget_exceeded", str(exc)) from None
         team = state.team
         if state.decision.tier.index > team.floor:
             floor = state.request.policy.tiers[team.floor].name
@@ -259,6 +268,14 @@ class Pipeline:
         return Streaming(self._notes(state, dep, len(attempts), None), relay)
 
     # ---- settle -------------------------------------------------------------------------------------------------
+
+    async def _delivered(self, state: RequestState, record: UsageRecord) -> UsageRecord:
+        """``record`` as the client will see it: 499 with the billed tokens when it hung up while the call ran
+        (the call was paid, so it ran to the end and its cost goes in the ledger; the answer goes nowhere)."""
+        gone = state.request.client_gone
+        if gone is None or not await gone():
+            return record
+        return replace(record, status=self._status_of("client_disconnected"), error="client disconnected")
 
     async def _settle(self, state: RequestState, reservation: Reservation | None, record: UsageRecord,
                       provider: str | None = None) -> int:

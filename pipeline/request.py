@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 from opentelemetry.trace import Span
 
@@ -24,6 +24,9 @@ from upstream.base import Endpoint
 # What a call is for, as the ledger records it: the client's request, a summary the pipeline wrote for it, or
 # shadow sampling's second answer and its judge's verdict (pipeline.shadow).
 Purpose = Literal["chat", "embedding", "summarization", "shadow", "judge"]
+# Whether the client has hung up, asked once an answer is in hand (an ingress's cheap poll of its connection): a paid
+# call is never cancelled for it, but its record says the client never got the answer.
+ClientGone = Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,7 @@ class Request:
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     t0: float = field(default_factory=time.perf_counter)
     span: Span | None = None  # the request's trace span when tracing is on
+    client_gone: ClientGone | None = None  # None: the ingress cannot tell (the answer counts as delivered)
 
 
 def admitted_team(request: Request) -> TeamPolicy:

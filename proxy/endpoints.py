@@ -59,9 +59,11 @@ async def _parse(request: Request, kind: Endpoint) -> PipelineRequest:
     metadata = body.get("metadata")
     if metadata:  # checked by check_*: string values, sane sizes
         tags = {**metadata, **tags}
+    # The pipeline asks once its answer is in hand (Starlette polls the ASGI receive channel without waiting): no
+    # watcher task per request, and a client that hung up is recorded as 499 with what the call cost.
     return PipelineRequest(kind=kind, body=body, principal=principal, policy=policy,
                            request_id=request.scope["state"]["request_id"], tags=tags,
-                           tier_header=request.headers.get("x-tiergate-tier"))
+                           tier_header=request.headers.get("x-tiergate-tier"), client_gone=request.is_disconnected)
 
 
 async def chat_completions(request: Request) -> Response:
