@@ -186,6 +186,18 @@ def budget_gauges(spent: Iterable[TeamSpend], policies: Mapping[str, BudgetPolic
     return [gauge]
 
 
+def config_gauges(sha256: str, reload_rejected: bool) -> list[Metric]:
+    """Which policy this worker runs and whether its last reload was refused: a fleet whose replicas disagree on
+    ``sha256``, or keep a rejected file, shows it in one query (alert on ``tiergate_config_reload_rejected == 1``)."""
+    info = GaugeMetricFamily("tiergate_config_info", "The active policy file's sha256 (always 1).",
+                             labels=("sha256",))
+    info.add_metric((sha256,), 1)
+    rejected = GaugeMetricFamily("tiergate_config_reload_rejected",
+                                 "1 when the last reload was rejected (the previous policy stays in force), else 0.")
+    rejected.add_metric((), 1 if reload_rejected else 0)
+    return [info, rejected]
+
+
 def check_access(access: MetricsAccess, policy: Policy, headers: Mapping[str, str]) -> None:
     """Raises the OpenAI-shaped 401/403 a scraper without the configured credential gets."""
     if access.auth == "none":
@@ -213,5 +225,6 @@ async def endpoint(request: Request) -> Response:
     check_access(policy.config.server.metrics, policy, request.headers)
     today = datetime.now(timezone.utc).date()
     spent = await rt.meter.ledger.spend_by_team(today)
-    gauges = budget_gauges(spent, rt.budgets.of(policy))
+    gauges = [*budget_gauges(spent, rt.budgets.of(policy)),
+              *config_gauges(policy.sha256, rt.store.last_error is not None)]
     return Response(rt.metrics.render(gauges), media_type=CONTENT_TYPE_LATEST)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from fault_harness import Call, Load, describe, proxy_errors
-from fleet_harness import RESEARCH, SUPPORT, Fleet, Replica, running_fleet, sha256_of
+from fleet_harness import ADMIN, RESEARCH, SUPPORT, Fleet, Replica, running_fleet, sha256_of
 
 PROPAGATION_S = 5.0  # the issue's bound: replicas poll their file every second
 HELLO = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello!"}]}
@@ -101,6 +101,9 @@ def test_policy_edits_reach_every_replica_and_a_rejected_file_shows_as_drift(tmp
         converge(good, v2, "frontier", written)
         assert served(bad) == (v1, "mid")
         assert drift(fleet) == {bad.name: v1}
+        scraped = httpx.get(bad.url + "/metrics", headers=ADMIN, timeout=5).text
+        assert (f'tiergate_config_info{{sha256="{v1}"}} 1.0' in scraped
+                and "tiergate_config_reload_rejected 1.0" in scraped), scraped
         status = {line.split()[0]: line for line in fleet.sh("status").splitlines()[2:]}
         assert "drift" in status[bad.name] and "rejected its file" in status[bad.name], status
         assert not any("drift" in status[r.name] for r in good), status
