@@ -15,6 +15,7 @@ from starlette.responses import Response
 from pipeline.errors import TiergateError, error_object
 from proxy import alerts_api, dashboard, endpoints, metrics, models_api, spend
 from proxy.errors import error_body, headers_of, wire
+from proxy.evidence_api import evidence as routing_evidence
 from proxy.request_id import RequestIdMiddleware
 from proxy.runtime import Runtime
 
@@ -68,6 +69,7 @@ def create_app(config_path: str) -> Starlette:
         ("/v1/spend/requests", spend.expensive_requests, ["GET"]),
         ("/v1/spend/timeseries", spend.timeseries, ["GET"]),
         ("/v1/alerts", alerts_api.alerts, ["GET"]),
+        ("/v1/routing/evidence", routing_evidence, ["GET"]),
         ("/v1/routing/models/{team}", models_api.models, ["GET"]),
         ("/v1/routing/models/{team}/retrain", models_api.retrain, ["POST"]),
         ("/v1/routing/models/{team}/rollback", models_api.rollback, ["POST"]),
