@@ -280,8 +280,8 @@ def test_a_200_that_is_not_a_completion_is_a_502_with_its_record(tmp_path: Path,
         async with answering(payload) as url:
             text = policy_text(team, small=f"model: openai/gpt-4o-mini\n        api_base: {url}")
             async with harness(tmp_path, text) as h:
-                with pytest.raises(TiergateError) as failed:
-                    await h.pipeline.run(h.request({"model": "small", "messages": HELLO}))
+                with pytest.raises(TiergateError) as failed:  # pinned to small-0's model: no fallback
+                    await h.pipeline.run(h.request({"model": "gpt-4o-mini", "messages": HELLO}))
                 assert failed.value.code == "upstream_failed.error"
                 assert failed.value.message == "upstream failed (small-0 sent an unusable answer)"
                 assert await h.ledger() == [("r1", 502, "small-0", 0)]

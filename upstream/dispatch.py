@@ -109,7 +109,9 @@ class Dispatcher:
             async with asyncio.timeout(timeout):
                 return await call
         except TimeoutError:
-            raise UpstreamError("timeout", f"deployment {dep.id} did not answer within {timeout:g}s") from None
+            # This deadline can fire before the HTTP client's own (same length), so it names the URL for the log.
+            raise UpstreamError("timeout", f"deployment {dep.id} at {dep.api_base or dep.provider} did not answer "
+                                f"within {timeout:g}s") from None
 
     async def _tracked(self, dep: DeploymentSpec, stream: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
         """The stream, counted as in flight on its deployment until it ends or is closed."""

@@ -72,9 +72,12 @@ class HttpUpstream:
         except aiohttp.ClientError as exc:
             raise UpstreamError("connection", f"{self._where} unreachable: {type(exc).__name__}") from exc
         try:
-            return UpstreamReply(body=orjson.loads(raw))
+            answer = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError("server", f"{self._where} sent a body that is not JSON") from exc
+        if not isinstance(answer, dict):  # a 200 that no caller can serve: a failed attempt, so the next one runs
+            raise UpstreamError("server", f"{self._where} sent a JSON {type(answer).__name__}, not an object")
+        return UpstreamReply(body=answer)
 
     async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
         try:
