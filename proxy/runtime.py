@@ -172,7 +172,7 @@ async def open_meter(policy: Policy) -> Meter:
     settings = policy.config.metering
     return await Meter.open(settings.ledger, settings.redis, webhook_url=settings.alert_webhook,
                             spool_dir=settings.spool_dir or "", ledger_schema=settings.ledger_schema,
-                            lease_share=settings.budget_lease_share)
+                            lease_share=settings.budget_lease_share, lease_ttl_s=settings.budget_lease_ttl_s)
 
 
 # How often each worker asks the ledger which team models are active: a promotion or rollback reaches every worker

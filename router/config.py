@@ -244,6 +244,10 @@ class MeteringSettings(_Model):
     budget_lease_share: float = Field(default=0.02, ge=0, le=0.5, description=(
         "with Redis: each worker reserves this share of a cap at a time and serves requests from it locally "
         "(0: one Redis round trip per request)"))
+    budget_lease_ttl_s: float = Field(default=30.0, gt=0, description=(
+        "how long a killed worker's lease keeps its share of a cap held back (renewed every third of it while "
+        "the worker lives); its spend is re-seeded from the ledger when it expires, so keep it above a worker's "
+        "restart and spool replay or the dead worker's last records miss the re-seed"))
     ledger_schema: str = Field(default="public", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="PostgreSQL schema")
     spool_dir: str | None = Field(default=None, description="durability spool; default beside the SQLite file, "
                                                               "or var/spool/pg-<hash> for PostgreSQL")

@@ -125,8 +125,11 @@ def test_kill9_worker_under_load(tmp_path: Path, proxies: Proxies, mock: Process
     db = tmp_path / "ledger.db"
     cap = (kill_at[-1] + 250) * approximate_reservation(mock, body)
     team = new_team("k9", budgets={"team": {"daily_usd": _cap_usd(cap)}, "redis_failure": "closed"})
+    # A short lease hold: a killed worker's lease expires (and its spend is re-seeded) in 10 s, not 30 s. Not 3 s:
+    # the re-seed then ran before the restarted worker replayed the dead one's spool, and spend overshot the cap by
+    # five reservations (the TTL must outlast a restart: router/config.py budget_lease_ttl_s).
     config = fault_config(tmp_path / "k9.yaml", {"small": [mock.url]}, [team], f"sqlite:///{db}",
-                          redis=own_redis.url)
+                          redis=own_redis.url, metering={"budget_lease_ttl_s": 10})
     proxy = proxies.start(config, workers=2)
     res = reservation(proxy, team, body)
     startups = lambda: proxy.output().count("Application startup complete")  # noqa: E731
