@@ -11,6 +11,7 @@ import csv
 import io
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from operator import add, itemgetter, sub
 from typing import Any, Iterable, Literal, Sequence
 
 from metering.money import format_usd
@@ -100,7 +101,9 @@ def aggregate_sql(group_by: Sequence[str], placeholder: str, team_filter: bool, 
         sql = f"SELECT {select} FROM {source} WHERE {where}"
         keys = ", ".join(dims)
     if dims:
-        sql += f" GROUP BY {keys}" + ("" if "tag" in group_by else f" ORDER BY {keys}")
+        # Tag reports are sorted again in Python (with their untagged rows, the same order on both backends):
+        # the database's order makes that a near-linear merge.
+        sql += f" GROUP BY {keys} ORDER BY {keys}"
     return sql
 
 
@@ -199,6 +202,25 @@ def rows_to_csv(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
 _TAG_COLUMNS = ("tag_key", "tag_value")
 
 
+class _Untagged:
+    """Stands for an untagged row's null ``tag_value`` (``tag_key``) while rows are sorted: after every string, so
+    the row follows its key's values, and plain tuples sort in C. Replaced by None in the report."""
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __gt__(self, other: object) -> bool:
+        return other is not self
+
+    __hash__ = object.__hash__
+
+
+UNTAGGED = _Untagged()
+
+
 def _normal(rows: Iterable[Sequence[Any]], width: int) -> list[tuple[Any, ...]]:
     """Keys as text (PostgreSQL returns dates) and sums as ints (it returns Decimals; a SUM over nothing is NULL)."""
     return [(*(str(v) for v in t[:width]), *(int(v or 0) for v in t[width:])) for t in rows]
@@ -208,52 +230,46 @@ def untagged_rows(cols: Sequence[str], tagged: list[tuple[Any, ...]], by_group: 
                   ) -> list[tuple[Any, ...]]:
     """Per group of the other dimensions (``by_group``: the daily rollup's sums for them) and per tag key seen in
     the report, the records without that key: the group's sums minus those of its rows of that key (exact, as a
-    record has at most one value per key); None in ``tag_value`` (and ``tag_key`` when no record of the report
-    has a tag). Rows are normalised tuples (``_normal``), keys in ``cols`` order, then ``SUMMED``."""
+    record has at most one value per key); ``UNTAGGED`` in ``tag_value`` (and ``tag_key`` when no record of the
+    report has a tag). Rows are normalised tuples (``_normal``), keys in ``cols`` order, then ``SUMMED``."""
     width = len(cols)
     other = [i for i, c in enumerate(cols) if c not in _TAG_COLUMNS]
-    key_at = cols.index("tag_key")
-    per_key: dict[tuple[Any, ...], list[int]] = {}
+    group_and_key = itemgetter(*other, cols.index("tag_key"))  # C-level: tag reports can have 100 000s of rows
+    per_key: dict[Any, tuple[int, ...]] = {}
+    nothing = (0,) * len(SUMMED)
     for t in tagged:
-        at = (*(t[i] for i in other), t[key_at])
-        acc = per_key.get(at)
-        if acc is None:
-            per_key[at] = list(t[width:])
-        else:
-            for j, v in enumerate(t[width:]):
-                acc[j] += v
-    tag_keys: list[str | None] = sorted({at[-1] for at in per_key}) or [None]
-    nothing = [0] * len(SUMMED)
+        at = group_and_key(t)
+        per_key[at] = tuple(map(add, per_key.get(at, nothing), t[width:]))
+    tag_keys: list[Any] = sorted({at[-1] if other else at for at in per_key}) or [UNTAGGED]
     out = []
     for group in by_group:
         values, sums = group[:len(other)], group[len(other):]
         for key in tag_keys:
-            rest = [a - b for a, b in zip(sums, per_key.get((*values, key), nothing))]
+            rest = tuple(map(sub, sums, per_key.get((*values, key) if other else key, nothing)))
             if rest[0] > 0:  # requests: a group with none left has nothing untagged
                 given = iter(values)
-                out.append((*(key if c == "tag_key" else None if c == "tag_value" else next(given) for c in cols),
-                            *rest))
+                out.append((*(key if c == "tag_key" else UNTAGGED if c == "tag_value" else next(given)
+                              for c in cols), *rest))
     return out
-
-
-def _sort_key(width: int) -> Any:
-    # An untagged row (None) after its key's values.
-    return lambda t: tuple((v is None, v or "") for v in t[:width])
 
 
 def build_report(start: date, end: date, team: str | None, group_by: tuple[str, ...],
                  grouped: Iterable[Sequence[Any]], total: Sequence[Any],
                  by_group: Iterable[Sequence[Any]] = ()) -> Report:
-    """Assemble from the backend's result tuples (group key columns first, then ``SUMMED``; ordered by the keys
-    unless they include ``tag``). With ``tag``, ``by_group`` is the daily rollup's sums grouped by the other
-    dimensions, for the untagged rows, and rows are sorted here (the same order on both backends)."""
+    """Assemble from the backend's result tuples (group key columns first, then ``SUMMED``, ordered by the keys).
+    With ``tag``, ``by_group`` is the daily rollup's sums grouped by the other dimensions, for the untagged rows,
+    and rows are sorted again here, untagged rows included (code-point order on both backends)."""
     cols = [col for g in group_by for col in GROUPS[g]]
     width = len(cols)
     rows = _normal(grouped, width)
     if "tag" in group_by:
         other = [col for g in group_by if g != "tag" for col in GROUPS[g]]
         rows += untagged_rows(cols, rows, _normal(by_group, len(other)))
-        rows.sort(key=_sort_key(width))
-    return Report(start, end, team, group_by,
-                  [ReportRow(keys=dict(zip(cols, t[:width])), totals=Totals(*t[width:])) for t in rows],
-                  Totals.from_sums(total))
+        rows.sort(key=itemgetter(slice(0, width)))
+    out = [ReportRow(keys=dict(zip(cols, t[:width])), totals=Totals(*t[width:])) for t in rows]
+    for row in out if "tag" in group_by else ():
+        if row.keys["tag_value"] is UNTAGGED:
+            row.keys["tag_value"] = None
+            if row.keys["tag_key"] is UNTAGGED:
+                row.keys["tag_key"] = None
+    return Report(start, end, team, group_by, out, Totals.from_sums(total))
