@@ -24,9 +24,9 @@ from proxy.body import shown
 from proxy.endpoints import authenticated, read_body, runtime
 from proxy.errors import bad_request
 from proxy.render import json_response
-from router.team_models import retrain as retrain_team
-from router.team_models import rollback as rollback_team
-from router.team_models import team_outcomes
+from pipeline.team_models import retrain as retrain_team
+from pipeline.team_models import rollback as rollback_team
+from pipeline.team_models import team_outcomes
 
 _MAX_BODY = 1024
 

@@ -21,7 +21,7 @@ from classifiers.learn import LearnError
 from classifiers.promotion import DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT, model_inputs
 from classifiers.scorer import ComplexityScorer
 from metering.ledger import Ledger, open_ledger
-from router.team_models import retrain, serving_bytes, team_outcomes
+from pipeline.team_models import retrain, serving_bytes, team_outcomes
 
 
 def _fail(command: str, message: str) -> int:

@@ -20,7 +20,7 @@ from classifiers.scorer import DEFAULT_MODEL, ComplexityScorer
 from metering.ledger import Ledger, open_ledger
 from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (fixture)
 from router.scoring import TeamScorers
-from router.team_models import retrain, rollback, team_outcomes
+from pipeline.team_models import retrain, rollback, team_outcomes
 from test_learn_features_only import _features_only, _rows, _write
 
 

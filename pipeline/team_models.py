@@ -1,6 +1,7 @@
 """Per-team routing models: how a team's model is retrained, promoted through the gate, and rolled back.
 
-Which scorer serves a team on each worker is ``router.scoring.TeamScorers``.
+Which scorer serves a team on each worker is ``router.scoring.TeamScorers``. It lives in the pipeline, not the
+router, because it reads and writes the ledger; the router stays pure.
 """
 
 from __future__ import annotations
