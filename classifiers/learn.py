@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from classifiers import export, metrics, model
+from classifiers import metrics, model
 from classifiers.features import (
     FEATURE_NAMES,
     N_FEATURES,
@@ -409,6 +409,8 @@ def learn(data: Outcomes, out: str | Path, prior_path: str | Path | None = None,
                  "Platt-calibrated to P(strong beats weak)",
     }
     out = Path(out)
+    from classifiers import export  # onnx is the train layer's: a serving worker imports this module without it
+
     onnx_bytes = export.stacked_model(prior_bytes, (design.p_lo, design.p_hi), shift, a * a1, a * a2, new, out,
                                       meta, vocab)
     learned = ComplexityScorer(onnx_bytes)

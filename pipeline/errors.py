@@ -48,6 +48,7 @@ ErrorCode = Literal[
     "not_found",
     "method_not_allowed",
     "ledger_unavailable",
+    "training_unavailable",
     "metrics_token_unset",
     "internal_error",
     "client_disconnected",

@@ -12,21 +12,29 @@ Admin keys only. This worker loads the new active model before answering; the ot
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from classifiers.learn import LearnError
 from pipeline.errors import TiergateError
 from proxy.body import shown
 from proxy.endpoints import authenticated, read_body, runtime
 from proxy.errors import bad_request
 from proxy.render import json_response
-from pipeline.team_models import retrain as retrain_team
-from pipeline.team_models import rollback as rollback_team
-from pipeline.team_models import team_outcomes
+
+
+def _training() -> ModuleType:
+    """The training path (classifiers.learn -> onnx) is the train layer's, not the runtime's: a serving worker
+    imports it only when an admin asks to retrain, and says what to install when it is missing."""
+    try:
+        from pipeline import team_models
+    except ModuleNotFoundError as exc:
+        raise TiergateError("training_unavailable", f"retraining needs the train layer ({exc.name} is not "
+                            "installed): bash scripts/install.sh train") from None
+    return team_models
 
 _MAX_BODY = 1024
 
@@ -66,8 +74,12 @@ async def retrain(request: Request) -> Response:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise bad_request(f"'seed' must be an integer, got {shown(str(seed))}", param="seed")
     rt = runtime(request)
+    training = _training()
+    from classifiers.learn import LearnError  # loaded with the training path above
+
     try:
-        done = await retrain_team(rt.meter.ledger, team, await team_outcomes(rt.meter.ledger, team), seed=seed)
+        done = await training.retrain(rt.meter.ledger, team, await training.team_outcomes(rt.meter.ledger, team),
+                                      seed=seed)
     except LearnError as exc:
         raise bad_request(f"cannot retrain {team}: {exc}") from None
     await rt.scorers.refresh(rt.meter.ledger)
@@ -80,7 +92,7 @@ async def rollback(request: Request) -> Response:
     team = _team(request)
     rt = runtime(request)
     try:
-        restored = await rollback_team(rt.meter.ledger, team)
+        restored = await _training().rollback(rt.meter.ledger, team)
     except LookupError as exc:
         raise TiergateError("not_found", str(exc), param="team") from None
     await rt.scorers.refresh(rt.meter.ledger)
