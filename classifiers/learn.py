@@ -18,7 +18,7 @@ Input: routing-outcome rows (``id``, ``messages``, ``weak_score`` = the cheaper 
 
 Hyperparameters (the two penalties, the square term, or "keep the prior") are chosen by K-fold CV on
 the given rows only, conservatively: a config replaces the prior only if it beats it fold by fold by
-more than a standard error. The printed APGR of the new model comes from nested CV (the choice re-made
+more than two standard errors. The printed APGR of the new model comes from nested CV (the choice re-made
 inside each outer fold), so it is not flattered by the choice. A Platt step on the out-of-fold scores
 maps the result to P(strong beats weak) on this traffic. The model is exported with the prior's graph
 inside (``classifiers.export.stacked_model``), so the proxy and ``tiergate score --model`` load it as
@@ -70,6 +70,7 @@ VOCAB_MAX = 500
 VOCAB_MIN_ROWS = 3
 VOCAB_MIN_LEN = 3
 
+MARGIN_SE = 2.0
 FREE = 1.0  # the penalty of the prior logit and of log length: next to none against hundreds of rows
 SD_FLOOR = 0.05  # smallest scale of a hand feature (a log count, a fraction or a rate per 100 chars)
 PRIOR_SD_FLOOR = 0.1  # smallest scale of the prior logit
@@ -283,7 +284,8 @@ def _choose(design: _Design, prior: np.ndarray, weak: np.ndarray, strong: np.nda
     """The config to use on ``rows``, and its out-of-fold scores.
 
     A config replaces the prior only if its per-fold APGR gain over the prior is positive by more than
-    one standard error (paired over the folds); among those, the best pooled out-of-fold APGR wins.
+    ``MARGIN_SE`` standard errors (paired over the folds: the best of 18 configs clears one standard error
+    by chance alone far too often); among those, the best pooled out-of-fold APGR wins.
     With few or unstructured rows nothing clears that bar and the prior stays, recalibrated.
     """
     fold = _folds(len(rows), k, rng)
@@ -298,7 +300,7 @@ def _choose(design: _Design, prior: np.ndarray, weak: np.ndarray, strong: np.nda
     for config in CONFIGS[1:]:
         diff = fold_apgr(oof[config]) - base
         diff = diff[np.isfinite(diff)]
-        if len(diff) < 2 or diff.mean() <= diff.std(ddof=1) / math.sqrt(len(diff)):
+        if len(diff) < 2 or diff.mean() <= MARGIN_SE * diff.std(ddof=1) / math.sqrt(len(diff)):
             continue
         apgr = metrics.evaluate(oof[config], w, s).apgr
         if apgr > best_apgr + 1e-12:
@@ -409,10 +411,13 @@ def learn(data: Outcomes, out: str | Path, prior_path: str | Path | None = None,
                  "Platt-calibrated to P(strong beats weak)",
     }
     out = Path(out)
-    from classifiers import export  # onnx is the train layer's: a serving worker imports this module without it
+    # onnx is the train layer's: a serving worker imports this module without it.
+    from classifiers import export
 
-    onnx_bytes = export.stacked_model(prior_bytes, (design.p_lo, design.p_hi), shift, a * a1, a * a2, new, out,
-                                      meta, vocab)
+    # The prior alone keeps its whole range (its ranking, recalibrated); a fitted mix is clipped to the
+    # prior's range on these rows, like the features, so its weights are never applied beyond what they saw.
+    prior_range = (-math.inf, math.inf) if config == PRIOR_ONLY else (design.p_lo, design.p_hi)
+    onnx_bytes = export.stacked_model(prior_bytes, prior_range, shift, a * a1, a * a2, new, out, meta, vocab)
     learned = ComplexityScorer(onnx_bytes)
     check_rows = everything[:256]
     inputs = learned.features([data.messages[i] for i in check_rows]) if vocab else X[check_rows]
@@ -443,7 +448,7 @@ def feature_matrix(data: Outcomes) -> np.ndarray:
 def describe(config: Config) -> str:
     """One line naming a config."""
     if config == PRIOR_ONLY:
-        return "the prior alone (no config beat it by more than a standard error in CV), recalibrated on these rows"
+        return "the prior alone (no config beat it by two standard errors in CV), recalibrated on these rows"
     alpha_f, alpha_w, square = config
     words = "no word block" if math.isinf(alpha_w) else f"word block alpha {alpha_w:g}"
     return f"ridge on the prior logit{' and its square' if square else ''}, hand features alpha {alpha_f:g}, {words}"

@@ -60,7 +60,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def fit(data: dataset.OutcomeData, X: np.ndarray) -> model.LinearScore:
     """The default recipe on these rows: labels computed from them only, then the ridge fit."""
-    return model.fit_linear(X, model.target(data, model.LABEL), model.balanced_weights(data.groups), model.ALPHA)
+    return model.fit_linear(X, model.target(data, model.LABEL), model.balanced_weights(data.groups), model.ALPHA,
+                            drop=model.DEFAULT_DROP)
 
 
 def out_of_fold(data: dataset.OutcomeData, X: np.ndarray,

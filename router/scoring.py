@@ -11,9 +11,9 @@ only of a version it does not hold, then swaps the whole dict at once: a request
 
 from __future__ import annotations
 
-import math
 import asyncio
 import logging
+import math
 from typing import Any, Protocol
 
 from text.tokens import count_messages

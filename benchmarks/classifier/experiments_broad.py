@@ -175,7 +175,7 @@ def fmt(row: dict) -> str:
 
 
 DIGITS = 3
-HEADER = ("| score | MMLU | MMLU-Pro | MATH L5 | LLMRouter (8 tasks) | criterion (mean of 4) | mean over 52 domains "
+HEADER = ("| score | MMLU | MMLU-Pro | MATH L5 | LLMRouter (8 tasks) | criterion (mean of 4) | mean over domains "
           "| domains < 0.5 | ARC (eval only) | GPQA (eval only) | AlpacaEval (eval only) |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
@@ -204,10 +204,38 @@ CANDIDATES: dict[str, dict[str, Callable]] = {
 }
 
 
+def per_domain_table(data: dataset.OutcomeData, X: np.ndarray, length: np.ndarray, pool: np.ndarray) -> None:
+    """APGR per collection and per domain of prompt length, the round-3 model and the shipped recipe.
+
+    The shipped recipe's scores are ``classifiers.train.out_of_fold`` on the pool (labels re-fitted in every
+    fold, exactly as ``tiergate train`` reports them) and the full-pool fit on the evaluation-only rows.
+    """
+    from classifiers.train import fit as default_fit
+    from classifiers.train import out_of_fold
+
+    sub = data.subset(pool)
+    new = np.zeros(len(data))
+    new[pool] = out_of_fold(sub, X[pool].astype(np.float64))
+    new[~pool] = default_fit(sub, X[pool].astype(np.float64)).decision(X[~pool])
+    old = round3_scores(data)
+    rows = [(f"**{c}** (pooled)", (data.collections == c) & pool) for c in TRAIN_FILES]
+    rows += [(g, data.groups == g) for g in sorted(set(data.groups.tolist()))]
+    print("| domain | n | oracle | prompt length | round-3 model | new model | new - length | new - round 3 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, m in rows:
+        w, s = data.weak[m], data.strong[m]
+        a = [metrics.evaluate(v[m], w, s).apgr for v in (data.strong - data.weak, length, old, new)]
+        note = "" if pool[m].all() else " (eval only)"
+        print(f"| {name}{note} | {int(m.sum())} | " + " | ".join(f"{v:.3f}" for v in a)
+              + f" | {a[3] - a[1]:+.3f} | {a[3] - a[2]:+.3f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default=None)
     ap.add_argument("--digits", type=int, default=3)
+    ap.add_argument("--table", action="store_true",
+                    help="per-domain table: prompt length, round-3 model, the shipped recipe (classifiers.train)")
     args = ap.parse_args()
     global DIGITS
     DIGITS = args.digits
@@ -216,6 +244,9 @@ def main() -> None:
     pool = ~np.isin(data.sources, list(dataset.TRAINING_EXCLUDED_SOURCES))
     print(f"{len(data)} rows, pool {int(pool.sum())}, {len(set(data.groups[pool].tolist()))} domains, "
           f"{len(FEATURE_NAMES)} features")
+    if args.table:
+        per_domain_table(data, X, length, pool)
+        return
     print(HEADER)
     print(fmt(summary("prompt length (tokens)", length, data, pool)))
     print(fmt(summary("round-3 shipped model (MMLU only; in-sample on MMLU)", round3_scores(data), data, pool)))
