@@ -1,5 +1,3 @@
-# LEAD NOTE TO HELPER G (remove this line): other helpers' proxies cannot start while the shipped model does not match
-# these features. Retrain + save the default model NOW (quick fit), then iterate; see /work/notes/HELPERS.md.
 """Hand-built, topic-agnostic features of an OpenAI chat request, for the complexity model.
 
 Why these features: on routing-outcome data, text models that learn words memorise topics and
