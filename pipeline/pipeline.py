@@ -209,7 +209,7 @@ class Pipeline:
             raise
         record = await self._delivered(state, records.served(state, dep, usage, ttft_ms=None, status=self._ok))
         cost = await self._settle(state, reservation, record, dep.provider)
-        if record.status == self._ok:
+        if record.status == self._ok and state.team.settings.learning is not None:  # text only when it may be shadowed
             self._shadowing.observe(state, record, answer_text(reply.body), self._spawn)  # background, per policy
         if response_key is not None:
             await self._cache.set(response_key, orjson.dumps(reply.body), team.settings.context.response_cache_ttl_s)
@@ -260,7 +260,7 @@ class Pipeline:
 
         async def settle(record: UsageRecord) -> int:
             cost = await self._settle(state, reservation, record, dep.provider)
-            if record.status == self._ok:
+            if record.status == self._ok and state.team.settings.learning is not None:
                 self._shadowing.observe(state, record, "".join(answer) or None, self._spawn)
             return cost
 
