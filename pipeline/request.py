@@ -24,6 +24,8 @@ from upstream.base import Endpoint
 # What a call is for, as the ledger records it: the client's request, a summary the pipeline wrote for it, or
 # shadow sampling's second answer and its judge's verdict (pipeline.shadow).
 Purpose = Literal["chat", "embedding", "summarization", "shadow", "judge"]
+# The wire format the client spoke (the ledger's ``api`` column): the ingress maps it to an OpenAI-shaped ``body``.
+Api = Literal["chat", "completions", "embeddings", "responses", "messages"]
 # Whether the client has hung up, asked once an answer is in hand (an ingress's cheap poll of its connection): a paid
 # call is never cancelled for it, but its record says the client never got the answer.
 ClientGone = Callable[[], Awaitable[bool]]
@@ -42,6 +44,11 @@ class Request:
     t0: float = field(default_factory=time.perf_counter)
     span: Span | None = None  # the request's trace span when tracing is on
     client_gone: ClientGone | None = None  # None: the ingress cannot tell (the answer counts as delivered)
+    api: Api = "chat"
+    # The client's own body in its format ``api`` (Responses, Messages), after the ingress's edits (a stored
+    # conversation expanded): what a deployment that speaks that format natively is sent instead of ``body``,
+    # so nothing the translation to chat would lose (hosted tools, cache_control) is lost. None: OpenAI's formats.
+    native: dict[str, Any] | None = None
 
 
 def admitted_team(request: Request) -> TeamPolicy:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.relay import StreamRelay
+from pipeline.request import Api
 from router.decide import Decision
 from router.features import RequestFeatures
 
@@ -33,13 +34,17 @@ class Notes:
 @dataclass(slots=True)
 class Served:
     notes: Notes
-    body: dict[str, Any]  # the OpenAI-shaped answer
+    body: dict[str, Any]  # the answer, in format ``api``
+    # "chat" (OpenAI-shaped, for the ingress to translate) unless a deployment answered the request's native body
+    # (``Request.native``) in the client's own format, which the ingress then passes through.
+    api: Api = "chat"
 
 
 @dataclass(slots=True)
 class Streaming:
     notes: Notes
     relay: StreamRelay  # payloads() to send; cost_nanos or error once sent; abandon() if they never will be
+    api: Api = "chat"  # the format of the payloads, as ``Served.api``
 
 
 @dataclass(frozen=True, slots=True)

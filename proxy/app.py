@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pipeline.errors import TiergateError, error_object
-from proxy import alerts_api, dashboard, endpoints, metrics, models_api, spend
+from proxy import alerts_api, dashboard, endpoints, messages_api, metrics, models_api, responses_api, spend
 from proxy.errors import error_body, headers_of, wire
 from proxy.evidence_api import evidence as routing_evidence
 from proxy.request_id import RequestIdMiddleware
@@ -21,7 +21,10 @@ from proxy.runtime import Runtime
 
 
 async def _tiergate_error(request: Request, exc: Exception) -> Response:
+    """The error in the wire format of the route it came from: Anthropic's under /v1/messages, else OpenAI's."""
     assert isinstance(exc, TiergateError)
+    if request.url.path.startswith("/v1/messages"):
+        return messages_api.error_response(exc)
     return Response(error_body(exc), status_code=wire(exc).status, media_type="application/json",
                     headers=headers_of(exc))
 
@@ -61,8 +64,15 @@ def create_app(config_path: str) -> Starlette:
         ("/v1/chat/completions", endpoints.chat_completions, ["POST"]),
         ("/v1/completions", endpoints.completions, ["POST"]),
         ("/v1/embeddings", endpoints.embeddings, ["POST"]),
+        ("/v1/responses", responses_api.create, ["POST"]),
+        ("/v1/responses/{response_id}", responses_api.retrieve, ["GET"]),
+        ("/v1/responses/{response_id}", responses_api.delete, ["DELETE"]),
+        ("/v1/responses/{response_id}/input_items", responses_api.input_items, ["GET"]),
+        ("/v1/messages", messages_api.create, ["POST"]),
+        ("/v1/messages/count_tokens", messages_api.count_tokens, ["POST"]),
         ("/v1/route", endpoints.route, ["POST"]),
         ("/v1/models", endpoints.models, ["GET"]),
+        ("/v1/models/{model_id:path}", endpoints.model, ["GET"]),
         ("/v1/spend/report", spend.report, ["GET"]),
         ("/v1/spend/teams", spend.teams, ["GET"]),
         ("/v1/spend/percentiles", spend.percentiles, ["GET"]),

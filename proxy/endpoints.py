@@ -150,3 +150,7 @@ async def readyz(request: Request) -> Response:
                       pending_restart=rt.store.pending_restart, warnings=list(policy.warnings))
         payload["classifier"] = rt.scorer.model_id
     return json_response(payload)
+
+
+async def model(request: Request) -> Response:
+    raise TiergateError("not_found", "no such endpoint: GET /v1/models/{id}")  # issue 14: being built this session

@@ -5,7 +5,7 @@ things the same way."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, AsyncIterator
 
 import orjson
 from starlette.responses import Response
@@ -51,3 +51,11 @@ def respond(result: Served | Streaming) -> Response:
     if isinstance(result, Served):
         return json_response(result.body, headers=headers(result.notes))
     return SSEResponse(result, {**headers(result.notes), **_SSE_HEADERS})
+
+
+def respond_as(result: Served | Streaming, body: Any, events: AsyncIterator[bytes] | None) -> Response:
+    """The result in another wire format: ``body`` (a served answer translated) or ``events`` (the stream
+    framed), with the same ``x-tiergate-*`` headers as OpenAI's wire."""
+    if isinstance(result, Served):
+        return json_response(body, headers=headers(result.notes))
+    return SSEResponse(result, {**headers(result.notes), **_SSE_HEADERS}, events)

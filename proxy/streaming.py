@@ -39,10 +39,14 @@ async def sse(streaming: Streaming) -> AsyncIterator[bytes]:
 
 
 class SSEResponse(StreamingResponse):
-    """An SSE response that settles its stream even if it is never sent (the client left before it began)."""
+    """An SSE response that settles its stream even if it is never sent (the client left before it began).
 
-    def __init__(self, streaming: Streaming, headers: dict[str, str]) -> None:
-        super().__init__(sse(streaming), media_type="text/event-stream", headers=headers)
+    ``events`` is the stream framed in the ingress's own format (``sse`` for OpenAI's; the Responses and Messages
+    ingresses frame theirs), drawn from ``streaming.relay``."""
+
+    def __init__(self, streaming: Streaming, headers: dict[str, str], events: AsyncIterator[bytes] | None = None) -> None:
+        super().__init__(events if events is not None else sse(streaming), media_type="text/event-stream",
+                         headers=headers)
         self._streaming = streaming
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

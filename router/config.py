@@ -54,6 +54,10 @@ class Deployment(_Model):
     simulator: dict[str, float | str | int] | None = Field(
         default=None, description="options for simulated/ deployments (latency_ms, ttft_ms, tokens_per_s, ...)"
     )
+    apis: list[Literal["chat", "responses", "messages"]] | None = Field(default=None, description=(
+        "wire formats the deployment speaks natively: a Responses or Messages request is passed through to it "
+        "rather than translated to chat completions. Default: chat, plus responses for OpenAI's own API and "
+        "messages for anthropic/ models"))
 
 
 class Tier(_Model):
@@ -258,6 +262,46 @@ class ClassifierSettings(_Model):
     model: str = Field(default="default", description="'default' (shipped ONNX), 'length', or a path to an .onnx")
 
 
+class Experiment(_Model):
+    """An experiment manifest (the seed's governance): who runs it, why, on whose money, until when.
+
+    Requests of ``team`` are attributed to it by key (``keys``: key ids of the team), by tags (``tags``: all must
+    match), or by the client sending the tag ``experiment: <name>``; attribution writes that tag, so the ledger and
+    every report group by it (``router.experiments``). Its budget is one cap over its whole life; outside its window
+    (``starts_at`` to the expiry) its requests are refused (403 ``experiment_expired``).
+
+    The expiry must be the same in every worker and after every restart, so it is never counted from when a file
+    was loaded: give ``expires_at``, or ``starts_at`` with ``ttl`` (default 24h unless ``production``).
+    """
+
+    name: str = Field(pattern=_NAME)
+    owner: str = Field(min_length=1)
+    purpose: str = Field(min_length=1)
+    team: str = Field(min_length=1)
+    budget_usd: Decimal = Field(default=Decimal(1000), gt=0, description="over the experiment's whole life")
+    starts_at: datetime | None = Field(default=None, description="anchors 'ttl'; requests before it are refused")
+    ttl: str | None = Field(default=None, pattern=r"^[1-9][0-9]*[hd]$", description="24h, 7d: from 'starts_at'")
+    expires_at: datetime | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    keys: list[str] = Field(default_factory=list)
+    production: bool = Field(default=False, description="no default TTL (it still expires if given one)")
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> "Experiment":
+        if self.ttl is not None and self.expires_at is not None:
+            raise ValueError("give 'ttl' (counted from 'starts_at') or 'expires_at', not both")
+        if self.ttl is not None and self.starts_at is None:
+            raise ValueError("'ttl' needs 'starts_at' to count from (a TTL counted from when each worker loaded "
+                             "the file would differ between workers and restarts); or give 'expires_at'")
+        if not self.production and self.expires_at is None and self.starts_at is None:
+            raise ValueError("a non-production experiment expires (default TTL 24h): give 'expires_at', or "
+                             "'starts_at' (with an optional 'ttl'), or set 'production: true'")
+        if "experiment" in self.tags:
+            raise ValueError("'tags' may not name 'experiment': attribution sets that tag (a client may send "
+                             "experiment: <name> itself without it being listed)")
+        return self
+
+
 class Config(_Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     metering: MeteringSettings = Field(default_factory=MeteringSettings)
@@ -266,3 +310,4 @@ class Config(_Model):
     model_list: list[ModelListEntry] = Field(default_factory=list)
     tiers: list[Tier] = Field(min_length=1)
     teams: dict[str, Team] = Field(min_length=1)
+    experiments: list[Experiment] = Field(default_factory=list, description="experiment manifests (Experiment)")

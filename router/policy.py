@@ -54,6 +54,7 @@ class DeploymentSpec:
     weight: float
     timeout_s: float | None
     simulator: dict[str, Any] | None
+    native_apis: frozenset[str] = frozenset({"chat"})  # wire formats it is sent untranslated (``Deployment.apis``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,17 @@ def _provider(model: str, api_base: str | None) -> tuple[Provider, str]:
     return "litellm", model
 
 
+def _native_apis(spec: Deployment, provider: Provider, api_base: str | None) -> frozenset[str]:
+    """What the deployment is sent untranslated: as configured, else what its provider is known to speak."""
+    if spec.apis is not None:
+        return frozenset(spec.apis)
+    if provider == "openai" and api_base == _OPENAI_BASE:  # OpenAI itself; a compatible server may lack Responses
+        return frozenset({"chat", "responses"})
+    if spec.model.startswith("anthropic/"):
+        return frozenset({"chat", "messages"})
+    return frozenset({"chat"})
+
+
 def _deployment(
     spec: Deployment, tier: str, tier_index: int, position: int, loc: tuple[str | int, ...], warnings: list[str]
 ) -> DeploymentSpec:
@@ -171,6 +183,7 @@ def _deployment(
         weight=spec.weight,
         timeout_s=spec.timeout_s,
         simulator=dict(spec.simulator) if spec.simulator else None,
+        native_apis=_native_apis(spec, provider, api_base),
     )
 
 

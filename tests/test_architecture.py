@@ -22,8 +22,9 @@ RANK = {
     "router": 3,  # pure decisions; scores through classifiers, prices through metering
     "upstream": 4,  # clients behind the provider registry; reads the router's deployment specs
     "pipeline": 5,  # the request's steps
-    "simulator": 6,  # a provider that registers itself into upstream/ (and renders pipeline's error body)
-    "proxy": 7,  # the edge; the CLI also starts the simulator
+    "wire": 6,  # the Responses and Messages formats: checked, mapped to the pipeline's request, rendered back
+    "simulator": 7,  # a provider that registers itself into upstream/ (and speaks the wire formats natively)
+    "proxy": 8,  # the edge; the CLI also starts the simulator
 }
 # Files whose imports break the ranks today, each with who removes it; an entry whose file no longer breaks them
 # fails the test too, so the list only shrinks.
@@ -105,6 +106,7 @@ def test_router_is_pure_and_pipeline_knows_no_http() -> None:
 
     assert not third_party("router", NETWORK | {"simulator", "upstream", "opentelemetry"})
     assert not third_party("pipeline", HTTP)
+    assert not third_party("wire", NETWORK)  # formats are data: the proxy does the HTTP, the pipeline the I/O
     assert not third_party("text", set(RANK) - {"text"})  # nothing of ours (also implied by its rank)
     # decide() and its steps read no clock: time reaches them only through the health snapshot
     clocks = [(module, path) for module, path in IMPORTS["router"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal, Protocol
 
-Endpoint = Literal["chat/completions", "completions", "embeddings"]
+# The upstream path a call goes to. "responses" and "messages" carry OpenAI Responses and Anthropic Messages bodies
+# to deployments that speak those formats natively (``DeploymentSpec.native_apis``); every other call is OpenAI-shaped.
+Endpoint = Literal["chat/completions", "completions", "embeddings", "responses", "messages"]
 
 # rate_limit: 429; server: 5xx; timeout: no answer in time; connection: could not connect / reset;
 # client: any other 4xx (the request itself is wrong: passed back to the client, never retried).
