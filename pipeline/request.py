@@ -49,6 +49,11 @@ class Request:
     # conversation expanded): what a deployment that speaks that format natively is sent instead of ``body``,
     # so nothing the translation to chat would lose (hosted tools, cache_control) is lost. None: OpenAI's formats.
     native: dict[str, Any] | None = None
+    # A conversation key the client sent (Claude Code's X-Claude-Code-Session-Id, or a session header the team
+    # configured): tier stickiness and prefix affinity key off it rather than off the prompt's text.
+    session: str | None = None
+    # Headers passed on unchanged to a deployment answering ``native`` (anthropic-version, anthropic-beta).
+    forward_headers: dict[str, str] | None = None
 
 
 def admitted_team(request: Request) -> TeamPolicy:
