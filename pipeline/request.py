@@ -54,6 +54,9 @@ class Request:
     session: str | None = None
     # Headers passed on unchanged to a deployment answering ``native`` (anthropic-version, anthropic-beta).
     forward_headers: dict[str, str] | None = None
+    # The id the client will see for the answer when the ingress mints it (resp_..., msg_...): the ledger records it
+    # so support and feedback find the request by it. None: the answer's own id (chatcmpl-...).
+    response_id: str | None = None
 
 
 def admitted_team(request: Request) -> TeamPolicy:
