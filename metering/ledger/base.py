@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.ledger.report import Report
@@ -54,6 +54,11 @@ class Ledger(abc.ABC):
     async def report(self, start: date, end: date, team: str | None = None,
                      group_by: Sequence[str] = ("team",)) -> Report:
         """Aggregates over UTC days ``[start, end)`` from the rollups. ValueError on a bad ``group_by``."""
+
+    @abc.abstractmethod
+    def records(self, start: datetime, end: datetime, team: str | None = None) -> AsyncIterator[UsageRecord]:
+        """Every record that started in ``[start, end)`` (of ``team``, or of every team), oldest first. Read in
+        pages, so a week of traffic never sits in memory at once (what-if plans re-price each record)."""
 
     @abc.abstractmethod
     async def add_alerts(self, events: Sequence[AlertEvent]) -> list[bool]:

@@ -21,11 +21,13 @@ import contextlib
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+
+import orjson
 
 from metering.ledger.alert_log import SELECT_ALERTS, AlertEvent, AlertQuery
 from metering.ledger.base import Ledger
@@ -44,6 +46,23 @@ log = logging.getLogger(__name__)
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 5.0
 LINGER_S = 0.05
+
+# What ``records()`` reads back: the stored columns that are record fields (not the entry id or the billing day).
+_RECORD_FIELDS = tuple(c for c in RECORD_COLUMNS if c in {f.name for f in fields(UsageRecord)})
+_STARTED = _RECORD_FIELDS.index("started_at")
+_RECORDS_PAGE = 5000
+
+
+def _record_of(row: Sequence[Any]) -> UsageRecord:
+    """A stored row as the record it was written from; SQLite keeps ISO text, integer booleans and JSON text."""
+    values = dict(zip(_RECORD_FIELDS, row[1:]))
+    for name in ("started_at", "ended_at"):
+        at = values[name]
+        values[name] = (datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(timezone.utc)
+    tags = values["tags"]
+    values["tags"] = orjson.loads(tags) if isinstance(tags, (str, bytes)) else (tags or {})
+    values["usage_estimated"] = bool(values["usage_estimated"])
+    return UsageRecord(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +194,24 @@ class GroupCommitLedger(Ledger):
     async def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A read-only query over the ledger's tables; ``?`` placeholders are adapted to the backend."""
         return await self._fetch(sql.replace("?", self.placeholder), params)
+
+    async def records(self, start: datetime, end: datetime, team: str | None = None) -> AsyncIterator[UsageRecord]:
+        # Keyset pages on (started_at, entry_id): each page is one index range, however deep into the window.
+        where = "started_at >= ? AND started_at < ?" + (" AND team = ?" if team is not None else "")
+        base = [self._ts_param(start), self._ts_param(end)] + ([team] if team is not None else [])
+        after: tuple[Any, str] | None = None
+        while True:
+            page_where, params = where, list(base)
+            if after is not None:
+                page_where += " AND (started_at > ? OR (started_at = ? AND entry_id > ?))"
+                params += [after[0], after[0], after[1]]
+            rows = await self.query(f"SELECT entry_id, {', '.join(_RECORD_FIELDS)} FROM records WHERE {page_where} "
+                                    f"ORDER BY started_at, entry_id LIMIT {_RECORDS_PAGE}", params)
+            for row in rows:
+                yield _record_of(row)
+            if len(rows) < _RECORDS_PAGE:
+                return
+            after = (rows[-1][1 + _STARTED], rows[-1][0])
 
     async def report(self, start: date, end: date, team: str | None = None,
                      group_by: Sequence[str] = ("team",)) -> Report:
