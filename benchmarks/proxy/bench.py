@@ -68,6 +68,25 @@ def chat_body(stream: bool = False, max_tokens: int | None = None, model: str = 
     return body
 
 
+# The three wire formats clients speak; the same prompt in each (Responses: instructions + input; Messages: system
+# + messages, max_tokens required by the format). store=false: LiteLLM keeps no conversation state, so the
+# side-by-side compares the same work (tiergate's stored-response write is measured apart, with --responses-store).
+API_PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages"}
+
+
+def api_body(api: str, stream: bool = False, store: bool = False) -> dict[str, Any]:
+    if api == "chat":
+        return chat_body(stream=stream)
+    if api == "responses":
+        body: dict[str, Any] = {"model": "auto", "instructions": SYSTEM_PROMPT, "input": USER_MESSAGE, "store": store}
+    else:
+        body = {"model": "auto", "max_tokens": 1024, "system": SYSTEM_PROMPT,
+                "messages": [{"role": "user", "content": USER_MESSAGE}]}
+    if stream:
+        body["stream"] = True
+    return body
+
+
 def long_reply_seed(port: int, key: str | None, model: str, min_tokens: int, max_tokens: int) -> tuple[int, int]:
     """The mock's reply length is a pure function of the request (seed included): find a seed whose reply is long
     enough that a paced stream lasts a few seconds. Returns (seed, completion_tokens)."""
@@ -238,11 +257,12 @@ def wait_port(port: int, limit_s: float = 30.0) -> None:
 
 # ------------------------------------------------------------------------------------------------ wrk
 def wrk(port: int, conns: int, duration: float, body_path: Path, key: str | None, cpus: str | None,
-        threads: int = 1) -> dict[str, Any]:
-    """One wrk run with chat.lua; wrk itself is pinned to `cpus` (one thread unless told)."""
+        threads: int = 1, path: str = API_PATHS["chat"]) -> dict[str, Any]:
+    """One wrk run with chat.lua (any JSON body to ``path``); wrk itself is pinned to `cpus` (one thread unless
+    told)."""
     env = dict(os.environ, BENCH_BODY=str(body_path), BENCH_KEY=key or "")
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", str(HERE / "chat.lua"),
-            f"http://{HOST}:{port}/v1/chat/completions"]
+            f"http://{HOST}:{port}{path}"]
     if cpus:
         argv = ["taskset", "-c", cpus, *argv]
     wait_quiet(WAIT_QUIET_S)
@@ -296,15 +316,17 @@ def foreign_cpu_s() -> float:
 
 
 # ------------------------------------------------------------------------------------------------ streams
-async def ttft_run(port: int, key: str | None, n: int, warmup: int = 50, model: str = "auto") -> dict[str, Any]:
-    """Sequential streamed chats (concurrency 1): time from send to the first `data:` line."""
+async def ttft_run(port: int, key: str | None, n: int, warmup: int = 50, model: str = "auto",
+                   api: str = "chat") -> dict[str, Any]:
+    """Sequential streamed requests (concurrency 1): time from send to the first `data:` line (for Responses and
+    Messages that is the stream's opening event, which both proxies send once the upstream's first chunk is in)."""
     import aiohttp
 
-    body = json.dumps(chat_body(stream=True, model=model)).encode()
+    body = json.dumps(chat_body(stream=True, model=model) if api == "chat" else api_body(api, stream=True)).encode()
     headers = {"content-type": "application/json"}
     if key:
         headers["authorization"] = f"Bearer {key}"
-    url = f"http://{HOST}:{port}/v1/chat/completions"
+    url = f"http://{HOST}:{port}{API_PATHS[api]}"
     samples: list[float] = []
     totals: list[float] = []
     errors = 0
@@ -508,6 +530,9 @@ class Bench:
         if name in a.ttft_targets:
             res["ttft"] = asyncio.run(ttft_run(port, KEY, a.ttft_n))
             self.log(f"{name}: TTFT p50 {res['ttft']['p50_us']:.0f}us p99 {res['ttft']['p99_us']:.0f}us")
+
+        # g. the other wire formats on the same worker, right after chat's: c=1 latency, c=64 CPU per request, TTFT
+        res["apis"] = {api: self.measure_api(name, proc, port, api) for api in a.apis if api != "chat"}
         res["rss_after_load_mb"] = [rss_mb(p) for p in workers]
         self.log(f"{name}: RSS idle {fmt_mb(res['rss_idle_mb'])}, after load {fmt_mb(res['rss_after_load_mb'])}")
 
@@ -532,6 +557,25 @@ class Bench:
         self.stop(self.mock)
         self.mock = self.start_mock()
         return res
+
+    def measure_api(self, name: str, proc: Proc, port: int, api: str) -> dict[str, Any]:
+        a = self.args
+        body_path = self.work / f"body-{api}.json"
+        body_path.write_bytes(json.dumps(api_body(api)).encode())
+        path = API_PATHS[api]
+        out: dict[str, Any] = {}
+        wrk(port, 8, a.warmup, body_path, KEY, a.load_cpus, path=path)
+        out["c1"] = wrk(port, 1, a.duration, body_path, KEY, a.load_cpus, path=path)
+        cpu0 = cpu_s(proc.tree())
+        out["c64_w1"] = wrk(port, 64, a.duration, body_path, KEY, a.load_cpus, path=path)
+        out["cpu_ms_per_req"] = (cpu_s(proc.tree()) - cpu0) * 1000 / max(1, out["c64_w1"]["requests"])
+        if name in a.ttft_targets:
+            out["ttft"] = asyncio.run(ttft_run(port, KEY, a.ttft_n, api=api))
+        errors = out["c1"]["errors"] + out["c64_w1"]["errors"] + out.get("ttft", {}).get("errors", 0)
+        self.log(f"{name} {path}: c=1 p50 {out['c1']['p50_us']:.0f}us p99 {out['c1']['p99_us']:.0f}us; c=64 "
+                 f"{out['c64_w1']['rps']:.0f} rps, CPU {out['cpu_ms_per_req']:.2f} ms/req"
+                 + (f"; TTFT p50 {out['ttft']['p50_us']:.0f}us" if "ttft" in out else "") + f"; errors {errors}")
+        return out
 
     def profile(self, proc: Proc, port: int) -> dict[str, Any]:
         """py-spy under c=64 load on the single pinned worker; collapsed stacks -> top functions."""
@@ -785,6 +829,8 @@ def main() -> int:
     p.add_argument("--startups", type=int, default=3, help="start-up measurements per target")
     p.add_argument("--ttft-n", type=int, default=500)
     p.add_argument("--ttft-targets", default="tiergate,litellm")
+    p.add_argument("--apis", default="chat,responses,messages",
+                   help="wire formats measured per target (chat always; responses, messages: c=1, c=64 CPU, TTFT)")
     p.add_argument("--streams", type=int, default=256, help="concurrent paced streams (0: skip)")
     p.add_argument("--stream-tps", type=float, default=50, help="mock pacing for the streams test")
     p.add_argument("--stream-tokens", type=int, default=180, help="reply length (tokens) of each paced stream")
@@ -817,6 +863,9 @@ def main() -> int:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     args.targets = [t for t in args.targets.split(",") if t]
     args.ttft_targets = [t for t in args.ttft_targets.split(",") if t]
+    args.apis = [api for api in args.apis.split(",") if api]
+    if set(args.apis) - set(API_PATHS):
+        sys.exit(f"--apis: unknown {sorted(set(args.apis) - set(API_PATHS))} (known: {', '.join(API_PATHS)})")
     if "litellm" in args.targets and not (Path(args.litellm_venv) / "bin" / "litellm").exists():
         sys.exit(f"no LiteLLM venv at {args.litellm_venv}: run run.sh --setup-litellm, or --targets tiergate")
     if not shutil.which("wrk"):
@@ -870,6 +919,28 @@ def report(r: dict[str, Any]) -> str:
                  get("litellm", lambda x: ", ".join(f"{s:.2f}" for s in x["startup_s"]) + " s")))
     out = ["| metric | tiergate | LiteLLM Proxy |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    for api in [a for a in API_PATHS if a != "chat"]:
+        if not any(api in r.get(t, {}).get("apis", {}) for t in ("tiergate", "litellm")):
+            continue
+        # Added latency and CPU of this format against the same target's chat completions in the same run (the
+        # issue's bar: within 15%), and the absolute numbers beside LiteLLM's on the same endpoint.
+        def line(t: str, metric: str, api: str = api) -> str:
+            try:
+                x = r[t]
+                if metric == "p50":
+                    mine, chat = ((x["apis"][api]["c1"]["p50_us"] - d["c1"]["p50_us"]) / 1000,
+                                  (x["c1"]["p50_us"] - d["c1"]["p50_us"]) / 1000)
+                    return f"{mine:.2f} ms ({mine / chat - 1:+.0%} vs chat)"
+                if metric == "cpu":
+                    mine, chat = x["apis"][api]["cpu_ms_per_req"], x["cpu_ms_per_req"]
+                    return f"{mine:.2f} ms ({mine / chat - 1:+.0%} vs chat)"
+                return f"{(x['apis'][api]['ttft']['p50_us'] - d['ttft']['p50_us']) / 1000:.2f} ms"
+            except (KeyError, TypeError, ZeroDivisionError):
+                return "-"
+        path = API_PATHS[api]
+        out.append(f"| {path}: added latency p50, c=1 | {line('tiergate', 'p50')} | {line('litellm', 'p50')} |")
+        out.append(f"| {path}: CPU per request, 1 worker | {line('tiergate', 'cpu')} | {line('litellm', 'cpu')} |")
+        out.append(f"| {path} streamed: TTFT added p50 | {line('tiergate', 'ttft')} | {line('litellm', 'ttft')} |")
     if "streams" in r:
         s = r["streams"].get("tiergate", {})
         out.append(f"\nstreams: {s.get('completed')}/{s.get('streams')} completed through tiergate, max inter-chunk gap "
