@@ -18,6 +18,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
+from kvcache.responses import ResponseStore, open_response_store
 from kvcache.store import KeyValueCache, open_cache
 from metering.ledger.base import Ledger
 from metering.ledger.insights import Insights
@@ -203,6 +204,7 @@ class Runtime:
     cache: KeyValueCache
     metrics: Metrics
     insights: Insights
+    responses: ResponseStore  # the Responses API conversation store (Redis, else the ledger's database)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -223,12 +225,14 @@ class Runtime:
         meter = await open_meter(store.policy)
         budgets = BudgetPolicies()
         cache = open_cache(config.metering.redis)
+        responses = await open_response_store(config.metering.ledger, config.metering.redis,
+                                              config.metering.ledger_schema)
         metrics = Metrics()
         scorers = TeamScorers(scorer)
         pipeline = Pipeline(dispatcher, Routing(scorers, health, tracing), meter, budgets, cache, tracing,
                             metrics.observe, status_of)
         runtime = cls(store=store, pipeline=pipeline, scorer=scorer, scorers=scorers, pool=pool, meter=meter, budgets=budgets,
-                      cache=cache, metrics=metrics, insights=Insights(meter.ledger))
+                      cache=cache, metrics=metrics, insights=Insights(meter.ledger), responses=responses)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         runtime.tasks.append(asyncio.get_running_loop().create_task(_poll_team_models(scorers, meter.ledger)))
         _return_freed_memory()
@@ -241,3 +245,4 @@ class Runtime:
         await self.pool.close()
         await self.meter.close()
         await self.cache.close()
+        await self.responses.close()

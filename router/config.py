@@ -199,6 +199,17 @@ class LearningSettings(_Model):
     tags: dict[str, str] = Field(default_factory=dict, description="only requests carrying all these tags")
 
 
+class ResponsesSettings(_Model):
+    """The Responses API conversation store, per team (``kvcache.responses``)."""
+
+    store_ttl_days: int = Field(default=30, gt=0, le=3650, description=(
+        "how long a stored response (and the history previous_response_id continues from) is kept"))
+
+    @property
+    def store_ttl_s(self) -> int:
+        return self.store_ttl_days * 86_400
+
+
 class Team(_Model):
     keys: list[ApiKey] = Field(min_length=1)
     tiers: TierRange = Field(default_factory=TierRange)
@@ -208,6 +219,7 @@ class Team(_Model):
     required_tags: list[str] = Field(default_factory=list)
     context: ContextSettings = Field(default_factory=ContextSettings)
     learning: LearningSettings | None = None
+    responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
 
 class MetricsAccess(_Model):
