@@ -35,6 +35,11 @@ class HistoryTooLarge(ValueError):
         self.cap = cap
 
 
+class ResponseStoreUnavailable(RuntimeError):
+    """The store's backend did not answer (Redis or the database down, a pool timeout). Ingress answers 503: a
+    conversation that cannot be read or stored must not be served as if it had no history."""
+
+
 def check_history(items: list[dict[str, Any]]) -> int:
     """The JSON size of ``items``; raises ``HistoryTooLarge`` past ``MAX_HISTORY_BYTES``."""
     size = len(orjson.dumps(items))
@@ -88,7 +93,7 @@ class StoredResponse:
 class ResponseStore(Protocol):
     async def put(self, item: StoredResponse, ttl_s: float) -> None:
         """Store (or replace) ``item`` for ``ttl_s`` seconds; raises ``HistoryTooLarge`` past the cap. Readable from
-        every replica once this returns."""
+        every replica once this returns. Every method raises ``ResponseStoreUnavailable`` when the backend fails."""
         ...
 
     async def get(self, response_id: str, team: str) -> StoredResponse | None:

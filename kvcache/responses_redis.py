@@ -9,9 +9,20 @@ cause is invisible.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
-from kvcache.responses import StoredResponse
+from kvcache.responses import ResponseStoreUnavailable, StoredResponse
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    from redis.exceptions import RedisError
+
+    try:
+        yield
+    except (RedisError, OSError) as exc:  # ConnectionError, TimeoutError, READONLY...: the store did not answer
+        raise ResponseStoreUnavailable(f"Redis: {type(exc).__name__}") from exc
 
 
 class RedisResponseStore:
@@ -30,11 +41,13 @@ class RedisResponseStore:
         value = item.encode()
         # The expiry travels in the value too, so an injected clock (tests) and Redis agree on what is expired.
         expires = self._clock() + ttl_s
-        await self._client.set(self._key(item.id, item.team), f"{expires!r}\n".encode() + value,
-                               px=max(1, int(ttl_s * 1000)))
+        with _unavailable():
+            await self._client.set(self._key(item.id, item.team), f"{expires!r}\n".encode() + value,
+                                   px=max(1, int(ttl_s * 1000)))
 
     async def get(self, response_id: str, team: str) -> StoredResponse | None:
-        raw = await self._client.get(self._key(response_id, team))
+        with _unavailable():
+            raw = await self._client.get(self._key(response_id, team))
         if raw is None:
             return None
         expires, _, value = raw.partition(b"\n")
@@ -45,7 +58,8 @@ class RedisResponseStore:
     async def delete(self, response_id: str, team: str) -> bool:
         # GETDEL (one atomic command) rather than DEL: an entry past its expiry by the store's clock is gone too,
         # but was not "deleted" by this call, exactly as ``get`` would not have returned it.
-        raw = await self._client.getdel(self._key(response_id, team))
+        with _unavailable():
+            raw = await self._client.getdel(self._key(response_id, team))
         return raw is not None and float(raw.partition(b"\n")[0]) > self._clock()
 
     async def close(self) -> None:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from kvcache.responses import StoredResponse
+from kvcache.responses import ResponseStoreUnavailable, StoredResponse
 
 log = logging.getLogger("tiergate.responses")
 
@@ -68,11 +68,26 @@ class SqlResponseStore:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    # The backend's own "database did not answer" exceptions, wrapped as ResponseStoreUnavailable.
+    _failures: tuple[type[BaseException], ...] = (OSError,)
+
     async def _execute(self, sql: str, params: Sequence[Any]) -> int:
         raise NotImplementedError
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
+
+    async def _run(self, sql: str, params: Sequence[Any]) -> int:
+        try:
+            return await self._execute(sql, params)
+        except self._failures as exc:
+            raise ResponseStoreUnavailable(f"responses table: {type(exc).__name__}") from exc
+
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        try:
+            return await self._fetch(sql, params)
+        except self._failures as exc:
+            raise ResponseStoreUnavailable(f"responses table: {type(exc).__name__}") from exc
 
     async def _close_db(self) -> None:
         raise NotImplementedError
@@ -83,30 +98,30 @@ class SqlResponseStore:
     async def put(self, item: StoredResponse, ttl_s: float) -> None:
         value = item.encode()
         expires = self._now_ms() + max(1, int(ttl_s * 1000))
-        stored = await self._execute(self._sql["put"], (item.id, item.team, item.created_at, expires, item.tier,
+        stored = await self._run(self._sql["put"], (item.id, item.team, item.created_at, expires, item.tier,
                                                         item.deployment, value))
         if stored != 1:
             raise ValueError(f"response id {item.id!r} is already stored for another team")
 
     async def get(self, response_id: str, team: str) -> StoredResponse | None:
-        rows = await self._fetch(self._sql["get"], (response_id, team))
+        rows = await self._rows(self._sql["get"], (response_id, team))
         if not rows:
             return None
         expires, body = rows[0]
         now = self._now_ms()
         if int(expires) <= now:
-            await self._execute(self._sql["drop_expired"], (response_id, now))
+            await self._run(self._sql["drop_expired"], (response_id, now))
             return None
         return StoredResponse.decode(bytes(body))
 
     async def delete(self, response_id: str, team: str) -> bool:
-        return await self._execute(self._sql["delete"], (response_id, team, self._now_ms())) == 1
+        return await self._run(self._sql["delete"], (response_id, team, self._now_ms())) == 1
 
     async def sweep(self) -> int:
         """Delete every expired row, a batch at a time; how many went."""
         total = 0
         while True:
-            n = await self._execute(self._sql["sweep"], (self._now_ms(),))
+            n = await self._run(self._sql["sweep"], (self._now_ms(),))
             total += n
             if n < SWEEP_BATCH:
                 return total
@@ -141,6 +156,7 @@ class SqliteResponseStore(SqlResponseStore):
         super().__init__(clock)
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="responses-sqlite")
+        self._failures = (sqlite3.Error, OSError)
         self._conn: sqlite3.Connection | None = None
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -185,8 +201,10 @@ class PostgresResponseStore(SqlResponseStore):
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}")
         super().__init__(clock)
-        from psycopg_pool import AsyncConnectionPool
+        import psycopg
+        from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+        self._failures = (psycopg.Error, PoolTimeout, OSError)
         self.schema = schema
         self._pool = AsyncConnectionPool(url, min_size=1, max_size=pool_size, open=False,
                                          kwargs={"options": f"-c search_path={schema}", "autocommit": True})

@@ -48,6 +48,7 @@ ErrorCode = Literal[
     "not_found",
     "method_not_allowed",
     "ledger_unavailable",
+    "response_store_unavailable",  # the Responses API conversation store (kvcache.responses) did not answer
     "training_unavailable",
     "metrics_token_unset",
     "internal_error",

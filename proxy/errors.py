@@ -57,6 +57,7 @@ ERRORS: dict[ErrorCode, Wire] = {
     "not_found": Wire(404, _INVALID, "not_found"),
     "method_not_allowed": Wire(405, _INVALID, None),
     "ledger_unavailable": Wire(503, "api_error", "ledger_unavailable"),
+    "response_store_unavailable": Wire(503, "api_error", "response_store_unavailable"),
     "training_unavailable": Wire(503, "api_error", "training_unavailable"),
     "metrics_token_unset": Wire(503, "api_error", "metrics_token_unset"),
     "internal_error": Wire(500, "api_error", "internal_error"),
