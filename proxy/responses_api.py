@@ -12,11 +12,8 @@ from kvcache.responses import ResponseStoreUnavailable, StoredResponse
 from pipeline.errors import TiergateError
 from proxy.endpoints import authenticated, runtime
 from proxy.render import json_response
+from proxy.responses_create import create  # POST /v1/responses: the ingress lives in its own module
 from wire.input_items import BadPageQuery, PageQuery, page
-
-
-async def create(request: Request) -> Response:
-    raise TiergateError("not_found", "no such endpoint: POST /v1/responses")
 
 
 def _owner(request: Request) -> tuple[str, str]:

@@ -1,0 +1,132 @@
+"""A chat completion rendered as a Responses API ``Response`` object, and the pieces a stream reuses (the echo of
+the request, output items, usage).
+
+Usage goes through ``metering.usage.normalize_usage``, the function the ledger bills with, so the tokens a client
+reads are the tokens it is billed for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metering.usage import Usage, normalize_usage
+
+# What the Response object says about the request when the client did not set it (OpenAI's defaults).
+_DEFAULTS: dict[str, Any] = {
+    "instructions": None,
+    "max_output_tokens": None,
+    "metadata": {},
+    "parallel_tool_calls": True,
+    "previous_response_id": None,
+    "reasoning": {"effort": None, "summary": None},
+    "service_tier": "default",
+    "store": True,
+    "temperature": 1.0,
+    "text": {"format": {"type": "text"}},
+    "tool_choice": "auto",
+    "tools": [],
+    "top_p": 1.0,
+    "truncation": "disabled",
+    "user": None,
+}
+
+
+def echo(body: dict[str, Any], max_output_tokens: int | None = None) -> dict[str, Any]:
+    """The request's settings as a Response object repeats them. ``max_output_tokens``: the limit the team's
+    policy applied, when it set one."""
+    out = {key: body.get(key) if body.get(key) is not None else default for key, default in _DEFAULTS.items()}
+    if max_output_tokens is not None:
+        out["max_output_tokens"] = max_output_tokens
+    return out
+
+
+def item_id(prefix: str, response_id: str, index: int) -> str:
+    """An output item's id, derived from the response's so it is unique across a conversation (call ids too)."""
+    return f"{prefix}_{response_id.removeprefix('resp_')}{index:04x}"
+
+
+def message_item(item_id_: str, text: str, status: str) -> dict[str, Any]:
+    return {"id": item_id_, "type": "message", "status": status, "role": "assistant",
+            "content": [output_text(text)]}
+
+
+def output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def function_call_item(item_id_: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {"id": item_id_, "type": "function_call", "status": status, "call_id": call_id, "name": name,
+            "arguments": arguments}
+
+
+def usage_block(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A chat usage block as Responses usage; None when the provider sent none."""
+    if not raw:
+        return None
+    return responses_usage(normalize_usage(raw, "openai"))
+
+
+def responses_usage(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def envelope(response_id: str, created_at: int, model: str, settings: dict[str, Any], status: str,
+             output: list[dict[str, Any]], usage: dict[str, Any] | None, finish_reason: str | None = None,
+             error: dict[str, Any] | None = None, completed_at: int | None = None) -> dict[str, Any]:
+    """A Response object. ``finish_reason`` "length" makes it incomplete (the output limit was reached), as OpenAI
+    reports it."""
+    incomplete = None
+    if finish_reason == "length" and status == "completed":
+        status, incomplete = "incomplete", {"reason": "max_output_tokens"}
+    elif finish_reason == "content_filter" and status == "completed":
+        status, incomplete = "incomplete", {"reason": "content_filter"}
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "completed_at": completed_at if status == "completed" else None,
+        "error": error,
+        "incomplete_details": incomplete,
+        "model": model,
+        "output": output,
+        "usage": usage,
+        **settings,
+    }
+
+
+def from_chat(completion: dict[str, Any], response_id: str, created_at: int, settings: dict[str, Any],
+              completed_at: int) -> dict[str, Any]:
+    """A chat completion (the first choice) as a Response object: a message item with the text, then one
+    function_call item per tool call, in the order the model produced them."""
+    choices = completion.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message") or {}
+    finish = choice.get("finish_reason")
+    item_status = "incomplete" if finish == "length" else "completed"
+    output: list[dict[str, Any]] = []
+    text = message.get("content")
+    refusal = message.get("refusal")
+    if text or refusal:
+        item = message_item(item_id("msg", response_id, 0), text or "", item_status)
+        if refusal and not text:
+            item["content"] = [{"type": "refusal", "refusal": refusal}]
+        output.append(item)
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        output.append(function_call_item(item_id("fc", response_id, len(output)), call.get("id") or "",
+                                         fn.get("name") or "", fn.get("arguments") or "", "completed"))
+    return envelope(response_id, created_at, str(completion.get("model") or ""), settings, "completed", output,
+                    usage_block(completion.get("usage")), finish, completed_at=completed_at)
+
+
+def output_text_of(response: dict[str, Any]) -> str:
+    """The Response's text, as the SDK's ``output_text`` joins it."""
+    return "".join(part.get("text") or "" for item in response.get("output") or () if item.get("type") == "message"
+                   for part in item.get("content") or () if part.get("type") == "output_text")
