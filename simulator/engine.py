@@ -53,6 +53,10 @@ class Generation:
     choices: list[Choice]
     usage: dict[str, Any]
     include_usage: bool = False
+    # The wire format to render it in ("chat" also covers legacy text completions) and, for the native formats,
+    # what their rendering needs besides the chat answer (``simulator.responses`` / ``simulator.messages``).
+    api: Literal["chat", "responses", "messages"] = "chat"
+    native: dict[str, Any] | None = None
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -140,8 +144,9 @@ class Engine:
         tokens.extend((_FRAME, _FRAME + _ROLE_IDS["assistant"], _FRAME))
         return tokens
 
-    def chat(self, body: dict[str, Any]) -> Generation:
-        """Answer a validated chat completion request."""
+    def chat(self, body: dict[str, Any], auto_cache: bool = True) -> Generation:
+        """Answer a validated chat completion request. ``auto_cache`` False: the provider caches only where asked
+        (Anthropic), so the OpenAI-style automatic prefix cache is neither read nor written."""
         model: str = body["model"]
         messages: list[dict[str, Any]] = body["messages"]
         tools = [t for t in body.get("tools") or () if isinstance(t, dict)]
@@ -150,7 +155,7 @@ class Engine:
         seed = seed_for(model, orjson.dumps(messages, option=orjson.OPT_SORT_KEYS).decode(), tools_text,
                         orjson.dumps(body.get("response_format")).decode(), body.get("seed"))
         cached = 0
-        if prompt_tokens >= MIN_CACHED_TOKENS:
+        if auto_cache and prompt_tokens >= MIN_CACHED_TOKENS:
             namespace = f"{model}\x00{body.get('prompt_cache_key') or ''}"
             cached = self.cache.lookup_and_store(namespace, self._prompt_stream(messages, tools_text, model))
         cap = body.get("max_completion_tokens") or body.get("max_tokens")

@@ -1,4 +1,4 @@
-"""Provider prompt caching the way OpenAI reports it.
+"""Provider prompt caching the way OpenAI and Anthropic report it.
 
 OpenAI caches prompts of 1,024 tokens or more, in 128-token increments beyond the first 1,024, routed by a hash of
 the prefix (plus ``prompt_cache_key`` when given) and dropped after 5-10 minutes idle. A request whose leading
@@ -7,6 +7,9 @@ tokens match a recently seen prefix reports the longest such boundary in ``promp
 Each boundary is stored as a chained digest (boundary k hashes boundary k-1's digest plus the next 128 tokens), so
 one entry stands for the whole prefix up to it and a lookup is a few dictionary probes, not a token comparison.
 Entries live in an LRU ordered by last use: expiry pops from the front and the entry count is bounded.
+
+Anthropic caches only where the request asks (``cache_control`` breakpoints, ``breakpoints``): the prefix up to a
+breakpoint is written on first sight (billed as a cache write) and read on repeat within the TTL.
 """
 
 from __future__ import annotations
@@ -71,6 +74,25 @@ class PrefixCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
         return cached
+
+    def breakpoints(self, namespace: str, tokens: array, ends: list[int], minimum: int) -> tuple[int, int]:
+        """Anthropic's explicit caching: ``ends`` are the prompt lengths at each ``cache_control`` breakpoint.
+        Returns (read, written): the longest breakpoint prefix seen before (read from the cache), and the tokens
+        past it up to the last breakpoint (written now). Prefixes shorter than ``minimum`` are never cached."""
+        ends = sorted({e for e in ends if minimum <= e <= len(tokens)})
+        if not ends:
+            return 0, 0
+        now = self._clock()
+        self._expire(now)
+        base = namespace.encode("utf-8", "surrogatepass") + b"\x01"  # never equal to an OpenAI-style digest
+        digests = [hashlib.blake2b(base + tokens[:end].tobytes(), digest_size=16).digest() for end in ends]
+        read = next((end for end, d in zip(reversed(ends), reversed(digests)) if d in self._entries), 0)
+        for digest in digests:
+            self._entries[digest] = now
+            self._entries.move_to_end(digest)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return read, ends[-1] - read
 
     def _expire(self, now: float) -> None:
         entries = self._entries

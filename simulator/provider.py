@@ -7,7 +7,7 @@ become ``UpstreamError`` with the kind the proxy's fallback logic expects instea
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 from simulator.engine import Generation
 from simulator.errors import SimulatedError
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from router.policy import DeploymentSpec
 
 
-def _upstream_error(exc: SimulatedError) -> UpstreamError:
+def _upstream_error(exc: SimulatedError, endpoint: str) -> UpstreamError:
     """The failure the HTTP upstream client would raise had the same answer come over the wire."""
     kind: ErrorKind
     if exc.status == 429:
@@ -30,7 +30,8 @@ def _upstream_error(exc: SimulatedError) -> UpstreamError:
         kind = "timeout"
     else:
         kind = "server" if exc.status >= 500 else "client"
-    return UpstreamError(kind, exc.message, status=exc.status, retry_after=exc.retry_after, body=exc.body())
+    return UpstreamError(kind, exc.message, status=exc.status, retry_after=exc.retry_after,
+                         body=Simulator.error_body(endpoint, exc))
 
 
 class SimulatedUpstream:
@@ -45,27 +46,30 @@ class SimulatedUpstream:
     def options(self) -> SimulatorOptions:
         return self.simulator.options
 
-    async def _prepare(self, endpoint: Endpoint, body: dict[str, Any]) -> Generation | dict[str, Any]:
+    async def _prepare(self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str] | None
+                       ) -> Generation | dict[str, Any]:
         # A shallow copy: the log must show what was sent even if the caller reuses its dict afterwards.
-        self.simulator.record(endpoint, dict(body) if isinstance(body, dict) else body)
+        self.simulator.record(endpoint, dict(body) if isinstance(body, dict) else body, dict(headers or {}))
         try:
             return self.simulator.prepare(endpoint, body)
         except SimulatedTimeout as exc:
             await asyncio.sleep(self.options.hang_s)  # a caller's own timeout normally cancels this first
-            raise _upstream_error(exc) from None
+            raise _upstream_error(exc, endpoint) from None
         except SimulatedError as exc:
-            raise _upstream_error(exc) from None
+            raise _upstream_error(exc, endpoint) from None
 
-    async def send(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamReply:
-        """A whole response after ``latency_ms``. Raises ``UpstreamError``."""
-        result = await self._prepare(endpoint, body)
+    async def send(self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str] | None = None
+                   ) -> UpstreamReply:
+        """A whole response after ``latency_ms``. Raises ``UpstreamError``. ``headers`` are only recorded."""
+        result = await self._prepare(endpoint, body, headers)
         if self.options.latency_ms:
             await asyncio.sleep(self.options.latency_ms / 1000)
         return UpstreamReply(response_body(result) if isinstance(result, Generation) else result)
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str] | None = None
+                     ) -> AsyncIterator[bytes]:
         """Chunk payloads paced by ``ttft_ms`` and ``tokens_per_s``; closing the iterator stops generation."""
-        result = await self._prepare(endpoint, body)
+        result = await self._prepare(endpoint, body, headers)
         if not isinstance(result, Generation):
             raise UpstreamError("client", f"'{endpoint}' cannot be streamed.", status=400)
         events = self.simulator.paced(result)

@@ -12,7 +12,9 @@ from typing import Any, Iterator
 
 import orjson
 
+from simulator import messages, responses
 from simulator.engine import Choice, Generation
+from simulator.text import groups
 
 
 def _message(choice: Choice) -> dict[str, Any]:
@@ -23,7 +25,11 @@ def _message(choice: Choice) -> dict[str, Any]:
 
 
 def response_body(gen: Generation) -> dict[str, Any]:
-    """The non-streamed response."""
+    """The non-streamed response, in the format the request came in."""
+    if gen.api == "responses":
+        return responses.response_body(gen)
+    if gen.api == "messages":
+        return messages.message_body(gen)
     if gen.kind == "text":
         return {
             "id": gen.id, "object": "text_completion", "created": gen.created, "model": gen.model,
@@ -39,18 +45,14 @@ def response_body(gen: Generation) -> dict[str, Any]:
     }
 
 
-def _groups(pieces: list[str]) -> Iterator[tuple[str, int]]:
-    """A few tokens per chunk (1-4, in a fixed rhythm): fewer events than OpenAI's one per token, same shape."""
-    i = step = 0
-    while i < len(pieces):
-        size = 1 + (step * 3) % 4
-        yield "".join(pieces[i : i + size]), len(pieces[i : i + size])
-        i += size
-        step += 1
-
-
 def chunks(gen: Generation) -> Iterator[tuple[bytes, int]]:
     """Each SSE payload (no ``data: `` prefix, no ``[DONE]``) with how many tokens it carries, for pacing."""
+    if gen.api == "responses":
+        yield from responses.events(gen)
+        return
+    if gen.api == "messages":
+        yield from messages.events(gen)
+        return
     if gen.kind == "text":
         head: dict[str, Any] = {"id": gen.id, "object": "text_completion", "created": gen.created, "model": gen.model}
     else:
@@ -64,14 +66,14 @@ def chunks(gen: Generation) -> Iterator[tuple[bytes, int]]:
 
     for i, c in enumerate(gen.choices):
         if gen.kind == "text":
-            for text, n in _groups(c.pieces):
+            for text, n in groups(c.pieces):
                 yield event({"text": text, "index": i, "logprobs": None, "finish_reason": None}), n
             yield event({"text": "", "index": i, "logprobs": None, "finish_reason": c.finish_reason}), 0
             continue
         if c.tool_call is None:
             yield event({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                          "finish_reason": None}), 0
-            for text, n in _groups(c.pieces):
+            for text, n in groups(c.pieces):
                 yield event({"index": i, "delta": {"content": text}, "logprobs": None, "finish_reason": None}), n
         else:
             call = c.tool_call
@@ -79,7 +81,7 @@ def chunks(gen: Generation) -> Iterator[tuple[bytes, int]]:
                        "function": {"name": call["function"]["name"], "arguments": ""}}
             yield event({"index": i, "delta": {"role": "assistant", "content": None, "tool_calls": [opening]},
                          "logprobs": None, "finish_reason": None}), 0
-            for text, n in _groups(c.pieces):
+            for text, n in groups(c.pieces):
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
                 yield event({"index": i, "delta": delta, "logprobs": None, "finish_reason": None}), n
         yield event({"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}), 0

@@ -44,12 +44,12 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send: Send, exc: SimulatedError) -> None:
+async def _error(send: Send, exc: SimulatedError, endpoint: str = "") -> None:
     headers = list(_JSON)
     if exc.retry_after is not None:
         headers += [(b"retry-after", b"%d" % max(1, round(exc.retry_after))),
                     (b"retry-after-ms", b"%d" % round(exc.retry_after * 1000))]
-    await _respond(send, exc.status, orjson.dumps(exc.body()), headers)
+    await _respond(send, exc.status, orjson.dumps(Simulator.error_body(endpoint, exc)), headers)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -107,7 +107,7 @@ class MockUpstreamApp:
         except orjson.JSONDecodeError:
             self.simulator.record(scope["path"], raw.decode("utf-8", "replace"), _headers(scope))
             self.simulator.stats["error:400"] += 1
-            await _error(send, _BAD_JSON)
+            await _error(send, _BAD_JSON, endpoint)
             return
         sim = self.simulator
         sim.record(scope["path"], body, _headers(scope))
@@ -115,19 +115,19 @@ class MockUpstreamApp:
             result = sim.prepare(endpoint, body)
         except SimulatedTimeout as exc:
             await _hang(receive, sim.options.hang_s)
-            await _error(send, exc)
+            await _error(send, exc, endpoint)
             return
         except SimulatedError as exc:
-            await _error(send, exc)
+            await _error(send, exc, endpoint)
             return
         if isinstance(result, Generation) and body.get("stream"):
-            await self._stream(result, receive, send)
+            await self._stream(result, receive, send, _native_frame if result.api != "chat" else _data_frame)
             return
         if sim.options.latency_ms:
             await asyncio.sleep(sim.options.latency_ms / 1000)
         await _respond(send, 200, orjson.dumps(response_body(result) if isinstance(result, Generation) else result))
 
-    async def _stream(self, gen: Generation, receive: Receive, send: Send) -> None:
+    async def _stream(self, gen: Generation, receive: Receive, send: Send, frame: Callable[[bytes], bytes]) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         disconnected = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, disconnected))
@@ -136,12 +136,27 @@ class MockUpstreamApp:
             async for payload in events:
                 if disconnected.is_set():
                     break  # uvicorn drops writes after a disconnect silently: stop generating instead
-                await send({"type": "http.response.body", "body": b"data: " + payload + b"\n\n", "more_body": True})
+                await send({"type": "http.response.body", "body": frame(payload), "more_body": True})
             else:
-                await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+                # OpenAI's chat streams end with [DONE]; Responses and Messages streams end with their last event.
+                await send({"type": "http.response.body", "body": b"data: [DONE]\n\n" if gen.api == "chat" else b""})
         finally:
             await events.aclose()
             watcher.cancel()
+
+
+def _data_frame(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+_TYPE_AT = len(b'{"type":"')
+
+
+def _native_frame(payload: bytes) -> bytes:
+    """Responses and Messages events name themselves: ``event: <type>`` before the data, as OpenAI and Anthropic
+    send them. The renderers put ``type`` first, so the name is read without parsing the payload."""
+    name = payload[_TYPE_AT : payload.index(b'"', _TYPE_AT)]
+    return b"event: " + name + b"\ndata: " + payload + b"\n\n"
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 from typing import Any, AsyncIterator, Callable
 
+from simulator import messages, responses
 from simulator.embeddings import embed
 from simulator.engine import Engine, Generation
 from simulator.errors import SimulatedError
@@ -20,9 +21,10 @@ from simulator.prefix_cache import PrefixCache
 from simulator.render import chunks
 from simulator.validate import validate_chat, validate_completion, validate_embeddings
 
-ENDPOINTS = ("chat/completions", "completions", "embeddings")
+ENDPOINTS = ("chat/completions", "completions", "embeddings", "responses", "messages")
 _VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "chat/completions": validate_chat, "completions": validate_completion, "embeddings": validate_embeddings,
+    "responses": responses.validate, "messages": messages.validate,
 }
 
 
@@ -85,6 +87,10 @@ class Simulator:
             raise
         if endpoint == "embeddings":
             return embed(body)
+        if endpoint == "responses":
+            return responses.generate(self.engine, body)
+        if endpoint == "messages":
+            return messages.generate(self.engine, self.engine.cache, body)
         return self.engine.chat(body) if endpoint == "chat/completions" else self.engine.completion(body)
 
     async def paced(self, gen: Generation) -> AsyncIterator[bytes]:
@@ -104,6 +110,11 @@ class Simulator:
             self.stats["streams_aborted"] += 1
             raise
         self.stats["streams_completed"] += 1
+
+    @staticmethod
+    def error_body(endpoint: str, exc: SimulatedError) -> dict[str, Any]:
+        """The error as the endpoint's own API shapes it: Anthropic's under ``messages``, else OpenAI's."""
+        return messages.error_body(exc) if endpoint == "messages" else exc.body()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for ``GET /_mock/stats``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+from typing import Iterator
 
 import tiktoken
 
@@ -93,3 +94,13 @@ def words(model: str, seed: int, count: int) -> list[str]:
 def phrase(model: str, seed: int, count: int) -> str:
     """A short phrase for string values inside generated JSON (tool arguments, structured outputs)."""
     return "".join(words(model, seed, count)).rstrip(".,")
+
+
+def groups(pieces: list[str]) -> Iterator[tuple[str, int]]:
+    """A few tokens per chunk (1-4, in a fixed rhythm): fewer events than OpenAI's one per token, same shape."""
+    i = step = 0
+    while i < len(pieces):
+        size = 1 + (step * 3) % 4
+        yield "".join(pieces[i : i + size]), len(pieces[i : i + size])
+        i += size
+        step += 1

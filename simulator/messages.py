@@ -1,0 +1,216 @@
+"""Anthropic's Messages API (``POST /v1/messages``) in the simulator: the request as the chat engine's input, and the
+answer rendered as a ``message`` or its event stream (``message_start`` ... ``message_stop``), with usage as
+Anthropic reports it: ``input_tokens`` *excludes* ``cache_read_input_tokens`` and ``cache_creation_input_tokens``.
+
+Caching follows Anthropic's rules rather than OpenAI's: nothing is cached unless a block carries ``cache_control``;
+the prompt up to the last breakpoint is written on first sight and read on repeat (``PrefixCache.breakpoints``).
+The prompt is counted here in Anthropic's order (tools, system, messages), block by block, so breakpoints fall at
+exact token positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from typing import Any, Iterator
+
+import orjson
+
+from simulator.engine import Choice, Engine, Generation
+from simulator.errors import SimulatedError
+from simulator.prefix_cache import PrefixCache
+from simulator.text import groups
+from text.tokens import encoding_for
+
+MIN_CACHEABLE_TOKENS = 1024  # Anthropic's minimum for Sonnet and Opus (Haiku's is 2,048)
+_FRAME = 0xFFFF0000  # block separators no tokenizer produces, as in the engine's prompt stream
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+_TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+
+
+def invalid(message: str) -> SimulatedError:
+    return SimulatedError(400, message)
+
+
+def validate(body: Any) -> dict[str, Any]:
+    """Raise ``SimulatedError`` (400) for what Anthropic would refuse; rendered in Anthropic's error shape."""
+    if not isinstance(body, dict):
+        raise invalid("Invalid request body: expected a JSON object.")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise invalid("model: Field required")
+    limit = body.get("max_tokens")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise invalid("max_tokens: Field required" if limit is None else "max_tokens: must be at least 1")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages: at least one message is required")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        content = message.get("content")
+        if not isinstance(content, str) and not (isinstance(content, list)
+                                                 and all(isinstance(b, dict) and "type" in b for b in content)):
+            raise invalid(f"messages.{i}.content: Input should be a valid string or a list of content blocks")
+    system = body.get("system")
+    if system is not None and not isinstance(system, (str, list)):
+        raise invalid("system: Input should be a valid string or a list of text blocks")
+    for i, tool in enumerate(body.get("tools") or ()):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise invalid(f"tools.{i}.name: Field required")
+    return body
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or ())
+
+
+def _block_text(block: dict[str, Any]) -> str:
+    kind = block.get("type")
+    if kind == "text":
+        return str(block.get("text") or "")
+    if kind == "thinking":
+        return str(block.get("thinking") or "")
+    if kind == "tool_use":
+        return str(block.get("name") or "") + orjson.dumps(block.get("input") or {}).decode()
+    if kind == "tool_result":
+        return "".join(_block_text(b) for b in _blocks(block.get("content")))
+    return ""  # images and documents: not counted by the simulator
+
+
+def _chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    system = "".join(_block_text(b) for b in _blocks(body.get("system")))
+    if system:
+        out.append({"role": "system", "content": system})
+    for message in body["messages"]:
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for block in _blocks(message["content"]):
+            if block.get("type") == "tool_use":
+                calls.append({"id": str(block.get("id", "")), "type": "function",
+                              "function": {"name": str(block.get("name", "")),
+                                           "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+            elif block.get("type") == "tool_result":
+                out.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")),
+                            "content": _block_text(block)})
+            else:
+                texts.append(_block_text(block))
+        if texts or calls:
+            chat: dict[str, Any] = {"role": message["role"], "content": "".join(texts) or None}
+            if calls:
+                chat["tool_calls"] = calls
+            out.append(chat)
+    return out or [{"role": "user", "content": ""}]
+
+
+def _prompt(body: dict[str, Any], model: str) -> tuple[array, list[int]]:
+    """The prompt as token ids in Anthropic's caching order (tools, system, messages) and the length of the prompt
+    at each ``cache_control`` breakpoint."""
+    enc = encoding_for(model)
+    tokens = array("I")
+    ends: list[int] = []
+
+    def add(text: str, block: dict[str, Any]) -> None:
+        tokens.append(_FRAME)
+        tokens.extend(enc.encode(text, disallowed_special=()))
+        if isinstance(block.get("cache_control"), dict):
+            ends.append(len(tokens))
+
+    for tool in body.get("tools") or ():
+        add(orjson.dumps({k: tool.get(k) for k in ("name", "description", "input_schema")}).decode(), tool)
+    for block in _blocks(body.get("system")):
+        add(_block_text(block), block)
+    for message in body["messages"]:
+        tokens.append(_FRAME + (1 if message["role"] == "user" else 2))
+        for block in _blocks(message["content"]):
+            add(_block_text(block), block)
+    tokens.append(_FRAME + 2)  # the assistant turn the reply opens
+    return tokens, ends
+
+
+def generate(engine: Engine, cache: PrefixCache, body: dict[str, Any]) -> Generation:
+    """Answer a validated Messages request with the chat engine; usage counted and cached Anthropic's way."""
+    model = body["model"]
+    chat: dict[str, Any] = {"model": model, "messages": _chat_messages(body), "max_tokens": body["max_tokens"]}
+    tools = [{"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
+                                                "parameters": t.get("input_schema") or {}}}
+             for t in body.get("tools") or ()]
+    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {}
+    if tools:
+        chat["tools"] = tools
+        if choice.get("type") == "tool":
+            chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+        elif choice.get("type") in _TOOL_CHOICES:
+            chat["tool_choice"] = _TOOL_CHOICES[choice["type"]]
+    if body.get("stop_sequences"):
+        chat["stop"] = body["stop_sequences"]
+    gen = engine.chat(chat, auto_cache=False)
+    tokens, ends = _prompt(body, model)
+    read, written = cache.breakpoints(f"{model}\x00anthropic", tokens, ends, MIN_CACHEABLE_TOKENS)
+    gen.api = "messages"
+    gen.native = {"input_tokens": len(tokens) - read - written, "cache_read_input_tokens": read,
+                  "cache_creation_input_tokens": written}
+    return gen
+
+
+def _id(prefix: str, seed: str) -> str:
+    return prefix + hashlib.blake2b(seed.encode(), digest_size=12).hexdigest()
+
+
+def _usage(gen: Generation, output_tokens: int) -> dict[str, Any]:
+    return {**(gen.native or {}), "output_tokens": output_tokens, "service_tier": "standard"}
+
+
+def _content(choice: Choice) -> dict[str, Any]:
+    call = choice.tool_call
+    if call is None:
+        return {"type": "text", "text": "".join(choice.pieces)}
+    return {"type": "tool_use", "id": _id("toolu_01", call["id"]), "name": call["function"]["name"],
+            "input": orjson.loads(call["function"]["arguments"])}
+
+
+def _message(gen: Generation, content: list[dict[str, Any]], stop_reason: str | None, output_tokens: int
+             ) -> dict[str, Any]:
+    return {"id": _id("msg_01", gen.id), "type": "message", "role": "assistant", "model": gen.model,
+            "content": content, "stop_reason": stop_reason, "stop_sequence": None,
+            "usage": _usage(gen, output_tokens)}
+
+
+def message_body(gen: Generation) -> dict[str, Any]:
+    """The non-streamed ``message``."""
+    choice = gen.choices[0]
+    return _message(gen, [_content(choice)], _STOP_REASONS.get(choice.finish_reason, "end_turn"),
+                    gen.usage["completion_tokens"])
+
+
+def events(gen: Generation) -> Iterator[tuple[bytes, int]]:
+    """Each event's payload (``type`` first, so the HTTP server names the event without parsing) with the tokens it
+    carries, in Anthropic's order; usage arrives in two parts (``message_start``, then ``message_delta``)."""
+    dumps = orjson.dumps
+    choice = gen.choices[0]
+    yield dumps({"type": "message_start", "message": _message(gen, [], None, 1)}), 0
+    block = _content(choice)
+    if block["type"] == "text":
+        yield dumps({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}), 0
+        yield dumps({"type": "ping"}), 0
+        for text, n in groups(choice.pieces):
+            yield dumps({"type": "content_block_delta", "index": 0,
+                         "delta": {"type": "text_delta", "text": text}}), n
+    else:
+        yield dumps({"type": "content_block_start", "index": 0, "content_block": {**block, "input": {}}}), 0
+        yield dumps({"type": "ping"}), 0
+        for text, n in groups(choice.pieces):
+            yield dumps({"type": "content_block_delta", "index": 0,
+                         "delta": {"type": "input_json_delta", "partial_json": text}}), n
+    yield dumps({"type": "content_block_stop", "index": 0}), 0
+    yield dumps({"type": "message_delta",
+                 "delta": {"stop_reason": _STOP_REASONS.get(choice.finish_reason, "end_turn"), "stop_sequence": None},
+                 "usage": {"output_tokens": gen.usage["completion_tokens"]}}), 0
+    yield dumps({"type": "message_stop"}), 0
+
+
+def error_body(exc: SimulatedError) -> dict[str, Any]:
+    """An error in Anthropic's shape, whatever raised it (validation or an injected failure)."""
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+             429: "rate_limit_error", 529: "overloaded_error"}
+    return {"type": "error", "error": {"type": kinds.get(exc.status, "api_error"), "message": exc.message}}
