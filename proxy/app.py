@@ -16,6 +16,7 @@ from pipeline.errors import TiergateError, error_object
 from proxy import alerts_api, dashboard, endpoints, messages_api, metrics, models_api, responses_api, spend
 from proxy.errors import error_body, headers_of, wire
 from proxy.evidence_api import evidence as routing_evidence
+from proxy import forecast_api, plan_api
 from proxy.request_id import RequestIdMiddleware
 from proxy.runtime import Runtime
 
@@ -78,6 +79,8 @@ def create_app(config_path: str) -> Starlette:
         ("/v1/spend/percentiles", spend.percentiles, ["GET"]),
         ("/v1/spend/requests", spend.expensive_requests, ["GET"]),
         ("/v1/spend/timeseries", spend.timeseries, ["GET"]),
+        ("/v1/spend/forecast", forecast_api.forecast, ["GET"]),
+        ("/v1/spend/plan", plan_api.create_plan, ["POST"]),
         ("/v1/alerts", alerts_api.alerts, ["GET"]),
         ("/v1/routing/evidence", routing_evidence, ["GET"]),
         ("/v1/routing/models/{team}", models_api.models, ["GET"]),

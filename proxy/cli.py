@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     from metering.cli import add_commands as metering_commands
     from proxy.models_cli import add_team_options as team_model_options
     from proxy.audit_cli import add_commands as audit_commands
+    from proxy.plan_cli import add_commands as plan_commands
     from simulator.cli import add_commands as simulator_commands
 
     simulator_commands(sub)
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     team_model_options(sub)
     metering_commands(sub)
     audit_commands(sub)
+    plan_commands(sub)
     return parser
 
 
