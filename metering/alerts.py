@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import aiohttp
 import redis.asyncio as aioredis
 
-from metering.budgets.base import BudgetExceeded, Cap, CapState
+from metering.budgets.base import PERIOD_WORDS, BudgetExceeded, Cap, CapState
 from metering.ledger.alert_log import AlertEvent, once_key
 from metering.ledger.base import Ledger
 from metering.money import format_usd
@@ -47,7 +47,7 @@ Settled = Sequence[tuple[str, int]]  # (request id, nanos added), in the order t
 
 
 def _describe(event: AlertEvent) -> str:
-    period = "daily" if event.period == "day" else "monthly"
+    period = PERIOD_WORDS.get(event.period, event.period)  # an experiment's cap is a "lifetime" one
     who = f"team {event.team}" if event.scope == "team" else f"{event.scope} {event.scope_name} of team {event.team}"
     return f"{period} budget of {who}"
 

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import orjson
 
+from metering.finops.experiments import ExperimentReport, experiment_report, wants_experiments
 from metering.ledger import Ledger, Report, open_ledger
 from metering.ledger.base import month_bounds
 from metering.money import format_usd
@@ -33,12 +34,14 @@ def _period(text: str) -> tuple[date, date]:
 
 
 async def _bill(url: str, schema: str, team: str, period: tuple[date, date], group_by: list[str],
-                policy_teams: Sequence[str]) -> Report:
+                policy_teams: Sequence[str]) -> Report | ExperimentReport:
     # No spool: a read-only process must neither create segments nor replay a running proxy's.
     ledger = open_ledger(url, spool_dir=None, schema=schema)
     await ledger.start()
     try:
         await _check_team(ledger, team, policy_teams)
+        if wants_experiments(group_by):
+            return await experiment_report(ledger, period[0], period[1], team, group_by)
         return await ledger.report(period[0], period[1], team=team, group_by=group_by)
     finally:
         await ledger.close()
@@ -152,7 +155,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--format", choices=("json", "csv"), default="json")
     p.add_argument("--group-by", default="model,tier",
                    help="comma list of team,model,tier,day,key,purpose,tag, any combination (default model,tier); "
-                        "tag rows include each tag key's untagged records (tag_value null, empty in CSV)")
+                        "tag rows include each tag key's untagged records (tag_value null, empty in CSV); "
+                        "experiment: one row per experiment, and null for records of none")
     p.set_defaults(func=bill)
 
     p = subparsers.add_parser("outcomes", help="the outcome store (judged shadow samples)")

@@ -57,6 +57,9 @@ def ledger_seeder(ledger: Ledger) -> Seeder:
             report = await ledger.report(cap.start, cap.end, team=cap.team, group_by=("key",))
             return sum(r.totals.cost_nanos for r in report.rows if r.keys["key_id"] == cap.name)
         report = await ledger.report(cap.start, cap.end, team=cap.team, group_by=("tag",))
+        if cap.kind == "experiment":  # attribution writes the experiment's name as the tag ``experiment``
+            return sum(r.totals.cost_nanos for r in report.rows
+                       if r.keys["tag_key"] == "experiment" and r.keys["tag_value"] == cap.name)
         return sum(r.totals.cost_nanos for r in report.rows
                    if r.keys["tag_value"] is not None and f"{r.keys['tag_key']}={r.keys['tag_value']}" == cap.name)
 

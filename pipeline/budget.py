@@ -1,4 +1,5 @@
-"""The budget gate: hold a request's worst case against its team's, key's and tags' caps before the upstream call.
+"""The budget gate: hold a request's worst case against its team's, key's, tags' and experiment's caps before the
+upstream call.
 
 A team's YAML budgets become ``metering``'s ``BudgetPolicy`` here, once per policy version. Over a cap the request is
 refused (``budget_exceeded``) or, with ``on_exceeded: downgrade``, served by the team's cheapest tier and still
@@ -16,6 +17,7 @@ from metering.service import Meter, Reservation
 from pipeline.errors import TiergateError
 from pipeline.request import RequestState
 from router.config import BudgetLimit
+from router.experiments import Experiments
 from router.policy import Policy, TeamPolicy
 
 log = logging.getLogger("tiergate.budgets")
@@ -25,13 +27,15 @@ def _limits(limit: BudgetLimit) -> BudgetLimits:
     return BudgetLimits(daily_usd=limit.daily_usd, monthly_usd=limit.monthly_usd)
 
 
-def budget_policy(team: TeamPolicy) -> BudgetPolicy:
+def budget_policy(team: TeamPolicy, experiments: Experiments | None = None) -> BudgetPolicy:
+    """The team's caps; with ``experiments``, also the lifetime cap of each of its experiments."""
     budgets = team.settings.budgets
     per_key = _limits(budgets.per_key) if budgets.per_key is not None else None
     return BudgetPolicy(
         team=_limits(budgets.team),
         keys={key.id: per_key for key in team.settings.keys} if per_key is not None else {},
         tags={tag: _limits(limit) for tag, limit in budgets.per_tag.items()},
+        experiments={m.name: m.budget for m in experiments.of_team(team.name)} if experiments is not None else {},
         on_exceeded=budgets.on_exceeded,
         redis_failure=budgets.redis_failure,
     )
@@ -46,7 +50,7 @@ class BudgetPolicies:
 
     def of(self, policy: Policy) -> Mapping[str, BudgetPolicy]:
         if policy is not self._policy:  # requests hold the store's one policy object until a reload swaps it
-            self._derived = {name: budget_policy(team) for name, team in policy.teams.items()}
+            self._derived = {name: budget_policy(team, policy.experiments) for name, team in policy.teams.items()}
             self._policy = policy
         return self._derived
 

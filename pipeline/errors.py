@@ -37,6 +37,7 @@ ErrorCode = Literal[
     "routing_refused.max_tokens_exceeded",
     # Money.
     "budget_exceeded",
+    "experiment_expired",  # outside its manifest's window (expired, or not started): router.experiments
     "budget_store_unavailable",
     # Upstreams.
     "upstream_failed.rate_limited",

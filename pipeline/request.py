@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Literal
 from opentelemetry.trace import Span
 
 from pipeline.errors import TiergateError
+from pipeline.experiments import experiment_tags
 from pipeline.trimming import Trimmed
 from router.decide import Decision
 from router.features import RequestFeatures
@@ -68,8 +69,10 @@ def admitted_team(request: Request) -> TeamPolicy:
 
 
 def admitted_tags(request: Request, team: TeamPolicy) -> dict[str, str]:
-    """The key's tags overridden by the client's; every tag the team requires must be among them."""
+    """The key's tags overridden by the client's, plus the experiment they belong to (``pipeline.experiments``);
+    every tag the team requires must be among them."""
     tags = {**request.principal.tags, **request.tags}
+    tags = experiment_tags(request.policy, team.name, request.principal, tags, request.started_at)
     missing = [t for t in team.settings.required_tags if t not in tags]
     if missing:
         raise TiergateError(

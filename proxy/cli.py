@@ -22,6 +22,10 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"{args.path}: ok (sha256 {policy.sha256[:12]}): tiers {tiers}; teams {', '.join(policy.teams)}")
     for warning in policy.warnings:
         print(f"  warning: {warning}")
+    if args.fail_over_budget:
+        from proxy.experiments_cli import check_budgets
+
+        return check_budgets(policy, args.path)
     return 0
 
 
@@ -85,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a policy file; errors name file, line and field")
     check.add_argument("path")
+    check.add_argument("--fail-over-budget", action="store_true",
+                       help="also exit 1 naming each experiment whose projected cost at expiry (from its ledger "
+                            "spend) exceeds its budget")
     check.set_defaults(func=_check_config)
 
     from classifiers.cli import add_commands as classifier_commands
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.models_cli import add_team_options as team_model_options
     from proxy.audit_cli import add_commands as audit_commands
     from proxy.plan_cli import add_commands as plan_commands
+    from proxy.experiments_cli import add_commands as experiment_commands
     from simulator.cli import add_commands as simulator_commands
 
     simulator_commands(sub)
@@ -100,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     metering_commands(sub)
     audit_commands(sub)
     plan_commands(sub)
+    experiment_commands(sub)
     return parser
 
 

@@ -49,6 +49,8 @@ ERRORS: dict[ErrorCode, Wire] = {
     # insufficient_quota (not rate_limit_error): OpenAI's type for a spent quota, which SDKs do not retry.
     "budget_exceeded": Wire(429, "insufficient_quota", "budget_exceeded"),
     "budget_store_unavailable": Wire(503, "api_error", "budget_store_unavailable"),
+    # An experiment past its TTL: a permission, not a quota (no new period clears it; the policy must change).
+    "experiment_expired": Wire(403, "permission_error", "experiment_expired"),
     "upstream_failed.rate_limited": Wire(429, "rate_limit_error", "upstream_rate_limited"),
     "upstream_failed.timeout": Wire(504, "api_error", "upstream_timeout"),
     "upstream_failed.error": Wire(502, "api_error", "upstream_error"),

@@ -17,7 +17,8 @@ from datetime import date, datetime, timedelta, timezone
 from starlette.requests import Request
 from starlette.responses import Response
 
-from metering.ledger.report import rows_to_csv
+from metering.finops.experiments import ExperimentReport, experiment_report, wants_experiments
+from metering.ledger.report import Report, rows_to_csv
 from pipeline.errors import TiergateError
 from proxy.body import CONTROL_CHARS, shown
 from proxy.endpoints import authenticated, runtime
@@ -123,7 +124,11 @@ async def report(request: Request) -> Response:
     rt = runtime(request)
     await _flushed(request)
     try:
-        result = await rt.meter.ledger.report(start, end, team=team, group_by=group_by)
+        result: Report | ExperimentReport
+        if wants_experiments(group_by):  # the ``experiment`` tag as a dimension of its own (with owner: /experiments)
+            result = await experiment_report(rt.meter.ledger, start, end, team, group_by)
+        else:
+            result = await rt.meter.ledger.report(start, end, team=team, group_by=group_by)
     except ValueError as exc:
         raise bad_request(str(exc), param="group_by") from None
     payload = result.to_dict()

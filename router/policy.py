@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from metering.prices import Price, lookup
 from router.config import ApiKey, Config, Deployment, Team
+from router.experiments import ExperimentConfigError, Experiments, compile_experiments
 
 Provider = Literal["simulated", "openai", "litellm"]
 # litellm prefixes whose wire format is OpenAI's own: served by the pooled direct HTTP client.
@@ -102,6 +103,7 @@ class Policy:
     sha256: str = ""
     source: str = ""
     loaded_at: float = 0.0
+    experiments: Experiments = field(default_factory=Experiments)  # manifests and their attribution lookups
 
     def allowed_models(self, team: str | None) -> tuple[str, ...]:
         """The model names ``decide()`` accepts from ``team`` (``None``: an admin key, which routes nothing but
@@ -353,8 +355,13 @@ def compile_policy(config: Config) -> Policy:
             if entry[0] in keys:
                 raise PolicyError(("teams", name, "keys", k_index), "this key's hash is already used by another key")
             keys[entry[0]] = entry[1]
+    try:
+        experiments = compile_experiments(config)
+    except ExperimentConfigError as exc:
+        raise PolicyError(exc.loc, exc.message) from None
     return Policy(
         config=config,
+        experiments=experiments,
         tiers=tuple(tiers),
         teams=teams,
         keys=keys,

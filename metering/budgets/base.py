@@ -19,22 +19,28 @@ from typing import Awaitable, Callable, Literal, Sequence
 
 from metering.money import format_usd
 
-Kind = Literal["team", "key", "tag"]
-PeriodKind = Literal["day", "month"]
+Kind = Literal["team", "key", "tag", "experiment"]
+# "life": an experiment's one cap from its start day to the day after its expiry (``Cap.until``), whatever the month.
+PeriodKind = Literal["day", "month", "life"]
+PERIOD_WORDS: dict[str, str] = {"day": "daily", "month": "monthly", "life": "lifetime"}
 # Counters outlive their period by this much, so late settles and /v1/spend/teams still find them.
 _GRACE = timedelta(days=3)
 
 
 @dataclass(frozen=True, slots=True)
 class Cap:
-    """One limit on one period: ``team`` daily, ``key`` monthly, ``tag`` (``name`` = ``"k=v"``) daily, ..."""
+    """One limit on one period: ``team`` daily, ``key`` monthly, ``tag`` (``name`` = ``"k=v"``) daily, ...,
+    ``experiment`` (``name`` = the experiment) over its life (``period="life"``, ``until`` its end day)."""
 
     kind: Kind
     team: str
-    name: str  # key id for kind=key, "k=v" for kind=tag, "" for kind=team
+    name: str  # key id for kind=key, "k=v" for kind=tag, the experiment's name for kind=experiment, "" for team
     period: PeriodKind
     start: date  # first day of the period (UTC)
     limit_nanos: int
+    # period="life" only: the UTC day after the experiment's expiry (exclusive). Not part of the counter's identity,
+    # like the limit: extending an experiment keeps its spend.
+    until: date | None = field(default=None, compare=False)
     # Derived once at construction: the request path reads them several times per reservation.
     counter_id: str = field(init=False, compare=False, repr=False)
     end: date = field(init=False, compare=False, repr=False)
@@ -42,9 +48,12 @@ class Cap:
 
     def __post_init__(self) -> None:
         # counter_id is the identity of the shared counter; the limit is *not* part of it (a reload may change it).
-        stamp = self.start.isoformat() if self.period == "day" else self.start.strftime("%Y-%m")
+        stamp = self.start.strftime("%Y-%m") if self.period == "month" else self.start.isoformat()
         object.__setattr__(self, "counter_id", f"{self.kind}:{self.team}:{self.name}:{stamp}")
-        if self.period == "day":
+        if self.period == "life":
+            assert self.until is not None, "a lifetime cap needs its end day"
+            end = self.until
+        elif self.period == "day":
             end = self.start + timedelta(days=1)
         else:
             end = date(self.start.year + (self.start.month == 12), self.start.month % 12 + 1, 1)
@@ -54,9 +63,8 @@ class Cap:
         object.__setattr__(self, "expires_at", int(expires.timestamp()))
 
     def describe(self) -> str:
-        who = {"team": f"team {self.team}", "key": f"key {self.name} of team {self.team}",
-               "tag": f"tag {self.name} of team {self.team}"}[self.kind]
-        return f"{'daily' if self.period == 'day' else 'monthly'} budget of {who}"
+        who = f"team {self.team}" if self.kind == "team" else f"{self.kind} {self.name} of team {self.team}"
+        return f"{PERIOD_WORDS[self.period]} budget of {who}"
 
 
 def wall_ms() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Literal, Mapping
 
@@ -15,6 +15,31 @@ from metering.money import usd_to_nanos
 class BudgetLimits:
     daily_usd: Decimal | None = None
     monthly_usd: Decimal | None = None
+
+
+# A production experiment that never expires still needs an end for its counter (Redis EXPIREAT, the seed's range).
+NO_EXPIRY_END = date(9000, 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentBudget:
+    """An experiment's one cap over its life: spend attributed to it from ``starts_at`` on, whatever the day or
+    month. The counter spans whole UTC days (the ledger's rollups are daily): from ``starts_at``'s day to the day
+    after ``expires_at``; a request outside ``[starts_at, expires_at)`` is refused before it reaches a budget, so
+    nothing outside the window is ever attributed."""
+
+    name: str
+    team: str
+    limit_nanos: int
+    starts_at: datetime | None  # None: counted since the ledger began
+    expires_at: datetime | None  # None: a production experiment without an expiry
+    cap: Cap = field(init=False, compare=False, repr=False)  # built once: the request path only looks it up
+
+    def __post_init__(self) -> None:
+        start = self.starts_at.date() if self.starts_at is not None else date(2000, 1, 1)
+        until = self.expires_at.date() + timedelta(days=1) if self.expires_at is not None else NO_EXPIRY_END
+        object.__setattr__(self, "cap", Cap("experiment", self.team, self.name, "life", start, self.limit_nanos,
+                                            until=until))
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +55,8 @@ class BudgetPolicy:
     team: BudgetLimits = field(default_factory=BudgetLimits)
     keys: Mapping[str, BudgetLimits] = field(default_factory=dict)
     tags: Mapping[str, BudgetLimits] = field(default_factory=dict)
+    # experiment name -> its cap; a request counts against the one its ``experiment`` tag names (set by attribution)
+    experiments: Mapping[str, ExperimentBudget] = field(default_factory=dict)
     on_exceeded: Literal["reject", "downgrade"] = "reject"
     redis_failure: Literal["closed", "open"] = field(kw_only=True)
 
@@ -52,4 +79,8 @@ def caps_for(policy: BudgetPolicy, team: str, key_id: str, tags: Mapping[str, st
         limits = policy.tags.get(f"{k}={v}")
         if limits is not None:
             caps += _caps("tag", team, f"{k}={v}", limits, day)
+    if policy.experiments:
+        experiment = policy.experiments.get(tags.get("experiment", ""))
+        if experiment is not None:
+            caps.append(experiment.cap)
     return tuple(caps)
