@@ -44,6 +44,9 @@ class UsageRecord:
     error: str | None = None
     system_tokens: int = 0  # the leading system prompt's share of prompt_tokens (audit: oversized prompts)
     context_saved_tokens: int = 0  # prompt tokens rolling summaries kept from being sent
+    api: str = "chat"  # the wire format the client spoke: chat | completions | embeddings | responses | messages
+    response_id: str | None = None  # the answer's own id (chatcmpl-..., resp_..., msg_...): feedback finds it by it
+    router_model: str | None = None  # the id of the routing model that scored the request (None: nothing scored)
 
     def __post_init__(self) -> None:
         for name in ("started_at", "ended_at"):
@@ -85,7 +88,16 @@ class UsageRecord:
         data = orjson.loads(line)
         data["started_at"] = datetime.fromisoformat(data["started_at"])
         data["ended_at"] = datetime.fromisoformat(data["ended_at"])
+        if "api" not in data:  # spooled by a version before the column: the rule the ledger's migration applies
+            data["api"] = legacy_api(data.get("purpose", "chat"))
         return cls(**data)
 
 
 _FIELDS = tuple(f.name for f in fields(UsageRecord))
+
+
+def legacy_api(purpose: str) -> str:
+    """The ``api`` of a record written before the column existed: those versions spoke only OpenAI's chat,
+    completions and embeddings, and only embeddings had a purpose of their own (a legacy completion counts as chat).
+    ``metering.ledger.schema.LEGACY_API_SQL`` is the same rule for stored rows."""
+    return "embeddings" if purpose == "embedding" else "chat"

@@ -207,7 +207,8 @@ class Pipeline:
                            else ("internal_error", f"internal error: {type(exc).__name__}"))  # the edge's 500
             self._spawn(self._settle(state, reservation, records.failed(state, [], self._status_of(ending), why)))
             raise
-        record = await self._delivered(state, records.served(state, dep, usage, ttft_ms=None, status=self._ok))
+        record = await self._delivered(state, records.served(state, dep, usage, ttft_ms=None, status=self._ok,
+                                                             response_id=records.response_id_of(reply.body)))
         cost = await self._settle(state, reservation, record, dep.provider)
         if record.status == self._ok and state.team.settings.learning is not None:  # text only when it may be shadowed
             self._shadowing.observe(state, record, answer_text(reply.body), self._spawn)  # background, per policy
@@ -241,7 +242,8 @@ class Pipeline:
 
     async def _from_cache(self, state: RequestState, body: dict[str, Any]) -> Served:
         usage = records.usage_of(body, state.decision.plan[0], state.features.prompt_tokens)
-        await self._settle(state, None, records.cached(state, usage, str(body.get("model", "")), self._ok))
+        await self._settle(state, None, records.cached(state, usage, str(body.get("model", "")), self._ok,
+                                                       records.response_id_of(body)))
         return Served(self._notes(state, None, 0, 0), body)
 
     async def _stream(self, state: RequestState, reservation: Reservation, send_as: BodyFor) -> Streaming:
@@ -256,7 +258,8 @@ class Pipeline:
             usage = (records.normalize(stream.usage, dep) if stream.usage is not None
                      else stream.estimated_usage(state.features.prompt_tokens, dep))
             answer.extend(stream.text)
-            return records.served(state, dep, usage, ttft_ms=ttft_ms, status=self._status_of(ending), error=error)
+            return records.served(state, dep, usage, ttft_ms=ttft_ms, status=self._status_of(ending), error=error,
+                                  response_id=stream.response_id)
 
         async def settle(record: UsageRecord) -> int:
             cost = await self._settle(state, reservation, record, dep.provider)

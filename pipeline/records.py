@@ -34,10 +34,18 @@ def usage_of(body: dict[str, Any], dep: DeploymentSpec, prompt_tokens: int) -> U
     return estimate_usage(prompt_tokens, text, dep.upstream_model)
 
 
+# The wire format when an ingress left ``Request.api`` at its default: OpenAI's endpoints are told apart by kind.
+_API_OF_KIND = {"chat/completions": "chat", "completions": "completions", "embeddings": "embeddings",
+                "responses": "responses", "messages": "messages"}
+
+
 def _fields(state: RequestState, status: int, error: str | None) -> dict[str, Any]:
     request = state.request
     now = datetime.now(timezone.utc)
+    api = getattr(request, "api", "chat")
     return dict(
+        api=_API_OF_KIND.get(request.kind, api) if api == "chat" else api,
+        router_model=state.decision.router_model,
         request_id=request.request_id,
         started_at=request.started_at,
         ended_at=now,
@@ -56,8 +64,18 @@ def _fields(state: RequestState, status: int, error: str | None) -> dict[str, An
     )
 
 
+def response_id_of(body: dict[str, Any]) -> str | None:
+    """The answer's own id (``chatcmpl-...``, ``resp_...``, ``msg_...``), which clients quote (feedback finds the
+    request by it), from an answer or a stream's first payload; None when the provider sent none."""
+    found = body.get("id")
+    if found is None:  # the first event of a Responses or Messages stream carries it one level down
+        inner = body.get("response") or body.get("message")
+        found = inner.get("id") if isinstance(inner, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
 def served(state: RequestState, dep: DeploymentSpec, usage: Usage, *, ttft_ms: float | None, status: int,
-           error: str | None = None) -> UsageRecord:
+           error: str | None = None, response_id: str | None = None) -> UsageRecord:
     baseline = state.decision.counterfactual_tier.deployments[0].price
     fields = _fields(state, status, error)
     fields["tier"] = dep.tier  # after a fallback the serving tier, not the one first chosen
@@ -69,14 +87,18 @@ def served(state: RequestState, dep: DeploymentSpec, usage: Usage, *, ttft_ms: f
         cost_nanos=cost_nanos(usage, dep.price),
         counterfactual_cost_nanos=cost_nanos(usage, baseline),
         ttft_ms=int(ttft_ms) if ttft_ms is not None else None,
+        response_id=response_id,
     )
 
 
-def cached(state: RequestState, usage: Usage, model: str, status: int) -> UsageRecord:
-    """Answered from the response cache: no provider was paid, so the whole baseline is saved."""
+def cached(state: RequestState, usage: Usage, model: str, status: int, response_id: str | None = None
+           ) -> UsageRecord:
+    """Answered from the response cache: no provider was paid, so the whole baseline is saved. ``response_id`` is
+    the stored answer's, which the client gets again."""
     baseline = state.decision.counterfactual_tier.deployments[0].price
     return UsageRecord.with_usage(usage, **_fields(state, status, None), model=model, deployment="response-cache",
-                                  counterfactual_cost_nanos=cost_nanos(usage, baseline), ttft_ms=None)
+                                  counterfactual_cost_nanos=cost_nanos(usage, baseline), ttft_ms=None,
+                                  response_id=response_id)
 
 
 def failed(state: RequestState, attempts: list[Attempt], status: int, message: str) -> UsageRecord:

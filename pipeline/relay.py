@@ -17,6 +17,7 @@ import orjson
 from metering.record import UsageRecord
 from metering.usage import Usage, estimate_usage
 from pipeline.errors import Ending
+from pipeline.records import response_id_of
 from router.policy import DeploymentSpec
 from upstream.base import UpstreamError
 from upstream.dispatch import public_reason
@@ -30,8 +31,11 @@ Spawn = Callable[[Coroutine[Any, Any, int]], "asyncio.Task[int]"]
 class StreamState:
     usage: dict[str, Any] | None = None
     text: list[str] = field(default_factory=list)
+    response_id: str | None = None  # the answer's own id, from the first payload that has one
 
     def observe(self, chunk: dict[str, Any]) -> None:
+        if self.response_id is None:
+            self.response_id = response_id_of(chunk)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():

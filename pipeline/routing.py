@@ -40,15 +40,17 @@ class Routing:
                messages: list[Any] | None, affinity: str | None = None, sticky_tier: int | None = None) -> Decision:
         """The tier and the deployments to try. ``messages`` are scored when ``model`` is ``auto`` and no tier is
         forced; ``affinity`` keeps a static prefix on one deployment; ``sticky_tier`` is the conversation's tier."""
-        score = None
+        score: float | None = None
+        scorer_id: str | None = None
         if model == "auto" and messages is not None and not request.tier_header:
             with self._tracing.span("tiergate.classify") as span:
-                score = self._scorers.for_team(team.name).score(messages)
+                scorer = self._scorers.for_team(team.name)
+                score, scorer_id = scorer.score(messages), scorer.model_id
                 if span is not None:
                     span.set_attribute("tiergate.score", score)
         with self._tracing.span("tiergate.route") as span:
             try:
-                route = RouteRequest(features, model, score, request.tier_header, affinity, sticky_tier)
+                route = RouteRequest(features, model, score, request.tier_header, affinity, sticky_tier, scorer_id)
                 decision = decide(request.policy, team, route, self._health.snapshot(), self._rng)
             except RoutingRefused as exc:
                 raise TiergateError(_REFUSED[exc.kind], exc.message, param=exc.param) from None

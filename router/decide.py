@@ -43,6 +43,7 @@ class RouteRequest:
     tier_header: str | None = None  # x-tiergate-tier
     affinity: str | None = None  # a prompt-prefix key: keeps the prefix on one deployment (warm KV cache)
     sticky_tier: int | None = None  # the tier the conversation was last served on
+    router_model: str | None = None  # the id of the model that gave ``score`` (the team's learned one or the default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class Decision:
     reserve_nanos: int  # the budget reservation: worst-case cost on the dearest deployment of the plan
     counterfactual_tier: TierSpec  # the team's most capable tier: the "no routing" baseline for savings
     sticky_held: bool = False  # stickiness kept the conversation on its tier against the score
+    router_model: str | None = None  # the id of the model that gave ``score``, carried to the usage record
 
 
 def _fits(tier: TierSpec, features: RequestFeatures, output_tokens: int) -> str | None:
@@ -265,4 +267,5 @@ def decide(policy: Policy, team: TeamPolicy, request: RouteRequest, health: Heal
         reserve_nanos=worst_case(features, output_budget, attempts),
         counterfactual_tier=policy.tiers[team.ceiling],
         sticky_held=sticky_held,
+        router_model=request.router_model,
     )

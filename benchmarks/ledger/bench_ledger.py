@@ -49,7 +49,8 @@ _ROW = """
   ((i * 31) % 5000 + 10) / 3 AS cached_tokens, 0 AS cache_write_tokens, ((i * 37) % 800 + 1) / 4 AS reasoning_tokens,
   {false} AS usage_estimated, ((i * 31) % 5000 + 10) * 2500 + ((i * 37) % 800 + 1) * 10000 + (i % 7) AS cost_nanos,
   ((i * 31) % 5000 + 10) * 7500 + ((i * 37) % 800 + 1) * 30000 AS counterfactual_cost_nanos,
-  800 AS latency_ms, 120 AS ttft_ms, 200 AS status, NULL AS error, 0 AS system_tokens, 0 AS context_saved_tokens
+  800 AS latency_ms, 120 AS ttft_ms, 200 AS status, NULL AS error, 0 AS system_tokens, 0 AS context_saved_tokens,
+  'chat' AS api, NULL AS response_id, NULL AS router_model
 """
 _DAY_OF = "((HASH / 14400) % 30)"
 

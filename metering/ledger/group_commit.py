@@ -141,13 +141,7 @@ class GroupCommitLedger(Ledger):
 
     # -- Ledger --------------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self._open_db()
-        try:  # CREATE TABLE IF NOT EXISTS keeps an older table as it is: refuse it loudly, not on every commit
-            await self._fetch(f"SELECT {', '.join(RECORD_COLUMNS)} FROM records WHERE 1 = 0", [])
-        except Exception as exc:
-            await self._close_db()
-            raise RuntimeError(f"this ledger's records table was made by an older tiergate (missing columns); point "
-                               f"metering.ledger at a new database or file ({exc})") from None
+        await self._open_db()  # creates the tables, or brings an older ledger's up to date (schema.migration_sql)
         if self._spool is not None:
             self._spool.open()
         self._task = asyncio.create_task(self._run(), name="ledger-group-commit")

@@ -51,6 +51,8 @@ class RequestCost:
     counterfactual_cost_nanos: int
     latency_ms: int
     status: int
+    api: str
+    response_id: str | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,7 +61,7 @@ class RequestCost:
             "completion_tokens": self.completion_tokens, "cached_tokens": self.cached_tokens,
             "cost_usd": format_usd(self.cost_nanos),
             "counterfactual_cost_usd": format_usd(self.counterfactual_cost_nanos),
-            "latency_ms": self.latency_ms, "status": self.status,
+            "latency_ms": self.latency_ms, "status": self.status, "api": self.api, "response_id": self.response_id,
         }
 
 
@@ -130,12 +132,12 @@ class Insights:
         order_sql = "cost_nanos DESC, started_at DESC" if order == "cost" else "started_at DESC"
         params.append(limit)
         sql = ("SELECT request_id, started_at, team, key_id, model, tier, purpose, prompt_tokens, completion_tokens, "
-               "cached_tokens, cost_nanos, counterfactual_cost_nanos, latency_ms, status "
+               "cached_tokens, cost_nanos, counterfactual_cost_nanos, latency_ms, status, api, response_id "
                f"FROM records WHERE {where} ORDER BY {order_sql} LIMIT ?")
         out = []
         for row in await self._fetch(sql, params):
             started = row[1] if isinstance(row[1], str) else row[1].astimezone(timezone.utc).isoformat()
-            out.append(RequestCost(row[0], started, *row[2:7], *(int(v or 0) for v in row[7:])))
+            out.append(RequestCost(row[0], started, *row[2:7], *(int(v or 0) for v in row[7:14]), *row[14:]))
         return out
 
     async def hourly(self, day: date, team: str | None = None) -> list[HourSpend]:

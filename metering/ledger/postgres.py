@@ -21,7 +21,8 @@ from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.outcomes import insert_outcome_sql, outcomes_ddl
 from metering.routing_models import routing_models_ddl
 from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
-from metering.ledger.schema import RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl
+from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry,
+                                    migration_sql, record_values, rollup_ddl)
 
 _RECORD_TYPES = {
     "day": "DATE", "started_at": "TIMESTAMPTZ", "ended_at": "TIMESTAMPTZ", "tags": "JSONB",
@@ -29,12 +30,14 @@ _RECORD_TYPES = {
     **{c: "BIGINT" for c in ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
                              "reasoning_tokens", "cost_nanos", "counterfactual_cost_nanos", "latency_ms", "ttft_ms",
                              "system_tokens", "context_saved_tokens")},
+    "api": API_TYPE,
 }
 _RECORDS_DDL = "CREATE TABLE IF NOT EXISTS records ({}, PRIMARY KEY (entry_id))".format(
     ", ".join(f"{c} {_RECORD_TYPES.get(c, 'TEXT')}" for c in RECORD_COLUMNS)
 )
-_INSERT_RECORDS = (
-    f"INSERT INTO records SELECT {', '.join(RECORD_COLUMNS)} FROM jsonb_populate_recordset(NULL::records, %s) "
+_INSERT_RECORDS = (  # columns named: a migrated table's order is its history's (schema.py keeps them equal anyway)
+    f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) SELECT {', '.join(RECORD_COLUMNS)} "
+    "FROM jsonb_populate_recordset(NULL::records, %s) "
     "ON CONFLICT (entry_id) DO NOTHING RETURNING entry_id"
 )
 
@@ -50,6 +53,10 @@ _UPSERTS = {"rollup_daily": _upsert_json("rollup_daily", DAILY_DIMS), "rollup_ta
 _INSERT_ALERT = insert_alert_sql("%s")
 _INSERT_OUTCOME = insert_outcome_sql("%s")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _rekey(table: str, dims: tuple[str, ...]) -> list[str]:
+    return [f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, ADD PRIMARY KEY ({', '.join(dims)})"]
 
 
 def _json_default(value: Any) -> Any:
@@ -106,6 +113,15 @@ class PostgresLedger(GroupCommitLedger):
                 await conn.execute(ddl)
             for ddl in outcomes_ddl("TIMESTAMPTZ", "DOUBLE PRECISION"):
                 await conn.execute(ddl)
+            # under the same lock: of several hosts opening an older ledger, the first migrates it
+            have: dict[str, set[str]] = {"records": set(), "rollup_daily": set()}
+            cur = await conn.execute("SELECT table_name, column_name FROM information_schema.columns "
+                                     "WHERE table_schema = %s AND table_name IN ('records', 'rollup_daily')",
+                                     (self.schema,))
+            for table, column in await cur.fetchall():
+                have[table].add(column)
+            for sql in migration_sql(have["records"], have["rollup_daily"], _RECORD_TYPES, _rekey):
+                await conn.execute(sql)
 
     async def _close_db(self) -> None:
         await self._pool.close()

@@ -24,6 +24,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "day": ("day",),
     "key": ("key_id",),
     "purpose": ("purpose",),
+    "api": ("api",),  # the wire format the client spoke (chat, completions, embeddings, responses, messages)
     "tag": ("tag_key", "tag_value"),
 }
 # Tags live in their own rollup (a record with three tags counts once per tag), which knows only these dimensions;
@@ -64,8 +65,8 @@ def parse_group_by(group_by: Iterable[str]) -> tuple[str, ...]:
 
 
 def source_of(group_by: Sequence[str]) -> Source:
-    """Where a grouping is read: the daily rollup, the tag rollup, or (tags with key, model, tier or purpose) the
-    records themselves."""
+    """Where a grouping is read: the daily rollup, the tag rollup, or (tags with key, model, tier, purpose or api)
+    the records themselves."""
     if "tag" not in group_by:
         return "rollup_daily"
     return "rollup_tag" if set(group_by) <= TAG_ROLLUP_DIMS else "records"

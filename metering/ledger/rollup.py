@@ -20,10 +20,10 @@ MEASURES: tuple[str, ...] = (
     "cost_nanos",
     "counterfactual_cost_nanos",
 )
-DAILY_DIMS: tuple[str, ...] = ("day", "team", "key_id", "model", "tier", "purpose")
+DAILY_DIMS: tuple[str, ...] = ("day", "team", "key_id", "model", "tier", "purpose", "api")
 TAG_DIMS: tuple[str, ...] = ("day", "team", "tag_key", "tag_value")
 
-DailyKey = tuple[str, str, str, str, str, str]
+DailyKey = tuple[str, str, str, str, str, str, str]
 TagKey = tuple[str, str, str, str]
 
 
@@ -42,7 +42,7 @@ def _add(acc: dict, key: tuple, values: tuple[int, ...]) -> None:
 
 
 def rollup(records: Iterable[UsageRecord]) -> tuple[dict[DailyKey, list[int]], dict[TagKey, list[int]]]:
-    """Per-(day, team, key, model, tier, purpose) and per-(day, team, tag key, tag value) sums.
+    """Per-(day, team, key, model, tier, purpose, api) and per-(day, team, tag key, tag value) sums.
 
     Returned sorted by key, so concurrent writers (several proxies on one PostgreSQL) lock rollup rows in the same
     order and cannot deadlock each other.
@@ -52,7 +52,7 @@ def rollup(records: Iterable[UsageRecord]) -> tuple[dict[DailyKey, list[int]], d
     for r in records:
         values = _measures(r)
         day = r.day.isoformat()
-        _add(daily, (day, r.team, r.key_id, r.model, r.tier, r.purpose), values)
+        _add(daily, (day, r.team, r.key_id, r.model, r.tier, r.purpose, r.api), values)
         for k, v in r.tags.items():
             _add(tags, (day, r.team, k, v), values)
     return dict(sorted(daily.items())), dict(sorted(tags.items()))

@@ -16,17 +16,17 @@ from typing import Any, Sequence
 
 from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
-from metering.ledger.rollup import rollup
+from metering.ledger.rollup import MEASURES, rollup
 from metering.routing_models import routing_models_ddl
 from metering.outcomes import insert_outcome_sql, outcomes_ddl
-from metering.ledger.schema import (RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry, record_values, rollup_ddl,
-                                    upsert_sql)
+from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry,
+                                    migration_sql, record_values, rollup_ddl, upsert_sql)
 
 _RECORD_TYPES = {
     "score": "REAL", "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
     "cache_write_tokens": "INTEGER", "reasoning_tokens": "INTEGER", "usage_estimated": "INTEGER",
     "cost_nanos": "INTEGER", "counterfactual_cost_nanos": "INTEGER", "latency_ms": "INTEGER", "ttft_ms": "INTEGER",
-    "status": "INTEGER", "system_tokens": "INTEGER", "context_saved_tokens": "INTEGER",
+    "status": "INTEGER", "system_tokens": "INTEGER", "context_saved_tokens": "INTEGER", "api": API_TYPE,
 }
 _RECORDS_DDL = "CREATE TABLE IF NOT EXISTS records ({}, PRIMARY KEY (entry_id)) WITHOUT ROWID".format(
     ", ".join(f"{c} {_RECORD_TYPES.get(c, 'TEXT')}" for c in RECORD_COLUMNS)
@@ -65,6 +65,34 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(ddl)
     for ddl in outcomes_ddl("TEXT", "REAL"):
         conn.execute(ddl)
+    migrate(conn)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _rebuild_with_key(table: str, dims: tuple[str, ...]) -> list[str]:
+    """SQLite cannot change a primary key in place: copy the table into one made with the new key."""
+    cols = ", ".join(dims + MEASURES)
+    return [rollup_ddl(f"{table}_rekeyed", dims, "TEXT", "INTEGER"),
+            f"INSERT INTO {table}_rekeyed ({cols}) SELECT {cols} FROM {table}",
+            f"DROP TABLE {table}", f"ALTER TABLE {table}_rekeyed RENAME TO {table}"]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a ledger file made by an earlier version up to date (``schema.migration_sql``), in one transaction
+    that also decides it: of several processes opening the file at once, the first migrates, the rest find
+    nothing to do."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql in migration_sql(_columns(conn, "records"), _columns(conn, "rollup_daily"), _RECORD_TYPES,
+                                 _rebuild_with_key):
+            conn.execute(sql)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def insert_alerts(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[bool]:
