@@ -17,7 +17,8 @@ How each kind of record is treated (``Treatment``):
 - ``client_tier``: the client chose a tier (``model: <tier>``, or ``x-tiergate-tier``, which the ledger records only
   as an unscored ``auto`` request on that tier): the same choice is put to the new policy, which may refuse it.
 - ``pinned``: ``model: <a concrete model>``: the same pin under the new policy (refused if it no longer allows it).
-- ``embedding``: routed by its requested model, no score, no output.
+- ``embedding``: kept on its deployment at its recorded cost: embeddings are not scored, so thresholds, tiers and
+  caps do not move them.
 - ``cache_hit``: answered by the response cache (``deployment: response-cache``): still a hit, $0 before and
   after, but decided (a policy that refuses the request refuses it before the cache is asked).
 - ``summary``: a rolling summary, written by the team's cheapest tier: re-priced at the new floor's deployment with
@@ -69,12 +70,15 @@ ASSUMPTIONS: tuple[str, ...] = (
     "Pinned requests keep their pin and requests that chose a tier keep that choice (an unscored 'auto' request "
     "is read as having forced the tier it was served on); the new policy may refuse either: refused requests "
     "cost $0 after and are counted apart.",
-    "Response-cache hits stay hits at $0. Summaries are re-priced at the new floor tier with the same tokens. "
+    "Embeddings keep their deployment and recorded cost (they are not scored). Response-cache hits stay hits at "
+    "$0. Summaries are re-priced at the new floor tier with the same tokens. "
     "Shadow and judge calls keep their cost while the team keeps a learning block, else $0. Failed requests "
     "(nothing billed) are left out.",
 )
 
 _NO_HEALTH = HealthSnapshot()
+# With an affinity key and every deployment healthy, ordering is by rendezvous hash: the router never draws from it.
+_UNUSED_RNG = random.Random(0)
 _DURATION = re.compile(r"^([1-9][0-9]{0,5})([hd])$")
 _FIRST = datetime(2000, 1, 1, tzinfo=timezone.utc)  # the spend API's date range
 _LAST = datetime(9998, 12, 31, tzinfo=timezone.utc)
@@ -113,7 +117,7 @@ def treatment_of(record: UsageRecord, policy: Policy) -> Treatment:
 def _route(record: UsageRecord, policy: Policy, team: TeamPolicy, treatment: Treatment) -> Decision:
     """The new policy's decision for the request, through the real router (raises ``RoutingRefused``)."""
     features = RequestFeatures(needs=frozenset(), prompt_tokens=record.prompt_tokens, max_output_tokens=None,
-                               system_tokens=record.system_tokens, completions=0 if treatment == "embedding" else 1)
+                               system_tokens=record.system_tokens)
     model, score, header = record.requested_model or "auto", None, None
     if treatment == "summary":
         model = policy.tiers[team.floor].name  # the pipeline asks the team's cheapest tier for summaries
@@ -121,9 +125,9 @@ def _route(record: UsageRecord, policy: Policy, team: TeamPolicy, treatment: Tre
         score = record.score
     elif model == "auto" and treatment in ("client_tier", "cache_hit"):
         header = record.tier  # an unscored auto request forced its tier with x-tiergate-tier
-    request = RouteRequest(features, model, score, tier_header=header, affinity=record.request_id)
     # affinity makes the deployment choice a function of the request id: the same plan every run, spread by weight
-    return decide(policy, team, request, _NO_HEALTH, random.Random(0))
+    request = RouteRequest(features, model, score, tier_header=header, affinity=record.request_id)
+    return decide(policy, team, request, _NO_HEALTH, _UNUSED_RNG)
 
 
 def _deployment(record: UsageRecord, decision: Decision) -> DeploymentSpec:
@@ -146,6 +150,8 @@ def reprice(record: UsageRecord, policy: Policy) -> Repriced:
     if treatment == "measuring":
         kept = team.settings.learning is not None
         return Repriced(treatment, record.tier, record.deployment, record.cost_nanos if kept else 0)
+    if treatment == "embedding":
+        return Repriced(treatment, record.tier, record.deployment, record.cost_nanos)
     try:
         decision = _route(record, policy, team, treatment)
     except RoutingRefused as exc:

@@ -33,8 +33,10 @@ _MAX_TEAM_CHARS = 256
 
 
 def _text(body: dict[str, Any], name: str, default: str | None) -> str | None:
-    value = body.get(name, default)
-    if value is not None and not isinstance(value, str):
+    value = body.get(name)
+    if value is None:  # absent or null: the default
+        return default
+    if not isinstance(value, str):
         raise bad_request(f"'{name}' must be a string", param=name)
     return value
 

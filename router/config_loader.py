@@ -58,7 +58,12 @@ def _construct(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], loader
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, dict[PathKey, int]]:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters at once: an unmarked error with a position
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError([ConfigIssue(file, line, "", f"invalid YAML: {exc.reason} (character "
+                                                       f"#x{exc.character:04x})")]) from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -119,6 +119,8 @@ def test_each_kind_of_record_is_treated_as_documented() -> None:
     shadow = rec(15, "frontier", None, purpose="shadow", requested_model="frontier")
     failed = rec(16, "mid", 0.6, model="", status=502, cost_nanos=0, prompt_tokens=0, completion_tokens=0)
     other_team = rec(17, "small", 0.1, team="gone")
+    embedding = rec(18, "small", None, purpose="embedding", completion=0)
+    assert reprice(embedding, new) == Repriced("embedding", "small", "small-a", embedding.cost_nanos)
     out = {r.request_id: reprice(r, new) for r in (pinned, forced, by_name, hit, summary, shadow, failed, other_team)}
     assert out["r10"] == Repriced("pinned", "frontier", "frontier-a", cost("frontier", 100, 50))
     assert out["r11"] == Repriced("client_tier", "frontier", "frontier-a", cost("frontier", 100, 50))

@@ -214,3 +214,44 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
     wrong = forecast("admin", group_by="purpose")
     assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "group_by"
     assert forecast("admin", as_of="tomorrow").status_code == 400
+
+
+def test_plan_and_forecast_answer_any_input_in_the_error_shape(tmp_path: Path) -> None:
+    """Any body or query: a plan, a forecast, or an OpenAI-shaped 4xx naming the parameter; never a 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from starlette.testclient import TestClient
+
+    from fuzz_harness import fuzz_config, junk
+    from proxy.app import create_app
+
+    good = (ROOT / "configs" / "demo.yaml").read_text()
+    admin, team = {"authorization": "Bearer sk-demo-admin"}, {"authorization": "Bearer sk-demo-research"}
+    shape = {"message", "type", "param", "code"}
+    yaml_text = st.one_of(st.just(good), st.text(max_size=200), st.builds(
+        lambda i, s: good[:i] + s + good[i:], st.integers(0, len(good)), st.text(max_size=8)))
+    field = st.text(max_size=25) | junk
+    bodies = st.fixed_dictionaries({}, optional={"config_yaml": yaml_text | junk, "since": field, "until": field,
+                                                 "team": field, "other": junk}) | junk
+    queries = st.dictionaries(st.sampled_from(["group_by", "team", "as_of", "other"]), st.text(max_size=20),
+                              max_size=3)
+    with TestClient(create_app(str(fuzz_config(tmp_path)))) as client:
+        control = client.post("/v1/spend/plan", headers=admin, json={"config_yaml": "tiers:\n  - name: \x1f\n"})
+        assert control.status_code == 400 and "config_yaml:2:" in control.json()["error"]["message"]
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(bodies)
+        def plan(body: Any) -> None:
+            reply = client.post("/v1/spend/plan", headers=admin, json=body)
+            assert reply.status_code in (200, 400, 404), (body, reply.text)
+            assert reply.status_code == 200 or set(reply.json()["error"]) == shape
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(queries, st.booleans())
+        def forecast(params: dict[str, str], as_admin: bool) -> None:
+            reply = client.get("/v1/spend/forecast", params=params, headers=admin if as_admin else team)
+            assert reply.status_code in (200, 400, 403, 404), (params, reply.text)
+            assert reply.status_code == 200 or set(reply.json()["error"]) == shape
+
+        plan()
+        forecast()
