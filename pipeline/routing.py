@@ -42,7 +42,8 @@ class Routing:
         forced; ``affinity`` keeps a static prefix on one deployment; ``sticky_tier`` is the conversation's tier."""
         score: float | None = None
         scorer_id: str | None = None
-        if model == "auto" and messages is not None and not request.tier_header:
+        # A name the team aliases to auto (model_aliases) is scored like auto itself.
+        if team.aliases.resolve(model) == "auto" and messages is not None and not request.tier_header:
             with self._tracing.span("tiergate.classify") as span:
                 scorer = self._scorers.for_team(team.name)
                 score, scorer_id = scorer.score(messages), scorer.model_id

@@ -15,11 +15,14 @@ STICKY_TTL_S = 300.0  # provider caches go cold after ~5 minutes idle
 
 
 def sticky_key(state: RequestState, client_body: dict[str, Any]) -> str | None:
-    """The conversation's key (from the client's messages, not trimmed ones), or None when it should not stick."""
-    if (state.body["model"] != "auto" or state.features.prompt_tokens < STICKY_MIN_TOKENS
-            or state.team.settings.context.stickiness_margin <= 0):
+    """The conversation's key (the client's session when it sent one, else from its messages, not trimmed ones),
+    or None when it should not stick: only a routed request (``auto``, or a name the team aliases to it) has a
+    tier to hold."""
+    team = state.team
+    if (team.aliases.resolve(state.body["model"]) != "auto" or state.features.prompt_tokens < STICKY_MIN_TOKENS
+            or team.settings.context.stickiness_margin <= 0):
         return None
-    return "sticky:" + conversation_key(state.team.name, client_body)
+    return "sticky:" + conversation_key(team.name, client_body, state.request.session)
 
 
 async def sticky_tier(cache: KeyValueCache, key: str) -> int | None:

@@ -9,21 +9,29 @@ from pipeline.errors import TiergateError
 from router.policy import Policy, Principal, hash_key
 
 
+# Headers that carry the bare key, after ``Authorization: Bearer``: Azure-style SDKs send ``api-key``, the anthropic
+# SDK and Claude Code ``x-api-key``.
+_KEY_HEADERS = ("api-key", "x-api-key")
+
+
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key from ``Authorization: Bearer <key>`` or ``api-key`` (Azure-style SDKs send the latter)."""
+    """The key from ``Authorization: Bearer <key>``, ``api-key`` or ``x-api-key``."""
     auth = headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    key = headers.get("api-key")
-    return key.strip() if key and key.strip() else None
+    for name in _KEY_HEADERS:
+        key = headers.get(name)
+        if key and key.strip():
+            return key.strip()
+    return None
 
 
 def authenticate(policy: Policy, headers: Mapping[str, str]) -> Principal:
     key = presented_key(headers)
     if key is None:
-        raise TiergateError("auth.missing_api_key", "missing API key: send 'Authorization: Bearer <key>'")
+        raise TiergateError("auth.missing_api_key", "missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')")
     # Lookup is by the key's SHA-256, so lookup timing can reveal nothing about the key itself.
     principal = policy.keys.get(hash_key(key))
     if principal is None:

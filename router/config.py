@@ -183,6 +183,16 @@ class ContextSettings(_Model):
     response_cache: bool = False
     response_cache_ttl_s: int = Field(default=300, gt=0)
     stickiness_margin: float = Field(default=0.1, ge=0, le=1)
+    session_headers: list[str] = Field(default_factory=lambda: ["x-claude-code-session-id"], description=(
+        "request headers naming the client's conversation (first present wins): tier stickiness keys off it "
+        "rather than off the prompt's text"))
+
+    @field_validator("session_headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        if any(not re.fullmatch(r"[A-Za-z0-9-]+", name) for name in value):
+            raise ValueError(f"session headers must be header names (letters, digits, '-'), got {value}")
+        return [name.lower() for name in value]
 
 
 class LearningSettings(_Model):
@@ -219,6 +229,10 @@ class Team(_Model):
     required_tags: list[str] = Field(default_factory=list)
     context: ContextSettings = Field(default_factory=ContextSettings)
     learning: LearningSettings | None = None
+    model_aliases: dict[str, str] = Field(default_factory=dict, description=(
+        "requested model name (glob pattern, e.g. 'claude-sonnet-*') -> 'auto', a tier name or a pin (deployment "
+        "id or model name); the first matching pattern in file order wins, and exact tier and pin names always "
+        "mean themselves"))
     responses: ResponsesSettings = Field(default_factory=ResponsesSettings)
 
 

@@ -112,7 +112,9 @@ def _pinned(policy: Policy, team: TeamPolicy, model: str) -> tuple[DeploymentSpe
         raise RoutingRefused(
             "model_not_found",
             f"model {model!r} is not available; team {team.name!r} may use 'auto', tiers {list(team.tier_names)}"
-            + (f" or models {pinnable}" if pinnable else ""),
+            + (f" or models {pinnable}" if pinnable else "")
+            + (f" (or names matching model_aliases {[rule[0] for rule in team.aliases.rules]})"
+               if team.aliases.rules else ""),
             param="model",
         )
     routing = team.settings.routing
@@ -133,7 +135,9 @@ def _pinned(policy: Policy, team: TeamPolicy, model: str) -> tuple[DeploymentSpe
 def _requested(policy: Policy, team: TeamPolicy, request: RouteRequest,
                reasons: list[str]) -> tuple[tuple[DeploymentSpec, ...] | None, int | None]:
     """What the client chose: pinned deployments, or a tier (by model name or header), or neither (None, None)."""
-    model = request.model
+    model = team.aliases.resolve(request.model)
+    if model != request.model:
+        reasons.append(f"model {request.model!r} -> {model!r} (model_aliases)")
     wanted: int | None = None
     if model != "auto":
         wanted = policy.tier_by_name.get(model)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from metering.prices import Price, lookup
+from router.aliases import NO_ALIASES, ModelAliases, compile_aliases
 from router.config import ApiKey, Config, Deployment, Team
 from router.experiments import ExperimentConfigError, Experiments, compile_experiments
 
@@ -88,6 +89,7 @@ class TeamPolicy:
     tier_names: tuple[str, ...]  # the tiers from floor to ceiling
     pins: dict[str, tuple[DeploymentSpec, ...]]  # pin names the team may use -> its deployments serving them
     models: tuple[str, ...]  # every model name the team may send: "auto", its tiers, its pins (``/v1/models``)
+    aliases: ModelAliases = NO_ALIASES  # ``model_aliases``: other requested names -> one of ``models``
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,12 @@ def _team_policy(name: str, team: Team, tiers: tuple[TierSpec, ...], order: dict
             if within:
                 allowed[pin] = within
     tier_names = tuple(t.name for t in tiers[floor:ceiling + 1])
+    models = ("auto", *tier_names, *allowed)
+    for pattern, target in team.model_aliases.items():
+        if target not in models:
+            raise PolicyError(("teams", name, "model_aliases", pattern),
+                              f"alias target {target!r} is not a model team {name!r} may use: 'auto', its tiers "
+                              f"{list(tier_names)} or a pin it is allowed ({sorted(allowed)})")
     return TeamPolicy(
         name=name,
         settings=team,
@@ -266,7 +274,8 @@ def _team_policy(name: str, team: Team, tiers: tuple[TierSpec, ...], order: dict
         thresholds=tuple(routing.thresholds.get(t.name) for t in tiers),
         tier_names=tier_names,
         pins=allowed,
-        models=("auto", *tier_names, *allowed),
+        models=models,
+        aliases=compile_aliases(team.model_aliases, models),
     )
 
 

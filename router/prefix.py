@@ -2,7 +2,11 @@
 
 Two keys: the *prefix key* (system messages + tools: what every turn of a conversation and every request of an
 app resends) drives provider caching hints and deployment affinity; the *conversation key* (prefix + first user
-message) lets a conversation stay on the tier whose provider cache is warm.
+message, or the client's session id when it sends one) lets a conversation stay on the tier whose provider cache is
+warm. The prefix key stays content-based even with a session: sessions that share a system prompt share a cache.
+
+Neither key reads a leading attribution line (``ATTRIBUTION_PREFIX``): Claude Code opens its system prompt with one
+whose hash changes on every request, and keying on it would scatter one app's identical prompts across deployments.
 """
 
 from __future__ import annotations
@@ -17,6 +21,38 @@ from router.policy import DeploymentSpec
 
 # Providers whose litellm translation honours Anthropic-style cache_control markers.
 _EXPLICIT_CACHING = ("anthropic/", "bedrock/", "vertex_ai/", "gemini/")
+
+
+# Claude Code's billing line (``x-anthropic-billing-header: cc_version=2.1.37.0d9; cc_entrypoint=cli;
+# cch=fa690;``), system block 0 of every request since 2.1.36: addressed to Anthropic's billing, and its ``cch``
+# differs per request.
+ATTRIBUTION_PREFIX = "x-anthropic-billing-header:"
+
+
+def without_attribution(text: str) -> str:
+    """``text`` without a leading attribution line (all of it when that line is all there is)."""
+    if not text.startswith(ATTRIBUTION_PREFIX):
+        return text
+    return text.partition("\n")[2].lstrip("\n")
+
+
+def _keyed(head: list[Any]) -> list[Any]:
+    """The head as the keys see it: the first system message without its attribution line, if it has one."""
+    if not head:
+        return head
+    first = head[0]
+    content = first.get("content")
+    if isinstance(content, str):
+        if not content.startswith(ATTRIBUTION_PREFIX):
+            return head
+        return [{**first, "content": without_attribution(content)}, *head[1:]]
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        text = content[0].get("text")
+        if isinstance(text, str) and text.startswith(ATTRIBUTION_PREFIX):
+            rest = without_attribution(text)
+            parts = ([{**content[0], "text": rest}] if rest else []) + content[1:]
+            return [{**first, "content": parts}, *head[1:]]
+    return head
 
 
 def _head(messages: list[Any]) -> list[Any]:
@@ -34,13 +70,18 @@ def prefix_key(body: dict[str, Any]) -> str | None:
     tools = body.get("tools")
     if not head and not tools:
         return None
-    return hashlib.sha256(orjson.dumps([head, tools])).hexdigest()[:32]
+    return hashlib.sha256(orjson.dumps([_keyed(head), tools])).hexdigest()[:32]
 
 
-def conversation_key(team: str, body: dict[str, Any]) -> str:
+def conversation_key(team: str, body: dict[str, Any], session: str | None = None) -> str:
+    """The conversation's identity: the client's ``session`` when it names one, with its system prompt (Claude
+    Code's side calls in a session, titles and summaries, have prompts of their own and are other conversations),
+    else the team, static prefix, tools and first user message."""
     messages = body.get("messages") or []
+    if session is not None:
+        return hashlib.sha256(orjson.dumps([team, "session", session, _keyed(_head(messages))])).hexdigest()[:32]
     first_user = next((m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None)
-    return hashlib.sha256(orjson.dumps([team, _head(messages), first_user, body.get("tools")])).hexdigest()[:32]
+    return hashlib.sha256(orjson.dumps([team, _keyed(_head(messages)), first_user, body.get("tools")])).hexdigest()[:32]
 
 
 def _mark_last_head_message(messages: list[Any]) -> list[Any]:
