@@ -1,0 +1,253 @@
+"""Experiment manifests through a served proxy: ``tiergate serve --workers 2`` on real Redis, the simulator's mock
+upstream, the OpenAI SDK as the client, a SQLite and a PostgreSQL ledger.
+
+- An experiment attributed by key, with ``on_exceeded: downgrade``, is spent to 120 % of its lifetime budget: its
+  50 / 80 / 100 % alerts fire exactly once each (across both workers), at the request whose settled cost crossed
+  the line, to the webhook and into ``GET /v1/alerts``; past 100 % its requests are downgraded, still metered.
+- An experiment attributed by a tag set, rejecting: its requests get 429 ``budget_exceeded`` naming the experiment
+  once its budget is spent, while the same team's requests outside it still pass; an expired experiment's request
+  is a 403 ``experiment_expired`` saying so.
+- ``GET /v1/spend/experiments`` shows owner, purpose, budget, spend (exactly the served requests' costs), remaining,
+  status and the projection; ``group_by=experiment`` splits the team's spend into experiment rows and the rest;
+  ``tiergate experiments --json`` prints what the API does; ``tiergate check-config --fail-over-budget`` fails
+  naming the experiments projected over budget, and passes once their budgets are raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import openai
+import orjson
+import pytest
+import yaml
+
+from conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
+from metering.ledger import open_ledger
+from metering.ledger.alert_log import AlertEvent, AlertQuery
+from metering.money import usd_to_nanos
+from metering_fixtures import pg_schema  # noqa: F401  (fixture)
+from proxy_metering_helpers import (ADMIN_AUTH, TeamSpec, drop_redis_state, new_team, postgres_up, redis_up, sha,
+                                    tiergate, write_config)
+from webhook_receiver import Webhook
+
+BUDGETS = {"spend": Decimal("0.0002"), "tagged": Decimal("0.00005")}
+TAGS = {"project": "churn", "env": "dev"}
+
+
+def _wait(what: str, done: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.2)
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+class Setup:
+    def __init__(self, tmp_path: Path, mock: Process, ledger: str, schema: str | None, hook: Webhook) -> None:
+        self.uid = uuid.uuid4().hex[:8]
+        self.spender = new_team("expa", budgets={"on_exceeded": "downgrade"})
+        self.rejecter = new_team("expb", budgets={"on_exceeded": "reject"})
+        self.exp_key = "sk-exp-" + uuid.uuid4().hex  # the spender's second key: the key-attributed experiment's
+        self.names = {"spend": f"spend-{self.uid}", "tagged": f"tagged-{self.uid}", "old": f"old-{self.uid}"}
+        self.path = write_config(tmp_path / "experiments.yaml", {"small": [mock.url]}, [self.spender, self.rejecter],
+                                 ledger, redis=REDIS_URL, alert_webhook=hook.url)
+        data = yaml.safe_load(self.path.read_text())
+        if schema is not None:
+            data["metering"]["ledger_schema"] = schema
+        data["teams"][self.spender.name]["keys"].append({"id": "exp-key", "sha256": sha(self.exp_key)})
+        now = datetime.now(timezone.utc)
+        data["experiments"] = [
+            {"name": self.names["spend"], "owner": "ana@example.com", "purpose": "prompt v2 against v1",
+             "team": self.spender.name, "budget_usd": str(BUDGETS["spend"]), "starts_at": _iso(now - timedelta(minutes=5)),
+             "ttl": "2h", "keys": ["exp-key"]},
+            {"name": self.names["tagged"], "owner": "bo@example.com", "purpose": "churn eval",
+             "team": self.rejecter.name, "budget_usd": str(BUDGETS["tagged"]),
+             "starts_at": _iso(now - timedelta(minutes=5)), "ttl": "1h", "tags": TAGS},
+            {"name": self.names["old"], "owner": "cy@example.com", "purpose": "last week's test",
+             "team": self.rejecter.name, "expires_at": _iso(now - timedelta(minutes=1))},
+        ]
+        self.data = data
+        self.path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def client(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.proxy.url + "/v1", api_key=key, max_retries=0, timeout=30)
+
+    proxy: Process
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_experiment_budgets_ttl_alerts_reports_and_ci_gate(backend: str, tmp_path: Path,
+                                                            request: pytest.FixtureRequest, start_mock: Any,
+                                                            start_proxy: Any) -> None:
+    require_service("Redis", redis_up(REDIS_URL), REDIS_URL)
+    if backend == "postgres":
+        require_service("PostgreSQL", postgres_up(POSTGRES_DSN), POSTGRES_DSN)
+        ledger, schema = POSTGRES_DSN, request.getfixturevalue("pg_schema")
+    else:
+        ledger, schema = f"sqlite:///{tmp_path / 'ledger.db'}", None
+    with Webhook.in_thread() as hook:
+        s = Setup(tmp_path, start_mock(), ledger, schema, hook)
+        s.proxy = start_proxy(s.path, workers=2)
+        try:
+            spent = _spend_by_key(s)
+            tagged = _spend_by_tags(s)
+            _check_api(s, spent, tagged)
+            s.proxy.stop()  # both workers drain their alerters: nothing may arrive twice after this
+            _check_alerts(s, hook, spent, ledger, schema or "public")
+            _check_cli(s, tmp_path)
+        finally:
+            for team in (s.spender, s.rejecter):
+                drop_redis_state(REDIS_URL, team.name)
+
+
+def _chat(client: openai.OpenAI, text: str, **extra: Any) -> tuple[str, int, dict[str, str]]:
+    rid = f"exp-e2e-{uuid.uuid4().hex[:12]}"
+    raw = client.chat.completions.with_raw_response.create(
+        model="small", messages=[{"role": "user", "content": text}], max_tokens=16,
+        extra_headers={"x-request-id": rid}, **extra)
+    assert raw.parse().choices[0].message.content is not None
+    return rid, usd_to_nanos(Decimal(raw.headers["x-tiergate-cost-usd"])), dict(raw.headers)
+
+
+def _spend_by_key(s: Setup) -> dict[str, Any]:
+    """The key-attributed experiment to 120 % of its budget (downgrade keeps it served), and three requests of the
+    same team's other key (no experiment)."""
+    costs: dict[str, int] = {}
+    downgraded = 0
+    exp, other = s.client(s.exp_key), s.client(s.spender.key)
+    n = 0
+    while sum(costs.values()) * 100 < 120 * usd_to_nanos(BUDGETS["spend"]):
+        rid, cost, headers = _chat(exp, f"experiment request {n}")
+        costs[rid] = cost
+        downgraded += headers.get("x-tiergate-budget") == "downgraded"
+        n += 1
+    outside = [_chat(other, f"ordinary request {i}")[1] for i in range(3)]
+    assert downgraded > 0  # past its cap, served at the floor rather than refused (on_exceeded: downgrade)
+    return {"costs": costs, "outside": outside}
+
+
+def _spend_by_tags(s: Setup) -> dict[str, Any]:
+    client = s.client(s.rejecter.key)
+    costs: dict[str, int] = {}
+    refused = None
+    for n in range(200):
+        try:
+            rid, cost, _ = _chat(client, f"tagged request {n}", metadata=TAGS)
+            costs[rid] = cost
+        except openai.RateLimitError as exc:
+            refused = exc
+            break
+    assert refused is not None and refused.status_code == 429 and refused.code == "budget_exceeded"
+    assert f"lifetime budget of experiment {s.names['tagged']} of team {s.rejecter.name} exceeded" in refused.message
+    # the same team outside the experiment (one of its two tags only) is not held by its budget
+    _, outside, _ = _chat(client, "half the tags", metadata={"project": "churn"})
+    # an expired experiment: 403 saying so, whether it is named by the client's tag
+    with pytest.raises(openai.PermissionDeniedError) as expired:
+        _chat(client, "too late", metadata={"experiment": s.names["old"]})
+    assert expired.value.status_code == 403 and expired.value.code == "experiment_expired"
+    assert f"experiment '{s.names['old']}' of team '{s.rejecter.name}' (owner cy@example.com) expired at" in \
+        expired.value.message
+    return {"costs": costs, "outside": outside}
+
+
+def _get(s: Setup, path: str, auth: dict[str, str] = ADMIN_AUTH, **params: str) -> httpx.Response:
+    return httpx.get(s.proxy.url + path, params=params, headers=auth, timeout=30)
+
+
+def _check_api(s: Setup, spent: dict[str, Any], tagged: dict[str, Any]) -> None:
+    resp = _get(s, "/v1/spend/experiments")
+    assert resp.status_code == 200, resp.text
+    rows = {r["name"]: r for r in resp.json()["experiments"]}
+    mine = rows[s.names["spend"]]
+    total = sum(spent["costs"].values())
+    assert (mine["team"], mine["owner"], mine["purpose"], mine["status"], mine["requests"]) == (
+        s.spender.name, "ana@example.com", "prompt v2 against v1", "over_budget", len(spent["costs"]))
+    assert usd_to_nanos(Decimal(mine["spent_usd"])) == total  # exactly the served requests, from the ledger
+    assert Decimal(mine["budget_usd"]) == BUDGETS["spend"] and mine["remaining_usd"] == "0.000000000"
+    assert mine["projected_over_budget"] is True and mine["forecast_basis"] == "run rate"
+    assert Decimal(mine["projected_usd"]) >= Decimal(mine["spent_usd"]).quantize(Decimal("0.0001"))
+    tag_row = rows[s.names["tagged"]]
+    assert usd_to_nanos(Decimal(tag_row["spent_usd"])) == sum(tagged["costs"].values())
+    assert tag_row["tags"] == TAGS and tag_row["status"] == "active"
+    assert usd_to_nanos(Decimal(tag_row["spent_usd"])) <= usd_to_nanos(BUDGETS["tagged"])  # refused, never over
+    assert rows[s.names["old"]]["status"] == "expired" and rows[s.names["old"]]["requests"] == 0
+    # a team key sees its own team's experiments only
+    own = _get(s, "/v1/spend/experiments", {"authorization": f"Bearer {s.rejecter.key}"})
+    assert {r["name"] for r in own.json()["experiments"]} == {s.names["tagged"], s.names["old"]}
+    assert _get(s, "/v1/spend/experiments", {"authorization": f"Bearer {s.rejecter.key}"},
+                team=s.spender.name).status_code == 403
+    # the report by experiment: the experiment's row and the rest of the team, summing to the team's total
+    report = _get(s, "/v1/spend/report", team=s.spender.name, group_by="team,experiment",
+                  start=(datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat())
+    assert report.status_code == 200, report.text
+    got = {r["experiment"]: (r["requests"], usd_to_nanos(Decimal(r["cost_usd"]))) for r in report.json()["rows"]}
+    assert got == {s.names["spend"]: (len(spent["costs"]), total), None: (3, sum(spent["outside"]))}
+    csv = _get(s, "/v1/spend/report", team=s.spender.name, group_by="experiment", format="csv",
+               start=(datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat())
+    assert csv.text.splitlines()[0].startswith("experiment,requests,") and s.names["spend"] in csv.text
+    s.api_rows = resp.json()["experiments"]  # type: ignore[attr-defined]
+
+
+def _check_alerts(s: Setup, hook: Webhook, spent: dict[str, Any], ledger: str, schema: str) -> None:
+    costs = spent["costs"]
+    stored = asyncio.run(_stored(ledger, schema))
+    mine = [e for e in stored if e.team == s.spender.name and e.kind == "threshold"]
+    assert sorted((e.scope, e.scope_name, e.period, e.threshold_pct) for e in mine) == [
+        ("experiment", s.names["spend"], "life", pct) for pct in (50, 80, 100)]
+    limit = usd_to_nanos(BUDGETS["spend"])
+    for e in mine:
+        assert e.limit_nanos == limit
+        assert e.previous_nanos is not None and e.previous_nanos * 100 < e.threshold_pct * limit <= e.spent_nanos * 100
+        assert e.request_id in costs and e.spent_nanos - e.previous_nanos == e.amount_nanos == costs[e.request_id]
+    refusals = [e for e in stored if e.team == s.rejecter.name and e.kind == "refusal"]
+    assert [(e.scope, e.scope_name) for e in refusals] == [("experiment", s.names["tagged"])]
+    assert refusals[0].tags == {**TAGS, "experiment": s.names["tagged"]}
+    bodies = [b for b in hook.bodies if b["alert"]["team"] == s.spender.name]
+    assert sorted(b["alert"]["id"] for b in bodies) == sorted(e.id for e in mine)  # each once
+    assert all(b["text"].startswith(f":warning: tiergate: lifetime budget of experiment {s.names['spend']} of team "
+                                    f"{s.spender.name}") for b in bodies)
+
+
+async def _stored(url: str, schema: str) -> list[AlertEvent]:
+    ledger = open_ledger(url, spool_dir=None, schema=schema)
+    await ledger.start()
+    try:
+        now = datetime.now(timezone.utc)
+        return await ledger.alerts(AlertQuery(now - timedelta(hours=1), now + timedelta(hours=1), limit=1000))
+    finally:
+        await ledger.close()
+
+
+def _check_cli(s: Setup, tmp_path: Path) -> None:
+    run = tiergate("experiments", "--config", str(s.path), "--json")
+    assert run.returncode == 0, run.stderr
+    cli = {r["name"]: r for r in orjson.loads(run.stdout)["experiments"]}
+    moving = ("projected_usd",)  # the run rate moves with the clock between the two reads
+    for api in s.api_rows:  # type: ignore[attr-defined]
+        assert {k: v for k, v in cli[api["name"]].items() if k not in moving} == {
+            k: v for k, v in api.items() if k not in moving}
+    text = tiergate("experiments", "--config", str(s.path), "--team", s.spender.name)
+    assert text.returncode == 0 and s.names["spend"] in text.stdout and "ana@example.com" in text.stdout
+    assert s.names["tagged"] not in text.stdout
+
+    gate = tiergate("check-config", str(s.path), "--fail-over-budget")
+    assert gate.returncode == 1, gate.stdout + gate.stderr
+    assert f"experiment '{s.names['spend']}' (team {s.spender.name}, owner ana@example.com) is projected" in gate.stderr
+    assert s.names["old"] not in gate.stderr  # expired: it spends nothing more
+    raised = dict(s.data, experiments=[dict(e, budget_usd="1000") for e in s.data["experiments"]])
+    ok_path = tmp_path / "raised.yaml"
+    ok_path.write_text(yaml.safe_dump(raised, sort_keys=False))
+    ok = tiergate("check-config", str(ok_path), "--fail-over-budget")
+    assert ok.returncode == 0 and "experiments: 3 within budget" in ok.stdout, ok.stdout + ok.stderr
