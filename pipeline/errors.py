@@ -47,6 +47,7 @@ ErrorCode = Literal[
     "upstream_failed.stream_cut",
     # Tiergate itself and everything else the edge answers.
     "not_found",
+    "previous_response_not_found",  # a Responses API previous_response_id this team has no stored response for
     "method_not_allowed",
     "ledger_unavailable",
     "response_store_unavailable",  # the Responses API conversation store (kvcache.responses) did not answer

@@ -57,6 +57,7 @@ ERRORS: dict[ErrorCode, Wire] = {
     "upstream_failed.rejected": Wire(400, _INVALID, "upstream_rejected"),
     "upstream_failed.stream_cut": Wire(502, "api_error", "upstream_stream_error"),  # an SSE event after a 200
     "not_found": Wire(404, _INVALID, "not_found"),
+    "previous_response_not_found": Wire(404, _INVALID, "previous_response_not_found"),
     "method_not_allowed": Wire(405, _INVALID, None),
     "ledger_unavailable": Wire(503, "api_error", "ledger_unavailable"),
     "response_store_unavailable": Wire(503, "api_error", "response_store_unavailable"),

@@ -13,13 +13,19 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kvcache.responses import HistoryTooLarge, ResponseStoreUnavailable, StoredResponse, check_history
+from kvcache.responses import (
+    HistoryTooLarge,
+    ResponseStoreUnavailable,
+    StoredResponse,
+    check_history,
+)
 from metering.money import format_usd
 from pipeline.errors import TiergateError
 from pipeline.request import Request as PipelineRequest

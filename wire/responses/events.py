@@ -15,7 +15,14 @@ from typing import Any
 
 import orjson
 
-from wire.responses.response import envelope, function_call_item, item_id, message_item, output_text, usage_block
+from wire.responses.response import (
+    envelope,
+    function_call_item,
+    item_id,
+    message_item,
+    output_text,
+    usage_block,
+)
 
 Event = dict[str, Any]
 
@@ -158,9 +165,10 @@ class ChatToResponses:
         return [self._event(kind, response=response)]
 
     def fail(self, message: str, code: str = "server_error") -> list[Event]:
-        """The upstream broke off: open items end incomplete, then ``error`` and ``response.failed``."""
+        """The upstream broke off: open items end incomplete, then ``error`` (with the gateway's ``code``) and
+        ``response.failed``, whose error code is ``server_error``: SDKs accept only OpenAI's codes there."""
         events = [*self._close_text("incomplete"), *self._close_call("incomplete")]
-        error = {"code": code, "message": message}
+        error = {"code": "server_error", "message": message}
         return [*events, self._event("error", code=code, message=message, param=None),
                 self._event("response.failed", response=self.response("failed", error=error))]
 

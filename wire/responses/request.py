@@ -16,8 +16,9 @@ ignored what was asked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.errors import ErrorCode, TiergateError
 from router.policy import Policy
@@ -284,6 +285,8 @@ def _input_items(value: Any, continued: bool) -> tuple[list[dict[str, Any]], lis
         return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}], []
     if not isinstance(value, list):
         raise _type_error("input", "a string or an array of input items", value)
+    if not value and not continued:
+        raise _error("'input' must contain at least one item", "input")
     items: list[dict[str, Any]] = []
     hosted: list[str] = []
     for i, item in enumerate(value):

@@ -125,8 +125,3 @@ def from_chat(completion: dict[str, Any], response_id: str, created_at: int, set
     return envelope(response_id, created_at, str(completion.get("model") or ""), settings, "completed", output,
                     usage_block(completion.get("usage")), finish, completed_at=completed_at)
 
-
-def output_text_of(response: dict[str, Any]) -> str:
-    """The Response's text, as the SDK's ``output_text`` joins it."""
-    return "".join(part.get("text") or "" for item in response.get("output") or () if item.get("type") == "message"
-                   for part in item.get("content") or () if part.get("type") == "output_text")

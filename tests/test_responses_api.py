@@ -1,0 +1,310 @@
+"""``POST /v1/responses`` end to end: the official openai SDK (and openai-agents, LangChain) unchanged, against a
+real proxy process on the demo config, whose tiers are the in-process simulator speaking chat completions only, so
+every answer here is translated (the pipeline is told the client's format, the simulator sees chat)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from conftest import DEMO_KEYS, ROOT, Process, free_port, start_process
+from proxy_metering_helpers import sqlite_records
+from pydantic import BaseModel
+
+# A conversation opener past STICKY_MIN_TOKENS (1,024) on its own: prose the tokenizer counts ~1 token a word.
+LONG_OPENER = " ".join(f"The lighthouse keeper wrote entry {i} about the tide, the fog and the ships." for i in range(90))
+
+
+@pytest.fixture
+def client(demo_proxy: Process) -> openai.OpenAI:
+    return openai.OpenAI(base_url=demo_proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
+
+
+def _ledger_row(proxy: Process, request_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The ledger record of one request (the demo proxy's SQLite ledger sits next to its log); streams settle
+    after their last byte and the ledger commits in batches, so wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = [r for r in sqlite_records(proxy.log.parent / "ledger.db", "research") if r["request_id"] == request_id]
+        if rows:
+            return rows[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no ledger record for {request_id}")
+
+
+def _nanos(usd: str) -> int:
+    return int(Decimal(usd) * 10**9)
+
+
+def test_create_plain_usage_and_cost_match_the_ledger(client: openai.OpenAI, demo_proxy: Process) -> None:
+    raw = client.responses.with_raw_response.create(model="auto", input="What is the capital of France?",
+                                                    instructions="Answer briefly.", metadata={"feature": "faq"})
+    response = raw.parse()
+    assert response.id.startswith("resp_") and len(response.id) == 53
+    assert response.object == "response" and response.status == "completed"
+    assert response.output_text and response.output[0].type == "message"
+    assert response.output[0].content[0].annotations == []
+    assert response.model == raw.headers["x-tiergate-model"]
+    assert response.instructions == "Answer briefly." and response.metadata == {"feature": "faq"}
+    assert response.max_output_tokens == 512  # research's default limit, applied and echoed
+    usage = response.usage
+    assert usage is not None and usage.input_tokens > 0 and usage.output_tokens > 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    row = _ledger_row(demo_proxy, raw.headers["x-request-id"])
+    assert row["api"] == "responses" and row["status"] == 200
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (usage.input_tokens, usage.output_tokens)
+    assert row["cached_tokens"] == usage.input_tokens_details.cached_tokens
+    assert row["cost_nanos"] == _nanos(raw.headers["x-tiergate-cost-usd"]) > 0
+    assert json.loads(row["tags"])["feature"] == "faq"  # metadata became a ledger tag
+    assert row["response_id"] == response.id  # support finds the request by the id the client has
+
+
+def test_stream_events_in_order_with_usage_and_cost(client: openai.OpenAI, demo_proxy: Process) -> None:
+    with client.responses.stream(model="auto", input="Tell me a short story.") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    head = ["response.created", "response.in_progress", "response.output_item.added",
+            "response.content_part.added", "response.output_text.delta"]
+    tail = ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+            "response.completed"]
+    assert kinds[:5] == head and kinds[-4:] == tail
+    assert set(kinds[4:-4]) == {"response.output_text.delta"}
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text and final.output_text == text and events[-4].text == text
+    assert events[0].response.id == final.id and final.status == "completed"
+    assert final.usage is not None and final.usage.output_tokens > 0
+
+
+def test_stream_usage_and_cost_match_the_ledger(client: openai.OpenAI, demo_proxy: Process) -> None:
+    raw = client.responses.with_raw_response.create(model="auto", input="Tell me a story.", stream=True)
+    events = list(raw.parse())
+    done = events[-1]
+    assert done.type == "response.completed"
+    usage = done.response.usage
+    # the cost of a stream is known at its end: response.completed carries it next to usage
+    extra = done.response.model_extra["x_tiergate"]
+    assert extra["tier"] == raw.headers["x-tiergate-tier"] and extra["deployment"] == raw.headers["x-tiergate-deployment"]
+    row = _ledger_row(demo_proxy, raw.headers["x-request-id"])
+    assert row["api"] == "responses" and row["status"] == 200 and row["usage_estimated"] == 0
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (usage.input_tokens, usage.output_tokens)
+    assert row["cost_nanos"] == _nanos(extra["cost_usd"]) > 0
+
+
+def test_stream_true_raw_sse_framing(demo_proxy: Process) -> None:
+    body = {"model": "small", "input": "hi", "stream": True, "max_output_tokens": 5}
+    with httpx.stream("POST", demo_proxy.url + "/v1/responses", json=body, timeout=30,
+                      headers={"authorization": f"Bearer {DEMO_KEYS['research']}"}) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        raw = b"".join(resp.iter_raw()).decode()
+    frames = [f for f in raw.split("\n\n") if f]
+    for f in frames:
+        event_line, data_line = f.split("\n")
+        assert event_line.startswith("event: ") and data_line.startswith("data: ")
+        assert json.loads(data_line[6:])["type"] == event_line[7:]
+    last = json.loads(frames[-1].split("\n")[1][6:])
+    # five output tokens cannot finish an answer: incomplete, as OpenAI reports a cut answer
+    assert last["type"] == "response.incomplete"
+    assert last["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert last["response"]["usage"]["output_tokens"] == 5
+
+
+def test_incomplete_when_max_output_tokens_cuts(client: openai.OpenAI) -> None:
+    response = client.responses.create(model="small", input="Write a long essay about rivers.", max_output_tokens=16)
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage.output_tokens == 16 and response.max_output_tokens == 16
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def test_function_tool_round_trip(client: openai.OpenAI) -> None:
+    first = client.responses.create(model="auto", input="What is the weather in Paris?", tools=[WEATHER])
+    (call,) = first.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id
+    assert "city" in json.loads(call.arguments) and call.id.startswith("fc_")
+    second = client.responses.create(model="auto", previous_response_id=first.id, tools=[WEATHER],
+                                     input=[{"type": "function_call_output", "call_id": call.call_id,
+                                             "output": "sunny, 21 C"}])
+    assert second.status == "completed" and second.output_text and second.output[0].type == "message"
+    # without the store, the same call with the whole history sent by the client
+    replay = client.responses.create(model="auto", tools=[WEATHER], store=False, input=[
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"},
+    ])
+    assert replay.output_text == second.output_text  # the same conversation reached the (deterministic) model
+    with pytest.raises(openai.NotFoundError):  # store=false: nothing to continue from
+        client.responses.create(model="auto", input="and tomorrow?", previous_response_id=replay.id)
+
+
+def test_streamed_function_call_events(client: openai.OpenAI) -> None:
+    with client.responses.stream(model="auto", input="Weather in Rome?", tools=[WEATHER],
+                                 tool_choice={"type": "function", "name": "get_weather"}) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert kinds[-3:] == ["response.function_call_arguments.done", "response.output_item.done",
+                          "response.completed"]
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    (call,) = final.output
+    assert call.type == "function_call" and call.arguments == args and json.loads(args)["city"]
+
+
+def test_previous_response_id_across_three_turns_and_retrieve(client: openai.OpenAI) -> None:
+    one = client.responses.create(model="auto", input="My name is Ada. Remember it.")
+    two = client.responses.create(model="auto", input="What did I tell you?", previous_response_id=one.id)
+    three = client.responses.create(model="auto", input="Say it once more.", previous_response_id=two.id)
+    assert three.previous_response_id == two.id and two.previous_response_id == one.id
+    # each turn sends the whole conversation: prompts grow by at least the previous answer
+    assert two.usage.input_tokens > one.usage.input_tokens + one.usage.output_tokens
+    assert three.usage.input_tokens > two.usage.input_tokens + two.usage.output_tokens
+    items = client.responses.input_items.list(three.id, order="asc").data
+    texts = [c.text for item in items if item.type == "message" for c in item.content]
+    assert texts == ["My name is Ada. Remember it.", one.output_text, "What did I tell you?", two.output_text,
+                     "Say it once more."]
+    again = client.responses.retrieve(three.id)
+    assert again.id == three.id and again.output_text == three.output_text and again.usage == three.usage
+
+
+def test_json_schema_output(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    response = client.responses.create(model="auto", input="Invent a person.", text={
+        "format": {"type": "json_schema", "name": "person", "schema": schema, "strict": True}})
+    value = json.loads(response.output_text)
+    assert set(value) == {"name", "age"} and isinstance(value["age"], int) and isinstance(value["name"], str)
+    assert response.text.format.type == "json_schema" and response.text.format.name == "person"
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    parsed = client.responses.parse(model="auto", input="Invent a person.", text_format=Person)
+    assert isinstance(parsed.output_parsed, Person)
+
+
+def test_errors_are_the_sdks_exception_classes(client: openai.OpenAI, demo_proxy: Process) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"input": "x", "extra_body": {"frobnicate": 1}}, "frobnicate"),
+        ({"input": 42}, "input"),
+        ({"input": "x", "temperature": "hot"}, "temperature"),
+        ({"input": [{"role": "user", "content": [{"type": "input_video"}]}]}, "input[0].content[0].type"),
+        ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),  # hosted: no deployment speaks Responses
+        ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}, "text.format.schema"),
+        ({"input": "x", "background": True}, "background"),
+        ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+    ]
+    for kwargs, param in cases:
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.responses.create(model="auto", **kwargs)
+        assert bad.value.status_code == 400 and bad.value.param == param, (kwargs, bad.value.body)
+        assert bad.value.type == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.responses.create(model="auto", input="x", previous_response_id="resp_" + "0" * 48)
+    assert missing.value.code == "previous_response_not_found" and missing.value.param == "previous_response_id"
+    # another team's response is as unknown as one that never existed
+    mine = client.responses.create(model="auto", input="hello")
+    support = openai.OpenAI(base_url=demo_proxy.url + "/v1", api_key=DEMO_KEYS["support"], max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        support.responses.create(model="auto", input="x", previous_response_id=mine.id)
+    bad_key = openai.OpenAI(base_url=demo_proxy.url + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as auth:
+        bad_key.responses.create(model="auto", input="x")
+    assert auth.value.status_code == 401
+    raw = httpx.post(demo_proxy.url + "/v1/responses", content=b"{not json", timeout=10,
+                     headers={"authorization": f"Bearer {DEMO_KEYS['research']}"})
+    assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
+
+
+def test_openai_agents_runner_with_a_function_tool(demo_proxy: Process) -> None:
+    from agents import (
+        Agent,
+        Runner,
+        function_tool,
+        set_default_openai_client,
+        set_tracing_disabled,
+    )
+
+    set_tracing_disabled(True)
+    set_default_openai_client(openai.AsyncOpenAI(base_url=demo_proxy.url + "/v1", api_key=DEMO_KEYS["research"],
+                                                 max_retries=0), use_for_tracing=False)
+    asked: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        asked.append(city)
+        return f"sunny in {city}"
+
+    agent = Agent(name="weather", instructions="Answer weather questions.", tools=[get_weather], model="auto")
+    result = asyncio.run(Runner.run(agent, "What's the weather in Paris?"))
+    assert len(asked) == 1 and asked[0]
+    kinds = [type(item).__name__ for item in result.new_items]
+    assert kinds == ["ToolCallItem", "ToolCallOutputItem", "MessageOutputItem"]
+    assert isinstance(result.final_output, str) and result.final_output
+
+
+def test_langchain_chat_openai_use_responses_api(demo_proxy: Process) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="auto", base_url=demo_proxy.url + "/v1", api_key=DEMO_KEYS["research"],
+                     use_responses_api=True, max_retries=0)
+    message = llm.invoke("Hello there")
+    assert message.text and message.response_metadata["id"].startswith("resp_")
+    assert message.usage_metadata["input_tokens"] > 0 and message.usage_metadata["output_tokens"] > 0
+    chunks = list(llm.stream("Hello there"))
+    streamed = "".join(c.text for c in chunks)
+    assert streamed == message.text  # the simulator is deterministic: same prompt, same answer, whole
+
+
+# ---- a continued conversation keeps its tier and deployment ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sticky_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """The demo policy with research's stickiness margin at its maximum (a conversation never leaves its tier)."""
+    tmp = tmp_path_factory.mktemp("sticky")
+    text = (ROOT / "configs" / "demo.yaml").read_text()
+    text = text.replace("sqlite:///var/tiergate-demo.db", f"sqlite:///{tmp}/ledger.db")
+    text = text.replace("      provider_prefix_caching: true\n",
+                        "      provider_prefix_caching: true\n      stickiness_margin: 1.0\n", 1)
+    assert "stickiness_margin: 1.0" in text
+    config = tmp / "demo.yaml"
+    config.write_text(text)
+    port = free_port()
+    process = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log",
+                            "/readyz")
+    yield process
+    process.stop()
+
+
+def test_continued_conversation_keeps_its_tier_and_deployment(sticky_proxy: Process) -> None:
+    client = openai.OpenAI(base_url=sticky_proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
+    # turn 1 is forced to the frontier tier; the follow-ups are routed by score, and stickiness keeps them there
+    first = client.responses.with_raw_response.create(model="auto", input=LONG_OPENER,
+                                                      extra_headers={"x-tiergate-tier": "frontier"})
+    assert first.parse().usage.input_tokens > 1024
+    assert first.headers["x-tiergate-tier"] == "frontier"
+    previous, deployments, held = first.parse().id, {first.headers["x-tiergate-deployment"]}, []
+    for follow_up in ("Thanks.", "ok"):
+        raw = client.responses.with_raw_response.create(model="auto", input=follow_up, previous_response_id=previous)
+        assert raw.headers["x-tiergate-tier"] == "frontier"
+        deployments.add(raw.headers["x-tiergate-deployment"])
+        held.append(raw.headers.get("x-tiergate-sticky") == "held" or float(raw.headers["x-tiergate-score"]) >= 0.416)
+        previous = raw.parse().id
+    assert deployments == {"frontier-sim"} and all(held)
+    # control: the same short follow-up without the conversation is routed by its own score, off frontier
+    alone = client.responses.with_raw_response.create(model="auto", input="Thanks.")
+    assert alone.headers["x-tiergate-tier"] != "frontier"
