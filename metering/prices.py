@@ -102,6 +102,8 @@ def lookup(model: str) -> ModelFacts | None:
         if not isinstance(entry, dict) or key == "sample_spec":
             continue
         inp, out = _dec(entry.get("input_cost_per_token")), _dec(entry.get("output_cost_per_token"))
+        if out is None and entry.get("mode") == "embedding":
+            out = Decimal(0)  # an embedding has no output: some rows (mistral-embed, azure/eu/...) omit its price
         if inp is None or out is None:
             continue
         cached = _dec(entry.get("cache_read_input_token_cost"))

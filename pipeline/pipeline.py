@@ -104,10 +104,11 @@ class Pipeline:
         if request.kind == "completions":
             state = RequestState(request, team, tags, "chat", body)
             state.features = completion_features(body)
-        else:
+            state.decision = self._routing.decide(request, team, state.features, body["model"], None)
+        else:  # embeddings: their own deployments, never the classifier or a chat tier (router.embeddings)
             state = RequestState(request, team, tags, "embedding", body)
             state.features = embedding_features(body)
-        state.decision = self._routing.decide(request, team, state.features, body["model"], None)
+            state.decision = self._routing.embedding(request, team, state.features, body["model"])
         return await self._call(state)
 
     async def _chat(self, state: RequestState) -> Served | Streaming:

@@ -10,6 +10,7 @@ from pipeline.errors import ErrorCode, TiergateError
 from pipeline.request import Request
 from pipeline.telemetry import Tracing
 from router.decide import Decision, RefusalKind, RouteRequest, RoutingRefused, decide
+from router.embeddings import route_embedding
 from router.features import RequestFeatures
 from router.policy import TeamPolicy
 from router.scoring import Scorer, TeamScorers
@@ -53,6 +54,19 @@ class Routing:
             try:
                 route = RouteRequest(features, model, score, request.tier_header, affinity, sticky_tier, scorer_id)
                 decision = decide(request.policy, team, route, self._health.snapshot(), self._rng)
+            except RoutingRefused as exc:
+                raise TiergateError(_REFUSED[exc.kind], exc.message, param=exc.param) from None
+            if span is not None:
+                span.set_attributes({"tiergate.tier": decision.tier.name, "tiergate.reasons": list(decision.reasons)})
+            return decision
+
+    def embedding(self, request: Request, team: TeamPolicy, features: RequestFeatures, model: str) -> Decision:
+        """An embeddings request's deployments (``router.embeddings``): by model name or the team's default,
+        never scored and never on a chat tier."""
+        with self._tracing.span("tiergate.route") as span:
+            try:
+                decision = route_embedding(request.policy, team, RouteRequest(features, model),
+                                           self._health.snapshot(), self._rng)
             except RoutingRefused as exc:
                 raise TiergateError(_REFUSED[exc.kind], exc.message, param=exc.param) from None
             if span is not None:

@@ -23,9 +23,11 @@ from proxy.runtime import Runtime
 
 
 async def _tiergate_error(request: Request, exc: Exception) -> Response:
-    """The error in the wire format of the route it came from: Anthropic's under /v1/messages, else OpenAI's."""
+    """The error in the wire format of the route it came from: Anthropic's under /v1/messages (and /v1/models when
+    an Anthropic client asks), else OpenAI's."""
     assert isinstance(exc, TiergateError)
-    if request.url.path.startswith("/v1/messages"):
+    path = request.url.path
+    if path.startswith("/v1/messages") or (path.startswith("/v1/models") and "anthropic-version" in request.headers):
         return messages_api.error_response(exc)
     return Response(error_body(exc), status_code=wire(exc).status, media_type="application/json",
                     headers=headers_of(exc))

@@ -15,6 +15,7 @@ from pipeline.errors import TiergateError
 from pipeline.request import Request as PipelineRequest
 from proxy.auth import authenticate
 from proxy.body import check_chat, check_completion, check_embeddings, header_tags, parse_json
+from proxy.model_list import anthropic_model, anthropic_page, openai_model
 from proxy.render import json_response, respond
 from proxy.runtime import Runtime
 from router.policy import Policy, Principal
@@ -118,13 +119,18 @@ async def route(request: Request) -> Response:
     })
 
 
-async def models(request: Request) -> Response:
+def _allowed_models(request: Request) -> tuple[str, ...]:
+    """The names this key may send (chat and embeddings), from the policy's one compiled table."""
     policy = runtime(request).store.policy
-    principal = authenticate(policy, request.headers)
-    # The names decide() accepts from this key, from the policy's one compiled table.
-    names = policy.allowed_models(principal.team)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "tiergate"} for name in names]
-    return json_response({"object": "list", "data": data})
+    return policy.allowed_models(authenticate(policy, request.headers).team)
+
+
+async def models(request: Request) -> Response:
+    """OpenAI's list, or Anthropic's page of ``ModelInfo`` when ``anthropic-version`` is sent (the app renders
+    errors in Anthropic's shape then too)."""
+    if "anthropic-version" in request.headers:
+        return json_response(anthropic_page(_allowed_models(request), request.query_params))
+    return json_response({"object": "list", "data": [openai_model(name) for name in _allowed_models(request)]})
 
 
 async def healthz(request: Request) -> Response:
@@ -153,4 +159,10 @@ async def readyz(request: Request) -> Response:
 
 
 async def model(request: Request) -> Response:
-    raise TiergateError("not_found", "no such endpoint: GET /v1/models/{id}")  # issue 14: being built this session
+    """One model this key may use, in OpenAI's shape or Anthropic's (``anthropic-version``); any other name is a
+    404 ``model_not_found``, like the name sent to a model endpoint."""
+    name = request.path_params["model_id"]
+    if name not in _allowed_models(request):
+        raise TiergateError("routing_refused.model_not_found", f"model {name!r} does not exist or this key may not "
+                            "use it; GET /v1/models lists the models it may use", param="model")
+    return json_response(anthropic_model(name) if "anthropic-version" in request.headers else openai_model(name))

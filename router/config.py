@@ -60,6 +60,42 @@ class Deployment(_Model):
         "messages for anthropic/ models"))
 
 
+class EmbeddingPrice(_Model):
+    """$ per 1M input tokens: an embedding has no output to price."""
+
+    input: Decimal = Field(ge=0)
+
+
+class EmbeddingDeployment(_Model):
+    """One endpoint serving an embedding model (``openai/text-embedding-3-small``, ``simulated/...``) on
+    ``/v1/embeddings`` only: outside the chat ladder, so it never shifts a tier's index, is never scored and never
+    serves chat. Priced from litellm's table at its embedding (input) price unless ``price`` or ``price_as`` says
+    otherwise; deployments serving the same upstream model name are each other's fallbacks."""
+
+    id: str = Field(pattern=_NAME, description="what a team's 'embeddings' block names, and a model name of its own")
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_file: str | None = None
+    price: EmbeddingPrice | None = None
+    price_as: str | None = Field(default=None, description="litellm table key to take the price from")
+    context_window: int | None = Field(default=None, gt=0, description="tokens per input (default: litellm's table)")
+    weight: float = Field(default=1.0, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    simulator: dict[str, float | str | int] | None = Field(
+        default=None, description="options for simulated/ deployments (latency_ms, fail_rate, ...)"
+    )
+
+
+class TeamEmbeddings(_Model):
+    """Which embedding deployments a team may call, and which one ``model: auto`` means on ``/v1/embeddings``."""
+
+    default: str | None = Field(default=None, description=(
+        "an embedding deployment id or model name; default: the first of the team's embedding models"))
+    models: list[str] | None = Field(default=None, description=(
+        "embedding deployment ids or model names the team may use; None: every embedding deployment"))
+
+
 class Tier(_Model):
     """A rung of the ladder; tiers are listed cheapest first."""
 
@@ -229,6 +265,7 @@ class Team(_Model):
     required_tags: list[str] = Field(default_factory=list)
     context: ContextSettings = Field(default_factory=ContextSettings)
     learning: LearningSettings | None = None
+    embeddings: TeamEmbeddings = Field(default_factory=TeamEmbeddings)
     model_aliases: dict[str, str] = Field(default_factory=dict, description=(
         "requested model name (glob pattern, e.g. 'claude-sonnet-*') -> 'auto', a tier name or a pin (deployment "
         "id or model name); the first matching pattern in file order wins, and exact tier and pin names always "
@@ -335,5 +372,7 @@ class Config(_Model):
     admin_keys: list[ApiKey] = Field(default_factory=list)
     model_list: list[ModelListEntry] = Field(default_factory=list)
     tiers: list[Tier] = Field(min_length=1)
+    embeddings: list[EmbeddingDeployment] = Field(default_factory=list, description=(
+        "embedding deployments, served on /v1/embeddings only (EmbeddingDeployment)"))
     teams: dict[str, Team] = Field(min_length=1)
     experiments: list[Experiment] = Field(default_factory=list, description="experiment manifests (Experiment)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from metering.prices import Price, lookup
 from router.aliases import NO_ALIASES, ModelAliases, compile_aliases
-from router.config import ApiKey, Config, Deployment, Team
+from router.config import ApiKey, Config, Deployment, EmbeddingDeployment, PriceOverride, Team
 from router.experiments import ExperimentConfigError, Experiments, compile_experiments
 
 Provider = Literal["simulated", "openai", "litellm"]
@@ -68,6 +68,20 @@ class TierSpec:
     context_window: int  # the smallest window among its deployments
 
 
+# Embedding deployments (``embeddings:``) are not rungs of the chat ladder: they report this tier (ledger, metrics)
+# and an index below every chat tier, so no chat rule keyed by tier index (downgrade, stickiness) applies to them.
+EMBEDDING_TIER = "embedding"
+EMBEDDING_TIER_INDEX = -1
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingTable:
+    """What a team may send to ``/v1/embeddings`` (``router.embeddings`` routes by it)."""
+
+    default: str | None = None  # the name ``auto`` means; None: the team has no embedding model
+    pins: dict[str, tuple[DeploymentSpec, ...]] = field(default_factory=dict)  # names -> the team's deployments
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: resolved from the API key, never carrying the key itself."""
@@ -88,7 +102,8 @@ class TeamPolicy:
     thresholds: tuple[float | None, ...]  # per tier index; None = no threshold set
     tier_names: tuple[str, ...]  # the tiers from floor to ceiling
     pins: dict[str, tuple[DeploymentSpec, ...]]  # pin names the team may use -> its deployments serving them
-    models: tuple[str, ...]  # every model name the team may send: "auto", its tiers, its pins (``/v1/models``)
+    models: tuple[str, ...]  # every model name the team may send: "auto", its tiers, its pins, its embedding models
+    embeddings: EmbeddingTable = field(default_factory=EmbeddingTable)
     aliases: ModelAliases = NO_ALIASES  # ``model_aliases``: other requested names -> one of ``models``
 
 
@@ -100,7 +115,7 @@ class Policy:
     keys: dict[str, Principal]  # sha256 hex -> principal
     by_name: dict[str, tuple[DeploymentSpec, ...]]  # pin names -> deployments serving them
     tier_by_name: dict[str, int]
-    every_model: tuple[str, ...]  # "auto", every tier, every pin name: what an admin key is shown
+    every_model: tuple[str, ...]  # "auto", every tier, every pin and embedding name: what an admin key is shown
     warnings: tuple[str, ...]
     sha256: str = ""
     source: str = ""
@@ -279,6 +294,72 @@ def _team_policy(name: str, team: Team, tiers: tuple[TierSpec, ...], order: dict
     )
 
 
+def _embedding_deployment(spec: EmbeddingDeployment, loc: tuple[str | int, ...], warnings: list[str]) -> DeploymentSpec:
+    """Compiled like a chat deployment (provider, secrets, window), priced at its input price only; a model the
+    price table knows as something other than an embedding model is refused."""
+    priced_as = spec.price_as or spec.model
+    facts = lookup(priced_as)
+    if facts is not None and facts.mode not in (None, "embedding"):
+        raise PolicyError(loc + ("price_as" if spec.price_as else "model",),
+                          f"{priced_as!r} is a {facts.mode} model in litellm's price table, not an embedding model")
+    price = PriceOverride(input=spec.price.input, output=Decimal(0)) if spec.price is not None else None
+    as_deployment = Deployment(id=spec.id, model=spec.model, api_base=spec.api_base, api_key_env=spec.api_key_env,
+                               api_key_file=spec.api_key_file, price=price, price_as=spec.price_as,
+                               context_window=spec.context_window, capabilities=[], weight=spec.weight,
+                               timeout_s=spec.timeout_s, simulator=spec.simulator)
+    return _deployment(as_deployment, EMBEDDING_TIER, EMBEDDING_TIER_INDEX, 0, loc, warnings)
+
+
+def _embedding_index(config: Config, chat_names: set[str], warnings: list[str]
+                     ) -> tuple[tuple[DeploymentSpec, ...], dict[str, tuple[DeploymentSpec, ...]]]:
+    """Every embedding deployment and the names that reach it; a name may not also mean a chat tier or model."""
+    if config.embeddings and EMBEDDING_TIER in {t.name for t in config.tiers}:
+        index = [t.name for t in config.tiers].index(EMBEDDING_TIER)
+        raise PolicyError(("tiers", index, "name"), f"tier name {EMBEDDING_TIER!r} is what embedding deployments "
+                          "report as their tier: name the chat tier otherwise")
+    deployments: list[DeploymentSpec] = []
+    by_name: dict[str, list[DeploymentSpec]] = {}
+    for i, spec in enumerate(config.embeddings):
+        loc: tuple[str | int, ...] = ("embeddings", i)
+        dep = _embedding_deployment(spec, loc, warnings)
+        if any(d.id == dep.id for d in deployments):
+            raise PolicyError(loc + ("id",), f"embedding deployment id {dep.id!r} is used twice")
+        for name in _pin_names(dep, None):
+            if name in chat_names:
+                raise PolicyError(loc + ("id" if name == dep.id else "model",), f"{name!r} already names a chat tier, "
+                                  "model or deployment: an embedding deployment needs names of its own")
+            by_name.setdefault(name, []).append(dep)
+        deployments.append(dep)
+    return tuple(deployments), {k: tuple(v) for k, v in by_name.items()}
+
+
+def _team_embeddings(name: str, team: Team, deployments: tuple[DeploymentSpec, ...],
+                     by_name: dict[str, tuple[DeploymentSpec, ...]]) -> EmbeddingTable:
+    """The team's embedding names (``embeddings.models``, default every deployment) and what ``auto`` means
+    (``embeddings.default``, default the first of them)."""
+    loc: tuple[str | int, ...] = ("teams", name, "embeddings")
+    settings = team.embeddings
+    chosen = {d.id for d in deployments}
+    if settings.models is not None:
+        chosen = set()
+        for k, model in enumerate(settings.models):
+            if model not in by_name:
+                raise PolicyError(loc + ("models", k), f"unknown embedding model {model!r} (embedding deployments: "
+                                  f"{[d.id for d in deployments]})")
+            chosen.update(d.id for d in by_name[model])
+    pins: dict[str, list[DeploymentSpec]] = {}
+    for dep in (d for d in deployments if d.id in chosen):  # declaration order: the first is the default default
+        for pin in _pin_names(dep, None):
+            pins.setdefault(pin, []).append(dep)
+    default = settings.default
+    if default is not None and default not in pins:
+        known = "an unknown embedding model" if default not in by_name else "not among its embeddings.models"
+        raise PolicyError(loc + ("default",), f"{default!r} is {known}; team {name!r} may use {sorted(pins)}")
+    if default is None and pins:
+        default = next(iter(pins))
+    return EmbeddingTable(default, {k: tuple(v) for k, v in pins.items()})
+
+
 def _check_references(config: Config) -> None:
     """Cross-field rules pydantic cannot place on one field; each error points at the offending entry."""
     names = [tier.name for tier in config.tiers]
@@ -349,6 +430,7 @@ def compile_policy(config: Config) -> Policy:
     order = {t.name: t.index for t in tiers}
     # A tier's name (and "auto") always means the tier (the router): never a pin.
     pins = {k: tuple(v) for k, v in by_name.items() if k not in order and k != "auto"}
+    embeddings, embedding_names = _embedding_index(config, {"auto", *order, *by_name}, warnings)
     teams: dict[str, TeamPolicy] = {}
     keys: dict[str, Principal] = {}
     for key in config.admin_keys:
@@ -357,6 +439,8 @@ def compile_policy(config: Config) -> Policy:
             keys[entry[0]] = entry[1]
     for name, team in config.teams.items():
         teams[name] = _team_policy(name, team, tuple(tiers), order, pins)
+        table = _team_embeddings(name, team, embeddings, embedding_names)
+        teams[name] = replace(teams[name], embeddings=table, models=(*teams[name].models, *table.pins))
         for k_index, key in enumerate(team.keys):
             entry = _principal(key, name, warnings)
             if entry is None:
@@ -376,6 +460,6 @@ def compile_policy(config: Config) -> Policy:
         keys=keys,
         by_name={k: tuple(v) for k, v in by_name.items()},
         tier_by_name=order,
-        every_model=("auto", *order, *pins),
+        every_model=("auto", *order, *pins, *embedding_names),
         warnings=tuple(warnings),
     )

@@ -93,7 +93,7 @@ def test_tools_force_tool_call_shape(client: openai.OpenAI) -> None:
 
 
 def test_embeddings_and_completions(client: openai.OpenAI) -> None:
-    emb = client.embeddings.create(model="small", input=["a", "b"])
+    emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
     assert len(emb.data) == 2 and len(emb.data[0].embedding) > 0
     comp = client.completions.create(model="small", prompt="Say hi", max_tokens=8)
     assert comp.choices[0].text and comp.usage.completion_tokens <= 8
