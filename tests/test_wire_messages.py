@@ -264,3 +264,11 @@ def test_count_tokens_counts_the_canonical_prompt() -> None:
                            "system": "You are a helpful assistant."})
     assert 0 < small < bigger
     assert orjson.dumps({"input_tokens": small})  # a plain int
+
+
+def test_the_relays_cost_note_on_the_usage_chunk_is_passed_on() -> None:
+    translator = ChatToMessages("msg_x", "m", 10, ())
+    note = {"cost_usd": "0.000001000", "tier": "small", "score": 0.2, "model": "m"}
+    translator.feed({**chunk(None, usage={"prompt_tokens": 10, "completion_tokens": 1}), "x_tiergate": note})
+    delta = parse_frames(translator.finish(999, "other"))[-2][1]
+    assert delta["x_tiergate"] == note  # the relay's (the settled cost), not rebuilt here

@@ -6,7 +6,8 @@ Order: ``message_start``, ``ping``, then per content block ``content_block_start
 (stop_reason, usage) and ``message_stop``. The upstream's usage arrives last (the canonical body asks for it), after
 ``message_start`` has gone out: ``message_start`` carries the prompt's tiktoken estimate as ``input_tokens``, and
 ``message_delta`` the exact counts, every field of them (SDKs overwrite message_start's usage with each field
-message_delta carries), plus the cost in an ``x_tiergate`` object. A stream the upstream cut ends with an ``error``
+message_delta carries), plus the cost in an ``x_tiergate`` object (``event.model_extra`` in the SDK), as a chat
+stream's usage chunk carries it. A stream the upstream cut ends with an ``error``
 event (``api_error``) instead of message_delta, as Anthropic's own API does.
 """
 
@@ -44,6 +45,7 @@ class ChatToMessages:
         self._matched: Any = None
         self._usage: dict[str, Any] | None = None
         self._text: list[str] = []  # what the pipeline counts for its estimate when no usage comes
+        self._x_tiergate: dict[str, Any] | None = None  # the relay's cost note on the usage chunk
 
     def start(self) -> list[bytes]:
         usage = {"input_tokens": self._prompt_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
@@ -72,6 +74,8 @@ class ChatToMessages:
         out: list[bytes] = []
         if chunk.get("usage"):
             self._usage = chunk["usage"]
+            if isinstance(chunk.get("x_tiergate"), dict):
+                self._x_tiergate = chunk["x_tiergate"]
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:  # a Messages answer has one choice
                 continue
@@ -116,7 +120,9 @@ class ChatToMessages:
         usage = anthropic_usage(usage_of(self._usage, lambda: self._prompt_tokens, "".join(self._text), self._model))
         data: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                                 "usage": usage}
-        if cost_nanos is not None:
+        if self._x_tiergate is not None:  # the relay's (cost, tier, score, model), as a chat stream carries it
+            data["x_tiergate"] = self._x_tiergate
+        elif cost_nanos is not None:
             data["x_tiergate"] = {"cost_usd": format_usd(cost_nanos), "tier": tier}
         out.append(event("message_delta", data))
         out.append(event("message_stop", {"type": "message_stop"}))
