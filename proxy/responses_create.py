@@ -145,8 +145,9 @@ def _extra(streaming: Streaming) -> dict[str, Any]:
     """What the ``x-tiergate-*`` headers say, for a stream whose cost is known only at its end (SDKs expose it
     as ``response.model_extra["x_tiergate"]``)."""
     notes, cost = streaming.notes, streaming.relay.cost_nanos
-    return {"cost_usd": format_usd(cost) if cost is not None else None, "tier": notes.tier,
-            "deployment": notes.deployment, "score": notes.score}
+    # the keys of a chat stream's x_tiergate (pipeline.pipeline.x_tiergate_of), so one reader serves both
+    return {"tier": notes.tier, "score": notes.score, "model": notes.model,
+            "cost_usd": format_usd(cost) if cost is not None else None}
 
 
 async def _translated_events(streaming: Streaming, turn: _Turn, settings: dict[str, Any]) -> AsyncIterator[bytes]:

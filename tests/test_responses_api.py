@@ -92,7 +92,7 @@ def test_stream_usage_and_cost_match_the_ledger(client: openai.OpenAI, demo_prox
     usage = done.response.usage
     # the cost of a stream is known at its end: response.completed carries it next to usage
     extra = done.response.model_extra["x_tiergate"]
-    assert extra["tier"] == raw.headers["x-tiergate-tier"] and extra["deployment"] == raw.headers["x-tiergate-deployment"]
+    assert extra["tier"] == raw.headers["x-tiergate-tier"] and extra["model"] == raw.headers["x-tiergate-model"]
     row = _ledger_row(demo_proxy, raw.headers["x-request-id"])
     assert row["api"] == "responses" and row["status"] == 200 and row["usage_estimated"] == 0
     assert (row["prompt_tokens"], row["completion_tokens"]) == (usage.input_tokens, usage.output_tokens)
@@ -308,3 +308,70 @@ def test_continued_conversation_keeps_its_tier_and_deployment(sticky_proxy: Proc
     # control: the same short follow-up without the conversation is routed by its own score, off frontier
     alone = client.responses.with_raw_response.create(model="auto", input="Thanks.")
     assert alone.headers["x-tiergate-tier"] != "frontier"
+
+
+# ---- a deployment that speaks the Responses API natively: passed through, with our id ----------------------------
+
+@pytest.fixture(scope="module")
+def native_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """The demo policy with every simulated deployment declared Responses-native (``apis: [chat, responses]``)."""
+    tmp = tmp_path_factory.mktemp("native")
+    text = (ROOT / "configs" / "demo.yaml").read_text()
+    text = text.replace("sqlite:///var/tiergate-demo.db", f"sqlite:///{tmp}/ledger.db")
+    for model in ("gpt-4o-mini", "gpt-4o", "o1"):
+        text = text.replace(f"        model: simulated/{model}\n",
+                            f"        model: simulated/{model}\n        apis: [chat, responses]\n", 1)
+    assert text.count("apis: [chat, responses]") == 3
+    config = tmp / "demo.yaml"
+    config.write_text(text)
+    port = free_port()
+    process = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log",
+                            "/readyz")
+    yield process
+    process.stop()
+
+
+def _translated_item_id(response_id: str, prefix: str, index: int) -> str:
+    return f"{prefix}_{response_id.removeprefix('resp_')}{index:04x}"  # what wire.responses names its items
+
+
+def test_native_deployment_answers_pass_through_with_our_id(native_proxy: Process) -> None:
+    client = openai.OpenAI(base_url=native_proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
+    raw = client.responses.with_raw_response.create(model="auto", input="What is the capital of France?")
+    one = raw.parse()
+    assert one.id.startswith("resp_") and one.status == "completed" and one.output_text
+    assert one.output[0].id != _translated_item_id(one.id, "msg", 0)  # the simulator's own item: not translated
+    row = _ledger_row(native_proxy, raw.headers["x-request-id"])
+    assert row["response_id"] == one.id and row["api"] == "responses"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (one.usage.input_tokens, one.usage.output_tokens)
+    assert row["cost_nanos"] == _nanos(raw.headers["x-tiergate-cost-usd"]) > 0
+    # the provider keeps no state: the gateway expands previous_response_id, turn after turn
+    two = client.responses.create(model="auto", input="And of Germany?", previous_response_id=one.id)
+    three = client.responses.create(model="auto", input="And of Spain?", previous_response_id=two.id)
+    assert three.previous_response_id == two.id
+    assert three.usage.input_tokens > two.usage.input_tokens + two.usage.output_tokens
+    assert two.usage.input_tokens > one.usage.input_tokens + one.usage.output_tokens
+    assert client.responses.retrieve(three.id).output_text == three.output_text
+    # a hosted tool is accepted: every deployment the team may reach takes it untranslated
+    hosted = client.responses.create(model="auto", input="Any news?", tools=[{"type": "web_search"}])
+    assert hosted.status == "completed"
+
+
+def test_native_stream_passes_through_with_our_id_and_cost(native_proxy: Process) -> None:
+    client = openai.OpenAI(base_url=native_proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
+    raw = client.responses.with_raw_response.create(model="auto", input="Tell me a story.", stream=True)
+    events = list(raw.parse())
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    ids = {e.response.id for e in events if getattr(e, "response", None) is not None}
+    done = events[-1].response
+    assert ids == {done.id} and done.id.startswith("resp_")
+    assert [e.sequence_number for e in events] == sorted(e.sequence_number for e in events)
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == done.output_text and done.output[0].id != _translated_item_id(done.id, "msg", 0)
+    extra = done.model_extra["x_tiergate"]
+    row = _ledger_row(native_proxy, raw.headers["x-request-id"])
+    assert row["response_id"] == done.id and row["usage_estimated"] == 0
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (done.usage.input_tokens, done.usage.output_tokens)
+    assert row["cost_nanos"] == _nanos(extra["cost_usd"]) > 0
+    follow = client.responses.create(model="auto", input="Shorter.", previous_response_id=done.id)
+    assert follow.usage.input_tokens > done.usage.input_tokens + done.usage.output_tokens
