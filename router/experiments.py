@@ -60,12 +60,12 @@ def expiry(spec: Experiment) -> datetime | None:
     """``expires_at``, or ``starts_at`` + ``ttl`` (default 24h unless production); None: never expires."""
     if spec.expires_at is not None:
         return _utc(spec.expires_at)
-    if spec.ttl is not None:
-        assert spec.starts_at is not None  # the model requires it
-        return _utc(spec.starts_at) + parse_ttl(spec.ttl)  # type: ignore[operator]
-    if spec.production:
+    start = _utc(spec.starts_at)
+    if start is None:  # the model allows that only with production: true
         return None
-    return _utc(spec.starts_at) + DEFAULT_TTL  # type: ignore[operator]
+    if spec.ttl is not None:
+        return start + parse_ttl(spec.ttl)
+    return None if spec.production else start + DEFAULT_TTL
 
 
 @dataclass(frozen=True, slots=True)

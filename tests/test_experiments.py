@@ -129,7 +129,12 @@ def test_demo_config_experiments_stay_valid() -> None:
     from router.config_loader import load_policy
 
     policy = load_policy(ROOT / "configs" / "demo.yaml")
-    assert all(m.team in policy.teams for m in policy.experiments.manifests)
+    assert [m.name for m in policy.experiments.manifests] == ["summarizer-v2"]
+    # a production experiment joined by tag: the demo keys' untagged requests stay outside it, and it never expires
+    far = datetime(2099, 1, 1, tzinfo=timezone.utc)
+    assert _tags(policy, "research-demo", {"prompt": "summarizer-v2"}, team="research", at=far) == {
+        "prompt": "summarizer-v2", "experiment": "summarizer-v2"}
+    assert _tags(policy, "research-demo", {}, team="research", at=far) == {}
 
 
 # ---- attribution -----------------------------------------------------------------------------------------------------

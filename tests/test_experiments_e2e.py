@@ -16,12 +16,11 @@ upstream, the OpenAI SDK as the client, a SQLite and a PostgreSQL ledger.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import openai
@@ -30,24 +29,15 @@ import pytest
 import yaml
 
 from conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
-from metering.ledger import open_ledger
-from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.money import usd_to_nanos
 from metering_fixtures import pg_schema  # noqa: F401  (fixture)
-from proxy_metering_helpers import (ADMIN_AUTH, TeamSpec, drop_redis_state, new_team, postgres_up, redis_up, sha,
+from proxy_metering_helpers import (ADMIN_AUTH, drop_redis_state, new_team, postgres_up, redis_up, sha,
                                     tiergate, write_config)
+from test_alerts_e2e import _stored  # the alerts table as the crossing test reads it
 from webhook_receiver import Webhook
 
 BUDGETS = {"spend": Decimal("0.0002"), "tagged": Decimal("0.00005")}
 TAGS = {"project": "churn", "env": "dev"}
-
-
-def _wait(what: str, done: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.2)
 
 
 def _iso(at: datetime) -> str:
@@ -218,16 +208,6 @@ def _check_alerts(s: Setup, hook: Webhook, spent: dict[str, Any], ledger: str, s
     assert sorted(b["alert"]["id"] for b in bodies) == sorted(e.id for e in mine)  # each once
     assert all(b["text"].startswith(f":warning: tiergate: lifetime budget of experiment {s.names['spend']} of team "
                                     f"{s.spender.name}") for b in bodies)
-
-
-async def _stored(url: str, schema: str) -> list[AlertEvent]:
-    ledger = open_ledger(url, spool_dir=None, schema=schema)
-    await ledger.start()
-    try:
-        now = datetime.now(timezone.utc)
-        return await ledger.alerts(AlertQuery(now - timedelta(hours=1), now + timedelta(hours=1), limit=1000))
-    finally:
-        await ledger.close()
 
 
 def _check_cli(s: Setup, tmp_path: Path) -> None:
