@@ -16,6 +16,8 @@ How each kind of record is treated (``Treatment``):
 - ``scored``: chat with ``model: auto`` and a recorded score: decided afresh from the score.
 - ``client_tier``: the client chose a tier (``model: <tier>``, or ``x-tiergate-tier``, which the ledger records only
   as an unscored ``auto`` request on that tier): the same choice is put to the new policy, which may refuse it.
+- ``unscored``: a legacy ``/v1/completions`` request with ``model: auto`` (``api: completions``): never scored, so
+  the router sends it to the team's floor; decided afresh (the new floor).
 - ``pinned``: ``model: <a concrete model>``: the same pin under the new policy (refused if it no longer allows it).
 - ``embedding``: kept on its deployment at its recorded cost: embeddings are not scored, so thresholds, tiers and
   caps do not move them.
@@ -46,11 +48,12 @@ from router.features import RequestFeatures
 from router.health_snapshot import HealthSnapshot
 from router.policy import DeploymentSpec, Policy, TeamPolicy
 
-Treatment = Literal["scored", "client_tier", "pinned", "embedding", "cache_hit", "summary", "measuring", "failed"]
-TREATMENTS: tuple[Treatment, ...] = ("scored", "client_tier", "pinned", "embedding", "cache_hit", "summary",
-                                     "measuring", "failed")
+Treatment = Literal["scored", "client_tier", "unscored", "pinned", "embedding", "cache_hit", "summary", "measuring",
+                    "failed"]
+TREATMENTS: tuple[Treatment, ...] = ("scored", "client_tier", "unscored", "pinned", "embedding", "cache_hit",
+                                     "summary", "measuring", "failed")
 # What a client asked for: the requests whose tier shares a plan compares (not the calls tiergate made itself).
-CLIENT_TREATMENTS = frozenset({"scored", "client_tier", "pinned", "embedding", "cache_hit"})
+CLIENT_TREATMENTS = frozenset({"scored", "client_tier", "unscored", "pinned", "embedding", "cache_hit"})
 CACHE_DEPLOYMENT = "response-cache"  # pipeline.records.cached
 
 ASSUMPTIONS: tuple[str, ...] = (
@@ -68,8 +71,9 @@ ASSUMPTIONS: tuple[str, ...] = (
     "router's prefix affinity picks for its request id. Cached prompt tokens are priced as recorded, at that "
     "deployment's cached price (as the ledger's counterfactual cost is).",
     "Pinned requests keep their pin and requests that chose a tier keep that choice (an unscored 'auto' request "
-    "is read as having forced the tier it was served on); the new policy may refuse either: refused requests "
-    "cost $0 after and are counted apart.",
+    "is read as having forced the tier it was served on with x-tiergate-tier, except legacy /v1/completions ones, "
+    "which are never scored and go to the new floor); the new policy may refuse either: refused requests cost $0 "
+    "after and are counted apart.",
     "Embeddings keep their deployment and recorded cost (they are not scored). Response-cache hits stay hits at "
     "$0. Summaries are re-priced at the new floor tier with the same tokens. "
     "Shadow and judge calls keep their cost while the team keeps a learning block, else $0. Failed requests "
@@ -109,9 +113,17 @@ def treatment_of(record: UsageRecord, policy: Policy) -> Treatment:
     if record.purpose == "embedding":
         return "embedding"
     if record.requested_model == "auto":
-        return "scored" if record.score is not None else "client_tier"
+        if record.score is not None:
+            return "scored"
+        return "client_tier" if _forced_tier(record) else "unscored"
     return "client_tier" if record.requested_model in policy.tier_by_name or record.requested_model == record.tier \
         else "pinned"
+
+
+def _forced_tier(record: UsageRecord) -> bool:
+    """An unscored ``auto`` request forced its tier with x-tiergate-tier, unless it came in on the legacy completions
+    API, which is never scored (the floor serves it)."""
+    return record.requested_model == "auto" and record.score is None and record.api != "completions"
 
 
 def _route(record: UsageRecord, policy: Policy, team: TeamPolicy, treatment: Treatment) -> Decision:
@@ -123,8 +135,8 @@ def _route(record: UsageRecord, policy: Policy, team: TeamPolicy, treatment: Tre
         model = policy.tiers[team.floor].name  # the pipeline asks the team's cheapest tier for summaries
     elif model == "auto" and record.score is not None:
         score = record.score
-    elif model == "auto" and treatment in ("client_tier", "cache_hit"):
-        header = record.tier  # an unscored auto request forced its tier with x-tiergate-tier
+    elif model == "auto" and _forced_tier(record):
+        header = record.tier
     # affinity makes the deployment choice a function of the request id: the same plan every run, spread by weight
     request = RouteRequest(features, model, score, tier_header=header, affinity=record.request_id)
     return decide(policy, team, request, _NO_HEALTH, _UNUSED_RNG)

@@ -120,6 +120,8 @@ def test_each_kind_of_record_is_treated_as_documented() -> None:
     failed = rec(16, "mid", 0.6, model="", status=502, cost_nanos=0, prompt_tokens=0, completion_tokens=0)
     other_team = rec(17, "small", 0.1, team="gone")
     embedding = rec(18, "small", None, purpose="embedding", completion=0)
+    legacy = rec(19, "small", None, api="completions")  # /v1/completions, auto: never scored, the floor serves it
+    assert reprice(legacy, new) == Repriced("unscored", "mid", "mid-a", cost("mid", 100, 50))
     assert reprice(embedding, new) == Repriced("embedding", "small", "small-a", embedding.cost_nanos)
     out = {r.request_id: reprice(r, new) for r in (pinned, forced, by_name, hit, summary, shadow, failed, other_team)}
     assert out["r10"] == Repriced("pinned", "frontier", "frontier-a", cost("frontier", 100, 50))
@@ -137,7 +139,7 @@ def test_each_kind_of_record_is_treated_as_documented() -> None:
 
     result = build_plan(new, [pinned, forced, by_name, hit, summary, shadow, failed, other_team], [], SINCE, UNTIL)
     doc = result.to_dict()
-    assert doc["treatments"] == {"scored": 1, "client_tier": 2, "pinned": 1, "embedding": 0, "cache_hit": 1,
+    assert doc["treatments"] == {"scored": 1, "client_tier": 2, "unscored": 0, "pinned": 1, "embedding": 0, "cache_hit": 1,
                                  "summary": 1, "measuring": 1, "failed": 1}
     assert doc["refusals"] == {"team_missing": 1, "tier_forbidden": 1}
     team_t = next(t for t in doc["teams"] if t["team"] == "t")

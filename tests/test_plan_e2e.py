@@ -112,6 +112,8 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
     pinned = clients["u"].chat.completions.create(model="gpt-4o", max_tokens=60,
                                                   messages=[{"role": "user", "content": "Pinned: name three rivers."}])
     assert pinned.choices[0].message.content
+    legacy = clients["u"].completions.create(model="auto", prompt="Say hello.", max_tokens=30)  # never scored
+    assert legacy.choices[0].text
 
     # Wait until t's shadow and judge calls are in the database (the CLI reads it, not the proxy's memory).
     scored_t = sum(1 for i in range(len(PROMPTS)) if i % 2 == 0)
@@ -121,10 +123,10 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
         records, judged = _records(ledger_url, schema, since, until)
         chats = sum(r.purpose == "chat" for r in records)
         if (judged >= scored_t and sum(r.purpose == "judge" for r in records) >= scored_t
-                and chats >= len(PROMPTS) + 1) or time.monotonic() > deadline:
+                and chats >= len(PROMPTS) + 2) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert judged == scored_t and len([r for r in records if r.purpose == "chat"]) == len(PROMPTS) + 1
+    assert judged == scored_t and len([r for r in records if r.purpose == "chat"]) == len(PROMPTS) + 2
 
     # A candidate that places the observed scores differently: thresholds between recorded scores.
     scores = sorted({r.score for r in records if r.purpose == "chat" and r.score is not None})
@@ -145,7 +147,13 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
         if r.purpose in ("shadow", "judge"):
             expected_after += r.cost_nanos  # t keeps its learning block
             continue
-        tier = "mid" if r.requested_model == "gpt-4o" else _tier(r.score, new)  # type: ignore[arg-type]
+        if r.requested_model == "gpt-4o":
+            tier = "mid"  # the pin holds
+        elif r.api == "completions":
+            tier = "small"  # unscored: the floor
+        else:
+            assert r.score is not None
+            tier = _tier(r.score, new)
         moved += tier != r.tier
         expected_after += _cost(tier, r.prompt_tokens, min(r.completion_tokens, CAP))
     assert moved >= 2
@@ -162,9 +170,10 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
     total = from_cli["total"]
     assert total["before_nanos"] == sum(r.cost_nanos for r in records)
     assert total["after_nanos"] == expected_after
-    assert total["moved"] == moved and total["requests"] == len(PROMPTS) + 1
+    assert total["moved"] == moved and total["requests"] == len(PROMPTS) + 2
     assert total["output_capped"] == sum(1 for r in records if r.purpose == "chat" and r.completion_tokens > CAP)
     assert from_cli["treatments"]["measuring"] == 2 * scored_t and from_cli["treatments"]["pinned"] == 1
+    assert from_cli["treatments"]["unscored"] == 1
     assert from_cli["quality"] is not None and from_cli["quality"]["judged"] == scored_t
     assert any("Output length cannot be known" in a for a in from_cli["assumptions"])
     text = _cli("plan", "--config", str(candidate), *window, "--team", "t")
