@@ -19,9 +19,11 @@ from router.policy import EMBEDDING_TIER, EMBEDDING_TIER_INDEX, DeploymentSpec, 
 
 
 def requested_name(team: TeamPolicy, model: str) -> str | None:
-    """The embedding name ``model`` means for ``team``: ``auto`` means the team's default embedding model.
-    (The team's ``model_aliases`` apply here once they land.)"""
-    return team.embeddings.default if model == "auto" else model
+    """The embedding name ``model`` means for ``team``: through the team's ``model_aliases`` (``router.aliases``;
+    a name the team may send always means itself), and ``auto`` (sent, or an alias's target) means the team's
+    default embedding model."""
+    target = team.aliases.resolve(model)
+    return team.embeddings.default if target == "auto" else target
 
 
 def not_found_message(policy: Policy, team: TeamPolicy, model: str) -> str:

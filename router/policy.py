@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -260,9 +260,10 @@ def _pin_names(dep: DeploymentSpec, alias: str | None) -> tuple[str, ...]:
 
 
 def _team_policy(name: str, team: Team, tiers: tuple[TierSpec, ...], order: dict[str, int],
-                 pins: dict[str, tuple[DeploymentSpec, ...]]) -> TeamPolicy:
-    """A team's bounds and the names it may route by, compiled once so ``decide()`` and ``/v1/models`` read the
-    same table: pins only if pinning is allowed (and the name is pinnable), narrowed to the team's tiers."""
+                 pins: dict[str, tuple[DeploymentSpec, ...]], embeddings: EmbeddingTable) -> TeamPolicy:
+    """A team's bounds and the names it may route by, compiled once so ``decide()``, ``router.embeddings`` and
+    ``/v1/models`` read the same table: pins only if pinning is allowed (and the name is pinnable), narrowed to the
+    team's tiers; its embedding models (``_team_embeddings``)."""
     floor = order[team.tiers.floor] if team.tiers.floor else 0
     ceiling = order[team.tiers.ceiling] if team.tiers.ceiling else len(tiers) - 1
     routing = team.routing
@@ -275,12 +276,13 @@ def _team_policy(name: str, team: Team, tiers: tuple[TierSpec, ...], order: dict
             if within:
                 allowed[pin] = within
     tier_names = tuple(t.name for t in tiers[floor:ceiling + 1])
-    models = ("auto", *tier_names, *allowed)
+    models = ("auto", *tier_names, *allowed, *embeddings.pins)
     for pattern, target in team.model_aliases.items():
         if target not in models:
             raise PolicyError(("teams", name, "model_aliases", pattern),
                               f"alias target {target!r} is not a model team {name!r} may use: 'auto', its tiers "
-                              f"{list(tier_names)} or a pin it is allowed ({sorted(allowed)})")
+                              f"{list(tier_names)}, a pin it is allowed ({sorted(allowed)}) or an embedding model "
+                              f"({sorted(embeddings.pins)})")
     return TeamPolicy(
         name=name,
         settings=team,
@@ -290,6 +292,7 @@ def _team_policy(name: str, team: Team, tiers: tuple[TierSpec, ...], order: dict
         tier_names=tier_names,
         pins=allowed,
         models=models,
+        embeddings=embeddings,
         aliases=compile_aliases(team.model_aliases, models),
     )
 
@@ -438,9 +441,8 @@ def compile_policy(config: Config) -> Policy:
         if entry:
             keys[entry[0]] = entry[1]
     for name, team in config.teams.items():
-        teams[name] = _team_policy(name, team, tuple(tiers), order, pins)
         table = _team_embeddings(name, team, embeddings, embedding_names)
-        teams[name] = replace(teams[name], embeddings=table, models=(*teams[name].models, *table.pins))
+        teams[name] = _team_policy(name, team, tuple(tiers), order, pins, table)
         for k_index, key in enumerate(team.keys):
             entry = _principal(key, name, warnings)
             if entry is None:

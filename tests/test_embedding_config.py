@@ -235,3 +235,19 @@ def test_an_input_longer_than_every_window_is_refused() -> None:
         _route(policy, "text-embedding-3-small", inputs=[list(range(9000))])
     assert exc.value.kind == "no_capable_tier" and "8191" in exc.value.message
 
+
+def test_model_aliases_reach_embedding_models() -> None:
+    policy = parse_policy(_team('    model_aliases: {"text-embedding-ada-*": auto, "*-large*": te3-large, '
+                                '"text-*": auto}\n'))
+    decision = _route(policy, "text-embedding-ada-002")
+    assert decision.plan[0].upstream_model == "text-embedding-3-small"  # auto: the team's default
+    assert "model_aliases" in decision.reasons[0]
+    assert [d.id for d in _route(policy, "my-large-embedder").plan] == ["te3-large"]
+    # a name the team may send always means itself, however broad a pattern
+    assert [d.id for d in _route(policy, "text-embedding-3-large").plan] == ["te3-large"]
+    assert [d.id for d in _route(policy, "te3-small-b").plan][0] == "te3-small-b"
+
+
+def test_an_alias_target_must_be_a_model_the_team_may_use() -> None:
+    message = _issue(_team("    embeddings: {models: [te3-large]}\n    model_aliases: {\"ada-*\": te3-small-a}\n"))
+    assert "teams.a.model_aliases.ada-*:" in message and "'te3-large'" in message

@@ -70,6 +70,8 @@ def test_anthropic_sdk_retrieves_a_model_and_gets_anthropic_errors(demo_proxy: P
     claude = _anthropic(demo_proxy, "support")
     info = claude.models.retrieve("text-embedding-3-small")
     assert (info.type, info.id) == ("model", "text-embedding-3-small")
+    by_api_key = anthropic.Anthropic(base_url=demo_proxy.url, api_key=DEMO_KEYS["support"], max_retries=0)  # x-api-key
+    assert by_api_key.models.retrieve("mid").id == "mid"
     with pytest.raises(anthropic.NotFoundError) as missing:
         claude.models.retrieve("frontier")
     assert missing.value.body["type"] == "error" and missing.value.body["error"]["type"] == "not_found_error"
