@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -272,20 +273,23 @@ def test_langchain_chat_openai_use_responses_api(demo_proxy: Process) -> None:
 
 # ---- a continued conversation keeps its tier and deployment ----------------------------------------------------
 
-@pytest.fixture(scope="module")
-def sticky_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    """The demo policy with research's stickiness margin at its maximum (a conversation never leaves its tier)."""
-    tmp = tmp_path_factory.mktemp("sticky")
+def _demo_variant(tmp: Path, edits: list[tuple[str, str]]) -> Process:
+    """A proxy on configs/demo.yaml with its ledger in ``tmp`` and each ``(old, new)`` edit applied once."""
     text = (ROOT / "configs" / "demo.yaml").read_text()
-    text = text.replace("sqlite:///var/tiergate-demo.db", f"sqlite:///{tmp}/ledger.db")
-    text = text.replace("      provider_prefix_caching: true\n",
-                        "      provider_prefix_caching: true\n      stickiness_margin: 1.0\n", 1)
-    assert "stickiness_margin: 1.0" in text
+    for old, new in [("sqlite:///var/tiergate-demo.db", f"sqlite:///{tmp}/ledger.db"), *edits]:
+        assert old in text, old
+        text = text.replace(old, new, 1)
     config = tmp / "demo.yaml"
     config.write_text(text)
     port = free_port()
-    process = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log",
-                            "/readyz")
+    return start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
+
+
+@pytest.fixture(scope="module")
+def sticky_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """The demo policy with research's stickiness margin at its maximum (a conversation never leaves its tier)."""
+    process = _demo_variant(tmp_path_factory.mktemp("sticky"), [
+        ("      provider_prefix_caching: true\n", "      provider_prefix_caching: true\n      stickiness_margin: 1.0\n")])
     yield process
     process.stop()
 
@@ -315,18 +319,9 @@ def test_continued_conversation_keeps_its_tier_and_deployment(sticky_proxy: Proc
 @pytest.fixture(scope="module")
 def native_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """The demo policy with every simulated deployment declared Responses-native (``apis: [chat, responses]``)."""
-    tmp = tmp_path_factory.mktemp("native")
-    text = (ROOT / "configs" / "demo.yaml").read_text()
-    text = text.replace("sqlite:///var/tiergate-demo.db", f"sqlite:///{tmp}/ledger.db")
-    for model in ("gpt-4o-mini", "gpt-4o", "o1"):
-        text = text.replace(f"        model: simulated/{model}\n",
-                            f"        model: simulated/{model}\n        apis: [chat, responses]\n", 1)
-    assert text.count("apis: [chat, responses]") == 3
-    config = tmp / "demo.yaml"
-    config.write_text(text)
-    port = free_port()
-    process = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log",
-                            "/readyz")
+    process = _demo_variant(tmp_path_factory.mktemp("native"), [
+        (f"        model: simulated/{model}\n", f"        model: simulated/{model}\n        apis: [chat, responses]\n")
+        for model in ("gpt-4o-mini", "gpt-4o", "o1")])
     yield process
     process.stop()
 
