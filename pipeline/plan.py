@@ -186,10 +186,11 @@ def parse_window(since: str, until: str | None, now: datetime) -> tuple[datetime
     None (``now``). Naive times are UTC. ValueError naming the bad value."""
     end = _instant(until, "until") if until else now.astimezone(timezone.utc)
     match = _DURATION.match(since)
-    if match:
-        start = end - timedelta(**{"hours" if match[2] == "h" else "days": int(match[1])})
-    else:
-        start = _instant(since, "since")
+    try:
+        start = end - timedelta(**{"hours" if match[2] == "h" else "days": int(match[1])}) if match \
+            else _instant(since, "since")
+    except OverflowError:  # a duration reaching before year 1
+        start = datetime.min.replace(tzinfo=timezone.utc)
     if not _FIRST <= start < end <= _LAST:
         raise ValueError(f"the window must run forwards within {_FIRST.date()}..{_LAST.date()}, got since "
                          f"{start.isoformat()} until {end.isoformat()}")
@@ -199,7 +200,7 @@ def parse_window(since: str, until: str | None, now: datetime) -> tuple[datetime
 def _instant(text: str, name: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves year 1 or 9999 out of range
         raise ValueError(f"'{name}' must be a duration like 7d or 36h or an ISO 8601 date/time, got {text[:64]!r}"
                          if name == "since" else f"'{name}' must be an ISO 8601 date/time, got {text[:64]!r}") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

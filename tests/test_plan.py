@@ -191,7 +191,8 @@ def test_window_parsing() -> None:
     assert parse_window("7d", None, T0) == (T0 - timedelta(days=7), T0)
     assert parse_window("36h", "2026-11-20T12:00:00Z", T0) == (T0 - timedelta(hours=36), T0)
     assert parse_window("2026-11-19", "2026-11-20T12:00:00", T0) == (T0 - timedelta(hours=36), T0)
-    for since, until in (("7x", None), ("2026-11-21", "2026-11-20"), ("1d", "noon")):
+    for since, until in (("7x", None), ("2026-11-21", "2026-11-20"), ("1d", "noon"), ("999999d", None),
+                         ("1d", "0001-01-01T00:00:00+01:00"), ("9999-12-31T23:00:00-05:00", None)):
         with pytest.raises(ValueError):
             parse_window(since, until, T0)
 
