@@ -299,6 +299,39 @@ def test_seed_report_and_status_read_the_experiment_tag(ledger_path: str) -> Non
     asyncio.run(go())
 
 
+def test_a_manifest_without_spend_is_projected_from_the_traffic_it_will_attribute(ledger_path: str) -> None:
+    """What a CI gate on a new manifest needs: its keys' and tags' recent spend, over its window."""
+    start = _iso(NOW + timedelta(days=1))
+    policy = _policy(f"""\
+  - {{name: new-key, owner: o, purpose: p, team: lab, starts_at: {start}, ttl: 2d, keys: [lab-a], budget_usd: "0.000001"}}
+  - {{name: new-tags, owner: o, purpose: p, team: lab, starts_at: {start}, ttl: 3d, tags: {{project: churn, env: dev}}}}
+  - {{name: opt-in, owner: o, purpose: p, team: lab, starts_at: {start}}}
+""")
+    day = lambda n: NOW - timedelta(days=n)  # noqa: E731
+    rows = [("lab-a", {}, 14_000, day(2)), ("lab-b", {"project": "churn", "env": "dev"}, 700, day(3)),
+            ("lab-b", {"project": "churn"}, 7_000, day(3)), ("lab-a", {}, 99_999, day(20))]  # too old to count
+
+    async def go() -> None:
+        ledger = open_ledger(ledger_path, spool_dir=None)
+        await ledger.start()
+        try:
+            for i, (key, tags, cost, at) in enumerate(rows):
+                await ledger.write(make_record(i, team="lab", key_id=key, tags=tags, cost_nanos=cost, started_at=at,
+                                               ended_at=at + timedelta(seconds=1)))
+            await ledger.flush()
+            found = {r.manifest.name: r for r in await experiment_rows(ledger, policy.experiments.manifests, NOW)}
+        finally:
+            await ledger.close()
+        # 14 000 over 14 days, for its 2 days; the tag set at most its least spent pair's 700 / 14 a day, for 3 days
+        assert found["new-key"].projection.nanos == pytest.approx(2_000)
+        assert found["new-tags"].projection.nanos == pytest.approx(150)
+        assert found["new-key"].projection.basis == "its keys' and tags' last 14 days"
+        assert found["new-key"].status == "scheduled" and found["new-key"].projected_over_budget
+        assert found["opt-in"].projection.nanos == 0 and found["opt-in"].projection.basis == "no spend yet"
+
+    asyncio.run(go())
+
+
 def test_projection_at_expiry() -> None:
     start = datetime(2026, 11, 2, tzinfo=timezone.utc)  # a Monday
     now = start + timedelta(hours=6)

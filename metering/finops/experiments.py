@@ -13,12 +13,17 @@ The projection at expiry (``projected``): spend so far plus the expected spend o
   ``spent / elapsed * left``, elapsed counted from ``starts_at`` (or its first day of spend) and at least an hour,
   so one request in its first second does not project a fortune.
 
+- With no spend of its own yet (a manifest in review, or an experiment nobody has called), the traffic it is going
+  to attribute: its keys' spend and its tags' (an upper bound: the least spent of its tag pairs) per day over the
+  last ``PRIOR_DAYS`` days, times its days left. A manifest attributed only by the ``experiment`` tag has no such
+  history and projects $0.
+
 A production experiment without an expiry is projected to the end of the current month (``forecast_until``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +36,8 @@ from metering.money import format_usd
 TAG = "experiment"
 FIT_MIN_DAYS = 7  # whole days of history before the weekday-aware model is trusted over the run rate
 MIN_ELAPSED = timedelta(hours=1)
+PRIOR_DAYS = 14  # an experiment with no spend of its own is projected from its keys' and tags' last two weeks
+PRIOR_BASIS = f"its keys' and tags' last {PRIOR_DAYS} days"
 _DAY = timedelta(days=1)
 STATUSES = ("active", "scheduled", "expired", "over_budget")
 
@@ -121,7 +128,7 @@ async def experiment_rows(ledger: Ledger, manifests: Sequence[Manifest], now: da
     if not manifests:
         return []
     teams = {m.team for m in manifests}
-    first = min(m.budget.cap.start for m in manifests)
+    first = min(min(m.budget.cap.start for m in manifests), now.date() - timedelta(days=PRIOR_DAYS))
     report = await ledger.report(first, now.date() + _DAY, team=next(iter(teams)) if len(teams) == 1 else None,
                                  group_by=("team", "tag", "day"))
     series: dict[tuple[str, str], dict[date, tuple[int, int]]] = {}
@@ -139,7 +146,42 @@ async def experiment_rows(ledger: Ledger, manifests: Sequence[Manifest], now: da
         until = m.expires_at if m.expires_at is not None else _midnight(month_bounds(now.date())[1])
         projection = project({d: v[0] for d, v in days.items()}, spent, m.starts_at, until, now)
         out.append(ExperimentRow(m, spent, sum(v[1] for v in days.values()), status_of(m, spent, now), projection))
+    fresh = [i for i, r in enumerate(out) if r.projection.basis == "no spend yet" and (r.manifest.keys or
+                                                                                        r.manifest.tags)]
+    if fresh:
+        rates = await _prior_rates(ledger, [out[i].manifest for i in fresh], report.rows, now.date())
+        for i in fresh:
+            r = out[i]
+            begin = max(now, r.manifest.starts_at or now)
+            left = max(0.0, (r.projection.until - begin) / _DAY)
+            out[i] = replace(r, projection=Projection(r.projection.until, rates[r.manifest.name] * left, PRIOR_BASIS))
     return out
+
+
+async def _prior_rates(ledger: Ledger, manifests: Sequence[Manifest], tag_rows: Sequence[ReportRow],
+                       today: date) -> dict[str, float]:
+    """Spend per day, over the ``PRIOR_DAYS`` before ``today``, of the traffic each manifest will attribute: its
+    keys' spend, plus for its tags the least spent of its tag pairs (every request matching all of them matches
+    each one, so the least is an upper bound on the set; the rollups hold tags one by one)."""
+    since = today - timedelta(days=PRIOR_DAYS)
+    teams = {m.team for m in manifests}
+    by_key: dict[tuple[str, str], int] = {}
+    if any(m.keys for m in manifests):
+        report = await ledger.report(since, today, team=next(iter(teams)) if len(teams) == 1 else None,
+                                     group_by=("team", "key"))
+        by_key = {(str(r.keys["team"]), str(r.keys["key_id"])): r.totals.cost_nanos for r in report.rows}
+    by_tag: dict[tuple[str, str, str], int] = {}
+    for row in tag_rows:
+        day = date.fromisoformat(str(row.keys["day"])[:10])
+        if since <= day < today and row.keys["tag_value"] is not None:
+            at = (str(row.keys["team"]), str(row.keys["tag_key"]), str(row.keys["tag_value"]))
+            by_tag[at] = by_tag.get(at, 0) + row.totals.cost_nanos
+    rates = {}
+    for m in manifests:
+        keys = sum(by_key.get((m.team, k), 0) for k in m.keys)
+        tags = min((by_tag.get((m.team, k, v), 0) for k, v in m.tags.items()), default=0)
+        rates[m.name] = (keys + tags) / PRIOR_DAYS
+    return rates
 
 
 def render_text(rows: Sequence[ExperimentRow], now: datetime) -> str:
