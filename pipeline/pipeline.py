@@ -26,6 +26,7 @@ from pipeline import records
 from pipeline.budget import BudgetPolicies, hold
 from pipeline.errors import Ending, TiergateError
 from pipeline.judge import answer_text
+from pipeline.native import answered_natively, native_answer_usage, native_call, native_text, native_usage
 from pipeline.relay import StreamRelay, StreamState
 from pipeline.request import Request, RequestState, admitted_tags, admitted_team
 from pipeline.response_cache import cache_key, cacheable
@@ -186,14 +187,16 @@ class Pipeline:
                 return await self._from_cache(state, orjson.loads(hit))
         reservation = await self._reserve(state)
         stream = bool(state.body.get("stream")) and kind != "embeddings"
-        send_as = body_for(upstream_body(state.body, state.decision, stream), team.name, prefix,
-                           hint_provider and prefix is not None)
+        send_as = body_for(upstream_body(state.body, state.decision, stream), kind, team.name, prefix,
+                           hint_provider and prefix is not None, native_call(state.request, state.decision))
         try:
             if stream:
                 return await self._stream(state, reservation, send_as)
-            dep, reply, attempts = await self._dispatcher.send(state.decision.plan, kind, send_as)
+            dep, reply, attempts = await self._dispatcher.send(state.decision.plan, send_as)
+            api = state.request.api if answered_natively(state.request, dep) else "chat"
             try:
-                usage = records.usage_of(reply.body, dep, state.features.prompt_tokens)
+                usage = (records.usage_of(reply.body, dep, state.features.prompt_tokens) if api == "chat"
+                         else native_answer_usage(reply.body, api, dep, state.features.prompt_tokens))
             except Exception as exc:  # a 200 whose body is not a completion (a JSON array, say): unusable
                 log.warning("upstream answer unusable deployment=%s: %s", dep.id, type(exc).__name__)
                 raise unusable_answer(dep, attempts, type(exc).__name__) from None
@@ -212,10 +215,11 @@ class Pipeline:
                                                              response_id=records.response_id_of(reply.body)))
         cost = await self._settle(state, reservation, record, dep.provider)
         if record.status == self._ok and state.team.settings.learning is not None:  # text only when it may be shadowed
-            self._shadowing.observe(state, record, answer_text(reply.body), self._spawn)  # background, per policy
-        if response_key is not None:
+            text = answer_text(reply.body) if api == "chat" else native_text(reply.body, api) or None
+            self._shadowing.observe(state, record, text, self._spawn)  # background, per policy
+        if response_key is not None and api == "chat":  # the cache holds chat answers, which every format renders
             await self._cache.set(response_key, orjson.dumps(reply.body), team.settings.context.response_cache_ttl_s)
-        return Served(self._notes(state, dep, len(attempts), cost), reply.body)
+        return Served(self._notes(state, dep, len(attempts), cost), reply.body, api)
 
     async def _reserve(self, state: RequestState) -> Reservation:
         """Reserve the worst case. A refusal (over a cap, or a fail-closed team's budget store down) is recorded
@@ -249,15 +253,17 @@ class Pipeline:
 
     async def _stream(self, state: RequestState, reservation: Reservation, send_as: BodyFor) -> Streaming:
         client_wants_usage = bool((state.body.get("stream_options") or {}).get("include_usage"))
-        dep, first, rest, attempts = await self._dispatcher.open_stream(state.decision.plan, state.request.kind,
-                                                                        send_as)
+        dep, first, rest, attempts = await self._dispatcher.open_stream(state.decision.plan, send_as)
         ttft_ms = (time.perf_counter() - state.request.t0) * 1000
+        api = state.request.api if answered_natively(state.request, dep) else "chat"
 
         answer: list[str] = []  # the relayed text, for shadow sampling once the stream is settled
 
         def record_for(stream: StreamState, ending: Ending, error: str | None) -> UsageRecord:
-            usage = (records.normalize(stream.usage, dep) if stream.usage is not None
-                     else stream.estimated_usage(state.features.prompt_tokens, dep))
+            if stream.usage is None:
+                usage = stream.estimated_usage(state.features.prompt_tokens, dep)
+            else:
+                usage = records.normalize(stream.usage, dep) if api == "chat" else native_usage(stream.usage, api)
             answer.extend(stream.text)
             return records.served(state, dep, usage, ttft_ms=ttft_ms, status=self._status_of(ending), error=error,
                                   response_id=stream.response_id)
@@ -268,8 +274,9 @@ class Pipeline:
                 self._shadowing.observe(state, record, "".join(answer) or None, self._spawn)
             return cost
 
-        relay = StreamRelay(first, rest, dep, client_wants_usage, record_for, settle, self._spawn)
-        return Streaming(self._notes(state, dep, len(attempts), None), relay)
+        relay = StreamRelay(first, rest, dep, client_wants_usage, record_for, settle, self._spawn, api,
+                            x_tiergate_of(state, dep) if api == "chat" and client_wants_usage else None)
+        return Streaming(self._notes(state, dep, len(attempts), None), relay, api)
 
     # ---- settle -------------------------------------------------------------------------------------------------
 
@@ -316,3 +323,8 @@ class Pipeline:
             cost_nanos=cost_nanos,
         )
 
+
+def x_tiergate_of(state: RequestState, dep: DeploymentSpec) -> dict[str, Any]:
+    """What a chat stream's usage chunk tells SDK users besides the cost (``x_tiergate``; the relay adds
+    ``cost_usd`` once the stream is settled)."""
+    return {"tier": dep.tier, "score": state.decision.score, "model": dep.upstream_model}

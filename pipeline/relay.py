@@ -3,6 +3,11 @@
 Forwards each payload, keeps the usage chunk for metering (hidden unless the client asked for it, so the proxy
 stays transparent), counts the generated text in case the provider never sends usage, and settles exactly once
 however the stream ends: completed, cut by the upstream, or abandoned by the client.
+
+Chat streams whose client asked for usage get the request's cost on the usage chunk (``x_tiergate``: SDKs expose
+unknown fields, e.g. openai's ``chunk.model_extra``), so that chunk is held until the stream is settled. Streams in
+a native format (Responses, Messages events) pass through untouched; their usage is read from the events that carry
+it (``response.completed``; ``message_start`` then ``message_delta``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
 
 import orjson
 
+from metering.money import format_usd
 from metering.record import UsageRecord
 from metering.usage import Usage, estimate_usage
 from pipeline.errors import Ending
@@ -36,6 +42,10 @@ class StreamState:
     def observe(self, chunk: dict[str, Any]) -> None:
         if self.response_id is None:
             self.response_id = response_id_of(chunk)
+        kind = chunk.get("type")  # only the native formats' events name themselves
+        if kind is not None:
+            self._observe_event(kind, chunk)
+            return
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
@@ -47,6 +57,29 @@ class StreamState:
                 fn = call.get("function") or {}
                 self.text.append(fn.get("name") or "")
                 self.text.append(fn.get("arguments") or "")
+
+    def _observe_event(self, kind: str, event: dict[str, Any]) -> None:
+        """A Responses or Messages event: generated text from the deltas, usage from the events that carry it."""
+        if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+            if isinstance(event.get("delta"), str):
+                self.text.append(event["delta"])
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            piece = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
+            if isinstance(piece, str):
+                self.text.append(piece)
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            usage = (event.get("response") or {}).get("usage")
+            if isinstance(usage, dict) and usage:
+                self.usage = usage
+        elif kind == "message_start":
+            usage = (event.get("message") or {}).get("usage")
+            if isinstance(usage, dict):
+                self.usage = dict(usage)
+        elif kind == "message_delta":
+            # Output counts are cumulative and newer API versions repeat the input counts here: the latest wins.
+            later = {k: v for k, v in (event.get("usage") or {}).items() if v is not None}
+            self.usage = {**(self.usage or {}), **later}
 
     def estimated_usage(self, prompt_tokens: int, dep: DeploymentSpec) -> Usage:
         """What the provider will bill when it sent no usage: tiktoken over what we relayed, flagged."""
@@ -61,8 +94,13 @@ class StreamRelay:
 
     def __init__(self, first: bytes, rest: AsyncIterator[bytes], dep: DeploymentSpec, client_wants_usage: bool,
                  record_for: Callable[[StreamState, Ending, str | None], UsageRecord],
-                 settle: Callable[[UsageRecord], Awaitable[int]], spawn: Spawn) -> None:
+                 settle: Callable[[UsageRecord], Awaitable[int]], spawn: Spawn, api: str = "chat",
+                 x_tiergate: dict[str, Any] | None = None) -> None:
+        """``api``: the payloads' format ("chat": OpenAI chunks; else native events, relayed as they come).
+        ``x_tiergate``: what the usage chunk is to carry besides the cost (tier, score, model), or None."""
         self._first = first
+        self._native = api != "chat"
+        self._x_tiergate = x_tiergate
         self._rest = rest
         self._dep = dep
         self._client_wants_usage = client_wants_usage
@@ -96,12 +134,19 @@ class StreamRelay:
     async def payloads(self) -> AsyncIterator[bytes]:
         completed = False
         error: str | None = None
+        held: dict[str, Any] | None = None  # the latest chunk with usage, sent with the cost once settled
         try:
             payload: bytes | None = self._first
             while payload is not None:
                 chunk = orjson.loads(payload)
                 self._state.observe(chunk)
-                if self._client_wants_usage or "usage" not in chunk:
+                if self._native:
+                    yield payload
+                elif self._x_tiergate is not None and chunk.get("usage"):
+                    if held is not None:  # a provider that repeats usage on several chunks: all but the last pass
+                        yield orjson.dumps(held)
+                    held = chunk
+                elif self._client_wants_usage or "usage" not in chunk:
                     yield payload
                 elif chunk.get("choices"):
                     # We asked upstream for usage, which adds "usage": null to every chunk; the client did not.
@@ -115,10 +160,11 @@ class StreamRelay:
             error = f"upstream stream from deployment {self._dep.id} ended early: {reason}"
             log.warning("stream from %s ended early: %s", self._dep.id, str(exc) or type(exc).__name__)
         finally:
-            ending: Ending = ("ok" if completed else "upstream_failed.stream_cut" if error is not None
-                              else "client_disconnected")
-            task = self._finish(ending, error)
-            if completed:
-                self.cost_nanos = await asyncio.shield(task)
-            else:
+            if not completed:
+                self._finish("upstream_failed.stream_cut" if error is not None else "client_disconnected", error)
                 self.error = error
+        if completed:
+            self.cost_nanos = await asyncio.shield(self._finish("ok", None))
+            if held is not None:
+                held["x_tiergate"] = {"cost_usd": format_usd(self.cost_nanos), **(self._x_tiergate or {})}
+                yield orjson.dumps(held)

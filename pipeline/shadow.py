@@ -167,9 +167,10 @@ class Shadowing:
         except (BudgetExceeded, TiergateError) as exc:
             log.info("%s call for %s skipped: %s", state.purpose, state.request.request_id, type(exc).__name__)
             return None
-        send_as = body_for(upstream_body(state.body, state.decision, False), state.team.name, None, False)
+        send_as = body_for(upstream_body(state.body, state.decision, False), "chat/completions", state.team.name,
+                           None, False)
         try:
-            dep, reply, attempts = await self._dispatcher.send(state.decision.plan, "chat/completions", send_as)
+            dep, reply, attempts = await self._dispatcher.send(state.decision.plan, send_as)
             usage = records.usage_of(reply.body, dep, state.features.prompt_tokens)
         except AllAttemptsFailed as exc:
             error = upstream_failure(exc)

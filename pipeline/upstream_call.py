@@ -1,16 +1,18 @@
 """What the dispatch step sends and what its failures mean: the upstream body (output limit, usage for streams,
-provider caching hints) and an exhausted plan as the taxonomy's ``upstream_failed.*`` error."""
+provider caching hints, or the client's own body for a deployment that speaks its format: ``pipeline.native``) and
+an exhausted plan as the taxonomy's ``upstream_failed.*`` error."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pipeline.errors import Rejection, TiergateError
+from pipeline.native import Native
 from router.decide import Decision
 from router.policy import DeploymentSpec
 from router.prefix import provider_caching
-from upstream.base import UpstreamError
-from upstream.dispatch import AllAttemptsFailed, Attempt, BodyFor, public_reason
+from upstream.base import Endpoint, UpstreamError
+from upstream.dispatch import AllAttemptsFailed, Attempt, BodyFor, Outgoing, public_reason
 
 
 def apply_max_tokens(body: dict[str, Any], decision: Decision) -> dict[str, Any]:
@@ -33,12 +35,19 @@ def upstream_body(body: dict[str, Any], decision: Decision, stream: bool) -> dic
     return upstream
 
 
-def body_for(upstream: dict[str, Any], team: str, prefix: str | None, hint_provider: bool) -> BodyFor:
-    """The body as each deployment of the plan receives it: its model name, and provider caching hints when the
-    team wants them."""
+def body_for(upstream: dict[str, Any], kind: Endpoint, team: str, prefix: str | None, hint_provider: bool,
+             native: Native | None = None) -> BodyFor:
+    """The call as each deployment of the plan receives it: its model name, and provider caching hints when the
+    team wants them; with ``native``, a deployment that speaks the client's format gets the client's own body."""
     if hint_provider:
-        return lambda dep: provider_caching({**upstream, "model": dep.upstream_model}, dep, team, prefix)
-    return lambda dep: {**upstream, "model": dep.upstream_model}
+        def chat(dep: DeploymentSpec) -> Outgoing:
+            return Outgoing(kind, provider_caching({**upstream, "model": dep.upstream_model}, dep, team, prefix))
+    else:
+        def chat(dep: DeploymentSpec) -> Outgoing:
+            return Outgoing(kind, {**upstream, "model": dep.upstream_model})
+    if native is None:
+        return chat
+    return lambda dep: native.outgoing(dep) if native.api in dep.native_apis else chat(dep)
 
 
 def unusable_answer(dep: DeploymentSpec, attempts: list[Attempt], why: str) -> AllAttemptsFailed:

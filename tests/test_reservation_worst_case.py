@@ -26,7 +26,7 @@ from router.decide import Decision, RouteRequest, RoutingRefused, decide
 from router.features import RequestFeatures, chat_features, completion_features, embedding_features
 from router.health_snapshot import HealthSnapshot
 from router.policy import Policy
-from upstream.dispatch import AllAttemptsFailed, Dispatcher
+from upstream.dispatch import AllAttemptsFailed, Dispatcher, Outgoing
 from upstream.health import HealthBook
 from upstream.pool import UpstreamPool
 
@@ -66,7 +66,8 @@ async def serve(policy: Policy, endpoint: str, body: dict[str, Any], decision: D
     dispatcher = Dispatcher(pool, HealthBook(), server.max_attempts, server.retry_budget_s, server.upstream_timeout_s)
     upstream = apply_max_tokens(body, decision)
     try:
-        dep, reply, _ = await dispatcher.send(decision.plan, endpoint, lambda d: {**upstream, "model": d.upstream_model})
+        dep, reply, _ = await dispatcher.send(decision.plan,
+                                              lambda d: Outgoing(endpoint, {**upstream, "model": d.upstream_model}))
     except AllAttemptsFailed:
         return None
     finally:

@@ -8,7 +8,7 @@ OpenAI-shaped response (or the stream of chunk payloads). Failures are raised as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal, Protocol
+from typing import Any, AsyncIterator, Literal, Mapping, Protocol
 
 # The upstream path a call goes to. "responses" and "messages" carry OpenAI Responses and Anthropic Messages bodies
 # to deployments that speak those formats natively (``DeploymentSpec.native_apis``); every other call is OpenAI-shaped.
@@ -54,11 +54,14 @@ class UpstreamReply:
 class Upstream(Protocol):
     """One deployment's client. Instances are long-lived and pooled; ``close`` releases connections."""
 
-    async def send(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamReply:
-        """Send a non-streamed request. Raises ``UpstreamError``."""
+    async def send(self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str] | None = None
+                   ) -> UpstreamReply:
+        """Send a non-streamed request. Raises ``UpstreamError``. ``headers``: the client's own, passed on with a
+        native call (anthropic-version, anthropic-beta); they win over the client's defaults."""
         ...
 
-    def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    def stream(self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str] | None = None
+               ) -> AsyncIterator[bytes]:
         """Stream a request (``body["stream"]`` is true): yields each SSE event's JSON payload as bytes, in order,
         without the ``data: `` prefix and without the final ``[DONE]``. Raises ``UpstreamError`` before the first
         payload if the call fails; a failure mid-stream also raises ``UpstreamError``. Closing the iterator

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
@@ -56,8 +56,17 @@ class AllAttemptsFailed(Exception):
         self.attempts = attempts
 
 
-# The request body as one deployment should receive it (model name, provider caching hints).
-BodyFor = Callable[[DeploymentSpec], dict[str, Any]]
+class Outgoing(NamedTuple):
+    """One deployment's call: where it goes and what it carries. A plan can mix formats: a deployment that speaks
+    the client's format natively is sent the client's own body, the others the canonical chat body."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    headers: Mapping[str, str] | None = None  # the client's, passed on with a native call only
+
+
+# The call as one deployment should receive it (endpoint, model name, provider caching hints).
+BodyFor = Callable[[DeploymentSpec], Outgoing]
 
 
 class Dispatcher:
@@ -151,24 +160,29 @@ class Dispatcher:
         raise AllAttemptsFailed(last, attempts)
 
     async def send(
-        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body_for: BodyFor
+        self, plan: tuple[DeploymentSpec, ...], body_for: BodyFor
     ) -> tuple[DeploymentSpec, UpstreamReply, list[Attempt]]:
         async def call(dep: DeploymentSpec) -> UpstreamReply:
             self._health.started(dep.id)
             try:
-                return await self._bounded(dep, self._pool.get(dep).send(endpoint, body_for(dep)))
+                out = body_for(dep)
+                client = self._pool.get(dep)
+                # headers only when there are some: a plugin's client written before them takes two arguments
+                sent = client.send(*out) if out.headers else client.send(out.endpoint, out.body)
+                return await self._bounded(dep, sent)
             finally:
                 self._health.finished(dep.id)
 
         return await self._first_success(plan, call)
 
     async def open_stream(
-        self, plan: tuple[DeploymentSpec, ...], endpoint: Endpoint, body_for: BodyFor
+        self, plan: tuple[DeploymentSpec, ...], body_for: BodyFor
     ) -> tuple[DeploymentSpec, bytes, AsyncIterator[bytes], list[Attempt]]:
         """Returns the serving deployment, the first payload, the rest of the stream and the attempts."""
 
         async def call(dep: DeploymentSpec) -> tuple[bytes, AsyncGenerator[bytes, None]]:
-            stream = self._tracked(dep, self._pool.get(dep).stream(endpoint, body_for(dep)))
+            out, client = body_for(dep), self._pool.get(dep)
+            stream = self._tracked(dep, client.stream(*out) if out.headers else client.stream(out.endpoint, out.body))
             try:
                 return await self._bounded(dep, anext(stream)), stream
             except StopAsyncIteration:

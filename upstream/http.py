@@ -1,12 +1,16 @@
-"""Pooled direct HTTP client for OpenAI-wire upstreams (OpenAI, vLLM, any OpenAI-compatible server).
+"""Pooled direct HTTP client for OpenAI-wire upstreams (OpenAI, vLLM, any OpenAI-compatible server), and for the
+native passthrough of Responses (``{api_base}/responses``) and Anthropic Messages (``{api_base}/v1/messages``).
 
 aiohttp with keep-alive beats litellm's generic path by milliseconds per call (see benchmarks/upstream/), and
-the proxy already speaks OpenAI's format, so no translation is needed on this path.
+the proxy already speaks OpenAI's format, so no translation is needed on this path. A Messages call authenticates
+Anthropic's way (``x-api-key``, ``anthropic-version``); the client's own anthropic-version / anthropic-beta headers
+win. Native streams name their events (``event:`` lines), and their payloads carry the name too, so only ``data:``
+lines are read, as for chat.
 """
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import aiohttp
 import orjson
@@ -14,6 +18,7 @@ import orjson
 from upstream.base import Endpoint, UpstreamError, UpstreamReply
 
 _DONE = b"[DONE]"
+ANTHROPIC_VERSION = "2023-06-01"  # sent when the client named none: the version every current model accepts
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -55,15 +60,26 @@ class HttpUpstream:
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
+        self._anthropic = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        if api_key:
+            self._anthropic["x-api-key"] = api_key
+        # Anthropic's path carries the version: a base URL given with it (OpenAI's habit) is not doubled.
+        self._messages_url = self._base + ("/messages" if self._base.endswith("/v1") else "/v1/messages")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=timeout_s)
         self._where = f"upstream {self._base}"
 
-    async def send(self, endpoint: Endpoint, body: dict[str, Any]) -> UpstreamReply:
+    def _target(self, endpoint: Endpoint, extra: Mapping[str, str] | None) -> tuple[str, Mapping[str, str]]:
+        """URL and headers of a call; ``extra`` (the client's forwarded headers) win over the defaults."""
+        if endpoint == "messages":
+            return self._messages_url, {**self._anthropic, **extra} if extra else self._anthropic
+        return f"{self._base}/{endpoint}", {**self._headers, **extra} if extra else self._headers
+
+    async def send(self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str] | None = None
+                   ) -> UpstreamReply:
+        url, sent = self._target(endpoint, headers)
         try:
-            async with self._session.post(
-                f"{self._base}/{endpoint}", data=orjson.dumps(body), headers=self._headers, timeout=self._timeout
-            ) as resp:
+            async with self._session.post(url, data=orjson.dumps(body), headers=sent, timeout=self._timeout) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise _status_error(resp.status, raw, resp.headers, self._where)
@@ -79,11 +95,12 @@ class HttpUpstream:
             raise UpstreamError("server", f"{self._where} sent a JSON {type(answer).__name__}, not an object")
         return UpstreamReply(body=answer)
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any], headers: Mapping[str, str] | None = None
+                     ) -> AsyncIterator[bytes]:
+        url, sent = self._target(endpoint, headers)
         try:
-            async with self._session.post(
-                f"{self._base}/{endpoint}", data=orjson.dumps(body), headers=self._headers, timeout=self._stream_timeout
-            ) as resp:
+            async with self._session.post(url, data=orjson.dumps(body), headers=sent,
+                                          timeout=self._stream_timeout) as resp:
                 if resp.status != 200:
                     raise _status_error(resp.status, await resp.read(), resp.headers, self._where)
                 async for line in resp.content:

@@ -47,10 +47,20 @@ def _openai_wire(dep: DeploymentSpec, settings: ClientSettings) -> Upstream:
                         settings.connect_timeout_s)
 
 
+# Where a provider reached through litellm takes calls in its own format (``upstream.litellm_client``).
+_NATIVE_BASES = {"anthropic/": "https://api.anthropic.com"}
+
+
 def _litellm(dep: DeploymentSpec, settings: ClientSettings) -> Upstream:
+    from upstream.http import HttpUpstream
     from upstream.litellm_client import LiteLLMUpstream
 
-    return LiteLLMUpstream(dep.model, dep.api_base, dep.api_key, settings.timeout_s)
+    native = None
+    base = next((url for prefix, url in _NATIVE_BASES.items() if dep.model.startswith(prefix)), None)
+    if base is not None and len(dep.native_apis) > 1:  # it speaks more than chat
+        native = HttpUpstream(settings.http_session(), dep.api_base or base, dep.api_key, settings.timeout_s,
+                              settings.connect_timeout_s)
+    return LiteLLMUpstream(dep.model, dep.api_base, dep.api_key, settings.timeout_s, native)
 
 
 _factories: dict[str, Factory] = {"openai": _openai_wire, "litellm": _litellm}
