@@ -19,9 +19,11 @@ from starlette.responses import Response
 from pipeline.errors import TiergateError
 from pipeline.request import Request as PipelineRequest
 from pipeline.result import Served
+from proxy import (
+    endpoints,  # a module, not its names: proxy.endpoints imports this module for error_response
+)
 from proxy.auth import authenticate
 from proxy.body import check_chat, header_tags, parse_json
-from proxy import endpoints  # a module, not its names: proxy.endpoints imports this module for error_response
 from proxy.errors import headers_of, wire
 from proxy.render import json_response, respond_as
 from router.policy import Policy, Principal

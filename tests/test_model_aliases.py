@@ -38,7 +38,7 @@ def policy_text(aliases: str, team_extra: str = "") -> str:
     ]) + "\n"
 
 
-def route(policy_text_: str, model: str, score: float | None = None):  # noqa: ANN201 - a Decision
+def route(policy_text_: str, model: str, score: float | None = None):
     policy = parse_policy(policy_text_)
     request = RouteRequest(FEATURES, model, score)
     return decide(policy, policy.teams["a"], request, HealthBook().snapshot(), random.Random(1))
@@ -55,12 +55,13 @@ def test_first_matching_pattern_in_file_order_wins() -> None:
 
 def test_exact_names_are_never_rewritten() -> None:
     aliases = compile_aliases({"*": "small"}, ("auto", "small", "mid", "mid-sim"))
-    assert aliases.resolve("mid") == "mid" and aliases.resolve("auto") == "auto" and aliases.resolve("mid-sim") == "mid-sim"
+    assert [aliases.resolve(name) for name in ("mid", "auto", "mid-sim")] == ["mid", "auto", "mid-sim"]
     assert aliases.resolve("anything-else") == "small"
 
 
 def test_decide_routes_aliases_to_tier_auto_and_pin() -> None:
-    text = policy_text('      "claude-haiku-*": small\n      "claude-sonnet-*": auto\n      "claude-opus-*": frontier-sim')
+    text = policy_text('      "claude-haiku-*": small\n      "claude-sonnet-*": auto\n'
+                       '      "claude-opus-*": frontier-sim')
     haiku = route(text, "claude-haiku-4-5")
     assert haiku.tier.name == "small" and "model 'claude-haiku-4-5' -> 'small' (model_aliases)" in haiku.reasons
     # auto: the score decides, as for model "auto"
@@ -99,3 +100,29 @@ def test_aliases_cost_nothing_without_rules() -> None:
     policy = parse_policy(policy_text("").replace("    model_aliases:\n", ""))
     assert policy.teams["a"].aliases.rules == ()
     assert policy.teams["a"].aliases.resolve("claude-x") == "claude-x"
+
+
+def test_sticky_key_holds_aliased_auto_requests_by_session() -> None:
+    """A Claude Code conversation (sonnet aliased to auto) sticks by its session id, whatever its first user
+    message says; a name aliased to a fixed tier has no tier to hold."""
+    from pipeline.request import Request, RequestState
+    from pipeline.sticky import STICKY_MIN_TOKENS, sticky_key
+    from router.policy import Principal
+
+    policy = parse_policy(policy_text('      "claude-sonnet-*": auto\n      "claude-haiku-*": small'))
+    team = policy.teams["a"]
+
+    def key(model: str, first_user: str, session: str | None) -> str | None:
+        body = {"model": model,
+                "messages": [{"role": "system", "content": "p"}, {"role": "user", "content": first_user}]}
+        request = Request(kind="chat/completions", body=body, principal=Principal("k", "a", False, {}, None),
+                          policy=policy, request_id="r", tags={}, session=session)
+        state = RequestState(request, team, {}, "chat", body)
+        state.features = RequestFeatures(needs=frozenset(), prompt_tokens=STICKY_MIN_TOKENS, max_output_tokens=None)
+        return sticky_key(state, body)
+
+    sonnet = "claude-sonnet-4-6"
+    assert key(sonnet, "turn 1 <reminder a>", "s-1") == key(sonnet, "turn 1 <reminder b>", "s-1")
+    assert key("claude-sonnet-4-6", "x", "s-1") != key("claude-sonnet-4-6", "x", "s-2")
+    assert key("claude-sonnet-4-6", "x", None) is not None  # no session: keyed by the text, as before
+    assert key("claude-haiku-4-5", "x", "s-1") is None

@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 import pytest
+from anthropic._models import construct_type
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message, RawMessageStreamEvent
-from anthropic._models import construct_type
 
 from pipeline.errors import TiergateError
 from proxy.body import check_chat
@@ -55,7 +55,8 @@ def test_full_request_maps_to_a_valid_chat_body() -> None:
         {"role": "user", "content": [{"type": "text", "text": "Look:"},
                                      {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
         {"role": "assistant", "content": "Checking.", "tool_calls": [
-            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+            {"id": "toolu_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
         {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
         {"role": "user", "content": "And tomorrow?"},
     ]
