@@ -27,7 +27,8 @@ How each kind of record is treated (``Treatment``):
   the same tokens (a changed history budget, which would change how many summaries there are, is not modelled).
 - ``measuring``: shadow and judge calls (``pipeline.shadow``): kept at their recorded cost while the team keeps a
   ``learning`` block, $0 without one (a changed shadow share is not modelled).
-- ``failed``: nothing answered and nothing was billed: left out of costs and tier shares, only counted.
+- ``failed``: an error status with nothing billed: left out of costs and tier shares, only counted (a client that
+  hung up after the provider's usage came back was billed, and is re-priced like any other request).
 
 A request the new policy refuses (a pin it forbids, a tier outside the new floor/ceiling, a team it drops) costs
 $0 after: its client would get the error instead of an answer. Plans count those apart.
@@ -102,7 +103,7 @@ class Repriced:
 
 def treatment_of(record: UsageRecord, policy: Policy) -> Treatment:
     """Which kind of request ``record`` was (see the module's docstring)."""
-    if not record.model:
+    if not record.model or (record.status >= 400 and record.cost_nanos == 0):  # a 499 after usage is billed
         return "failed"
     if record.purpose in ("shadow", "judge"):
         return "measuring"

@@ -124,6 +124,9 @@ def test_each_kind_of_record_is_treated_as_documented() -> None:
     assert reprice(legacy, new) == Repriced("unscored", "mid", "mid-a", cost("mid", 100, 50))
     assert reprice(embedding, new) == Repriced("embedding", "small", "small-a", embedding.cost_nanos)
     out = {r.request_id: reprice(r, new) for r in (pinned, forced, by_name, hit, summary, shadow, failed, other_team)}
+    assert reprice(replace(failed, model="m", prompt_tokens=100), new).treatment == "failed"  # nothing billed
+    hung_up = rec(20, "mid", 0.6, status=499)  # the provider's usage came back: billed, so re-priced
+    assert reprice(hung_up, new) == Repriced("scored", "mid", "mid-a", cost("mid", 100, 50))
     assert out["r10"] == Repriced("pinned", "frontier", "frontier-a", cost("frontier", 100, 50))
     assert out["r11"] == Repriced("client_tier", "frontier", "frontier-a", cost("frontier", 100, 50))
     assert out["r12"] == Repriced("client_tier", None, None, 0, refused="tier_forbidden")
