@@ -78,6 +78,17 @@ def test_tool_choice(choice: dict[str, Any], mapped: Any) -> None:
     assert to_chat(messages_body(tools=TOOLS, tool_choice=choice))["tool_choice"] == mapped
 
 
+def test_server_tool_turns_from_a_native_answer_are_left_out() -> None:
+    chat = to_chat(messages_body(messages=[
+        {"role": "user", "content": "news?"},
+        {"role": "assistant", "content": [
+            {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "news"}},
+            {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+            {"type": "text", "text": "Here is the news."}]},
+        {"role": "user", "content": "thanks"}]))
+    assert chat["messages"][1] == {"role": "assistant", "content": "Here is the news."}
+
+
 def test_server_tools_and_long_user_ids_stay_native() -> None:
     chat = to_chat(messages_body(tools=[{"type": "web_search_20250305", "name": "web_search"}],
                                  tool_choice={"type": "auto"}, metadata={"user_id": "u" * 200}))

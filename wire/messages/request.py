@@ -12,7 +12,8 @@ OpenAI-compatible ones get the nearest chat completions request:
 - user ``text`` / ``image`` / ``document`` blocks -> content parts; ``tool_result`` blocks -> ``tool`` messages,
   placed before the user's other parts as chat completions requires (their images follow in the user message);
 - assistant ``text`` + ``tool_use`` blocks -> content + ``tool_calls`` (input as JSON arguments); ``thinking``
-  blocks are dropped (chat completions has no field for them);
+  blocks and server tools' calls and results (run at Anthropic in an earlier, native turn) are dropped: chat
+  completions has no field for them;
 - ``tools`` -> functions, ``tool_choice`` auto/any/tool/none -> auto/required/function/none,
   ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``, ``stop_sequences`` -> ``stop``,
   ``metadata.user_id`` -> ``user``, ``max_tokens`` -> ``max_tokens`` (the team's caps apply in the pipeline), and a
@@ -154,6 +155,13 @@ def _user(content: Any, path: str) -> list[dict[str, Any]]:
     return [*tools, {"role": "user", "content": parts}]
 
 
+def _ran_at_anthropic(kind: Any) -> bool:
+    """A server tool's call or result in an earlier answer (``server_tool_use``, ``web_search_tool_result``,
+    ``mcp_tool_use``, ...): Anthropic ran it, and the answer's text already says what came of it, so a
+    translated turn leaves it out rather than refusing a conversation a native deployment began."""
+    return isinstance(kind, str) and kind.endswith(("_tool_result", "_tool_use"))  # not tool_use, tool_result
+
+
 def _assistant(content: Any, path: str) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
@@ -168,7 +176,7 @@ def _assistant(content: Any, path: str) -> dict[str, Any]:
             arguments = _expect(block.get("input"), dict, f"{where}.input", "an object")
             calls.append({"id": call_id, "type": "function",
                           "function": {"name": name, "arguments": orjson.dumps(arguments).decode()}})
-        elif kind in ("thinking", "redacted_thinking"):
+        elif kind in ("thinking", "redacted_thinking") or _ran_at_anthropic(kind):
             continue
         else:
             raise _bad(f"{where}.type", "assistant content blocks 'text', 'tool_use' and 'thinking' are supported, "
