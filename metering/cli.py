@@ -1,6 +1,7 @@
 """``tiergate bill``: a team's bill for a month straight from the ledger, offline (the proxy need not run); and
-``tiergate outcomes export`` (the outcome store as routing-outcome JSONL) and ``tiergate evidence`` (what routing
-saved a team, at what judged quality), read from the same ledger the same way.
+``tiergate outcomes export`` (the outcome store as routing-outcome JSONL), ``tiergate evidence`` (what routing
+saved a team, at what judged quality) and ``tiergate value`` (cost per accepted output), read from the same ledger
+the same way.
 
 A team that neither the policy (with ``--config``) nor the ledger knows is an error naming the known ones (exit 2),
 not a $0 bill: a typo must not read as "nothing spent". The month is ``[first day, first day of the next month)``,
@@ -112,16 +113,25 @@ def outcomes_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _window(args: argparse.Namespace, command: str) -> tuple[date, date] | None:
+    """``--start`` and ``--end`` (exclusive; default this month so far), or None once it said why they are wrong."""
+    today = datetime.now(timezone.utc).date()
+    start, end = args.start or today.replace(day=1), args.end or today + timedelta(days=1)
+    if end <= start:
+        print(f"tiergate {command}: --end must be after --start (it is exclusive), got {start} and {end}",
+              file=sys.stderr)
+        return None
+    return start, end
+
+
 def evidence(args: argparse.Namespace) -> int:
     """``tiergate evidence``: what routing saved a team and at what judged quality (``metering.evidence``)."""
     from metering.evidence import team_evidence
 
-    today = datetime.now(timezone.utc).date()
-    start, end = args.start or today.replace(day=1), args.end or today + timedelta(days=1)
-    if end <= start:
-        print(f"tiergate evidence: --end must be after --start (it is exclusive), got {start} and {end}",
-              file=sys.stderr)
+    window = _window(args, "evidence")
+    if window is None:
         return 2
+    start, end = window
     try:
         # the ceiling's name comes from the outcome rows: metering reads no tier layout from the policy
         found = asyncio.run(_with_ledger(args.config, args.team,
@@ -141,6 +151,29 @@ def evidence(args: argparse.Namespace) -> int:
     return 0
 
 
+def value(args: argparse.Namespace) -> int:
+    """``tiergate value``: requests, feedback, accepted outputs and the cost per accepted output
+    (``metering.feedback``), as a table or the API's JSON."""
+    window = _window(args, "value")
+    if window is None:
+        return 2
+    start, end = window
+    try:
+        found = asyncio.run(_with_ledger(args.config, args.team,
+                                         lambda ledger: ledger.value(start, end, args.team, args.group_by.split(","))))
+    except ValueError as exc:  # an invalid config, an unknown team, a bad --group-by
+        print(f"tiergate value: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        sys.stdout.write(orjson.dumps(found.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(found.to_csv())
+    else:
+        print(f"{args.team or 'every team'}, {start} to {end} (exclusive), client requests (chat and embeddings):")
+        print(found.table())
+    return 0
+
+
 def add_commands(subparsers: Any) -> None:
     """Register ``bill`` and the FinOps commands (``forecast``, ``anomalies``, ``reconcile``). Commands that read a
     policy file (teams, budgets, the ledger's location) go through ``metering.finops.policy_view``: metering does
@@ -154,7 +187,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--period", required=True, type=_period, help="month, YYYY-MM (UTC)")
     p.add_argument("--format", choices=("json", "csv"), default="json")
     p.add_argument("--group-by", default="model,tier",
-                   help="comma list of team,model,tier,day,key,purpose,tag, any combination (default model,tier); "
+                   help="comma list of team,model,tier,day,key,purpose,api,tag, any combination (default model,tier); "
                         "tag rows include each tag key's untagged records (tag_value null, empty in CSV); "
                         "experiment: one row per experiment, and null for records of none")
     p.set_defaults(func=bill)
@@ -175,6 +208,15 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--end", type=_day, default=None, help="UTC day after the last (exclusive; default: tomorrow)")
     p.add_argument("--json", action="store_true", help="the API's JSON instead of text")
     p.set_defaults(func=evidence)
+
+    p = subparsers.add_parser("value", help="cost per accepted output (feedback), by team, model or tier")
+    p.add_argument("--config", required=True, help="tiergate YAML config (its metering.ledger URL and teams)")
+    p.add_argument("--team", default=None, help="one team (default: every team); exit 2 naming them if unknown")
+    p.add_argument("--group-by", default="team", help="comma list of team,model,tier (default team)")
+    p.add_argument("--start", type=_day, default=None, help="first UTC day (default: the 1st of this month)")
+    p.add_argument("--end", type=_day, default=None, help="UTC day after the last (exclusive; default: tomorrow)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.set_defaults(func=value)
 
     from metering.finops.cli import add_commands as finops_commands
 

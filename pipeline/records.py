@@ -37,15 +37,19 @@ def usage_of(body: dict[str, Any], dep: DeploymentSpec, prompt_tokens: int) -> U
 # The wire format when an ingress left ``Request.api`` at its default: OpenAI's endpoints are told apart by kind.
 _API_OF_KIND = {"chat/completions": "chat", "completions": "completions", "embeddings": "embeddings",
                 "responses": "responses", "messages": "messages"}
+# Records whose answer the client gets: only they carry its id (a summary or shadow call inherits the client's
+# request, minted id included, but its answer goes nowhere).
+_ANSWERED = frozenset({"chat", "embedding"})
 
 
 def _fields(state: RequestState, status: int, error: str | None) -> dict[str, Any]:
     request = state.request
     now = datetime.now(timezone.utc)
-    api = getattr(request, "api", "chat")
+    api = request.api
     return dict(
         api=_API_OF_KIND.get(request.kind, api) if api == "chat" else api,
         router_model=state.decision.router_model,
+        response_id=request.response_id if state.purpose in _ANSWERED else None,
         request_id=request.request_id,
         started_at=request.started_at,
         ended_at=now,
@@ -74,10 +78,18 @@ def response_id_of(body: dict[str, Any]) -> str | None:
     return found if isinstance(found, str) and found else None
 
 
+def _answered(state: RequestState, status: int, error: str | None, answer_id: str | None) -> dict[str, Any]:
+    """``_fields`` of a request that got an answer: the id the ingress minted, else the answer's own."""
+    fields = _fields(state, status, error)
+    if fields["response_id"] is None and state.purpose in _ANSWERED:
+        fields["response_id"] = answer_id
+    return fields
+
+
 def served(state: RequestState, dep: DeploymentSpec, usage: Usage, *, ttft_ms: float | None, status: int,
            error: str | None = None, response_id: str | None = None) -> UsageRecord:
     baseline = state.decision.counterfactual_tier.deployments[0].price
-    fields = _fields(state, status, error)
+    fields = _answered(state, status, error, response_id)
     fields["tier"] = dep.tier  # after a fallback the serving tier, not the one first chosen
     return UsageRecord.with_usage(
         usage,
@@ -87,7 +99,6 @@ def served(state: RequestState, dep: DeploymentSpec, usage: Usage, *, ttft_ms: f
         cost_nanos=cost_nanos(usage, dep.price),
         counterfactual_cost_nanos=cost_nanos(usage, baseline),
         ttft_ms=int(ttft_ms) if ttft_ms is not None else None,
-        response_id=response_id,
     )
 
 
@@ -96,9 +107,9 @@ def cached(state: RequestState, usage: Usage, model: str, status: int, response_
     """Answered from the response cache: no provider was paid, so the whole baseline is saved. ``response_id`` is
     the stored answer's, which the client gets again."""
     baseline = state.decision.counterfactual_tier.deployments[0].price
-    return UsageRecord.with_usage(usage, **_fields(state, status, None), model=model, deployment="response-cache",
-                                  counterfactual_cost_nanos=cost_nanos(usage, baseline), ttft_ms=None,
-                                  response_id=response_id)
+    return UsageRecord.with_usage(usage, **_answered(state, status, None, response_id), model=model,
+                                  deployment="response-cache", counterfactual_cost_nanos=cost_nanos(usage, baseline),
+                                  ttft_ms=None)
 
 
 def failed(state: RequestState, attempts: list[Attempt], status: int, message: str) -> UsageRecord:

@@ -12,6 +12,7 @@ from datetime import date, datetime
 from typing import Any, AsyncIterator, Mapping, Sequence
 
 from metering.ledger.alert_log import AlertEvent, AlertQuery
+from metering.feedback import Feedback, ValueReport
 from metering.ledger.report import Report
 from metering.money import format_usd
 from metering.outcomes import Outcome
@@ -103,6 +104,26 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     async def outcomes(self, since: datetime, team: str | None = None) -> list[Outcome]:
         """Stored outcomes created at or after ``since`` (of ``team``, or every team), oldest first."""
+
+    @abc.abstractmethod
+    async def add_feedback(self, feedback: Feedback) -> None:
+        """Store one feedback row (the ``feedback`` table), committed when this returns."""
+
+    @abc.abstractmethod
+    async def answered(self, request_id: str | None = None,
+                       response_id: str | None = None) -> list[tuple[str, str, str | None]]:
+        """(team, request id, answer id) of the committed records of answered requests (``metering.feedback``)
+        with this request id, or this answer id."""
+
+    @abc.abstractmethod
+    async def feedback(self, since: datetime, team: str | None = None) -> list[Feedback]:
+        """Each request's latest feedback (of ``team``, or every team) given at or after ``since``, oldest first."""
+
+    @abc.abstractmethod
+    async def value(self, start: date, end: date, team: str | None = None,
+                    group_by: Sequence[str] = ("team",)) -> ValueReport:
+        """Requests, feedback, accepted outputs and cost per accepted output over UTC days ``[start, end)``
+        (``metering.feedback``). ValueError on a bad ``group_by``."""
 
     @abc.abstractmethod
     async def teams(self) -> list[str]:

@@ -37,7 +37,8 @@ from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_da
                                     parse_group_by, source_of)
 from metering.ledger.schema import RECORD_COLUMNS, Entry
 from metering.ledger.spool import Segment, Spool
-from metering.outcomes import Outcome, select_outcomes_sql
+from metering import feedback as fb
+from metering.outcomes import Outcome, insert_outcome_sql, select_outcomes_sql
 from metering.record import UsageRecord
 from metering import routing_models as rm
 
@@ -129,8 +130,8 @@ class GroupCommitLedger(Ledger):
         """Run ``statements`` in one write transaction; the rows the last one returns."""
 
     @abc.abstractmethod
-    async def _insert_outcome(self, row: Sequence[Any]) -> None:
-        """Insert one row (``outcomes.insert_outcome_sql``) and commit."""
+    async def _execute(self, sql: str, params: Sequence[Any]) -> None:
+        """Run one write statement (``?`` placeholders adapted by the caller) and commit."""
 
     def _day_param(self, day: date) -> Any:
         return day.isoformat()
@@ -276,12 +277,40 @@ class GroupCommitLedger(Ledger):
         return {str(t): (int(v), str(m)) for t, v, m in await self._fetch(rm.ACTIVE_SQL, ())}
 
     async def add_outcome(self, outcome: Outcome) -> None:
-        await self._insert_outcome([self._ts_param(v) if isinstance(v, datetime) else v for v in outcome.values()])
+        await self._execute(insert_outcome_sql(self.placeholder),
+                            [self._ts_param(v) if isinstance(v, datetime) else v for v in outcome.values()])
 
     async def outcomes(self, since: datetime, team: str | None = None) -> list[Outcome]:
         sql = select_outcomes_sql(self.placeholder, team is not None)
         params = [self._ts_param(since.astimezone(timezone.utc))] + ([team] if team is not None else [])
         return [Outcome.from_row(row) for row in await self._fetch(sql, params)]
+
+    async def add_feedback(self, feedback: fb.Feedback) -> None:
+        await self._execute(fb.insert_feedback_sql(self.placeholder),
+                            [self._ts_param(v) if isinstance(v, datetime) else v for v in feedback.values()])
+
+    async def answered(self, request_id: str | None = None,
+                       response_id: str | None = None) -> list[tuple[str, str, str | None]]:
+        by, value = ("request_id", request_id) if request_id is not None else ("response_id", response_id)
+        rows = await self._fetch(fb.answered_sql(self.placeholder, by), [value])
+        return [(str(t), str(r), a) for t, r, a in rows]
+
+    async def feedback(self, since: datetime, team: str | None = None) -> list[fb.Feedback]:
+        params = ([team] if team is not None else []) + [self._ts_param(since.astimezone(timezone.utc))]
+        rows = await self._fetch(fb.latest_feedback_sql(self.placeholder, team is not None), params)
+        return [fb.Feedback.from_row(row) for row in rows]
+
+    async def value(self, start: date, end: date, team: str | None = None,
+                    group_by: Sequence[str] = ("team",)) -> fb.ValueReport:
+        names = fb.parse_value_group_by(group_by)
+        start, end = as_day(start), as_day(end)
+        spend_sql, judged_sql = fb.value_sql(names, self.placeholder, team is not None)
+        team_param = [team] if team is not None else []
+        days = [self._day_param(start), self._day_param(end)]
+        instants = [self._ts_param(midnight(start)), self._ts_param(midnight(end))]
+        spend = await self._fetch(spend_sql, days + team_param)
+        judged = await self._fetch(judged_sql, team_param + instants + days)
+        return fb.value_report(start, end, team, names, spend, judged)
 
     async def teams(self) -> list[str]:
         return sorted(str(row[0]) for row in await self._fetch("SELECT DISTINCT team FROM rollup_daily", []))

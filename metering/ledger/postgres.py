@@ -18,11 +18,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
-from metering.outcomes import insert_outcome_sql, outcomes_ddl
+from metering.feedback import feedback_ddl
+from metering.outcomes import outcomes_ddl
 from metering.routing_models import routing_models_ddl
 from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
-from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry,
-                                    migration_sql, record_values, rollup_ddl)
+from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, RESPONSE_INDEX, ROLLUPS, STARTED_AT_INDEX,
+                                    Entry, migration_sql, record_values, rollup_ddl)
 
 _RECORD_TYPES = {
     "day": "DATE", "started_at": "TIMESTAMPTZ", "ended_at": "TIMESTAMPTZ", "tags": "JSONB",
@@ -51,7 +52,6 @@ def _upsert_json(table: str, dims: tuple[str, ...]) -> str:
 
 _UPSERTS = {"rollup_daily": _upsert_json("rollup_daily", DAILY_DIMS), "rollup_tag": _upsert_json("rollup_tag", TAG_DIMS)}
 _INSERT_ALERT = insert_alert_sql("%s")
-_INSERT_OUTCOME = insert_outcome_sql("%s")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -113,6 +113,8 @@ class PostgresLedger(GroupCommitLedger):
                 await conn.execute(ddl)
             for ddl in outcomes_ddl("TIMESTAMPTZ", "DOUBLE PRECISION"):
                 await conn.execute(ddl)
+            for ddl in feedback_ddl("TIMESTAMPTZ", "DOUBLE PRECISION"):
+                await conn.execute(ddl)
             # under the same lock: of several hosts opening an older ledger, the first migrates it
             have: dict[str, set[str]] = {"records": set(), "rollup_daily": set()}
             cur = await conn.execute("SELECT table_name, column_name FROM information_schema.columns "
@@ -122,6 +124,7 @@ class PostgresLedger(GroupCommitLedger):
                 have[table].add(column)
             for sql in migration_sql(have["records"], have["rollup_daily"], _RECORD_TYPES, _rekey):
                 await conn.execute(sql)
+            await conn.execute(RESPONSE_INDEX)  # after the migration: an older table gets the column there
 
     async def _close_db(self) -> None:
         await self._pool.close()
@@ -145,9 +148,9 @@ class PostgresLedger(GroupCommitLedger):
         async with self._pool.connection() as conn:  # one transaction, committed when the block ends
             return [(await conn.execute(_INSERT_ALERT, row)).rowcount == 1 for row in rows]
 
-    async def _insert_outcome(self, row: Sequence[Any]) -> None:
+    async def _execute(self, sql: str, params: Sequence[Any]) -> None:
         async with self._pool.connection() as conn:  # committed when the block ends
-            await conn.execute(_INSERT_OUTCOME, tuple(row))
+            await conn.execute(sql, tuple(params))
 
     async def _transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
         async with self._pool.connection() as conn:  # one transaction, committed when the block ends

@@ -81,6 +81,8 @@ def migration_sql(records_have: set[str], rollup_has: set[str], record_types: di
 
 ROLLUPS = (("rollup_daily", DAILY_DIMS), ("rollup_tag", TAG_DIMS))
 REQUEST_INDEX = "CREATE INDEX IF NOT EXISTS records_request_id ON records (request_id)"
+# Feedback names a request by the answer's id as often as by the request id (metering.feedback).
+RESPONSE_INDEX = "CREATE INDEX IF NOT EXISTS records_response_id ON records (response_id)"
 # Raw-record views (recent expensive requests, hourly spend, percentiles) select by time.
 STARTED_AT_INDEX = "CREATE INDEX IF NOT EXISTS records_started_at ON records (started_at)"
 

@@ -18,9 +18,10 @@ from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.ledger.rollup import MEASURES, rollup
 from metering.routing_models import routing_models_ddl
-from metering.outcomes import insert_outcome_sql, outcomes_ddl
-from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, ROLLUPS, STARTED_AT_INDEX, Entry,
-                                    migration_sql, record_values, rollup_ddl, upsert_sql)
+from metering.feedback import feedback_ddl
+from metering.outcomes import outcomes_ddl
+from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, RESPONSE_INDEX, ROLLUPS, STARTED_AT_INDEX,
+                                    Entry, migration_sql, record_values, rollup_ddl, upsert_sql)
 
 _RECORD_TYPES = {
     "score": "REAL", "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
@@ -36,7 +37,6 @@ _INSERT = "INSERT OR IGNORE INTO records ({}) VALUES ({})".format(
 )
 _UPSERTS = {table: upsert_sql(table, dims, "?") for table, dims in ROLLUPS}
 _INSERT_ALERT = insert_alert_sql("?")
-_INSERT_OUTCOME = insert_outcome_sql("?")
 
 
 def _adapt(value: Any) -> Any:
@@ -65,7 +65,10 @@ def create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(ddl)
     for ddl in outcomes_ddl("TEXT", "REAL"):
         conn.execute(ddl)
+    for ddl in feedback_ddl("TEXT", "REAL"):
+        conn.execute(ddl)
     migrate(conn)
+    conn.execute(RESPONSE_INDEX)  # after the migration: an older table gets the column there
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -183,10 +186,10 @@ class SqliteLedger(GroupCommitLedger):
         assert self._conn is not None
         return await self._call(insert_alerts, self._conn, rows)
 
-    async def _insert_outcome(self, row: Sequence[Any]) -> None:
+    async def _execute(self, sql: str, params: Sequence[Any]) -> None:
         assert self._conn is not None
         conn = self._conn
-        await self._call(conn.execute, _INSERT_OUTCOME, tuple(row))  # autocommit (isolation_level=None)
+        await self._call(conn.execute, sql, tuple(params))  # autocommit (isolation_level=None)
 
     async def _transact(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[Any, ...]]:
         assert self._conn is not None  # the writer's thread and connection, as for alerts
