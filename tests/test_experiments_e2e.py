@@ -222,6 +222,12 @@ def _check_cli(s: Setup, tmp_path: Path) -> None:
     assert text.returncode == 0 and s.names["spend"] in text.stdout and "ana@example.com" in text.stdout
     assert s.names["tagged"] not in text.stdout
 
+    bill = tiergate("bill", "--config", str(s.path), "--team", s.spender.name, "--group-by", "experiment",
+                    "--period", datetime.now(timezone.utc).strftime("%Y-%m"))
+    assert bill.returncode == 0, bill.stderr
+    billed = {r["experiment"]: r["cost_usd"] for r in orjson.loads(bill.stdout)["rows"]}
+    assert billed[s.names["spend"]] == cli[s.names["spend"]]["spent_usd"] and None in billed
+
     gate = tiergate("check-config", str(s.path), "--fail-over-budget")
     assert gate.returncode == 1, gate.stdout + gate.stderr
     assert f"experiment '{s.names['spend']}' (team {s.spender.name}, owner ana@example.com) is projected" in gate.stderr
