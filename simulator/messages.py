@@ -1,5 +1,5 @@
-"""Anthropic's Messages API (``POST /v1/messages``) in the simulator: the request as the chat engine's input, and the
-answer rendered as a ``message`` or its event stream (``message_start`` ... ``message_stop``), with usage as
+"""Anthropic's Messages API (``POST /v1/messages``) in the simulator: the request as the chat engine's input (the
+gateway's own translation, ``wire.messages``: one mapping of the format), and the answer rendered as a ``message`` or its event stream (``message_start`` ... ``message_stop``), with usage as
 Anthropic reports it: ``input_tokens`` *excludes* ``cache_read_input_tokens`` and ``cache_creation_input_tokens``.
 
 Caching follows Anthropic's rules rather than OpenAI's: nothing is cached unless a block carries ``cache_control``;
@@ -16,48 +16,29 @@ from typing import Any, Iterator
 
 import orjson
 
+from pipeline.errors import TiergateError
 from simulator.engine import Choice, Engine, Generation
 from simulator.errors import SimulatedError
 from simulator.prefix_cache import PrefixCache
 from simulator.text import groups
 from text.tokens import encoding_for
+from wire.messages.request import to_chat as to_chat_body
 
 MIN_CACHEABLE_TOKENS = 1024  # Anthropic's minimum for Sonnet and Opus (Haiku's is 2,048)
 _FRAME = 0xFFFF0000  # block separators no tokenizer produces, as in the engine's prompt stream
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
-_TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
-def invalid(message: str) -> SimulatedError:
-    return SimulatedError(400, message)
-
-
-def validate(body: Any) -> dict[str, Any]:
-    """Raise ``SimulatedError`` (400) for what Anthropic would refuse; rendered in Anthropic's error shape."""
+def to_chat(body: Any) -> dict[str, Any]:
+    """The chat engine's input for a Messages request, through the gateway's own translation
+    (``wire.messages.request``); raises ``SimulatedError`` (400, rendered in Anthropic's shape) for what the API
+    would refuse."""
     if not isinstance(body, dict):
-        raise invalid("Invalid request body: expected a JSON object.")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise invalid("model: Field required")
-    limit = body.get("max_tokens")
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise invalid("max_tokens: Field required" if limit is None else "max_tokens: must be at least 1")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise invalid("messages: at least one message is required")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
-        content = message.get("content")
-        if not isinstance(content, str) and not (isinstance(content, list)
-                                                 and all(isinstance(b, dict) and "type" in b for b in content)):
-            raise invalid(f"messages.{i}.content: Input should be a valid string or a list of content blocks")
-    system = body.get("system")
-    if system is not None and not isinstance(system, (str, list)):
-        raise invalid("system: Input should be a valid string or a list of text blocks")
-    for i, tool in enumerate(body.get("tools") or ()):
-        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
-            raise invalid(f"tools.{i}.name: Field required")
-    return body
+        raise SimulatedError(400, "Invalid request body: expected a JSON object.")
+    try:
+        return to_chat_body(body)
+    except TiergateError as exc:
+        raise SimulatedError(400, exc.message, param=exc.param) from None
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
@@ -75,32 +56,6 @@ def _block_text(block: dict[str, Any]) -> str:
     if kind == "tool_result":
         return "".join(_block_text(b) for b in _blocks(block.get("content")))
     return ""  # images and documents: not counted by the simulator
-
-
-def _chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    system = "".join(_block_text(b) for b in _blocks(body.get("system")))
-    if system:
-        out.append({"role": "system", "content": system})
-    for message in body["messages"]:
-        texts: list[str] = []
-        calls: list[dict[str, Any]] = []
-        for block in _blocks(message["content"]):
-            if block.get("type") == "tool_use":
-                calls.append({"id": str(block.get("id", "")), "type": "function",
-                              "function": {"name": str(block.get("name", "")),
-                                           "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-            elif block.get("type") == "tool_result":
-                out.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id", "")),
-                            "content": _block_text(block)})
-            else:
-                texts.append(_block_text(block))
-        if texts or calls:
-            chat: dict[str, Any] = {"role": message["role"], "content": "".join(texts) or None}
-            if calls:
-                chat["tool_calls"] = calls
-            out.append(chat)
-    return out or [{"role": "user", "content": ""}]
 
 
 def _prompt(body: dict[str, Any], model: str) -> tuple[array, list[int]]:
@@ -128,22 +83,10 @@ def _prompt(body: dict[str, Any], model: str) -> tuple[array, list[int]]:
     return tokens, ends
 
 
-def generate(engine: Engine, cache: PrefixCache, body: dict[str, Any]) -> Generation:
-    """Answer a validated Messages request with the chat engine; usage counted and cached Anthropic's way."""
+def generate(engine: Engine, cache: PrefixCache, body: dict[str, Any], chat: dict[str, Any]) -> Generation:
+    """Answer a checked Messages request (``chat``: its ``to_chat``) with the chat engine; usage counted and cached
+    Anthropic's way."""
     model = body["model"]
-    chat: dict[str, Any] = {"model": model, "messages": _chat_messages(body), "max_tokens": body["max_tokens"]}
-    tools = [{"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
-                                                "parameters": t.get("input_schema") or {}}}
-             for t in body.get("tools") or ()]
-    choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {}
-    if tools:
-        chat["tools"] = tools
-        if choice.get("type") == "tool":
-            chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
-        elif choice.get("type") in _TOOL_CHOICES:
-            chat["tool_choice"] = _TOOL_CHOICES[choice["type"]]
-    if body.get("stop_sequences"):
-        chat["stop"] = body["stop_sequences"]
     gen = engine.chat(chat, auto_cache=False)
     tokens, ends = _prompt(body, model)
     read, written = cache.breakpoints(f"{model}\x00anthropic", tokens, ends, MIN_CACHEABLE_TOKENS)

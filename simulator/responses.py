@@ -3,8 +3,9 @@ engine's answer rendered as a ``response`` object or its semantic event stream (
 ``response.completed``), with usage as OpenAI reports it there (``input_tokens`` includes
 ``input_tokens_details.cached_tokens``; ``output_tokens_details.reasoning_tokens``).
 
-The simulator answers this format itself, as OpenAI does, so the gateway's native passthrough is tested against a
-far end that speaks it; how the gateway translates the format is ``wire.responses``' business, not this module's.
+The request is read with the gateway's own translation to chat (one mapping of the format, ``wire.responses``);
+the answer is rendered here, as OpenAI renders it, so the gateway's native passthrough is tested against a far end
+that speaks the format rather than against its own translator.
 """
 
 from __future__ import annotations
@@ -14,87 +15,31 @@ from typing import Any, Iterator
 
 import orjson
 
+from pipeline.errors import TiergateError
 from simulator.engine import Choice, Engine, Generation
 from simulator.errors import invalid
 from simulator.text import groups
+from wire.responses.request import chat_body, parse
 
-_TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return ""
-    return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") in _TEXT_PARTS)
-
-
-def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The conversation in chat messages: instructions as the system prompt, then the input items in order."""
-    out: list[dict[str, Any]] = []
-    if isinstance(body.get("instructions"), str) and body["instructions"]:
-        out.append({"role": "system", "content": body["instructions"]})
-    items = body["input"]
-    if isinstance(items, str):
-        return [*out, {"role": "user", "content": items}]
-    for item in items:
-        kind = item.get("type", "message")
-        if kind == "message":
-            out.append({"role": item.get("role", "user"), "content": _text(item.get("content"))})
-        elif kind == "function_call":
-            call = {"id": item.get("call_id", ""), "type": "function",
-                    "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")}}
-            out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            out.append({"role": "tool", "tool_call_id": item.get("call_id", ""), "content": _text(item.get("output"))})
-    return out or [{"role": "user", "content": ""}]
-
-
-def _tool_choice(choice: Any) -> Any:
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "function", "function": {"name": choice.get("name")}}
-    return choice if choice in ("auto", "none", "required") else None
-
-
-def validate(body: Any) -> dict[str, Any]:
-    """Raise ``SimulatedError`` (400, OpenAI's shape) for what the Responses API would refuse."""
+def to_chat(body: Any) -> dict[str, Any]:
+    """The chat engine's input for a Responses request, through the gateway's own translation
+    (``wire.responses.request``); raises ``SimulatedError`` (400, OpenAI's shape) for what the API would refuse."""
     if not isinstance(body, dict):
         raise invalid("Invalid request body: expected a JSON object.", None, "invalid_type")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter")
-    items = body.get("input")
-    if not isinstance(items, (str, list)) or (isinstance(items, list) and not all(isinstance(i, dict) for i in items)):
-        raise invalid("Invalid 'input': expected a string or an array of input items.", "input", "invalid_type")
+    try:
+        parsed = parse(body)
+    except TiergateError as exc:
+        raise invalid(exc.message, exc.param, "invalid_value") from None
     limit = body.get("max_output_tokens")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 16):
+    if limit is not None and limit < 16:  # OpenAI's own minimum, which the gateway's parser leaves to providers
         raise invalid(f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got "
                       f"{limit} instead.", "max_output_tokens", "integer_below_min_value")
-    for i, tool in enumerate(body.get("tools") or ()):
-        if isinstance(tool, dict) and tool.get("type") == "function" and not isinstance(tool.get("name"), str):
-            raise invalid(f"Missing required parameter: 'tools[{i}].name'.", f"tools[{i}].name",
-                          "missing_required_parameter")
-    if body.get("stream") is not None and not isinstance(body["stream"], bool):
-        raise invalid("Invalid type for 'stream': expected a boolean.", "stream", "invalid_type")
-    return body
+    return chat_body(parsed, parsed.input_items)
 
 
-def generate(engine: Engine, body: dict[str, Any]) -> Generation:
-    """Answer a validated Responses request with the chat engine (function tools only: hosted tools are ignored)."""
-    chat: dict[str, Any] = {"model": body["model"], "messages": _messages(body)}
-    tools = [{"type": "function", "function": {k: t[k] for k in ("name", "description", "parameters") if k in t}}
-             for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
-    if tools:
-        chat["tools"] = tools
-        if _tool_choice(body.get("tool_choice")) is not None:
-            chat["tool_choice"] = _tool_choice(body["tool_choice"])
-    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        chat["response_format"] = {"type": "json_schema", "json_schema": {"name": fmt.get("name", "output"),
-                                                                           "schema": fmt.get("schema")}}
-    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
-        chat["response_format"] = {"type": "json_object"}
-    if body.get("max_output_tokens"):
-        chat["max_completion_tokens"] = body["max_output_tokens"]
+def generate(engine: Engine, body: dict[str, Any], chat: dict[str, Any]) -> Generation:
+    """Answer a checked Responses request (``chat``: its ``to_chat``) with the chat engine; hosted tools are
+    ignored."""
     gen = engine.chat(chat)
     gen.api = "responses"
     gen.native = body

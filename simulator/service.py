@@ -24,7 +24,8 @@ from simulator.validate import validate_chat, validate_completion, validate_embe
 ENDPOINTS = ("chat/completions", "completions", "embeddings", "responses", "messages")
 _VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "chat/completions": validate_chat, "completions": validate_completion, "embeddings": validate_embeddings,
-    "responses": responses.validate, "messages": messages.validate,
+    # The native formats' checks translate too: what they return is the chat engine's input.
+    "responses": responses.to_chat, "messages": messages.to_chat,
 }
 
 
@@ -78,7 +79,7 @@ class Simulator:
         Raises ``SimulatedError`` for an invalid request (400) or an injected failure (429, 500, timeout).
         """
         try:
-            body = _VALIDATORS[endpoint](body)
+            checked = _VALIDATORS[endpoint](body)
             failure = self._next_failure()
             if failure is not None:
                 raise failure
@@ -86,12 +87,12 @@ class Simulator:
             self.stats[f"error:{exc.status}"] += 1
             raise
         if endpoint == "embeddings":
-            return embed(body)
+            return embed(checked)
         if endpoint == "responses":
-            return responses.generate(self.engine, body)
+            return responses.generate(self.engine, body, checked)
         if endpoint == "messages":
-            return messages.generate(self.engine, self.engine.cache, body)
-        return self.engine.chat(body) if endpoint == "chat/completions" else self.engine.completion(body)
+            return messages.generate(self.engine, self.engine.cache, body, checked)
+        return self.engine.chat(checked) if endpoint == "chat/completions" else self.engine.completion(checked)
 
     async def paced(self, gen: Generation) -> AsyncIterator[bytes]:
         """The stream's payloads, delayed by ``ttft_ms`` and then ``tokens_per_s`` as configured."""
