@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import DEMO_KEYS, ROOT, Process, free_port, start_process
+from conftest import DEMO_KEYS, ROOT, Process, free_port, mock_config, start_process
 from proxy_metering_helpers import sqlite_records
 from pydantic import BaseModel
 
@@ -370,3 +370,37 @@ def test_native_stream_passes_through_with_our_id_and_cost(native_proxy: Process
     assert row["cost_nanos"] == _nanos(extra["cost_usd"]) > 0
     follow = client.responses.create(model="auto", input="Shorter.", previous_response_id=done.id)
     assert follow.usage.input_tokens > done.usage.input_tokens + done.usage.output_tokens
+
+
+def test_stream_cut_upstream_ends_with_error_and_response_failed(tmp_path: Path, start_mock, start_proxy) -> None:
+    """An upstream that drops the connection half way: the client gets ``error`` then ``response.failed`` (parsed
+    by the SDK), the ledger records the cut with what was relayed, and nothing is stored to continue from."""
+    from fault_harness import StreamCutter
+
+    mock = start_mock()
+    cutter = StreamCutter(mock.port, cut_bytes=1500)
+    try:
+        proxy = start_proxy(mock_config(tmp_path, {"small": [cutter.url]}))
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0)
+        raw = client.responses.with_raw_response.create(model="small", input="Tell me a long story.", stream=True,
+                                                        max_output_tokens=400)
+        events = list(raw.parse())
+    finally:
+        cutter.close()
+    assert cutter.cuts >= 1
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-2].code == "upstream_stream_error" and "ended early" in events[-2].message
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error.code == "server_error"
+    assert failed.output and failed.output[0].status == "incomplete"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    rows = []
+    deadline = time.monotonic() + 10
+    while not rows and time.monotonic() < deadline:
+        rows = [r for r in sqlite_records(tmp_path / "ledger.db", "t") if r["request_id"] == raw.headers["x-request-id"]]
+        time.sleep(0.05)
+    (row,) = rows
+    assert row["status"] == 502 and row["api"] == "responses" and row["response_id"] == failed.id
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="small", input="go on", previous_response_id=failed.id)

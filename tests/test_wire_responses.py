@@ -315,3 +315,68 @@ def test_streamed_text_and_arguments_add_up(pieces: list[str], arguments: list[s
     assert final["output"][1]["arguments"] == "".join(arguments)
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
     assert deltas == pieces
+
+
+# ---- never a 500 -------------------------------------------------------------------------------------------
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                  max_size=3), max_leaves=8)
+_TEXT = st.text(max_size=6)
+_PARTS = st.one_of(
+    st.builds(lambda t: {"type": "input_text", "text": t}, _TEXT),
+    st.builds(lambda t: {"type": "output_text", "text": t, "annotations": []}, _TEXT),
+    st.builds(lambda u, d: {"type": "input_image", "image_url": "data:image/png;base64," + u, "detail": d}, _TEXT,
+              st.sampled_from(["low", "high", "auto"])),
+    st.builds(lambda t: {"type": "refusal", "refusal": t}, _TEXT))
+_ITEMS = st.one_of(
+    st.builds(lambda r, c: {"role": r, "content": c}, st.sampled_from(["user", "assistant", "system", "developer"]),
+              _TEXT | st.lists(_PARTS, min_size=1, max_size=3)),
+    st.builds(lambda c, n, a: {"type": "function_call", "call_id": c, "name": n, "arguments": a}, _TEXT, _TEXT,
+              _TEXT),
+    st.builds(lambda c, o: {"type": "function_call_output", "call_id": c, "output": o}, _TEXT,
+              _TEXT | st.lists(_PARTS, max_size=2)),
+    st.just({"type": "reasoning", "id": "rs_1", "summary": []}))
+_SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}}
+_VALID = st.fixed_dictionaries({"model": st.just("auto"), "input": _TEXT | st.lists(_ITEMS, min_size=1, max_size=5)},
+                               optional={
+    "instructions": _TEXT,
+    "tools": st.lists(st.builds(lambda n: {"type": "function", "name": n, "parameters": _SCHEMA}, _TEXT), max_size=2),
+    "tool_choice": st.sampled_from(["auto", "none", "required"]),
+    "text": st.sampled_from([{"format": {"type": "text"}}, {"format": {"type": "json_object"}},
+                             {"format": {"type": "json_schema", "name": "s", "schema": _SCHEMA}}]),
+    "reasoning": st.sampled_from([{"effort": "low"}, {"effort": "high", "summary": "auto"}]),
+    "metadata": st.dictionaries(st.text(min_size=1, max_size=70), st.text(max_size=300), max_size=3),
+    "max_output_tokens": st.integers(1, 5000), "temperature": st.floats(0, 2), "top_p": st.floats(0, 1),
+    "stream": st.booleans(), "store": st.booleans(), "parallel_tool_calls": st.booleans(), "user": _TEXT,
+    "include": st.just(["reasoning.encrypted_content"]), "truncation": st.sampled_from(["auto", "disabled"]),
+})
+
+
+@st.composite
+def _bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid body, or one with a field (or a path inside ``input``) replaced by any JSON value."""
+    body = draw(_VALID)
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(sorted({*body, "input", "tools", "text", "metadata", "unknown_field"})))
+        body[key] = draw(_JSON)
+    elif isinstance(body["input"], list) and draw(st.booleans()):
+        item = body["input"][draw(st.integers(0, len(body["input"]) - 1))]
+        item[draw(st.sampled_from(["type", "role", "content", "call_id", "name", "arguments", "output"]))] = draw(_JSON)
+    return body
+
+
+@settings(max_examples=400, deadline=None)
+@given(_bodies())
+def test_any_body_is_mapped_or_refused_with_a_named_param(body: dict[str, Any]) -> None:
+    """Whatever the client sends: a checked chat body the pipeline may assume well formed, or a TiergateError
+    naming a param (the edge's 400), never another exception (a 500)."""
+    from proxy.body import check_chat
+
+    try:
+        request = parse(body)
+        chat = chat_body(request, request.input_items)
+        orjson.dumps(chat)
+        check_chat(chat)
+    except TiergateError as error:
+        assert error.code.startswith("invalid_request.") and error.param

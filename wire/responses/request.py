@@ -317,7 +317,7 @@ def _input_items(value: Any, continued: bool) -> tuple[list[dict[str, Any]], lis
 def _message_item(item: dict[str, Any], where: str) -> dict[str, Any]:
     """A message item with its content as parts (an easy message's string becomes one text part)."""
     role = item.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise _error(f"'{where}.role' must be one of {sorted(_ROLES)}, got {_shown(role)}", f"{where}.role")
     content = item.get("content")
     text_type = "output_text" if role == "assistant" else "input_text"
@@ -334,6 +334,8 @@ def _check_part(part: Any, where: str) -> None:
     if not isinstance(part, dict):
         raise _type_error(where, "a content part object", part)
     kind = part.get("type")
+    if not isinstance(kind, str):
+        raise _type_error(f"{where}.type", "a string", kind)
     if kind in _TEXT_PARTS:
         _str(part, "text", where, required=True)
     elif kind == "refusal":
