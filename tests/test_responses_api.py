@@ -221,6 +221,10 @@ def test_errors_are_the_sdks_exception_classes(client: openai.OpenAI, demo_proxy
     support = openai.OpenAI(base_url=demo_proxy.url + "/v1", api_key=DEMO_KEYS["support"], max_retries=0)
     with pytest.raises(openai.NotFoundError):
         support.responses.create(model="auto", input="x", previous_response_id=mine.id)
+    admin = openai.OpenAI(base_url=demo_proxy.url + "/v1", api_key=DEMO_KEYS["admin"], max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as no_team:
+        admin.responses.create(model="auto", input="x")
+    assert no_team.value.code == "team_key_required"
     bad_key = openai.OpenAI(base_url=demo_proxy.url + "/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as auth:
         bad_key.responses.create(model="auto", input="x")
@@ -228,6 +232,14 @@ def test_errors_are_the_sdks_exception_classes(client: openai.OpenAI, demo_proxy
     raw = httpx.post(demo_proxy.url + "/v1/responses", content=b"{not json", timeout=10,
                      headers={"authorization": f"Bearer {DEMO_KEYS['research']}"})
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
+
+
+def test_image_input_is_translated_and_served(client: openai.OpenAI) -> None:
+    pixel = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+    raw = client.responses.with_raw_response.create(model="auto", input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "What is in this image?"},
+        {"type": "input_image", "image_url": pixel, "detail": "low"}]}])
+    assert raw.parse().output_text and raw.headers["x-tiergate-tier"]
 
 
 def test_openai_agents_runner_with_a_function_tool(demo_proxy: Process) -> None:
