@@ -53,10 +53,11 @@ def mint_response_id() -> str:
 class _Turn:
     """One request's conversation bookkeeping: what it continues, what it sends, and how to store its answer."""
 
-    def __init__(self, rt: Runtime, team: str, parsed: wire_request.ResponsesRequest,
+    def __init__(self, rt: Runtime, team: str, ttl_s: float, parsed: wire_request.ResponsesRequest,
                  history: list[dict[str, Any]], response_id: str, created_at: int) -> None:
         self.rt = rt
         self.team = team
+        self.ttl_s = ttl_s  # the team's, from the policy the request was admitted under
         self.parsed = parsed
         self.items = wire_request.conversation(history, parsed)
         self.response_id = response_id
@@ -71,9 +72,8 @@ class _Turn:
         stored = StoredResponse(id=self.response_id, team=self.team, created_at=self.created_at,
                                 items=[*self.items, *output], response=response, tier=notes.tier,
                                 deployment=notes.deployment)
-        ttl = self.rt.store.policy.teams[self.team].settings.responses.store_ttl_s
         try:
-            await self.rt.responses.put(stored, ttl)
+            await self.rt.responses.put(stored, self.ttl_s)
         except (ResponseStoreUnavailable, HistoryTooLarge) as exc:
             log.warning("response %s not stored: %s", self.response_id, type(exc).__name__)
             return {**response, "store": False}
@@ -108,11 +108,13 @@ async def create(request: Request) -> Response:
         raise TiergateError("team_key_required", "admin keys cannot make model calls; use a team key")
     if parsed.native_only and not wire_request.serves_natively(policy, team, "responses"):
         wire_request.require_translatable(parsed, team)
-    turn = _Turn(rt, team, parsed, await _history(rt, parsed, team), mint_response_id(), int(time.time()))
+    turn = _Turn(rt, team, policy.teams[team].settings.responses.store_ttl_s, parsed,
+                 await _history(rt, parsed, team), mint_response_id(), int(time.time()))
     try:
-        check_history(turn.items)
+        check_history(turn.items)  # before any upstream call: a conversation the store could not keep costs nothing
     except HistoryTooLarge as exc:
-        raise TiergateError("invalid_request.invalid_value", str(exc), param="previous_response_id") from None
+        param = "previous_response_id" if parsed.previous_response_id else "input"
+        raise TiergateError("invalid_request.invalid_value", str(exc), param=param) from None
     chat = wire_request.chat_body(parsed, turn.items)
     check_chat(chat)  # the pipeline's invariants, as for a chat client
     metadata = chat.get("metadata")
