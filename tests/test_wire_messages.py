@@ -11,6 +11,8 @@ import pytest
 from anthropic._models import construct_type
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message, RawMessageStreamEvent
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import TiergateError
 from proxy.body import check_chat
@@ -76,6 +78,13 @@ def test_full_request_maps_to_a_valid_chat_body() -> None:
 ])
 def test_tool_choice(choice: dict[str, Any], mapped: Any) -> None:
     assert to_chat(messages_body(tools=TOOLS, tool_choice=choice))["tool_choice"] == mapped
+
+
+def test_an_empty_final_assistant_turn_is_allowed_elsewhere_refused() -> None:
+    prefill = messages_body(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}])
+    assert to_chat(prefill)["messages"] == [{"role": "user", "content": "hi"}]
+    with pytest.raises(TiergateError, match="messages.0.content: messages must have non-empty content"):
+        to_chat(messages_body(messages=[{"role": "user", "content": []}, {"role": "assistant", "content": "x"}]))
 
 
 def test_server_tool_turns_from_a_native_answer_are_left_out() -> None:
@@ -284,3 +293,70 @@ def test_the_relays_cost_note_on_the_usage_chunk_is_passed_on() -> None:
     translator.feed({**chunk(None, usage={"prompt_tokens": 10, "completion_tokens": 1}), "x_tiergate": note})
     delta = parse_frames(translator.finish(999, "other"))[-2][1]
     assert delta["x_tiergate"] == note  # the relay's (the settled cost), not rebuilt here
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                  max_size=3), max_leaves=8)
+_BLOCK = st.fixed_dictionaries({"type": st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking",
+                                                         "document", "video", None])},
+                               optional={"text": _JSON, "source": _JSON, "id": _JSON, "name": _JSON, "input": _JSON,
+                                         "tool_use_id": _JSON, "content": _JSON})
+_MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]),
+                                  "content": st.text(max_size=5) | st.lists(_BLOCK, max_size=3) | _JSON})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.fixed_dictionaries({"model": st.sampled_from(["m", ""]) | _JSON, "max_tokens": st.integers(0, 9) | _JSON,
+                              "messages": st.lists(_MESSAGE, max_size=3) | _JSON},
+                             optional={"system": _JSON | st.lists(_BLOCK, max_size=2), "tools": _JSON,
+                                       "tool_choice": _JSON, "stop_sequences": _JSON, "temperature": _JSON,
+                                       "metadata": _JSON, "stream": _JSON, "top_k": _JSON, "thinking": _JSON}))
+def test_any_body_is_mapped_or_refused_with_a_named_field(body: dict[str, Any]) -> None:
+    """Whatever the client sends: a 4xx naming a field, or a canonical body that passes the chat checks the
+    pipeline relies on. Never another exception (a 500). (Mostly refusals: the next test maps well-formed ones.)"""
+    try:
+        chat = to_chat(body)
+    except TiergateError as error:
+        assert error.param and error.code.startswith("invalid_request.")
+        return
+    check_chat(chat)
+
+
+_TEXT = st.text(min_size=1, max_size=8)
+_VALID_USER_BLOCK = st.one_of(
+    st.builds(lambda t: {"type": "text", "text": t}, _TEXT),
+    st.builds(lambda d: {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": d}}, _TEXT),
+    st.builds(lambda i, c: {"type": "tool_result", "tool_use_id": i, "content": c}, _TEXT,
+              _TEXT | st.lists(st.builds(lambda t: {"type": "text", "text": t}, _TEXT), max_size=2)),
+    st.builds(lambda t: {"type": "thinking", "thinking": t, "signature": "s"}, _TEXT))
+_VALID_ASSISTANT_BLOCK = st.one_of(
+    st.builds(lambda t: {"type": "text", "text": t}, _TEXT),
+    st.builds(lambda i, n, a: {"type": "tool_use", "id": i, "name": n, "input": a}, _TEXT, _TEXT,
+              st.dictionaries(_TEXT, _JSON, max_size=2)))
+_VALID_MESSAGE = st.one_of(
+    st.builds(lambda c: {"role": "user", "content": c}, _TEXT | st.lists(_VALID_USER_BLOCK, min_size=1, max_size=3)),
+    st.builds(lambda c: {"role": "assistant", "content": c},
+              _TEXT | st.lists(_VALID_ASSISTANT_BLOCK, min_size=1, max_size=3)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_VALID_MESSAGE, min_size=1, max_size=4).filter(lambda ms: any(
+           not isinstance(m["content"], list) or any(b["type"] not in ("thinking",) for b in m["content"])
+           for m in ms)),
+       st.none() | _TEXT | st.lists(st.builds(lambda t: {"type": "text", "text": t}, _TEXT), max_size=2),
+       st.booleans(), st.integers(1, 100_000))
+def test_well_formed_bodies_always_map_to_valid_chat(messages: list[dict[str, Any]], system: Any, stream: bool,
+                                                     max_tokens: int) -> None:
+    body = {"model": "claude-sonnet-4-6", "max_tokens": max_tokens, "messages": messages, "stream": stream,
+            "tools": TOOLS, "tool_choice": {"type": "auto"}}
+    if system is not None:
+        body["system"] = system
+    chat = to_chat(body)
+    check_chat(chat)
+    calls = sum(len(m.get("tool_calls") or ()) for m in chat["messages"])
+    uses = sum(1 for m in messages if isinstance(m["content"], list) for b in m["content"] if b["type"] == "tool_use")
+    assert calls == uses  # every tool_use became a tool call
+    results = sum(1 for m in messages if isinstance(m["content"], list) for b in m["content"]
+                  if b["type"] == "tool_result")
+    assert sum(1 for m in chat["messages"] if m["role"] == "tool") == results

@@ -203,6 +203,8 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
             raise _bad(f"{where}.content", "Input should be a valid string or a list of content blocks",
                        "invalid_request.invalid_type")
         if not content:
+            if role == "assistant" and i == len(messages) - 1:  # an empty prefill is allowed, and means nothing
+                continue
             raise _bad(f"{where}.content", "messages must have non-empty content")
         if role == "user":
             out.extend(_user(content, f"{where}.content"))
