@@ -416,3 +416,30 @@ def test_stream_cut_upstream_ends_with_error_and_response_failed(tmp_path: Path,
     assert row["status"] == 502 and row["api"] == "responses" and row["response_id"] == failed.id
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="small", input="go on", previous_response_id=failed.id)
+
+
+def test_store_outage_keeps_the_paid_answer_and_says_it_was_not_stored(tmp_path: Path, start_mock,
+                                                                        start_proxy) -> None:
+    """Redis (the response store here) goes away: the answer, already paid for, is still delivered, with
+    ``store: false`` (what happened); continuing from any stored response is a 503, never a 500 or a silent
+    conversation without its history."""
+    from fault_harness import private_redis
+
+    redis_server = private_redis()
+    try:
+        config = mock_config(tmp_path, {"small": [start_mock().url]})
+        text = config.read_text().replace("metering:\n", f"metering:\n  redis: {redis_server.url}\n", 1)
+        config.write_text(text)
+        client = openai.OpenAI(base_url=start_proxy(config).url + "/v1", api_key="sk-test", max_retries=0)
+        first = client.responses.create(model="small", input="Remember: blue.")
+        assert client.responses.retrieve(first.id).output_text == first.output_text  # stored in Redis
+        redis_server.stop()
+        raw = client.responses.with_raw_response.create(model="small", input="hello again")
+        answer = raw.parse()
+        assert raw.status_code == 200 and answer.output_text
+        assert answer.model_extra["store"] is False
+        with pytest.raises(openai.InternalServerError) as down:
+            client.responses.create(model="small", input="and?", previous_response_id=first.id)
+        assert down.value.status_code == 503 and down.value.code == "response_store_unavailable"
+    finally:
+        redis_server.stop()
