@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from classifiers import metrics
+from classifiers.gate import DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT
 from classifiers.learn import Outcomes, feature_matrix, learn
 from classifiers.scorer import ComplexityScorer
 
 HOLDOUT_SHARE = 0.25
-DEFAULT_MARGIN = 0.01
-DEFAULT_MIN_HOLDOUT = 100
 
 
 @dataclass(frozen=True)

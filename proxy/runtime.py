@@ -26,6 +26,7 @@ from metering.prices import release_table
 from metering.service import Meter
 from pipeline.budget import BudgetPolicies
 from pipeline.pipeline import Pipeline
+from pipeline.retrain_schedule import RetrainSchedule
 from pipeline.routing import Routing
 from pipeline.telemetry import Tracing
 from proxy.errors import status_of
@@ -235,6 +236,9 @@ class Runtime:
                       cache=cache, metrics=metrics, insights=Insights(meter.ledger), responses=responses)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         runtime.tasks.append(asyncio.get_running_loop().create_task(_poll_team_models(scorers, meter.ledger)))
+        # Teams with learning.retrain_every_h: every worker runs the schedule, a claim in the ledger picks one.
+        runtime.tasks.append(asyncio.get_running_loop().create_task(
+            RetrainSchedule(meter.ledger, lambda: store.policy, scorers).run()))
         _return_freed_memory()
         return runtime
 

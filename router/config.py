@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from classifiers.gate import DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT
+
 Capability = Literal["tools", "json_schema", "vision", "reasoning"]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -243,6 +245,13 @@ class LearningSettings(_Model):
     store_prompts: bool = Field(default=False, description="keep the messages in the outcome store (default: "
                                                            "features only)")
     tags: dict[str, str] = Field(default_factory=dict, description="only requests carrying all these tags")
+    retrain_every_h: float | None = Field(default=None, gt=0, description=(
+        "retrain the team's model from the outcome store this often (once per fleet, only when new judged rows "
+        "came in) and promote it through the gate (``pipeline.retrain_schedule``); None: only on demand"))
+    promote_margin: float = Field(default=DEFAULT_MARGIN, ge=0, le=1, description=(
+        "held-out APGR a retrained model must add to the serving one's to be promoted"))
+    min_holdout: int = Field(default=DEFAULT_MIN_HOLDOUT, ge=1, description=(
+        "held-out judged rows the gate needs before it promotes anything"))
 
 
 class ResponsesSettings(_Model):

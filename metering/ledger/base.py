@@ -98,6 +98,11 @@ class Ledger(abc.ABC):
         """team -> (active version, model id): what every worker polls, one small query."""
 
     @abc.abstractmethod
+    async def claim_retrain(self, team: str, slot: int) -> bool:
+        """Claim the team's retraining slot (``retrain_claims`` table): True for the one process whose claim is
+        stored, False for every other (committed when this returns)."""
+
+    @abc.abstractmethod
     async def add_outcome(self, outcome: Outcome) -> None:
         """Store one judged request's outcome (the ``outcomes`` table), committed when this returns."""
 

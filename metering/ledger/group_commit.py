@@ -41,6 +41,7 @@ from metering import feedback as fb
 from metering.outcomes import Outcome, insert_outcome_sql, select_outcomes_sql
 from metering.record import UsageRecord
 from metering import routing_models as rm
+from metering.retrain_claims import claim_sql
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,10 @@ class GroupCommitLedger(Ledger):
 
     async def active_routing_models(self) -> dict[str, tuple[int, str]]:
         return {str(t): (int(v), str(m)) for t, v, m in await self._fetch(rm.ACTIVE_SQL, ())}
+
+    async def claim_retrain(self, team: str, slot: int) -> bool:
+        now = datetime.now(timezone.utc)
+        return bool(await self._transact([(claim_sql(self.placeholder), (team, slot, self._ts_param(now)))]))
 
     async def add_outcome(self, outcome: Outcome) -> None:
         await self._execute(insert_outcome_sql(self.placeholder),

@@ -20,6 +20,7 @@ from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.feedback import feedback_ddl
 from metering.outcomes import outcomes_ddl
+from metering.retrain_claims import retrain_claims_ddl
 from metering.routing_models import routing_models_ddl
 from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
 from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, RESPONSE_INDEX, ROLLUPS, STARTED_AT_INDEX,
@@ -114,6 +115,8 @@ class PostgresLedger(GroupCommitLedger):
             for ddl in outcomes_ddl("TIMESTAMPTZ", "DOUBLE PRECISION"):
                 await conn.execute(ddl)
             for ddl in feedback_ddl("TIMESTAMPTZ", "DOUBLE PRECISION"):
+                await conn.execute(ddl)
+            for ddl in retrain_claims_ddl("TIMESTAMPTZ", "BIGINT"):
                 await conn.execute(ddl)
             # under the same lock: of several hosts opening an older ledger, the first migrates it
             have: dict[str, set[str]] = {"records": set(), "rollup_daily": set()}

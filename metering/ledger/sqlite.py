@@ -20,6 +20,7 @@ from metering.ledger.rollup import MEASURES, rollup
 from metering.routing_models import routing_models_ddl
 from metering.feedback import feedback_ddl
 from metering.outcomes import outcomes_ddl
+from metering.retrain_claims import retrain_claims_ddl
 from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, RESPONSE_INDEX, ROLLUPS, STARTED_AT_INDEX,
                                     Entry, migration_sql, record_values, rollup_ddl, upsert_sql)
 
@@ -66,6 +67,8 @@ def create_schema(conn: sqlite3.Connection) -> None:
     for ddl in outcomes_ddl("TEXT", "REAL"):
         conn.execute(ddl)
     for ddl in feedback_ddl("TEXT", "REAL"):
+        conn.execute(ddl)
+    for ddl in retrain_claims_ddl("TEXT", "INTEGER"):
         conn.execute(ddl)
     migrate(conn)
     conn.execute(RESPONSE_INDEX)  # after the migration: an older table gets the column there
