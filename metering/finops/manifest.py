@@ -38,11 +38,14 @@ class Manifest:
         return self.budget.expires_at
 
     def refusal(self, now: datetime) -> str | None:
-        """Why a request at ``now`` may not run in this experiment (outside its window), else None."""
-        who = f"experiment {self.name!r} of team {self.team!r} (owner {self.owner})"
+        """Why a request at ``now`` may not run in this experiment (outside its window), else None (the request
+        path's case: nothing is formatted for it)."""
         if self.expires_at is not None and now >= self.expires_at:
-            return (f"{who} expired at {self.expires_at.isoformat()}: its requests are refused; extend its "
+            return (f"{self._who()} expired at {self.expires_at.isoformat()}: its requests are refused; extend its "
                     "'expires_at' or 'ttl' in the policy, or end the experiment")
         if self.starts_at is not None and now < self.starts_at:
-            return f"{who} has not started: it runs from {self.starts_at.isoformat()}"
+            return f"{self._who()} has not started: it runs from {self.starts_at.isoformat()}"
         return None
+
+    def _who(self) -> str:
+        return f"experiment {self.name!r} of team {self.team!r} (owner {self.owner})"
