@@ -30,7 +30,7 @@ class Native:
     headers: Mapping[str, str] | None
 
     def outgoing(self, dep: DeploymentSpec) -> Outgoing:
-        return Outgoing(self.api, {**self.body, "model": dep.upstream_model}, self.headers)  # type: ignore[arg-type]
+        return self.api, {**self.body, "model": dep.upstream_model}, self.headers  # type: ignore[return-value]
 
 
 def native_call(request: Request, decision: Decision) -> Native | None:

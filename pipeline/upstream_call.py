@@ -41,10 +41,10 @@ def body_for(upstream: dict[str, Any], kind: Endpoint, team: str, prefix: str | 
     team wants them; with ``native``, a deployment that speaks the client's format gets the client's own body."""
     if hint_provider:
         def chat(dep: DeploymentSpec) -> Outgoing:
-            return Outgoing(kind, provider_caching({**upstream, "model": dep.upstream_model}, dep, team, prefix))
+            return kind, provider_caching({**upstream, "model": dep.upstream_model}, dep, team, prefix), None
     else:
         def chat(dep: DeploymentSpec) -> Outgoing:
-            return Outgoing(kind, {**upstream, "model": dep.upstream_model})
+            return kind, {**upstream, "model": dep.upstream_model}, None
     if native is None:
         return chat
     return lambda dep: native.outgoing(dep) if native.api in dep.native_apis else chat(dep)

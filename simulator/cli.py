@@ -28,9 +28,11 @@ def add_commands(subparsers: Any) -> None:
     """Add ``mock-upstream`` to the main parser's subcommands (``subparsers`` from ``add_subparsers``)."""
     parser = subparsers.add_parser(
         "mock-upstream",
-        help="run the simulated OpenAI-compatible upstream",
-        description="A standalone OpenAI-compatible simulated LLM server with deterministic replies, OpenAI-style "
-        "usage and prefix caching, pacing and failure injection. Tests and benchmarks use it as the far end.",
+        help="run the simulated upstream (OpenAI chat/completions/embeddings/responses, Anthropic messages)",
+        description="A standalone simulated LLM server speaking OpenAI's chat completions, completions, embeddings "
+        "and Responses API and Anthropic's Messages API (/v1/messages), with deterministic replies, each provider's "
+        "usage and prompt caching (automatic prefixes for OpenAI, cache_control breakpoints for Anthropic), pacing "
+        "and failure injection. Tests and benchmarks use it as the far end.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18000)

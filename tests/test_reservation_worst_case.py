@@ -26,7 +26,7 @@ from router.decide import Decision, RouteRequest, RoutingRefused, decide
 from router.features import RequestFeatures, chat_features, completion_features, embedding_features
 from router.health_snapshot import HealthSnapshot
 from router.policy import Policy
-from upstream.dispatch import AllAttemptsFailed, Dispatcher, Outgoing
+from upstream.dispatch import AllAttemptsFailed, Dispatcher
 from upstream.health import HealthBook
 from upstream.pool import UpstreamPool
 
@@ -67,7 +67,7 @@ async def serve(policy: Policy, endpoint: str, body: dict[str, Any], decision: D
     upstream = apply_max_tokens(body, decision)
     try:
         dep, reply, _ = await dispatcher.send(decision.plan,
-                                              lambda d: Outgoing(endpoint, {**upstream, "model": d.upstream_model}))
+                                              lambda d: (endpoint, {**upstream, "model": d.upstream_model}, None))
     except AllAttemptsFailed:
         return None
     finally:

@@ -12,7 +12,7 @@ import pytest
 from pipeline.result import Served
 from router.config_loader import parse_policy
 from test_pipeline import HELLO, answering, harness, policy_text
-from upstream.dispatch import Dispatcher, Outgoing
+from upstream.dispatch import Dispatcher
 from upstream.health import HealthBook
 from upstream.pool import UpstreamPool
 
@@ -34,7 +34,7 @@ def test_a_non_object_answer_falls_back_and_counts_against_the_deployment(tmp_pa
                 dispatcher = Dispatcher(pool, health, 3, 30.0, 5.0)
                 plan = (policy.tiers[0].deployments[0], policy.tiers[1].deployments[0])
                 dep, reply, attempts = await dispatcher.send(
-                    plan, lambda d: Outgoing("chat/completions", {"model": d.upstream_model, "messages": HELLO}))
+                    plan, lambda d: ("chat/completions", {"model": d.upstream_model, "messages": HELLO}, None))
             finally:
                 await pool.close()
             assert dep.id == "mid-0" and reply.body["choices"]

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, NamedTuple, TypeVar
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, TypeVar
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
@@ -56,13 +56,10 @@ class AllAttemptsFailed(Exception):
         self.attempts = attempts
 
 
-class Outgoing(NamedTuple):
-    """One deployment's call: where it goes and what it carries. A plan can mix formats: a deployment that speaks
-    the client's format natively is sent the client's own body, the others the canonical chat body."""
-
-    endpoint: Endpoint
-    body: dict[str, Any]
-    headers: Mapping[str, str] | None = None  # the client's, passed on with a native call only
+# One deployment's call: where it goes, what it carries, and the client's headers for a native call (else None).
+# A plan can mix formats: a deployment that speaks the client's format natively is sent the client's own body, the
+# others the canonical chat body. A plain tuple: a NamedTuple costs ~1 us more to build, on every attempt.
+Outgoing = tuple[Endpoint, dict[str, Any], Mapping[str, str] | None]
 
 
 # The call as one deployment should receive it (endpoint, model name, provider caching hints).
@@ -108,7 +105,7 @@ class Dispatcher:
         attempts.append(Attempt(dep.id, exc.kind, public_reason(exc), elapsed))
         log.warning("upstream attempt failed deployment=%s kind=%s detail=%s", dep.id, exc.kind, exc.message)
         if exc.retryable:
-            self._health.failure(dep.id, exc.retry_after)
+            self._health.failure(dep.id, exc.retry_after, exc.kind)
 
     async def _bounded(self, dep: DeploymentSpec, call: Awaitable[T]) -> T:
         """One deadline for every kind of upstream (HTTP clients enforce their own too; the in-process simulator
@@ -153,8 +150,9 @@ class Dispatcher:
                     if not exc.retryable:
                         break
                     continue
-            self._health.success(dep.id)
-            attempts.append(Attempt(dep.id, "ok", "", (time.perf_counter() - started) * 1000))
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self._health.success(dep.id, elapsed_ms)
+            attempts.append(Attempt(dep.id, "ok", "", elapsed_ms))
             return dep, result, attempts
         assert last is not None
         raise AllAttemptsFailed(last, attempts)
@@ -165,10 +163,10 @@ class Dispatcher:
         async def call(dep: DeploymentSpec) -> UpstreamReply:
             self._health.started(dep.id)
             try:
-                out = body_for(dep)
+                endpoint, body, headers = body_for(dep)
                 client = self._pool.get(dep)
                 # headers only when there are some: a plugin's client written before them takes two arguments
-                sent = client.send(*out) if out.headers else client.send(out.endpoint, out.body)
+                sent = client.send(endpoint, body, headers) if headers else client.send(endpoint, body)
                 return await self._bounded(dep, sent)
             finally:
                 self._health.finished(dep.id)
@@ -181,8 +179,9 @@ class Dispatcher:
         """Returns the serving deployment, the first payload, the rest of the stream and the attempts."""
 
         async def call(dep: DeploymentSpec) -> tuple[bytes, AsyncGenerator[bytes, None]]:
-            out, client = body_for(dep), self._pool.get(dep)
-            stream = self._tracked(dep, client.stream(*out) if out.headers else client.stream(out.endpoint, out.body))
+            (endpoint, body, headers), client = body_for(dep), self._pool.get(dep)
+            stream = self._tracked(dep, client.stream(endpoint, body, headers) if headers
+                                   else client.stream(endpoint, body))
             try:
                 return await self._bounded(dep, anext(stream)), stream
             except StopAsyncIteration:

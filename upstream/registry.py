@@ -57,7 +57,7 @@ def _litellm(dep: DeploymentSpec, settings: ClientSettings) -> Upstream:
 
     native = None
     base = next((url for prefix, url in _NATIVE_BASES.items() if dep.model.startswith(prefix)), None)
-    if base is not None and len(dep.native_apis) > 1:  # it speaks more than chat
+    if base is not None and dep.native_apis - {"chat"}:  # it is sent calls in its own format
         native = HttpUpstream(settings.http_session(), dep.api_base or base, dep.api_key, settings.timeout_s,
                               settings.connect_timeout_s)
     return LiteLLMUpstream(dep.model, dep.api_base, dep.api_key, settings.timeout_s, native)
