@@ -263,14 +263,24 @@ def test_openai_agents_runner_with_a_function_tool(demo_proxy: Process) -> None:
         return f"sunny in {city}"
 
     agent = Agent(name="weather", instructions="Answer weather questions.", tools=[get_weather], model="auto")
-    result = asyncio.run(Runner.run(agent, "What's the weather in Paris?"))
-    assert len(asked) == 1 and asked[0]
-    kinds = [type(item).__name__ for item in result.new_items]
-    assert kinds == ["ToolCallItem", "ToolCallOutputItem", "MessageOutputItem"]
+
+    async def run() -> tuple[Any, list[str], Any]:  # one event loop: the client's connection pool lives in it
+        result = await Runner.run(agent, "What's the weather in Paris?")
+        streamed = Runner.run_streamed(agent, "And in Rome?")
+        kinds = [event.type async for event in streamed.stream_events()]
+        return result, kinds, streamed.final_output
+
+    result, kinds, final = asyncio.run(run())
+    assert len(asked) == 2 and all(asked)
+    assert [type(item).__name__ for item in result.new_items] == ["ToolCallItem", "ToolCallOutputItem",
+                                                                  "MessageOutputItem"]
     assert isinstance(result.final_output, str) and result.final_output
+    assert "raw_response_event" in kinds and "run_item_stream_event" in kinds and final
 
 
 def test_langchain_chat_openai_use_responses_api(demo_proxy: Process) -> None:
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
 
     llm = ChatOpenAI(model="auto", base_url=demo_proxy.url + "/v1", api_key=DEMO_KEYS["research"],
@@ -281,6 +291,24 @@ def test_langchain_chat_openai_use_responses_api(demo_proxy: Process) -> None:
     chunks = list(llm.stream("Hello there"))
     streamed = "".join(c.text for c in chunks)
     assert streamed == message.text  # the simulator is deterministic: same prompt, same answer, whole
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    with_tools = llm.bind_tools([add])
+    asked = with_tools.invoke("What is 2 + 3?")
+    (call,) = asked.tool_calls
+    assert call["name"] == "add" and set(call["args"]) == {"a", "b"}
+    answered = with_tools.invoke([HumanMessage("What is 2 + 3?"), asked, ToolMessage("5", tool_call_id=call["id"])])
+    assert answered.text and not answered.tool_calls
+    # LangChain's own conversation state: it sends only the new turn with previous_response_id
+    chained = ChatOpenAI(model="auto", base_url=llm.openai_api_base, api_key=DEMO_KEYS["research"],
+                         use_responses_api=True, use_previous_response_id=True, max_retries=0)
+    first = chained.invoke([HumanMessage("Hi, I'm Ada.")])
+    second = chained.invoke([HumanMessage("Hi, I'm Ada."), first, HumanMessage("Who am I?")])
+    assert second.text and second.usage_metadata["input_tokens"] > first.usage_metadata["input_tokens"]
 
 
 # ---- a continued conversation keeps its tier and deployment ----------------------------------------------------
