@@ -28,7 +28,7 @@ from proxy.errors import headers_of, wire
 from proxy.render import json_response, respond_as
 from router.policy import Policy, Principal
 from wire.messages.events import ChatToMessages, passed_through, translated
-from wire.messages.request import stop_sequences, to_chat
+from wire.messages.request import native_body, stop_sequences, to_chat
 from wire.messages.response import to_message
 from wire.messages.tokens import count_tokens as count_prompt
 from wire.messages.tokens import prompt_tokens
@@ -85,7 +85,7 @@ async def create(request: Request) -> Response:
     result = await rt.pipeline.run(PipelineRequest(
         kind="chat/completions", body=chat, principal=principal, policy=policy,
         request_id=request.scope["state"]["request_id"], tags=tags, tier_header=request.headers.get("x-tiergate-tier"),
-        client_gone=lambda: endpoints._hung_up(request.receive), api="messages", native=body,
+        client_gone=lambda: endpoints._hung_up(request.receive), api="messages", native=native_body(body),
         session=session_of(request.headers, policy, principal), forward_headers=forwarded(request.headers),
         response_id=response_id))
     stops = stop_sequences(body)

@@ -18,7 +18,7 @@ from pipeline.errors import TiergateError
 from proxy.body import check_chat
 from router.prefix import conversation_key, prefix_key
 from wire.messages.events import ChatToMessages
-from wire.messages.request import to_chat
+from wire.messages.request import native_body, to_chat
 from wire.messages.response import to_message
 from wire.messages.tokens import count_tokens
 
@@ -360,3 +360,19 @@ def test_well_formed_bodies_always_map_to_valid_chat(messages: list[dict[str, An
     results = sum(1 for m in messages if isinstance(m["content"], list) for b in m["content"]
                   if b["type"] == "tool_result")
     assert sum(1 for m in chat["messages"] if m["role"] == "tool") == results
+
+
+def test_native_body_drops_only_the_unsigned_thinking_a_translated_answer_gave() -> None:
+    signed = {"type": "thinking", "thinking": "a", "signature": "EqQB..."}
+    ours = {"type": "thinking", "thinking": "b", "signature": ""}
+    body = messages_body(messages=[{"role": "user", "content": "q"},
+                                   {"role": "assistant", "content": [ours, {"type": "text", "text": "t1"}]},
+                                   {"role": "user", "content": "q2"},
+                                   {"role": "assistant", "content": [signed, {"type": "text", "text": "t2"}]},
+                                   {"role": "user", "content": "q3"}])
+    native = native_body(body)
+    assert native["messages"][1]["content"] == [{"type": "text", "text": "t1"}]
+    assert native["messages"][3]["content"] == [signed, {"type": "text", "text": "t2"}]
+    assert body["messages"][1]["content"][0] is ours  # the client's body is not edited in place
+    plain = messages_body()
+    assert native_body(plain) is plain

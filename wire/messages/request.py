@@ -348,6 +348,23 @@ def to_chat(body: dict[str, Any], *, count_only: bool = False) -> dict[str, Any]
     return chat
 
 
+def native_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The client's body for an Anthropic-native deployment: as sent, less the unsigned ``thinking`` blocks a
+    translated answer gave it (a chat server's reasoning, ``wire.messages.response``), which Anthropic would refuse
+    as forged. Called on a body ``to_chat`` accepted; the body itself when there are none (the usual case)."""
+    messages = body["messages"]
+    if not any(_unsigned(block) for m in messages if m["role"] == "assistant" and isinstance(m["content"], list)
+               for block in m["content"]):
+        return body
+    kept = [{**m, "content": [b for b in m["content"] if not _unsigned(b)]}
+            if m["role"] == "assistant" and isinstance(m["content"], list) else m for m in messages]
+    return {**body, "messages": [m for m in kept if m["content"]]}
+
+
+def _unsigned(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
+
+
 def stop_sequences(body: dict[str, Any]) -> tuple[str, ...]:
     """The request's stop sequences (checked by ``to_chat``): an answer that ended on one says which."""
     return tuple(body.get("stop_sequences") or ())
