@@ -18,6 +18,7 @@ from proxy.errors import error_body, headers_of, wire
 from proxy.evidence_api import evidence as routing_evidence
 from proxy import forecast_api, plan_api
 from proxy import experiments_api
+from proxy import budgets_api, upstreams_api
 from proxy import feedback_api
 from proxy.request_id import RequestIdMiddleware
 from proxy.runtime import Runtime
@@ -86,6 +87,8 @@ def create_app(config_path: str) -> Starlette:
         ("/v1/spend/forecast", forecast_api.forecast, ["GET"]),
         ("/v1/spend/plan", plan_api.create_plan, ["POST"]),
         ("/v1/spend/experiments", experiments_api.experiments, ["GET"]),
+        ("/v1/spend/budgets", budgets_api.budgets, ["GET"]),
+        ("/v1/upstreams", upstreams_api.upstreams, ["GET"]),
         ("/v1/spend/value", feedback_api.value, ["GET"]),
         ("/v1/feedback", feedback_api.give, ["POST"]),
         ("/v1/alerts", alerts_api.alerts, ["GET"]),

@@ -206,6 +206,7 @@ class Runtime:
     metrics: Metrics
     insights: Insights
     responses: ResponseStore  # the Responses API conversation store (Redis, else the ledger's database)
+    health: HealthBook  # this worker's view of each deployment (cooldowns, latency): GET /v1/upstreams
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -233,7 +234,8 @@ class Runtime:
         pipeline = Pipeline(dispatcher, Routing(scorers, health, tracing), meter, budgets, cache, tracing,
                             metrics.observe, status_of)
         runtime = cls(store=store, pipeline=pipeline, scorer=scorer, scorers=scorers, pool=pool, meter=meter, budgets=budgets,
-                      cache=cache, metrics=metrics, insights=Insights(meter.ledger), responses=responses)
+                      cache=cache, metrics=metrics, insights=Insights(meter.ledger), responses=responses,
+                      health=health)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         runtime.tasks.append(asyncio.get_running_loop().create_task(_poll_team_models(scorers, meter.ledger)))
         # Teams with learning.retrain_every_h: every worker runs the schedule, a claim in the ledger picks one.

@@ -148,7 +148,8 @@ async def report(request: Request) -> Response:
 
 
 async def teams(request: Request) -> Response:
-    """``GET /v1/spend/teams``: each team's spend today and this month against its budgets."""
+    """``GET /v1/spend/teams``: each team's spend today and this month against its budgets, and its ceiling tier
+    (what ``savings_usd`` is measured against)."""
     team = await visible_team(request)
     rt = runtime(request)
     await _flushed(request)
@@ -158,6 +159,9 @@ async def teams(request: Request) -> Response:
     rows = await rt.meter.teams_status(policies)
     if team is not None:
         rows = [row for row in rows if row["team"] == team]
+    for row in rows:  # the savings baseline: the team's usage priced on its most capable tier (its ceiling)
+        known = rt.store.policy.teams.get(str(row["team"]))
+        row["ceiling_tier"] = known.tier_names[-1] if known else None
     return json_response({"day": datetime.now(timezone.utc).date().isoformat(), "teams": rows})
 
 

@@ -1,16 +1,22 @@
 // tiergate live spend dashboard. No dependencies, nothing loaded from outside the proxy.
 //
-// Money arrives as exact decimal strings from the finance API (/v1/spend/report, /v1/spend/teams). It is shown
-// from those strings; anything derived (cost per 1k requests, shares) is computed in integer nano-dollars with
-// BigInt, never by adding floats. Each money element keeps the exact string in data-usd and its tooltip.
+// Money arrives as exact decimal strings from the finance API (/v1/spend/*, /v1/alerts). It is shown from those
+// strings; anything derived (cost per 1k requests, shares, untagged share) is computed in integer nano-dollars with
+// BigInt, never by adding floats. Each money element keeps the API's string in data-usd and its tooltip.
+// Every call carries the chosen date range (UTC days, start inclusive, end exclusive, as the API) and, for an
+// admin key with a team chosen, team=.
 "use strict";
 
 const KEY_STORE = "tiergate.dashboard.key";
 const REFRESH_MS = 4000;
 const NANOS = 1000000000n;
 const TIER_COLOURS = ["#20c997", "#4c6ef5", "#f59f00", "#e64980", "#7950f2", "#868e96"];
+const SHOWN_CAPS = 6;  // key/tag blocks in the budget panel: the most used first
 
-const state = { period: "month", busy: false, refreshes: 0, timer: null, tierColours: new Map() };
+const state = {
+  period: "month", custom: null, team: "", admin: null, today: null,
+  busy: false, again: false, refreshes: 0, timer: null, tierColours: new Map(),
+};
 
 class AuthError extends Error {}
 
@@ -88,33 +94,83 @@ function cell(content, num = false) {
   return h("td", { class: num ? "num" : "" }, content);
 }
 
+function dayText(iso) {
+  return iso.slice(0, 10);
+}
+
+function addDays(iso, days) {
+  const d = new Date(`${iso}T00:00:00Z`);
+  d.setUTCDate(d.getUTCDate() + days);
+  return d.toISOString().slice(0, 10);
+}
+
+function shareText(share) {
+  return `${share < 10 ? share.toFixed(2) : share.toFixed(0)}%`;
+}
+
+function maxNanos(...values) {
+  return values.reduce((a, b) => (b > a ? b : a), 0n);
+}
+
 // ---- API ----------------------------------------------------------------------------------------------------
+function authHeaders() {
+  return { Authorization: `Bearer ${sessionStorage.getItem(KEY_STORE)}` };
+}
+
+async function apiError(response, path) {
+  let message = `${path.split("?")[0]}: HTTP ${response.status}`;
+  try { message = `${message}: ${(await response.json()).error.message}`; } catch (_) { /* keep the status */ }
+  return message;
+}
+
 async function api(path) {
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY_STORE)}` } });
+  const response = await fetch(path, { headers: authHeaders() });
   if (response.status === 401 || response.status === 403) {
     let message = `the key was refused (${response.status})`;
     try { message = (await response.json()).error.message; } catch (_) { /* keep the generic message */ }
     throw new AuthError(message);
   }
-  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  if (!response.ok) throw new Error(await apiError(response, path));
   return response.json();
 }
 
+function teamParam() {
+  return state.team ? `&team=${encodeURIComponent(state.team)}` : "";
+}
+
+// The range the view shows: a preset relative to the server's UTC day, or the custom one.
+function currentRange(today) {
+  const tomorrow = addDays(today, 1);
+  if (state.period === "day") return { start: today, end: tomorrow, label: "today" };
+  if (state.period === "last7") return { start: addDays(today, -6), end: tomorrow, label: "last 7 days" };
+  if (state.period === "custom" && state.custom) {
+    return { ...state.custom, label: `${state.custom.start} → ${state.custom.end} (excl.)` };
+  }
+  return { start: `${today.slice(0, 8)}01`, end: tomorrow, label: "this month" };
+}
+
 // ---- panels -------------------------------------------------------------------------------------------------
-function renderKpis(day, month, period) {
+function per1k(report) {
+  const requests = BigInt(report.totals.requests);
+  return decimalOf(requests > 0n ? (nanos(report.totals.cost_usd) * 1000n + requests / 2n) / requests : 0n);
+}
+
+function renderKpis(day, month, chosen, ceilings) {
+  money($("range-spend"), chosen.totals.cost_usd);
+  $("range-requests").textContent = chosen.totals.requests.toLocaleString("en-US");
   money($("day-spend"), day.totals.cost_usd);
   $("day-requests").textContent = day.totals.requests.toLocaleString("en-US");
   money($("month-spend"), month.totals.cost_usd);
   $("month-requests").textContent = month.totals.requests.toLocaleString("en-US");
-  const chosen = period === "day" ? day : month;
+  // The baseline is each team's own ceiling tier (what its usage would cost there), not one fixed tier.
+  const tiers = [...new Set(chosen.rows.map((r) => ceilings.get(r.team)).filter(Boolean))];
+  $("savings-label").textContent = tiers.length === 1 ? `Saved vs always-${tiers[0]}` : "Saved vs each team's ceiling";
   money($("savings"), chosen.totals.savings_usd);
   money($("baseline"), chosen.totals.counterfactual_cost_usd);
   $("saved-pct").textContent = `${pct(nanos(chosen.totals.savings_usd), nanos(chosen.totals.counterfactual_cost_usd)).toFixed(1)}%`;
-  for (const [id, report] of [["per1k-month", month], ["per1k-day", day]]) {
-    const requests = BigInt(report.totals.requests);
-    const per1k = requests > 0n ? (nanos(report.totals.cost_usd) * 1000n + requests / 2n) / requests : 0n;
-    money($(id), decimalOf(per1k));
-  }
+  money($("per1k-range"), per1k(chosen));
+  money($("per1k-month"), per1k(month));
+  money($("per1k-day"), per1k(day));
 }
 
 function burn(label, spentText, capText, testid) {
@@ -128,16 +184,46 @@ function burn(label, spentText, capText, testid) {
   fill.style.width = `${Math.min(share, 100)}%`;
   const track = h("div", { class: "track", title: `${share.toFixed(2)}% of the cap` }, fill, h("div", { class: "mark" }));
   const amount = h("span", { class: "amount" }, h("span", { usd: spentText, testid }), ` of ${usdText(nanos(capText))} · `,
-    h("b", {}, `${share < 10 ? share.toFixed(2) : share.toFixed(0)}%`));
+    h("b", {}, shareText(share)));
   row.append(track, amount);
   return row;
 }
 
-function renderBudgets(teams) {
-  const rows = teams.teams.map((t) => h("div", { class: "budget" }, h("div", { class: "team" }, t.team),
+function capBlock(title, sub, bars) {
+  return h("div", { class: "budget" }, h("div", { class: "team", title }, title, sub ? h("div", { class: "muted" }, sub) : null),
+    h("div", { class: "bars" }, ...bars));
+}
+
+function renderBudgets(teams, budgets, experiments) {
+  const out = teams.teams.map((t) => capBlock(t.team, "team", [
     burn("today", t.day_usd, t.daily_budget_usd, `team-day-${t.team}`),
-    burn("month", t.month_usd, t.monthly_budget_usd, `team-month-${t.team}`)));
-  $("budgets").replaceChildren(...(rows.length ? rows : [empty("No teams")]));
+    burn("month", t.month_usd, t.monthly_budget_usd, `team-month-${t.team}`)]));
+  for (const [scope, heading] of [["key", "Keys"], ["tag", "Tags"]]) {
+    const blocks = new Map();
+    for (const c of budgets.caps.filter((cap) => cap.scope === scope)) {
+      const id = `${c.team}\u0000${c.name}`;
+      if (!blocks.has(id)) blocks.set(id, { team: c.team, name: c.name, caps: [], top: 0n });
+      const block = blocks.get(id);
+      block.caps.push(c);
+      const share = (nanos(c.spent_usd) * 1000000n) / (nanos(c.limit_usd) || 1n);
+      if (share > block.top) block.top = share;
+    }
+    const sorted = [...blocks.values()].sort((a, b) => (b.top > a.top ? 1 : b.top < a.top ? -1 : 0));
+    if (!sorted.length) continue;
+    out.push(h("div", { class: "section" }, heading));
+    for (const b of sorted.slice(0, SHOWN_CAPS)) {
+      out.push(capBlock(b.name, `${scope} · ${b.team}`, b.caps.map((c) => burn(c.period === "day" ? "today" : "month",
+        c.spent_usd, c.limit_usd, `cap-${scope}-${c.period}-${c.team}-${c.name}`))));
+    }
+    if (sorted.length > SHOWN_CAPS) out.push(h("div", { class: "more" }, `+${sorted.length - SHOWN_CAPS} more ${heading.toLowerCase()} under caps`));
+  }
+  if (experiments.experiments.length) {
+    out.push(h("div", { class: "section" }, "Experiments"));
+    for (const e of experiments.experiments) {
+      out.push(capBlock(e.name, `experiment · ${e.team}`, [burn("life", e.spent_usd, e.budget_usd, `cap-experiment-${e.team}-${e.name}`)]));
+    }
+  }
+  $("budgets").replaceChildren(...(out.length ? out : [empty("No teams")]));
 }
 
 function niceMax(value) {
@@ -186,15 +272,102 @@ function renderChart(points, hint) {
   $("chart").replaceChildren(root);
 }
 
-function dayPoints(report, monthStart, today) {
-  const byDay = new Map(report.rows.map((r) => [r.day, r]));
+function dayPoints(report, start, end) {
+  const byDay = new Map(report.rows.map((r) => [dayText(r.day), r]));
   const points = [];
-  for (let d = new Date(`${monthStart}T00:00:00Z`); d.toISOString().slice(0, 10) <= today; d.setUTCDate(d.getUTCDate() + 1)) {
-    const key = d.toISOString().slice(0, 10);
+  for (let key = start; key < end; key = addDays(key, 1)) {
     const row = byDay.get(key);
-    points.push({ label: key.slice(8), tip: key, cost: row ? row.cost_usd : "0.000000000", requests: row ? row.requests : 0 });
+    points.push({ label: key.slice(5), tip: key, cost: row ? row.cost_usd : "0.000000000", requests: row ? row.requests : 0 });
   }
   return points;
+}
+
+function runOut(b) {
+  const cap = `${b.period === "month" ? "monthly" : "daily"} ${usdText(nanos(b.limit_usd))}`;
+  return b.runs_out_on ? h("span", { class: "bad" }, `${cap}: runs out ${b.runs_out_on}`) : h("span", { class: "good" }, `${cap}: holds`);
+}
+
+function renderForecast(fc) {
+  $("forecast-hint").textContent = `${fc.month_start} – ${fc.month_end} (excl.) · ${fc.interval} interval`;
+  const t = fc.total;
+  money($("forecast-total"), t.projected_usd);
+  $("forecast-range").replaceChildren(h("span", { usd: t.low_usd }), " – ", h("span", { usd: t.high_usd }));
+  money($("forecast-burn"), t.burn_rate_usd_per_day);
+  if (!fc.rows.length) return $("forecast").replaceChildren(empty("No spend this month yet"));
+  $("forecast").replaceChildren(...fc.rows.map((r) => {
+    const monthly = r.budgets.find((b) => b.period === "month");
+    const spent = nanos(r.spent_usd), low = nanos(r.low_usd), high = nanos(r.high_usd), proj = nanos(r.projected_usd);
+    const cap = monthly ? nanos(monthly.limit_usd) : 0n;
+    // A cap far above the projection would squeeze the bar to a sliver: it is then named, not drawn.
+    const reach = maxNanos(spent, high, proj);
+    const drawCap = monthly && cap <= reach * 4n;
+    const scale = (drawCap ? maxNanos(reach, cap) : reach) || 1n;
+    const at = (v) => `${pct(v, scale)}%`;
+    const fill = h("div", { class: "fill" });
+    fill.style.width = at(spent);
+    const band = h("div", { class: "band", title: `80%: $${r.low_usd} – $${r.high_usd}` });
+    band.style.left = at(low);
+    band.style.width = `${pct(high - low, scale)}%`;
+    const tick = h("div", { class: "tick", title: `projected $${r.projected_usd}` });
+    tick.style.left = at(proj);
+    const track = h("div", { class: "track" }, band, fill, tick);
+    if (drawCap) {
+      const line = h("div", { class: "cap", title: `monthly cap $${monthly.limit_usd}` });
+      line.style.left = at(cap);
+      track.append(line);
+    }
+    return h("div", { class: "fc" },
+      h("div", { class: "team" }, r.team),
+      track,
+      h("div", { class: "amount" }, h("b", { usd: r.projected_usd, testid: `forecast-projected-${r.team}` }),
+        h("span", { class: "muted" }, " (", h("span", { usd: r.low_usd }), " – ", h("span", { usd: r.high_usd }), ")")),
+      h("div", { class: "fc-sub" }, "spent ", h("span", { usd: r.spent_usd, testid: `forecast-spent-${r.team}` }),
+        " · burn ", h("span", { usd: r.burn_rate_usd_per_day, testid: `forecast-burn-${r.team}` }), "/day",
+        monthly && !drawCap ? ` · monthly cap ${usdText(cap)} off scale` : ""),
+      h("div", { class: "fc-sub right", testid: `forecast-runout-${r.team}` },
+        ...(r.budgets.length ? r.budgets.flatMap((b, i) => (i ? [" · ", runOut(b)] : [runOut(b)])) : ["no budget"])));
+  }));
+}
+
+function scopeText(a) {
+  return a.scope === "team" ? `team ${a.team}` : `${a.scope} ${a.scope_name}`;
+}
+
+function renderAlerts(data, limit) {
+  const thresholds = data.alerts.filter((a) => a.kind === "threshold");
+  const refusals = data.alerts.filter((a) => a.kind === "refusal");
+  const more = data.alerts.length >= limit ? "+" : "";
+  $("alert-counts").replaceChildren(h("span", { testid: "alert-thresholds" }, `${thresholds.length}${more}`), " thresholds · ",
+    h("span", { testid: "alert-refusals" }, `${refusals.length}${more}`), " refusals");
+  if (!data.alerts.length) return $("alerts").replaceChildren(empty("No budget alerts or refusals in this period"));
+  const byScope = new Map();
+  for (const a of refusals) byScope.set(scopeText(a), (byScope.get(scopeText(a)) || 0) + 1);
+  const summary = [...byScope.entries()].sort((a, b) => b[1] - a[1]).slice(0, 4)
+    .map(([scope, n]) => h("span", { class: "pill bad", testid: `refusals-${scope}` }, `${scope} ×${n}`));
+  const rows = data.alerts.slice(0, 8).map((a) => {
+    const what = a.kind === "threshold"
+      ? h("span", { class: `pill ${a.threshold_pct >= 100 ? "bad" : a.threshold_pct >= 80 ? "warn" : ""}` }, `${a.threshold_pct}% crossed`)
+      : h("span", { class: "pill bad" }, "refused 429");
+    const amount = h("span", {}, h("span", { usd: a.spent_usd }), ` of ${usdText(nanos(a.limit_usd))}`,
+      a.kind === "refusal" ? h("span", { class: "muted" }, " + ", h("span", { usd: a.amount_usd })) : null);
+    const row = h("tr", { title: `team ${a.team} · request ${a.request_id || "–"}` }, cell(`${a.at.slice(5, 10)} ${a.at.slice(11, 19)}`),
+      cell(what), cell(scopeText(a)), cell(a.period), cell(amount, true));
+    row.dataset.testid = `alert-${a.id}`;
+    row.dataset.kind = a.kind;
+    return row;
+  });
+  $("alerts").replaceChildren(...(summary.length ? [h("div", { class: "chips" }, h("span", { class: "muted" }, "refused: "), ...summary)] : []),
+    table([["time (UTC)"], ["event"], ["scope"], ["period"], ["spent of cap (+ refused ask)", 1]], rows));
+}
+
+function renderTeamSavings(report, ceilings) {
+  if (!report.rows.length) return $("team-savings").replaceChildren(empty());
+  $("team-savings").replaceChildren(table([["team"], ["saved vs"], ["spend", 1], ["saved", 1], ["%", 1]],
+    report.rows.map((r) => h("tr", { title: `baseline cost $${r.counterfactual_cost_usd}` }, cell(r.team),
+      cell(h("span", { class: "pill", testid: `baseline-${r.team}` }, ceilings.get(r.team) ? `always-${ceilings.get(r.team)}` : "its ceiling")),
+      cell(h("span", { usd: r.cost_usd }), true),
+      cell(h("b", { class: "good", usd: r.savings_usd, testid: `savings-${r.team}` }), true),
+      cell(`${pct(nanos(r.savings_usd), nanos(r.counterfactual_cost_usd)).toFixed(1)}%`, true)))));
 }
 
 function renderTiers(report) {
@@ -223,6 +396,23 @@ function renderTiers(report) {
   $("tiers").replaceChildren(bar, table([["tier"], ["requests", 1], ["share", 1], ["spend", 1], ["saved", 1]], body));
 }
 
+function renderUntagged(report) {
+  // The rows of one tag key (its values and its untagged row) partition the records: the untagged row's share of the
+  // total is the spend nobody can attribute by that key.
+  const total = nanos(report.totals.cost_usd);
+  const untagged = report.rows.filter((r) => r.tag_value === null);
+  if (!untagged.length || total === 0n) return $("untagged").replaceChildren();
+  $("untagged").replaceChildren(h("div", { class: "section" }, "Untagged share of spend"), ...untagged.map((r) => {
+    const name = r.tag_key === null ? "(no tags at all)" : r.tag_key;
+    const share = pct(nanos(r.cost_usd), total);
+    const fill = h("div", { class: `fill${share >= 50 ? " warn" : ""}` });
+    fill.style.width = `${Math.min(share, 100)}%`;
+    return h("div", { class: "burn wide" }, h("span", { class: "label", title: name }, name), h("div", { class: "track" }, fill),
+      h("span", { class: "amount" }, h("span", { usd: r.cost_usd, testid: `untagged-${name}` }), " · ",
+        h("b", { testid: `untagged-share-${name}` }, shareText(share))));
+  }));
+}
+
 function renderRanking(target, rows, nameOf, testPrefix) {
   const sorted = [...rows].sort((a, b) => {
     const x = nanos(a.cost_usd), y = nanos(b.cost_usd);
@@ -240,15 +430,60 @@ function renderRanking(target, rows, nameOf, testPrefix) {
   }));
 }
 
+function renderExperiments(data) {
+  if (!data.experiments.length) return $("experiments").replaceChildren(empty("No experiment manifests"));
+  $("experiments").replaceChildren(...data.experiments.map((e) => {
+    const status = h("span", { class: `pill ${e.status === "active" ? "ok" : e.status === "scheduled" ? "" : "bad"}`,
+      testid: `experiment-status-${e.name}` }, e.status);
+    const expires = e.expires_at ? `expires ${e.expires_at.slice(0, 16).replace("T", " ")} UTC` : "no expiry (production)";
+    return h("div", { class: "experiment" },
+      h("div", { class: "exp-head" }, h("b", {}, e.name), " ", status, h("span", { class: "muted" }, ` · ${e.team} · `),
+        h("span", { testid: `experiment-owner-${e.name}` }, e.owner)),
+      h("div", { class: "purpose", title: e.purpose }, e.purpose),
+      burn("spent", e.spent_usd, e.budget_usd, `experiment-spent-${e.name}`),
+      h("div", { class: "fc-sub" }, `${e.requests.toLocaleString("en-US")} requests · projected `,
+        h("span", { class: e.projected_over_budget ? "bad" : "", usd: e.projected_usd, testid: `experiment-projected-${e.name}` }),
+        ` by ${e.forecast_until.slice(0, 10)} · ${expires}`));
+  }));
+}
+
+function renderValue(data) {
+  $("value-card").hidden = false;
+  if (!data.rows.length) return $("value").replaceChildren(empty());
+  const perAccepted = (r, testid) => (r.cost_per_accepted_usd === null ? h("span", { class: "muted", testid }, "no accepted")
+    : h("b", { usd: r.cost_per_accepted_usd, testid }));
+  const rows = data.rows.map((r) => h("tr", {}, cell(r.team), cell(r.requests.toLocaleString("en-US"), true),
+    cell(`${r.accepted} / ${r.with_feedback}`, true), cell(h("span", { usd: r.cost_usd }), true),
+    cell(perAccepted(r, `value-${r.team}`), true)));
+  rows.push(h("tr", { class: "total" }, cell("total"), cell(data.totals.requests.toLocaleString("en-US"), true),
+    cell(`${data.totals.accepted} / ${data.totals.with_feedback}`, true), cell(h("span", { usd: data.totals.cost_usd }), true),
+    cell(perAccepted(data.totals, "value-total"), true)));
+  $("value").replaceChildren(table([["team"], ["requests", 1], ["accepted / rated", 1], ["spend", 1], ["per accepted", 1]], rows),
+    h("div", { class: "fc-sub" }, "an output is accepted when its latest feedback says so (POST /v1/feedback)"));
+}
+
+function renderUpstreams(data) {
+  $("upstreams-card").hidden = false;
+  $("upstreams-hint").textContent = `this worker (pid ${data.pid}) · last ${data.latency_window} answers each`;
+  const ms = (v) => (v === null ? "–" : v < 10 ? v.toFixed(1) : Math.round(v).toLocaleString("en-US"));
+  $("upstreams").replaceChildren(table(
+    [["deployment"], ["status"], ["P50 ms", 1], ["P95 ms", 1], ["ok / failed", 1], ["in flight", 1], ["last failure"]],
+    data.upstreams.map((u) => {
+      const status = h("span", { class: `pill ${u.status === "healthy" ? "ok" : u.status === "cooldown" ? "bad" : "warn"}`,
+        testid: `upstream-status-${u.id}` }, u.status === "cooldown" ? `cooldown ${Math.ceil(u.cooldown_remaining_s)}s` : u.status);
+      const last = u.recent_failures.length ? `${u.recent_failures[0].kind}, ${Math.round(u.recent_failures[0].seconds_ago)}s ago` : "–";
+      return h("tr", { title: `${u.model} (${u.provider}) · ${u.latency_ms.samples} samples` },
+        cell(h("span", {}, u.id, h("span", { class: "muted" }, ` · ${u.tier}`))), cell(status),
+        cell(h("span", { testid: `upstream-p50-${u.id}` }, ms(u.latency_ms.p50)), true),
+        cell(h("span", { testid: `upstream-p95-${u.id}` }, ms(u.latency_ms.p95)), true),
+        cell(h("span", { testid: `upstream-counts-${u.id}` }, `${u.successes} / ${u.failures}`), true),
+        cell(String(u.inflight), true), cell(last));
+    })));
+}
+
 function renderPercentiles(data) {
   const rows = [...data.rows].sort((a, b) => b.p95_output_tokens - a.p95_output_tokens);
-  if (!rows.length) {
-    $("p95-top").textContent = "–";
-    $("p95-top-label").textContent = "no successful requests";
-    return $("percentiles").replaceChildren(empty());
-  }
-  $("p95-top").textContent = rows[0].p95_output_tokens.toLocaleString("en-US");
-  $("p95-top-label").textContent = `highest: ${rows[0].team} · ${rows[0].model}`;
+  if (!rows.length) return $("percentiles").replaceChildren(empty());
   $("percentiles").replaceChildren(table([["team"], ["model"], ["requests", 1], ["P50", 1], ["P95", 1]],
     rows.slice(0, 8).map((r) => h("tr", {}, cell(r.team), cell(r.model || "(none)"), cell(r.requests.toLocaleString("en-US"), true),
       cell(r.p50_output_tokens.toLocaleString("en-US"), true), cell(h("b", {}, r.p95_output_tokens.toLocaleString("en-US")), true)))));
@@ -264,43 +499,80 @@ function renderRequests(data) {
       cell(h("b", { usd: r.cost_usd }), true)))));
 }
 
+function renderTeamFilter(teams) {
+  $("team-filter-box").hidden = !state.admin;
+  if (!state.admin || state.team) return;  // the unfiltered list names every team the admin may choose
+  const select = $("team-filter");
+  const names = teams.teams.map((t) => t.team);
+  const shown = [...select.options].slice(1).map((o) => o.value);
+  if (names.join("\u0000") === shown.join("\u0000")) return;
+  select.replaceChildren(h("option", { value: "" }, "All teams"), ...names.map((n) => h("option", { value: n }, n)));
+}
+
 // ---- refresh loop -------------------------------------------------------------------------------------------
+const ALERT_LIMIT = 1000;
+
 async function refresh() {
-  if (state.busy || !sessionStorage.getItem(KEY_STORE)) return;
+  if (!sessionStorage.getItem(KEY_STORE)) return;
+  if (state.busy) { state.again = true; return; }  // a change made during a refresh is shown by the next one
   state.busy = true;
+  state.again = false;
   try {
-    const [teams, month] = await Promise.all([api("/v1/spend/teams"), api("/v1/spend/report?group_by=team")]);
+    const tq = teamParam();
+    const teams = await api(`/v1/spend/teams?${tq.slice(1)}`);
     const today = teams.day;
-    // UTC days, end exclusive: the default report (month) already ends tomorrow
-    const dayRange = `start=${today}&end=${month.end}`;
-    const range = state.period === "day" ? dayRange : `start=${month.start}&end=${month.end}`;
-    const [day, tiers, keys, tags, percentiles, requests, series] = await Promise.all([
-      api(`/v1/spend/report?${dayRange}&group_by=team`),
-      api(`/v1/spend/report?${range}&group_by=tier`),
-      api(`/v1/spend/report?${range}&group_by=key`),
-      api(`/v1/spend/report?${range}&group_by=tag`),
-      api(`/v1/spend/percentiles?${range}`),
-      api("/v1/spend/requests?limit=8&order=cost&hours=24"),
-      state.period === "day" ? api(`/v1/spend/timeseries?bucket=hour&day=${today}`)
-        : api(`/v1/spend/report?${range}&group_by=day`),
+    state.today = today;
+    const tomorrow = addDays(today, 1);
+    const view = currentRange(today);
+    const rq = `start=${view.start}&end=${view.end}${tq}`;
+    const oneDay = view.end === addDays(view.start, 1);
+    const [month, day, chosen, tiers, keys, tags, percentiles, requests, series, forecast, budgets, experiments, alerts,
+      value, upstreams] = await Promise.all([
+      api(`/v1/spend/report?group_by=team${tq}`),
+      api(`/v1/spend/report?start=${today}&end=${tomorrow}&group_by=team${tq}`),
+      api(`/v1/spend/report?${rq}&group_by=team`),
+      api(`/v1/spend/report?${rq}&group_by=tier`),
+      api(`/v1/spend/report?${rq}&group_by=key`),
+      api(`/v1/spend/report?${rq}&group_by=tag`),
+      api(`/v1/spend/percentiles?${rq}`),
+      api(`/v1/spend/requests?limit=8&order=cost&hours=24${tq}`),
+      oneDay ? api(`/v1/spend/timeseries?bucket=hour&day=${view.start}${tq}`) : api(`/v1/spend/report?${rq}&group_by=day`),
+      api(`/v1/spend/forecast?group_by=team${tq}`),
+      api(`/v1/spend/budgets?${tq.slice(1)}`),
+      api(`/v1/spend/experiments?${tq.slice(1)}`),
+      api(`/v1/alerts?since=${view.start}&until=${view.end}&limit=${ALERT_LIMIT}${tq}`),
+      api(`/v1/spend/value?${rq}&group_by=team`),
+      state.admin === false ? null : api("/v1/upstreams").catch((e) => (e instanceof AuthError ? null : Promise.reject(e))),
     ]);
-    $("scope").textContent = month.team === null ? "All teams · admin" : `Team ${month.team}`;
-    renderKpis(day, month, state.period);
-    renderBudgets(teams);
-    if (state.period === "day") {
+    if (!state.team) state.admin = month.team === null;  // unfiltered, an admin key sees every team
+    $("scope").textContent = state.admin ? (state.team ? `Team ${state.team} · admin` : "All teams · admin") : `Team ${month.team}`;
+    const ceilings = new Map(teams.teams.map((t) => [t.team, t.ceiling_tier]));
+    for (const el of document.querySelectorAll(".pname")) el.textContent = view.label;
+    if (state.period !== "custom") { $("range-start").value = view.start; $("range-end").value = view.end; }
+    renderTeamFilter(teams);
+    renderKpis(day, month, chosen, ceilings);
+    renderBudgets(teams, budgets, experiments);
+    if (oneDay) {
       renderChart(series.points.map((p) => ({ label: p.hour.slice(11, 13), tip: `${p.hour.slice(11, 16)} UTC`,
-        cost: p.cost_usd, requests: p.requests })), `today, per hour (UTC) · ${today}`);
+        cost: p.cost_usd, requests: p.requests })), `per hour (UTC) · ${view.start}`);
     } else {
-      renderChart(dayPoints(series, month.start, today), `this month, per day · ${month.start} – ${today}`);
+      renderChart(dayPoints(series, view.start, view.end), `per day · ${view.start} – ${addDays(view.end, -1)}`);
     }
+    renderForecast(forecast);
+    renderAlerts(alerts, ALERT_LIMIT);
+    renderTeamSavings(chosen, ceilings);
     renderTiers(tiers);
+    renderUntagged(tags);
     renderRanking("keys", keys.rows, (r) => r.key_id, "key");
-    renderRanking("tags", tags.rows, (r) => r.tag_value !== null ? `${r.tag_key}=${r.tag_value}`
-      : r.tag_key !== null ? `${r.tag_key}: (untagged)` : "(no tags)", "tag");
+    renderRanking("tags", tags.rows.filter((r) => r.tag_value !== null), (r) => `${r.tag_key}=${r.tag_value}`, "tag");
+    renderExperiments(experiments);
+    renderValue(value);
+    if (upstreams) renderUpstreams(upstreams); else $("upstreams-card").hidden = true;
     renderPercentiles(percentiles);
     renderRequests(requests);
     state.refreshes += 1;
     document.body.dataset.refreshes = String(state.refreshes);
+    document.body.dataset.view = `${view.start}/${view.end}/${state.team}`;  // what the page now shows (tests wait for it)
     $("updated").textContent = `Updated ${new Date().toISOString().slice(11, 19)} UTC`;
     $("dot").className = "dot ok";
   } catch (error) {
@@ -309,7 +581,29 @@ async function refresh() {
     $("updated").textContent = `Update failed: ${error.message}`;
   } finally {
     state.busy = false;
+    if (state.again) refresh();
   }
+}
+
+// The CSV of the range and team in view, grouped as chosen: the spend report's own CSV (exact decimal strings).
+async function exportCsv() {
+  if (!state.today) return;
+  const view = currentRange(state.today);
+  const group = $("export-group").value;
+  const path = `/v1/spend/report?start=${view.start}&end=${view.end}&group_by=${encodeURIComponent(group)}&format=csv${teamParam()}`;
+  const response = await fetch(path, { headers: authHeaders() });
+  if (!response.ok) {
+    $("dot").className = "dot err";
+    $("updated").textContent = `Export failed: ${await apiError(response, path)}`;
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const name = `spend-${group.replace(",", "-")}-${view.start}-${view.end}${state.team ? `-${state.team}` : ""}.csv`;
+  const link = h("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 function showLogin(message = "") {
@@ -317,6 +611,7 @@ function showLogin(message = "") {
   clearInterval(state.timer);
   $("main").hidden = true;
   $("controls").hidden = true;
+  $("toolbar").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message;
   $("scope").textContent = "";
@@ -324,9 +619,13 @@ function showLogin(message = "") {
 }
 
 function start() {
+  state.admin = null;
+  state.team = "";
+  $("team-filter").value = "";
   $("login").hidden = true;
   $("main").hidden = false;
   $("controls").hidden = false;
+  $("toolbar").hidden = false;
   clearInterval(state.timer);
   state.timer = setInterval(refresh, REFRESH_MS);
   refresh();
@@ -334,9 +633,20 @@ function start() {
 
 function setPeriod(period) {
   state.period = period;
+  $("range-error").textContent = "";
   for (const b of document.querySelectorAll(".period button")) b.classList.toggle("on", b.dataset.period === period);
-  for (const el of document.querySelectorAll(".pname")) el.textContent = period === "day" ? "today" : "this month";
   refresh();
+}
+
+function applyRange(event) {
+  event.preventDefault();
+  const start = $("range-start").value, end = $("range-end").value;
+  if (!start || !end || end <= start) {
+    $("range-error").textContent = `the end must be after the start (it is exclusive: ${start || "start"} to the next day is one day)`;
+    return;
+  }
+  state.custom = { start, end };
+  setPeriod("custom");
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -348,6 +658,8 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("change-key").addEventListener("click", () => showLogin());
   for (const b of document.querySelectorAll(".period button")) b.addEventListener("click", () => setPeriod(b.dataset.period));
-  for (const el of document.querySelectorAll(".pname")) el.textContent = "this month";
+  $("range").addEventListener("submit", applyRange);
+  $("team-filter").addEventListener("change", () => { state.team = $("team-filter").value; refresh(); });
+  $("export").addEventListener("click", () => exportCsv());
   if (sessionStorage.getItem(KEY_STORE)) start(); else showLogin();
 });
