@@ -126,3 +126,20 @@ def test_sticky_key_holds_aliased_auto_requests_by_session() -> None:
     assert key("claude-sonnet-4-6", "x", "s-1") != key("claude-sonnet-4-6", "x", "s-2")
     assert key("claude-sonnet-4-6", "x", None) is not None  # no session: keyed by the text, as before
     assert key("claude-haiku-4-5", "x", "s-1") is None
+
+
+def test_session_headers_are_configured_per_team() -> None:
+    from proxy.messages_api import session_of
+    from router.policy import Principal
+
+    principal = Principal("k", "a", False, {}, None)
+    default = parse_policy(policy_text('      "claude-*": auto'))
+    assert session_of({"x-claude-code-session-id": " s-1 "}, default, principal) == "s-1"
+    assert session_of({"x-other": "s-1"}, default, principal) is None
+    custom = parse_policy(policy_text('      "claude-*": auto', "    context: {session_headers: [X-Chat-Thread]}"))
+    assert custom.teams["a"].settings.context.session_headers == ["x-chat-thread"]
+    assert session_of({"x-chat-thread": "t-9", "x-claude-code-session-id": "s-1"}, custom, principal) == "t-9"
+    assert session_of({"x-chat-thread": "t-9"}, custom, Principal("admin", None, True, {}, None)) is None
+    with pytest.raises(ConfigError) as error:
+        parse_policy(policy_text('      "claude-*": auto', "    context: {session_headers: ['bad header']}"))
+    assert error.value.issues[0].field == "teams.a.context.session_headers"
