@@ -103,7 +103,8 @@ class Repriced:
 
 def treatment_of(record: UsageRecord, policy: Policy) -> Treatment:
     """Which kind of request ``record`` was (see the module's docstring)."""
-    if not record.model or (record.status >= 400 and record.cost_nanos == 0):  # a 499 after usage is billed
+    # Failed records carry their error; a client that hung up after usage came back was billed (cost > 0).
+    if not record.model or (record.error is not None and record.cost_nanos == 0):
         return "failed"
     if record.purpose in ("shadow", "judge"):
         return "measuring"

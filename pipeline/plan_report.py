@@ -165,7 +165,7 @@ class Plan:
             lines.append(f"\nQuality (judged requests: {q.judged}, comparable: {q.comparable}): mean grade "
                          f"{d['mean_grade_before']} -> {d['mean_grade_after']} (change {d['change']}); expected "
                          f"change per request {d['expected_change_per_request']} ("
-                         + (f"{100 * q.covered_share:.0f}%" if q.covered_share is not None else "none")
+                         + (f"{q.covered_share:.0%}" if q.covered_share is not None else "none")
                          + " of moved requests make a move with judged samples)")
             for m in q.moves:
                 lines.append(f"  {m.before} -> {m.after}: {m.requests} requests, judged {m.judged}, mean grade change "

@@ -117,7 +117,8 @@ def test_each_kind_of_record_is_treated_as_documented() -> None:
     hit = rec(13, "small", 0.1, deployment="response-cache", cost_nanos=0)
     summary = rec(14, "small", None, purpose="summarization", requested_model="small")
     shadow = rec(15, "frontier", None, purpose="shadow", requested_model="frontier")
-    failed = rec(16, "mid", 0.6, model="", status=502, cost_nanos=0, prompt_tokens=0, completion_tokens=0)
+    failed = rec(16, "mid", 0.6, model="", status=502, error="upstream failed", cost_nanos=0, prompt_tokens=0,
+                 completion_tokens=0)
     other_team = rec(17, "small", 0.1, team="gone")
     embedding = rec(18, "small", None, purpose="embedding", completion=0)
     legacy = rec(19, "small", None, api="completions")  # /v1/completions, auto: never scored, the floor serves it
