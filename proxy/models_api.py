@@ -19,6 +19,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from classifiers.gate import DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT
 from pipeline.errors import TiergateError
 from proxy.body import shown
 from proxy.endpoints import authenticated, read_body, runtime
@@ -77,9 +78,12 @@ async def retrain(request: Request) -> Response:
     training = _training()
     from classifiers.learn import LearnError  # loaded with the training path above
 
+    learning = rt.store.policy.teams[team].settings.learning  # the team's gate thresholds, as its schedule uses
+    margin = learning.promote_margin if learning is not None else DEFAULT_MARGIN
+    min_holdout = learning.min_holdout if learning is not None else DEFAULT_MIN_HOLDOUT
     try:
         done = await training.retrain(rt.meter.ledger, team, await training.team_outcomes(rt.meter.ledger, team),
-                                      seed=seed)
+                                      seed=seed, margin=margin, min_holdout=min_holdout)
     except LearnError as exc:
         raise bad_request(f"cannot retrain {team}: {exc}") from None
     await rt.scorers.refresh(rt.meter.ledger)

@@ -29,6 +29,8 @@ class SimulatorOptions:
     cache_ttl_s: float = 300.0  # OpenAI drops idle prefixes after 5-10 minutes
     cache_max_entries: int = 100_000  # bounds memory: each entry is one 128-token prefix boundary
     record_max: int = 200  # request bodies kept for GET /_mock/requests
+    outcomes: str = ""  # a routing-outcome JSONL file: answer its prompts with recorded grades (simulator.outcomes)
+    outcomes_grade: str = "strong"  # which side's grade this deployment answers with: weak or strong
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "ttft_ms", "tokens_per_s", "retry_after_s", "hang_s", "cache_ttl_s"):
@@ -40,6 +42,8 @@ class SimulatorOptions:
             raise ValueError(f"fail_kind must be one of {', '.join(FAIL_KINDS)}")
         if self.fail_first < 0 or self.cache_max_entries < 0 or self.record_max < 0:
             raise ValueError("fail_first, cache_max_entries and record_max must be >= 0")
+        if self.outcomes_grade not in ("weak", "strong"):
+            raise ValueError("outcomes_grade must be weak or strong")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for handing the options to uvicorn worker processes through the environment."""

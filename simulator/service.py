@@ -12,7 +12,7 @@ import time
 from collections import Counter, deque
 from typing import Any, AsyncIterator, Callable
 
-from simulator import messages, responses
+from simulator import messages, outcomes, responses
 from simulator.embeddings import embed
 from simulator.engine import Engine, Generation
 from simulator.errors import SimulatedError
@@ -92,7 +92,12 @@ class Simulator:
             return responses.generate(self.engine, body, checked)
         if endpoint == "messages":
             return messages.generate(self.engine, self.engine.cache, body, checked)
-        return self.engine.chat(checked) if endpoint == "chat/completions" else self.engine.completion(checked)
+        if endpoint != "chat/completions":
+            return self.engine.completion(checked)
+        gen = self.engine.chat(checked)
+        if self.options.outcomes:  # replaying recorded grades (benchmarks/replay)
+            return outcomes.replay(gen, checked["messages"], self.options.outcomes, self.options.outcomes_grade)
+        return gen
 
     async def paced(self, gen: Generation) -> AsyncIterator[bytes]:
         """The stream's payloads, delayed by ``ttft_ms`` and then ``tokens_per_s`` as configured."""
