@@ -31,6 +31,9 @@ from upstream.dispatch import public_reason
 log = logging.getLogger("tiergate.relay")
 
 Spawn = Callable[[Coroutine[Any, Any, int]], "asyncio.Task[int]"]
+# Native events by which a provider says its stream failed (Anthropic's and the Responses API's ``error``, and
+# ``response.failed``): relayed to the client as sent, and the request recorded as cut.
+_NATIVE_FAILURES = frozenset({"error", "response.failed"})
 
 
 @dataclass
@@ -135,12 +138,15 @@ class StreamRelay:
         completed = False
         error: str | None = None
         held: dict[str, Any] | None = None  # the latest chunk with usage, sent with the cost once settled
+        failed: str | None = None  # a native stream's own error event: the client has it, the ledger records it
         try:
             payload: bytes | None = self._first
             while payload is not None:
                 chunk = orjson.loads(payload)
                 self._state.observe(chunk)
                 if self._native:
+                    if failed is None and chunk.get("type") in _NATIVE_FAILURES:
+                        failed = f"upstream stream from deployment {self._dep.id} ended early: sent an error event"
                     yield payload
                 elif self._x_tiergate is not None and chunk.get("usage"):
                     if held is not None:  # a provider that repeats usage on several chunks: all but the last pass
@@ -164,7 +170,8 @@ class StreamRelay:
                 self._finish("upstream_failed.stream_cut" if error is not None else "client_disconnected", error)
                 self.error = error
         if completed:
-            self.cost_nanos = await asyncio.shield(self._finish("ok", None))
+            ending: Ending = "ok" if failed is None else "upstream_failed.stream_cut"
+            self.cost_nanos = await asyncio.shield(self._finish(ending, failed))
             if held is not None:
                 held["x_tiergate"] = {"cost_usd": format_usd(self.cost_nanos), **(self._x_tiergate or {})}
                 yield orjson.dumps(held)
