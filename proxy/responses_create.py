@@ -131,7 +131,8 @@ async def create(request: Request) -> Response:
         if result.api == "responses":
             answer = _native_answer(result.body, turn)
         else:
-            answer = from_chat(result.body, turn.response_id, turn.created_at, settings, int(time.time()))
+            answer = from_chat(result.body, turn.response_id, turn.created_at, settings, int(time.time()),
+                               parsed.custom_tools)
         return respond_as(result, await turn.store(answer, notes), None)
     events = _native_events(result, turn) if result.api == "responses" else _translated_events(result, turn, settings)
     return respond_as(result, None, events)
@@ -154,7 +155,8 @@ def _extra(streaming: Streaming) -> dict[str, Any]:
 
 async def _translated_events(streaming: Streaming, turn: _Turn, settings: dict[str, Any]) -> AsyncIterator[bytes]:
     relay = streaming.relay
-    stream = ChatToResponses(turn.response_id, turn.created_at, streaming.notes.model or "", settings)
+    stream = ChatToResponses(turn.response_id, turn.created_at, streaming.notes.model or "", settings,
+                             turn.parsed.custom_tools)
     for event in stream.start():
         yield frame(event)
     async for payload in relay.payloads():

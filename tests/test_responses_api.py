@@ -162,6 +162,23 @@ def test_streamed_function_call_events(client: openai.OpenAI) -> None:
     assert call.type == "function_call" and call.arguments == args and json.loads(args)["city"]
 
 
+def test_custom_tool_round_trip_on_a_chat_deployment(client: openai.OpenAI) -> None:
+    """Codex CLI's freeform apply_patch tool, on a deployment that only speaks chat completions."""
+    patch = {"type": "custom", "name": "apply_patch", "description": "Apply a patch to the repository.",
+             "format": {"type": "grammar", "syntax": "lark", "definition": "start: /[\\s\\S]+/"}}
+    first = client.responses.create(model="auto", input="Rename foo to bar in main.py.", tools=[patch])
+    (call,) = first.output
+    assert call.type == "custom_tool_call" and call.name == "apply_patch" and call.input and call.call_id
+    done = client.responses.create(model="auto", previous_response_id=first.id, tools=[patch], input=[
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Success. Updated main.py"}])
+    assert done.output_text and done.output[0].type == "message"
+    with client.responses.stream(model="auto", input="Rename foo to bar in main.py.", tools=[patch]) as stream:
+        kinds = [event.type for event in stream]
+        streamed = stream.get_final_response()
+    assert "response.custom_tool_call_input.done" in kinds
+    assert streamed.output[0].type == "custom_tool_call" and streamed.output[0].input == call.input
+
+
 def test_previous_response_id_across_three_turns_and_retrieve(client: openai.OpenAI) -> None:
     one = client.responses.create(model="auto", input="My name is Ada. Remember it.")
     two = client.responses.create(model="auto", input="What did I tell you?", previous_response_id=one.id)

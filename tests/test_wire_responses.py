@@ -28,6 +28,8 @@ from wire.responses.response import echo, from_chat
 RID = "resp_" + "ab" * 24
 EVENT = TypeAdapter(ResponseStreamEvent)
 WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+PATCH_TOOL = {"type": "custom", "name": "apply_patch", "description": "Edit files.",
+              "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}
 
 
 def _chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -336,12 +338,16 @@ _ITEMS = st.one_of(
               _TEXT),
     st.builds(lambda c, o: {"type": "function_call_output", "call_id": c, "output": o}, _TEXT,
               _TEXT | st.lists(_PARTS, max_size=2)),
+    st.builds(lambda c, i: {"type": "custom_tool_call", "call_id": c, "name": "apply_patch", "input": i}, _TEXT,
+              _TEXT),
+    st.builds(lambda c, o: {"type": "custom_tool_call_output", "call_id": c, "output": o}, _TEXT, _TEXT),
     st.just({"type": "reasoning", "id": "rs_1", "summary": []}))
 _SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}}
 _VALID = st.fixed_dictionaries({"model": st.just("auto"), "input": _TEXT | st.lists(_ITEMS, min_size=1, max_size=5)},
                                optional={
     "instructions": _TEXT,
-    "tools": st.lists(st.builds(lambda n: {"type": "function", "name": n, "parameters": _SCHEMA}, _TEXT), max_size=2),
+    "tools": st.lists(st.builds(lambda n: {"type": "function", "name": n, "parameters": _SCHEMA}, _TEXT)
+                      | st.just(PATCH_TOOL), max_size=2),
     "tool_choice": st.sampled_from(["auto", "none", "required"]),
     "text": st.sampled_from([{"format": {"type": "text"}}, {"format": {"type": "json_object"}},
                              {"format": {"type": "json_schema", "name": "s", "schema": _SCHEMA}}]),
@@ -380,3 +386,50 @@ def test_any_body_is_mapped_or_refused_with_a_named_param(body: dict[str, Any]) 
         check_chat(chat)
     except TiergateError as error:
         assert error.code.startswith("invalid_request.") and error.param
+
+
+# ---- custom (freeform) tools: virtualised as one-string function tools ---------------------------------------
+
+
+def test_custom_tool_becomes_a_function_taking_its_input_as_one_string() -> None:
+    request = parse({"model": "m", "input": "fix it", "tools": [PATCH_TOOL],
+                     "tool_choice": {"type": "custom", "name": "apply_patch"}})
+    assert request.native_only == () and request.custom_tools == {"apply_patch"}
+    chat = chat_body(request, request.input_items)
+    (tool,) = chat["tools"]
+    assert tool["function"]["name"] == "apply_patch" and tool["function"]["parameters"]["required"] == ["input"]
+    assert "Edit files." in tool["function"]["description"] and "start: /.+/" in tool["function"]["description"]
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
+    history = to_messages([{"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": "*** x"},
+                           {"type": "custom_tool_call_output", "call_id": "c1", "output": "done"}])
+    assert history == [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "apply_patch", "arguments": '{"input":"*** x"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+
+
+def test_custom_tool_calls_come_back_as_custom_tool_call_items() -> None:
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "apply_patch",
+                                                               "arguments": '{"input": "*** Begin Patch"}'}},
+             {"id": "call_2", "type": "function", "function": {"name": "apply_patch", "arguments": "not json"}}]
+    body = from_chat(_completion({"content": None, "tool_calls": calls}, "tool_calls"), RID, 10,
+                     echo({"tools": [PATCH_TOOL]}), 11, frozenset({"apply_patch"}))
+    first, second = Response.model_validate(body).output
+    assert (first.type, first.call_id, first.input) == ("custom_tool_call", "call_1", "*** Begin Patch")
+    assert second.input == "not json"  # the model ignored the schema: what it wrote is kept, not lost
+
+    stream = ChatToResponses(RID, 10, "gpt-4o", echo({}), frozenset({"apply_patch"}))
+    events = [*stream.start()]
+    for piece in ['{"in', 'put": "*** Be', 'gin"}']:
+        call = {"index": 0, "function": {"arguments": piece}}
+        if piece.startswith('{"in'):
+            call.update(id="call_1", type="function", function={"name": "apply_patch", "arguments": piece})
+        events += stream.feed(_chunk({"tool_calls": [call]}))
+    events += [*stream.feed(_chunk({}, "tool_calls")), *stream.close_items(), *stream.finish(11)]
+    for event in events:
+        EVENT.validate_python(event)
+    assert [e["type"] for e in events][2:] == [
+        "response.output_item.added", "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done", "response.output_item.done", "response.completed"]
+    assert events[3]["delta"] == events[4]["input"] == "*** Begin"
+    (item,) = Response.model_validate(events[-1]["response"]).output
+    assert item.type == "custom_tool_call" and item.input == "*** Begin" and item.call_id == "call_1"

@@ -3,7 +3,8 @@
 ``response.created`` and ``response.in_progress`` first; for text, ``response.output_item.added`` (a message),
 ``response.content_part.added``, ``response.output_text.delta`` ..., ``response.output_text.done``,
 ``response.content_part.done``, ``response.output_item.done``; for each tool call, ``response.output_item.added``
-(a function_call), ``response.function_call_arguments.delta`` ..., ``.done``, ``response.output_item.done``; last
+(a function_call), ``response.function_call_arguments.delta`` ..., ``.done``, ``response.output_item.done`` (for a
+custom tool, ``response.custom_tool_call_input.delta`` with the whole input once it is complete, and ``.done``); last
 ``response.completed`` (``response.incomplete`` when the output limit cut the answer) carrying usage, or ``error``
 and ``response.failed`` when the upstream broke off. Every event has a ``sequence_number``; ``frame`` writes one as
 ``event: <type>\\ndata: <json>\\n\\n``.
@@ -16,6 +17,8 @@ from typing import Any
 import orjson
 
 from wire.responses.response import (
+    custom_call_item,
+    custom_input,
     envelope,
     function_call_item,
     item_id,
@@ -35,8 +38,10 @@ class ChatToResponses:
     """One stream's translation. ``start()`` once, ``feed(chunk)`` per chat chunk, then ``finish()`` or
     ``fail(message)``; each returns the events to send, numbered in order."""
 
-    def __init__(self, response_id: str, created_at: int, model: str, settings: dict[str, Any]) -> None:
+    def __init__(self, response_id: str, created_at: int, model: str, settings: dict[str, Any],
+                 custom_tools: frozenset[str] = frozenset()) -> None:
         self._id = response_id
+        self._custom_tools = custom_tools
         self._created_at = created_at
         self.model = model
         self._settings = settings
@@ -45,6 +50,8 @@ class ChatToResponses:
         self._text: list[str] | None = None  # the open message item's text
         self._calls: dict[int, int] = {}  # chat tool_call index -> output index
         self._open_call: int | None = None  # output index of the function_call being streamed
+        # A custom tool's call arrives as JSON arguments ({"input": "..."}); its input is sent whole once complete.
+        self._custom_arguments: list[str] | None = None
         self._finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None  # the Responses usage block, once the usage chunk came
 
@@ -126,8 +133,14 @@ class ChatToResponses:
             index = len(self.output)
             self._calls[key] = index
             self._open_call = index
-            item = function_call_item(item_id("fc", self._id, index), call.get("id") or "", fn.get("name") or "", "",
-                                      "in_progress")
+            name = fn.get("name") or ""
+            if name in self._custom_tools:
+                self._custom_arguments = []
+                item = custom_call_item(item_id("ctc", self._id, index), call.get("id") or "", name, "",
+                                        "in_progress")
+            else:
+                item = function_call_item(item_id("fc", self._id, index), call.get("id") or "", name, "",
+                                          "in_progress")
             self.output.append(item)
             events.append(self._event("response.output_item.added", output_index=index, item=_copy(item)))
         item = self.output[index]
@@ -136,7 +149,10 @@ class ChatToResponses:
         if fn.get("name") and not item["name"]:
             item["name"] = fn["name"]
         arguments = fn.get("arguments")
-        if isinstance(arguments, str) and arguments:
+        if isinstance(arguments, str) and arguments and item["type"] == "custom_tool_call":
+            if self._custom_arguments is not None:
+                self._custom_arguments.append(arguments)
+        elif isinstance(arguments, str) and arguments:
             item["arguments"] += arguments
             events.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
                                       output_index=index, delta=arguments))
@@ -148,6 +164,15 @@ class ChatToResponses:
         index, self._open_call = self._open_call, None
         item = self.output[index]
         item["status"] = status
+        if item["type"] == "custom_tool_call":
+            item["input"] = custom_input("".join(self._custom_arguments or ()))
+            self._custom_arguments = None
+            delta = [self._event("response.custom_tool_call_input.delta", item_id=item["id"], output_index=index,
+                                 delta=item["input"])] if item["input"] else []
+            return [*delta,
+                    self._event("response.custom_tool_call_input.done", item_id=item["id"], output_index=index,
+                                input=item["input"]),
+                    self._event("response.output_item.done", output_index=index, item=_copy(item))]
         return [self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                             name=item["name"], arguments=item["arguments"]),
                 self._event("response.output_item.done", output_index=index, item=_copy(item))]

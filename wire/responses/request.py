@@ -8,6 +8,10 @@ are collected in ``native_only``, and a field the API does not define, or a valu
 naming it. ``background`` and ``conversation`` are refused outright: both need state on the provider's side that a
 gateway routing each turn anew cannot keep (``previous_response_id`` is the gateway's conversation state).
 
+Custom (freeform) tools, which Codex CLI sends for ``apply_patch``, are translated too: each becomes a function
+tool taking one string, ``input`` (its grammar in the description), and a call of it comes back as a
+``custom_tool_call`` (``custom_tools`` names them), so they work on any chat deployment.
+
 Hosted tools: routing picks the deployment after this step, so a request that needs a native deployment is
 accepted only when every deployment its team may be routed to speaks the Responses API (``serves_natively``).
 Otherwise a translated call would silently drop the tool; a clear 400 up front is better than an answer that
@@ -20,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from pipeline.errors import ErrorCode, TiergateError
 from router.policy import Policy
 
@@ -31,7 +37,7 @@ _HOSTED_ITEMS = frozenset({
     "file_search_call", "computer_call", "computer_call_output", "web_search_call", "image_generation_call",
     "code_interpreter_call", "local_shell_call", "local_shell_call_output", "shell_call", "shell_call_output",
     "apply_patch_call", "apply_patch_call_output", "mcp_list_tools", "mcp_approval_request",
-    "mcp_approval_response", "mcp_call", "custom_tool_call", "custom_tool_call_output", "compaction",
+    "mcp_approval_response", "mcp_call", "compaction",
     "tool_search_call", "tool_search_output",
 })
 # Top-level fields that only a deployment speaking the Responses API natively can honour.
@@ -57,6 +63,7 @@ class ResponsesRequest:
     store: bool
     stream: bool
     native_only: tuple[str, ...]  # params (e.g. "tools[1]") a translated call cannot honour
+    custom_tools: frozenset[str] = frozenset()  # names of custom tools: their calls are custom_tool_call items
 
 
 def _error(message: str, param: str | None, code: ErrorCode = "invalid_request.invalid_value") -> TiergateError:
@@ -212,7 +219,8 @@ def parse(body: dict[str, Any]) -> ResponsesRequest:
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
     native_only = [name for name in _NATIVE_ONLY if body.get(name) is not None]
-    native_only += _check_tools(body.get("tools") or [])
+    hosted, custom = _check_tools(body.get("tools") or [])
+    native_only += hosted
     native_only += _check_tool_choice(body.get("tool_choice"))
     items, hosted_items = _input_items(body.get("input"), body.get("previous_response_id") is not None)
     native_only += hosted_items
@@ -223,27 +231,36 @@ def parse(body: dict[str, Any]) -> ResponsesRequest:
         store=body.get("store") is not False,  # OpenAI's default: stored
         stream=body.get("stream") is True,
         native_only=tuple(native_only),
+        custom_tools=frozenset(custom),
     )
 
 
-def _check_tools(tools: list[Any]) -> list[str]:
-    """Function tools are checked; any other tool type (web_search, file_search, mcp, ...) is native-only."""
-    hosted = []
+def _check_tools(tools: list[Any]) -> tuple[list[str], list[str]]:
+    """Function and custom tools are checked; any other tool type (web_search, file_search, mcp, ...) is
+    native-only. Returns (the native-only params, the custom tools' names)."""
+    hosted: list[str] = []
+    custom: list[str] = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise _type_error(where, "an object", tool)
         kind = _str(tool, "type", where, required=True)
-        if kind != "function":
+        if kind not in ("function", "custom"):
             hosted.append(where)
             continue
-        _str(tool, "name", where, required=True)
+        name = _str(tool, "name", where, required=True)
         _str(tool, "description", where)
+        if kind == "custom":
+            fmt = tool.get("format")
+            if fmt is not None and not isinstance(fmt, dict):
+                raise _type_error(f"{where}.format", "an object", fmt)
+            custom.append(str(name))
+            continue
         if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
             raise _type_error(f"{where}.parameters", "an object", tool["parameters"])
         if tool.get("strict") is not None and not isinstance(tool["strict"], bool):
             raise _type_error(f"{where}.strict", "a boolean", tool["strict"])
-    return hosted
+    return hosted, custom
 
 
 def _check_tool_choice(choice: Any) -> list[str]:
@@ -255,7 +272,7 @@ def _check_tool_choice(choice: Any) -> list[str]:
                          f"{_shown(choice)}", "tool_choice")
         return []
     kind = _str(choice, "type", "tool_choice", required=True)
-    if kind == "function":
+    if kind in ("function", "custom"):
         _str(choice, "name", "tool_choice", required=True)
         return []
     if kind == "allowed_tools":
@@ -268,11 +285,11 @@ def _check_tool_choice(choice: Any) -> list[str]:
         for i, tool in enumerate(tools):
             if not isinstance(tool, dict):
                 raise _type_error(f"tool_choice.tools[{i}]", "an object", tool)
-            if tool.get("type") != "function":
+            if tool.get("type") not in ("function", "custom"):
                 return ["tool_choice"]
             _str(tool, "name", f"tool_choice.tools[{i}]", required=True)
         return []
-    return ["tool_choice"]  # a hosted tool, mcp, custom, shell, apply_patch
+    return ["tool_choice"]  # a hosted tool, mcp, shell, apply_patch
 
 
 def _input_items(value: Any, continued: bool) -> tuple[list[dict[str, Any]], list[str]]:
@@ -300,7 +317,11 @@ def _input_items(value: Any, continued: bool) -> tuple[list[dict[str, Any]], lis
             for key in ("call_id", "name", "arguments"):
                 _str(item, key, where, required=True)
             items.append(item)
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call":
+            for key in ("call_id", "name", "input"):
+                _str(item, key, where, required=True)
+            items.append(item)
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             _str(item, "call_id", where, required=True)
             _check_tool_output(item.get("output"), f"{where}.output")
             items.append(item)
@@ -411,7 +432,7 @@ def chat_body(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict[st
         messages.append({"role": "system", "content": src["instructions"]})
     messages += to_messages(items)
     chat: dict[str, Any] = {"model": src["model"], "messages": messages}
-    tools = [_chat_tool(t) for t in src.get("tools") or () if t.get("type") == "function"]
+    tools = [_chat_tool(t) for t in src.get("tools") or () if t.get("type") in ("function", "custom")]
     if tools:
         chat["tools"] = tools
         if src.get("parallel_tool_calls") is not None:  # chat refuses it without tools
@@ -444,14 +465,32 @@ def chat_body(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict[st
 
 
 def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    if tool["type"] == "custom":
+        return {"type": "function", "function": {"name": tool["name"], "description": _custom_description(tool),
+                                                 "parameters": CUSTOM_PARAMETERS}}
     function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
     return {"type": "function", "function": function}
+
+
+# A custom tool as a function: its freeform input is one string argument.
+CUSTOM_PARAMETERS = {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"],
+                     "additionalProperties": False}
+
+
+def _custom_description(tool: dict[str, Any]) -> str:
+    """The custom tool's description, and its grammar: what the model needs to write ``input`` well."""
+    text = tool.get("description") or ""
+    fmt = tool.get("format") or {}
+    if fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
+        text += (f"\n\nPass the tool's whole input as the string argument 'input'; it must match this "
+                 f"{fmt.get('syntax') or ''} grammar:\n{fmt['definition']}")
+    return text.strip() or "Pass the tool's whole input as the string argument 'input'."
 
 
 def _chat_tool_choice(choice: Any) -> Any:
     if choice is None or isinstance(choice, str):
         return choice
-    if choice["type"] == "function":
+    if choice["type"] in ("function", "custom"):
         return {"type": "function", "function": {"name": choice["name"]}}
     if choice["type"] == "allowed_tools":
         tools = [{"type": "function", "function": {"name": t["name"]}} for t in choice["tools"]]
@@ -477,15 +516,17 @@ def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind = item.get("type", "message")
         if kind == "message":
             messages.append(_chat_message(item))
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
+            arguments = (item["arguments"] if kind == "function_call"
+                         else orjson.dumps({"input": item["input"]}).decode())
             call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+                    "function": {"name": item["name"], "arguments": arguments}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item["output"]
             content = output if isinstance(output, str) else _chat_content(output)
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from metering.usage import Usage, normalize_usage
 
 # What the Response object says about the request when the client did not set it (OpenAI's defaults).
@@ -59,6 +61,22 @@ def function_call_item(item_id_: str, call_id: str, name: str, arguments: str, s
             "arguments": arguments}
 
 
+def custom_call_item(item_id_: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    """A call of a custom tool, which the model made as a function call with one string argument ``input``
+    (``wire.responses.request``): its ``input`` unwrapped (the raw arguments if the model did not follow the
+    schema, so nothing it wrote is lost)."""
+    return {"id": item_id_, "type": "custom_tool_call", "status": status, "call_id": call_id, "name": name,
+            "input": custom_input(arguments)}
+
+
+def custom_input(arguments: str) -> str:
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+    return value["input"] if isinstance(value, dict) and isinstance(value.get("input"), str) else arguments
+
+
 def usage_block(raw: dict[str, Any] | None) -> dict[str, Any] | None:
     """A chat usage block as Responses usage; None when the provider sent none."""
     if not raw:
@@ -102,9 +120,10 @@ def envelope(response_id: str, created_at: int, model: str, settings: dict[str, 
 
 
 def from_chat(completion: dict[str, Any], response_id: str, created_at: int, settings: dict[str, Any],
-              completed_at: int) -> dict[str, Any]:
+              completed_at: int, custom_tools: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A chat completion (the first choice) as a Response object: a message item with the text, then one
-    function_call item per tool call, in the order the model produced them."""
+    function_call item per tool call (custom_tool_call for ``custom_tools``), in the order the model produced
+    them."""
     choices = completion.get("choices") or [{}]
     choice = choices[0]
     message = choice.get("message") or {}
@@ -120,8 +139,11 @@ def from_chat(completion: dict[str, Any], response_id: str, created_at: int, set
         output.append(item)
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
-        output.append(function_call_item(item_id("fc", response_id, len(output)), call.get("id") or "",
-                                         fn.get("name") or "", fn.get("arguments") or "", "completed"))
+        name = fn.get("name") or ""
+        custom = name in custom_tools
+        make = custom_call_item if custom else function_call_item
+        output.append(make(item_id("ctc" if custom else "fc", response_id, len(output)), call.get("id") or "", name,
+                           fn.get("arguments") or "", "completed"))
     return envelope(response_id, created_at, str(completion.get("model") or ""), settings, "completed", output,
                     usage_block(completion.get("usage")), finish, completed_at=completed_at)
 
