@@ -1,4 +1,8 @@
-"""Per-token prices and model facts from litellm's bundled table, read without importing litellm.
+"""Per-token prices and model facts from litellm's price table, vendored in ``metering/data/``.
+
+The table is litellm's own (MIT; ``metering/data/SOURCE.md`` says which version, ``scripts/vendor_litellm_data.py``
+refreshes it), shipped with tiergate so the runtime install needs no litellm: litellm and its dependencies weigh
+~300 MB and serve only deployments whose wire format is not OpenAI's (the ``providers`` extra).
 
 Prices are kept as ``Decimal`` dollars per token, parsed from the JSON text (never through float), so a cost is
 exact until the single rounding to integer nano-dollars in ``metering.usage``. YAML overrides are given per 1M
@@ -8,13 +12,12 @@ tokens, the unit provider price pages use.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-_TABLE_FILE = "model_prices_and_context_window_backup.json"
+TABLE_PATH = Path(__file__).resolve().parent / "data" / "model_prices_and_context_window.json"
 _MILLION = Decimal(1_000_000)
 
 # Capability names used in policies, and the litellm table flag that implies each.
@@ -60,19 +63,12 @@ class ModelFacts:
     mode: str | None
 
 
-def _table_path() -> Path:
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("litellm is not installed; its bundled price table is needed")
-    return Path(list(spec.submodule_search_locations)[0]) / _TABLE_FILE
-
-
 @functools.lru_cache(maxsize=1)
 def load_table() -> dict[str, dict[str, Any]]:
     """The raw table, numbers as Decimal (parsed from text, not float)."""
     import json
 
-    text = _table_path().read_text(encoding="utf-8")
+    text = TABLE_PATH.read_text(encoding="utf-8")
     return json.loads(text, parse_float=Decimal)
 
 

@@ -8,6 +8,7 @@ under an in-flight request.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +25,8 @@ Provider = Literal["simulated", "openai", "litellm"]
 # litellm prefixes whose wire format is OpenAI's own: served by the pooled direct HTTP client.
 _OPENAI_WIRE = {"openai", "hosted_vllm", "openai_compatible", "custom_openai"}
 _OPENAI_BASE = "https://api.openai.com/v1"
+# litellm is an optional extra (~300 MB with its dependencies): a policy that needs it says so when it is loaded.
+_LITELLM_INSTALL = "bash scripts/install.sh providers (or pip install 'tiergate[providers]')"
 
 
 class PolicyError(Exception):
@@ -165,6 +168,9 @@ def _deployment(
     spec: Deployment, tier: str, tier_index: int, position: int, loc: tuple[str | int, ...], warnings: list[str]
 ) -> DeploymentSpec:
     provider, upstream_model = _provider(spec.model, spec.api_base)
+    if provider == "litellm" and importlib.util.find_spec("litellm") is None:
+        raise PolicyError(loc + ("model",), f"deployment {spec.id or f'{tier}-{position}'!r} ({spec.model}) is "
+                          f"served through litellm, which is not installed: {_LITELLM_INSTALL}")
     facts = lookup(spec.price_as or spec.model)
     if spec.price is not None:
         p = spec.price

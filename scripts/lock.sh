@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Rewrite the three hash-pinned locks from pyproject.toml, all cut from ONE resolution so a package shared by two
+# Rewrite the four hash-pinned locks from pyproject.toml, all cut from ONE resolution so a package shared by two
 # layers has the same version and hashes in each:
-#   requirements.lock        runtime (scripts/install.sh, the Dockerfile)
-#   requirements-train.lock  runtime + the `train` extra
-#   requirements-dev.lock    runtime + the `dev` extra (scripts/test.sh installs all three)
+#   requirements.lock            runtime (scripts/install.sh, the Dockerfile)
+#   requirements-providers.lock  runtime + the `providers` extra (litellm, for non-OpenAI-wire deployments)
+#   requirements-train.lock      runtime + the `train` extra
+#   requirements-dev.lock        runtime + the `dev` extra, which takes `providers` in (scripts/test.sh)
 # Versions already pinned are preferred (only new or changed dependencies move), so adding a dependency is:
 #   edit pyproject.toml (dependencies or an extra), run `bash scripts/lock.sh`, commit pyproject.toml and the locks.
 # Extra arguments go to the resolution: `--upgrade` (everything to the newest allowed), `-P NAME` (one package).
@@ -27,7 +28,9 @@ compile "$tmp/all.lock" --all-extras "$@"
 pins "$tmp/all.lock" > "$tmp/resolved"
 # Each layer is that resolution cut down to what the layer needs (-c: nothing may move).
 compile requirements.lock -c "$tmp/resolved"
+compile requirements-providers.lock --extra providers -c "$tmp/resolved"
 compile requirements-train.lock --extra train -c "$tmp/resolved"
 compile requirements-dev.lock --extra dev -c "$tmp/resolved"
-sed -i "\\|^    #   -c $tmp/resolved\$|d" requirements.lock requirements-train.lock requirements-dev.lock  # temp path: noise
-echo "wrote requirements.lock, requirements-train.lock, requirements-dev.lock ($(wc -l < "$tmp/resolved") packages in all)"
+locks=(requirements.lock requirements-providers.lock requirements-train.lock requirements-dev.lock)
+sed -i "\\|^    #   -c $tmp/resolved\$|d" "${locks[@]}"  # temp path: noise
+echo "wrote ${locks[*]} ($(wc -l < "$tmp/resolved") packages in all)"

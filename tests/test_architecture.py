@@ -117,14 +117,14 @@ def test_router_is_pure_and_pipeline_knows_no_http() -> None:
 
 def test_text_configures_tiktoken_only_when_asked() -> None:
     """Importing text/ (and what imports it) leaves the environment alone; ``configure()`` points tiktoken at
-    litellm's bundled files, keeps an operator's own TIKTOKEN_CACHE_DIR, and counting works offline after it."""
+    the encodings text/ ships, keeps an operator's own TIKTOKEN_CACHE_DIR, and counting works offline after it."""
     code = (
         "import os\n"
         "import text.tokens, router.features, simulator.engine, metering.usage\n"
         "assert 'TIKTOKEN_CACHE_DIR' not in os.environ, 'changed at import'\n"
         "text.tokens.configure()\n"
         "path = os.environ['TIKTOKEN_CACHE_DIR']\n"
-        "assert path.endswith(os.path.join('litellm_core_utils', 'tokenizers')) and os.path.isdir(path), path\n"
+        "assert path == str(text.tokens.ENCODINGS_DIR) and os.path.isdir(path), path\n"
         "assert text.tokens.count_text('hello world') == 2\n"
         "print('ok')\n"
     )

@@ -1,16 +1,17 @@
 """Token counting with tiktoken, offline.
 
-tiktoken downloads its BPE files on first use; this machine class has no internet at run time, so ``configure``
-points ``TIKTOKEN_CACHE_DIR`` at the copies litellm ships (found without importing litellm, which costs ~150 MB and
-~2.8 s). Entry points call it at start-up; importing this module changes nothing. Counting follows OpenAI's chat
-accounting closely enough for estimates and trimming decisions; billed numbers always come from the provider's
-``usage`` when it sends one.
+tiktoken downloads its BPE files on first use; a proxy has no internet at run time, so tiergate ships the files of
+the encodings it counts with (``SHIPPED_ENCODINGS``, in ``text/encodings/`` under tiktoken's own cache file names,
+copied from litellm by ``scripts/vendor_litellm_data.py``) and ``configure`` points ``TIKTOKEN_CACHE_DIR`` there.
+A model whose encoding is not shipped (the retired GPT-3 models' r50k_base) is counted with o200k_base rather
+than attempt a download. Entry points call ``configure`` at start-up; importing this module changes nothing.
+Counting follows OpenAI's chat accounting closely enough for estimates and trimming decisions; billed numbers
+always come from the provider's ``usage`` when it sends one.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,6 +23,12 @@ from text.messages import message_text
 # The model whose encoding (o200k_base) counts tokens when the caller names none: what tiergate assumes of a
 # request before a deployment is chosen, and for providers that publish no tiktoken encoding.
 DEFAULT_MODEL = "gpt-4o"
+_DEFAULT_ENCODING = "o200k_base"
+
+# Encodings whose BPE files ship in ENCODINGS_DIR (o200k_harmony is o200k_base's file with more special tokens).
+SHIPPED_ENCODINGS = ("o200k_base", "cl100k_base", "p50k_base")
+_LOADABLE = frozenset(SHIPPED_ENCODINGS) | {"o200k_harmony"}
+ENCODINGS_DIR = Path(__file__).resolve().parent / "encodings"
 
 # Per-message framing overhead of OpenAI's chat format (<|start|>role\n ... <|end|>).
 _TOKENS_PER_MESSAGE = 3
@@ -30,24 +37,13 @@ _TOKENS_PER_REPLY = 3
 _configured = False
 
 
-def _litellm_tokenizer_dir() -> Path | None:
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "litellm_core_utils" / "tokenizers"
-    return path if path.is_dir() else None
-
-
 def configure() -> None:
-    """Point tiktoken at litellm's bundled encodings unless ``TIKTOKEN_CACHE_DIR`` is already set (an operator's
-    own choice wins). Idempotent; tiktoken reads the variable when it first loads an encoding, so this must run
+    """Point tiktoken at the shipped encodings unless ``TIKTOKEN_CACHE_DIR`` is already set (an operator's own
+    choice wins). Idempotent; tiktoken reads the variable when it first loads an encoding, so this must run
     before the first count. The first count runs it too, for callers that are not an entry point (a library
     user, a test): a forgotten call costs nothing but the download tiktoken would attempt offline."""
     global _configured
-    if "TIKTOKEN_CACHE_DIR" not in os.environ:
-        directory = _litellm_tokenizer_dir()
-        if directory is not None:
-            os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ENCODINGS_DIR))
     _configured = True
 
 
@@ -56,15 +52,15 @@ def encoding_for(model: str) -> tiktoken.Encoding:
     """The tiktoken encoding for a model name; o200k_base for unknown or non-OpenAI models.
 
     Provider prefixes (``openai/gpt-4o``) are stripped. Anthropic and others do not publish a tiktoken encoding;
-    o200k_base is a reasonable estimator for them.
+    o200k_base is a reasonable estimator for them, and for models whose encoding is not shipped.
     """
     if not _configured:
         configure()
-    name = model.rsplit("/", 1)[-1]
     try:
-        enc = tiktoken.encoding_for_model(name)
+        name = tiktoken.encoding_name_for_model(model.rsplit("/", 1)[-1])
     except KeyError:
-        enc = tiktoken.get_encoding("o200k_base")
+        name = _DEFAULT_ENCODING
+    enc = tiktoken.get_encoding(name if name in _LOADABLE else _DEFAULT_ENCODING)
     # The Rust core holds its own copy of the BPE ranks; the Python dict kept beside it (~30 MB for o200k) is
     # only read when pickling an Encoding, which we never do. Dropping it keeps a worker's RSS in budget.
     if getattr(enc, "_mergeable_ranks", None):
