@@ -43,10 +43,6 @@ _HOSTED_ITEMS = frozenset({
 # Top-level fields that only a deployment speaking the Responses API natively can honour.
 _NATIVE_ONLY = ("prompt", "moderation", "context_management", "image", "access_programs", "prompt_cache_options",
                 "background_options")
-# Fields the Responses API defines that chat completions need not hear about: ``include`` asks for extra output
-# (logprobs, encrypted reasoning) a translated answer does not have; ``truncation`` is the team's trimming policy's
-# job; ``max_tool_calls`` limits hosted tool calls, which a translated request has none of.
-_IGNORED = ("include", "truncation", "max_tool_calls", "stream_options")
 # Passed through to chat completions under the same name (OpenAI's chat API has each of them).
 _SAME_NAME = ("user", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
               "top_logprobs")
@@ -176,12 +172,10 @@ _FIELDS: dict[str, Callable[[str, Any], None]] = {
     "previous_response_id": _of(str, "a string"),
     "store": _of(bool, "a boolean"),
     "stream": _of(bool, "a boolean"),
-    "stream_options": _of(dict, "an object"),
     "tools": _of(list, "an array"),
     "tool_choice": _of((str, dict), "a string or an object"),
     "parallel_tool_calls": _of(bool, "a boolean"),
     "max_output_tokens": _integer(1),
-    "max_tool_calls": _integer(1),
     "temperature": _number(0.0, 2.0),
     "top_p": _number(0.0, 1.0),
     "top_logprobs": _integer(0),
@@ -193,8 +187,13 @@ _FIELDS: dict[str, Callable[[str, Any], None]] = {
     "prompt_cache_key": _of(str, "a string"),
     "prompt_cache_retention": _of(str, "a string"),
     "service_tier": _of(str, "a string"),
+    # Checked, and not sent to chat completions: ``include`` asks for extra output (logprobs, encrypted reasoning)
+    # a translated answer does not have; ``truncation`` is the team's trimming policy's job; ``max_tool_calls``
+    # limits hosted tool calls, which a translated request has none of; ``stream_options`` only obfuscates.
     "truncation": _of(str, "a string"),
     "include": _of(list, "an array"),
+    "max_tool_calls": _integer(1),
+    "stream_options": _of(dict, "an object"),
     "background": _refused("background responses are polled from the provider that ran them; tiergate routes each "
                            "request anew (use stream=true for long answers)"),
     "conversation": _refused("conversation objects live at the provider; use previous_response_id, which tiergate "
