@@ -24,7 +24,7 @@ from proxy import (
 )
 from proxy.auth import authenticate
 from proxy.body import check_chat, header_tags, parse_json
-from proxy.errors import headers_of, wire
+from proxy.errors import anthropic_type, headers_of, wire
 from proxy.render import json_response, respond_as
 from router.policy import Policy, Principal
 from wire.messages.events import ChatToMessages, passed_through, translated
@@ -33,9 +33,6 @@ from wire.messages.response import to_message
 from wire.messages.tokens import count_tokens as count_prompt
 from wire.messages.tokens import prompt_tokens
 
-# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          413: "request_too_large", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
 # Passed on unchanged to a deployment that answers the client's own body (Request.forward_headers).
 _FORWARDED = ("anthropic-version", "anthropic-beta")
 _MAX_SESSION_CHARS = 256  # a session id is hashed into a key; a longer header is no more of an identity
@@ -45,8 +42,7 @@ def error_response(error: TiergateError) -> Response:
     """``error`` as Anthropic's SDKs expect it: ``{"type": "error", "error": {"type", "message"}}``, same status and
     headers as on OpenAI's wire."""
     status = wire(error).status
-    kind = _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    body = orjson.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
+    body = orjson.dumps({"type": "error", "error": {"type": anthropic_type(status), "message": error.message}})
     return Response(body, status_code=status, media_type="application/json", headers=headers_of(error))
 
 
