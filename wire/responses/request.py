@@ -427,7 +427,7 @@ def chat_body(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict[st
     cannot honour them only when none was asked for (``require_translatable``), and a native one gets ``native``."""
     src = request.body
     messages: list[dict[str, Any]] = []
-    if src.get("instructions"):
+    if src.get("instructions"):  # this turn's only: as at OpenAI, a continued conversation does not inherit them
         messages.append({"role": "system", "content": src["instructions"]})
     messages += to_messages(items)
     chat: dict[str, Any] = {"model": src["model"], "messages": messages}
