@@ -162,7 +162,11 @@ async def model(request: Request) -> Response:
     """One model this key may use, in OpenAI's shape or Anthropic's (``anthropic-version``); any other name is a
     404 ``model_not_found``, like the name sent to a model endpoint."""
     name = request.path_params["model_id"]
-    if name not in _allowed_models(request):
+    policy = runtime(request).store.policy
+    team = authenticate(policy, request.headers).team
+    # A name the team's model_aliases map to a model it may use is one it may send (Claude Code retrieves its own)
+    resolved = policy.teams[team].aliases.resolve(name) if team is not None else name
+    if resolved not in policy.allowed_models(team):
         raise TiergateError("routing_refused.model_not_found", f"model {name!r} does not exist or this key may not "
                             "use it; GET /v1/models lists the models it may use", param="model")
     return json_response(anthropic_model(name) if "anthropic-version" in request.headers else openai_model(name))

@@ -36,6 +36,14 @@ def test_retrieve_every_listed_model_and_nothing_else(demo_proxy: Process) -> No
     assert _openai(demo_proxy, "research").models.retrieve("frontier").id == "frontier"
 
 
+def test_a_name_the_team_aliases_is_retrievable(demo_proxy: Process) -> None:
+    """Claude Code retrieves the model it was started with: a vendor name the demo's research team aliases."""
+    claude = _anthropic(demo_proxy, "research").models.retrieve("claude-sonnet-4-5-20250929")
+    assert claude.id == "claude-sonnet-4-5-20250929"
+    with pytest.raises(anthropic.NotFoundError):  # support has no aliases
+        _anthropic(demo_proxy, "support").models.retrieve("claude-sonnet-4-5-20250929")
+
+
 def test_admin_keys_see_every_model(demo_proxy: Process) -> None:
     admin = _openai(demo_proxy, "admin")
     listed = {m.id for m in admin.models.list()}
