@@ -98,6 +98,9 @@ def test_stream_usage_and_cost_match_the_ledger(client: openai.OpenAI, demo_prox
     assert row["api"] == "responses" and row["status"] == 200 and row["usage_estimated"] == 0
     assert (row["prompt_tokens"], row["completion_tokens"]) == (usage.input_tokens, usage.output_tokens)
     assert row["cost_nanos"] == _nanos(extra["cost_usd"]) > 0
+    # stored before response.completed was sent: the next turn, sent the moment the client has it, finds it
+    follow = client.responses.create(model="auto", input="Shorter.", previous_response_id=done.response.id)
+    assert follow.usage.input_tokens > usage.input_tokens + usage.output_tokens
 
 
 def test_stream_true_raw_sse_framing(demo_proxy: Process) -> None:
