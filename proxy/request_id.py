@@ -54,14 +54,16 @@ class RequestIdMiddleware:
         incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
         request_id = incoming.decode() if incoming is not None and _SANE.match(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode())
+        # Anthropic's API names it request-id: the anthropic SDK puts that on its responses and exceptions.
+        headers = ([(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode())]
+                   if scope["path"].startswith("/v1/messages") else [(b"x-request-id", request_id.encode())])
         started = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), *headers]
             await send(message)
 
         try:

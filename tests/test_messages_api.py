@@ -128,6 +128,7 @@ def test_create_routes_an_aliased_model_and_the_ledger_matches(client: anthropic
     assert usd(raw.headers["x-tiergate-cost-usd"]) * 10**9 == row["cost_nanos"]
     assert row["api"] == "messages" and row["requested_model"] == SONNET
     assert row["response_id"] == message.id  # the id the client quotes finds the record
+    assert message._request_id == raw.headers["x-request-id"]  # Anthropic's request-id header, as the SDK reads it
 
 
 def test_stream_helpers_and_the_ledger(client: anthropic.Anthropic, proxy: Process) -> None:
