@@ -1,7 +1,11 @@
-"""The live dashboard in a real browser: Debian's headless Chromium driven by Playwright, against a demo proxy with
-traffic. The numbers the page shows must be the spend report's, to the nano-dollar (``data-usd``) and, as printed,
-to the precision shown. Screenshots the page to a temporary file (``scripts/screenshot.sh`` sets
-``TIERGATE_SCREENSHOT`` to regenerate ``docs/dashboard.png``).
+"""The live dashboard in a real browser: Debian's headless Chromium driven by Playwright, against a real proxy (the
+demo policy plus key and tag caps, two weeks of earlier spend in its ledger) with traffic through the openai SDK.
+The numbers every panel shows must be the finance API's, to the nano-dollar (``data-usd``) and, as printed, to the
+precision shown: spend, forecast and burn rate, budget bars of every scope, experiments, alerts and refusals,
+untagged share, savings per team against its ceiling tier, cost per accepted output, upstream latency. The team
+filter and the date range change what every call asks for; the CSV export downloads the report's own CSV.
+Screenshots the page to a temporary file (``scripts/screenshot.sh`` sets ``TIERGATE_SCREENSHOT`` to regenerate
+``docs/dashboard.png``): a test run rewrites no tracked file.
 
 Also the insights endpoints the page reads (percentiles, requests by cost, hours) against the same ledger.
 """
@@ -20,11 +24,13 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
+from openai import OpenAI, RateLimitError
 
-from conftest import DEMO_KEYS, Process, require_service
+from conftest import DEMO_KEYS, Process, demo_config, free_port, require_service, start_process
 from metering.ledger import open_ledger
 from metering.ledger.insights import Insights
 from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
+from upstream.health import LATENCY_WINDOW, RECENT_FAILURES, HealthBook
 
 CHROMIUM = Path(os.environ.get("TIERGATE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,12 +45,23 @@ PROMPTS = [
 ]
 
 
+def _client(proxy: Process, team: str) -> OpenAI:
+    return OpenAI(base_url=f"{proxy.url}/v1", api_key=DEMO_KEYS[team], max_retries=0, timeout=60)
+
+
 def _chat(proxy: Process, team: str, prompt: str, model: str = "auto", stream: bool = False,
-          feature: str = "search") -> None:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
-    headers = {"authorization": f"Bearer {DEMO_KEYS[team]}", "x-tiergate-tag-feature": feature}
-    response = httpx.post(proxy.url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
-    assert response.status_code == 200, response.text
+          feature: str | None = "search", max_tokens: int | None = None, tags: dict[str, str] | None = None) -> str:
+    """One request through the openai SDK; its request id (the x-request-id header)."""
+    headers = {f"x-tiergate-tag-{k}": v for k, v in {"feature": feature, **(tags or {})}.items() if v is not None}
+    extra: dict[str, Any] = {"max_tokens": max_tokens} if max_tokens else {}
+    raw = _client(proxy, team).chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": prompt}], stream=stream, extra_headers=headers, **extra)
+    answer = raw.parse()
+    if stream:
+        assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
+    else:
+        assert answer.choices[0].message.content
+    return raw.headers["x-request-id"]
 
 
 def _traffic(proxy: Process, rounds: int) -> None:
@@ -54,10 +71,15 @@ def _traffic(proxy: Process, rounds: int) -> None:
         _chat(proxy, "support", PROMPTS[i % 2], stream=i % 2 == 0, feature="helpdesk")
 
 
-def _report(proxy: Process, **params: str) -> dict[str, Any]:
-    response = httpx.get(proxy.url + "/v1/spend/report", params=params, headers=ADMIN, timeout=30)
+def _get(proxy: Process, path: str, key: str = "admin", **params: Any) -> dict[str, Any]:
+    response = httpx.get(proxy.url + path, params=params, headers={"authorization": f"Bearer {DEMO_KEYS[key]}"},
+                         timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def _report(proxy: Process, **params: str) -> dict[str, Any]:
+    return _get(proxy, "/v1/spend/report", **params)
 
 
 def _shown_matches(text: str, exact: str) -> bool:
@@ -112,38 +134,207 @@ def _usd(page: Any, testid: str) -> tuple[str, str]:
     return el.get_attribute("data-usd"), el.inner_text()
 
 
-def test_dashboard_shows_the_spend_report(demo_proxy: Process, browser: Any, tmp_path: Path) -> None:
-    _traffic(demo_proxy, 4)
+def _assert_usd(page: Any, testid: str, exact: str) -> None:
+    """The element carries the API's exact string and prints it rounded to the digits it shows."""
+    shown_exact, text = _usd(page, testid)
+    assert shown_exact == exact, (testid, shown_exact, exact)
+    assert _shown_matches(text, exact), (testid, text, exact)
+
+
+def _wait_for_view(page: Any, start: str, end: str, team: str = "", timeout_s: float = 20.0) -> None:
+    """Until a refresh that began after the change (range, team) has been drawn."""
+    want = f"{start}/{end}/{team}"
+    deadline = time.monotonic() + timeout_s
+    while page.get_attribute("body", "data-view") != want:
+        assert time.monotonic() < deadline, f"the dashboard never showed {want}"
+        page.wait_for_timeout(100)
+    _wait_for_refreshes(page, 1)  # and one more, begun after the last traffic, so no refresh is stale
+
+
+# ---- a proxy with history, key and tag caps, an experiment and feedback --------------------------------------------
+
+TEAM_CAPS = '      team: {daily_usd: "25", monthly_usd: "500"}\n'
+# A key cap every research key has, and two tag caps some 15 short frontier answers cross at 50% and 80% before one is
+# refused (a request reserves its worst case, ~7% of the cap): 'nightly' for the screenshot's test, 'batch' for the
+# crossing test (each crosses once a month).
+MORE_CAPS = ('      per_key: {daily_usd: "5", monthly_usd: "50"}\n'
+             '      per_tag: {"feature=nightly": {monthly_usd: "0.02"}, "feature=batch": {monthly_usd: "0.02"}}\n')
+HISTORY_DAYS = 14
+
+
+def _seed_history(url: str) -> None:
+    """Two weeks of earlier spend (a weekly cycle) for the forecast's burn rate and the date range to move over."""
+    today = datetime.now(timezone.utc).date()
+    records = []
+    for back in range(1, HISTORY_DAYS + 1):
+        day = today - timedelta(days=back)
+        noon = datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc) + timedelta(hours=12)
+        weekly = 3 if day.weekday() < 5 else 1
+        for n in range(weekly):
+            for team, key, tier, cost in (("research", "research-demo", "mid", 2_345_678),
+                                          ("support", "support-demo", "small", 123_457)):
+                records.append(make_record(len(records), request_id=f"hist-{back}-{n}-{team}", team=team, key_id=key,
+                                           tier=tier, model="gpt-4o", deployment=f"{tier}-sim", cost_nanos=cost + back,
+                                           counterfactual_cost_nanos=cost * 6, started_at=noon + timedelta(minutes=n),
+                                           ended_at=noon + timedelta(minutes=n, seconds=1),
+                                           tags={"feature": "history"} if n else {}))
+
+    async def write() -> None:
+        ledger = open_ledger(url, spool_dir=None)
+        await ledger.start()
+        try:
+            for record in records:
+                await ledger.write(record)
+        finally:
+            await ledger.close()
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API may hold this thread's event loop
+        pool.submit(asyncio.run, write()).result()
+
+
+@pytest.fixture(scope="module")
+def finops_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    tmp = tmp_path_factory.mktemp("finops")
+    config = demo_config(tmp)
+    text = config.read_text()
+    assert text.count(TEAM_CAPS) == 1, "configs/demo.yaml's research caps moved: update TEAM_CAPS"
+    config.write_text(text.replace(TEAM_CAPS, TEAM_CAPS + MORE_CAPS))
+    _seed_history(f"sqlite:///{tmp}/ledger.db")
+    port = free_port()
+    process = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
+    yield process
+    process.stop()
+
+
+def _cross(proxy: Process, feature: str, most: int = 80) -> int:
+    """Short frontier answers tagged ``feature`` until its cap refuses one (429); how many were served."""
+    for served in range(most):
+        try:
+            _chat(proxy, "research", f"{PROMPTS[3]} Variant {served}.", model="frontier", feature=feature, max_tokens=16)
+        except RateLimitError as exc:
+            assert "budget" in str(exc).lower(), exc
+            return served
+    raise AssertionError(f"{most} requests tagged {feature} were all served: the cap never refused one")
+
+
+def _finance_traffic(proxy: Process) -> None:
+    """Every panel gets something: both teams, tags and untagged requests, the experiment, feedback, a crossing."""
+    _traffic(proxy, 2)
+    _chat(proxy, "support", PROMPTS[0], feature=None)  # untagged
+    accepted = [_chat(proxy, "research", PROMPTS[1], feature=None, tags={"prompt": "summarizer-v2"}) for _ in range(2)]
+    rejected = _chat(proxy, "research", PROMPTS[0], feature="search")
+    for request_id, label in ((accepted[0], "accepted"), (accepted[1], "accepted"), (rejected, "rejected")):
+        response = httpx.post(proxy.url + "/v1/feedback", json={"request_id": request_id, "label": label},
+                              headers={"authorization": f"Bearer {DEMO_KEYS['research']}"}, timeout=30)
+        assert response.status_code == 200, response.text
+    _cross(proxy, "nightly")
+
+
+def _assert_finance_panels(page: Any, proxy: Process, team: str | None = None) -> None:
+    """Every finance panel shows the API's numbers (``team``: the filter in use)."""
+    scope = {"team": team} if team else {}
+    forecast = _get(proxy, "/v1/spend/forecast", group_by="team", **scope)
+    _assert_usd(page, "forecast-total", forecast["total"]["projected_usd"])
+    _assert_usd(page, "forecast-burn", forecast["total"]["burn_rate_usd_per_day"])
+    for row in forecast["rows"]:
+        _assert_usd(page, f"forecast-projected-{row['team']}", row["projected_usd"])
+        _assert_usd(page, f"forecast-burn-{row['team']}", row["burn_rate_usd_per_day"])
+        runout = page.get_by_test_id(f"forecast-runout-{row['team']}").inner_text()
+        for budget in row["budgets"]:
+            assert (budget["runs_out_on"] or "holds") in runout, (runout, budget)
+
+    caps = _get(proxy, "/v1/spend/budgets", **scope)["caps"]
+    assert {c["scope"] for c in caps} == ({"team", "key", "tag"} if team != "support" else {"team"})
+    for cap in caps:
+        testid = (f"team-{cap['period']}-{cap['team']}" if cap["scope"] == "team"
+                  else f"cap-{cap['scope']}-{cap['period']}-{cap['team']}-{cap['name']}")
+        _assert_usd(page, testid, cap["spent_usd"])
+
+    experiments = _get(proxy, "/v1/spend/experiments", **scope)["experiments"]
+    assert [e["name"] for e in experiments] == ([] if team == "support" else ["summarizer-v2"])
+    for e in experiments:
+        _assert_usd(page, f"cap-experiment-{e['team']}-{e['name']}", e["spent_usd"])
+        _assert_usd(page, f"experiment-spent-{e['name']}", e["spent_usd"])
+        _assert_usd(page, f"experiment-projected-{e['name']}", e["projected_usd"])
+        assert page.get_by_test_id(f"experiment-owner-{e['name']}").inner_text() == e["owner"]
+        assert page.get_by_test_id(f"experiment-status-{e['name']}").inner_text() == e["status"]
+
+    teams = {t["team"]: t for t in _get(proxy, "/v1/spend/teams", **scope)["teams"]}
+    month = _report(proxy, group_by="team", **scope)
+    for row in month["rows"]:
+        _assert_usd(page, f"savings-{row['team']}", row["savings_usd"])
+        assert page.get_by_test_id(f"baseline-{row['team']}").inner_text() == f"always-{teams[row['team']]['ceiling_tier']}"
+    ceilings = {teams[r["team"]]["ceiling_tier"] for r in month["rows"]}
+    label = page.get_by_test_id("savings-label").inner_text()
+    assert label == (f"Saved vs always-{ceilings.pop()}" if len(ceilings) == 1 else "Saved vs each team's ceiling")
+    assert "frontier" not in label or team == "research"  # the old "all-frontier" claim is gone
+
+    tags = _report(proxy, group_by="tag", **scope)
+    total = Decimal(tags["totals"]["cost_usd"])
+    untagged = [r for r in tags["rows"] if r["tag_value"] is None]
+    assert untagged, "the traffic has untagged requests"
+    for row in untagged:
+        name = row["tag_key"] or "(no tags at all)"
+        _assert_usd(page, f"untagged-{name}", row["cost_usd"])
+        share = page.get_by_test_id(f"untagged-share-{name}").inner_text().rstrip("%")
+        assert _shown_matches(share, str(Decimal(row["cost_usd"]) * 100 / total)), (name, share)
+
+    value = _get(proxy, "/v1/spend/value", group_by="team", **scope)
+    for row in value["rows"]:
+        if row["cost_per_accepted_usd"] is None:
+            assert page.get_by_test_id(f"value-{row['team']}").inner_text() == "no accepted"
+        else:
+            _assert_usd(page, f"value-{row['team']}", row["cost_per_accepted_usd"])
+
+    alerts = _get(proxy, "/v1/alerts", since=month["start"], until=month["end"], limit=1000, **scope)["alerts"]
+    counts = page.get_by_test_id("alert-counts")
+    assert counts.get_by_test_id("alert-thresholds").inner_text() == str(sum(a["kind"] == "threshold" for a in alerts))
+    assert counts.get_by_test_id("alert-refusals").inner_text() == str(sum(a["kind"] == "refusal" for a in alerts))
+    shown = [page.get_by_test_id(f"alert-{a['id']}").count() for a in alerts[:8]]
+    assert shown == [1] * len(alerts[:8])  # the newest, in the API's order
+
+
+def test_dashboard_shows_the_spend_report(finops_proxy: Process, browser: Any, tmp_path: Path) -> None:
+    """Also the test ``scripts/screenshot.sh`` runs for ``docs/dashboard.png``: it makes every panel show something."""
+    proxy = finops_proxy
+    _finance_traffic(proxy)
     external: list[str] = []
-    page = _open(browser, demo_proxy, DEMO_KEYS["admin"], external)
+    page = _open(browser, proxy, DEMO_KEYS["admin"], external)
     assert page.get_by_test_id("scope").inner_text() == "All teams · admin"
 
-    _traffic(demo_proxy, 4)  # more traffic after the page loaded: a later refresh must show it
+    _traffic(proxy, 2)  # more traffic after the page loaded: a later refresh must show it
     _wait_for_refreshes(page, 2)  # the second one started after the traffic had been settled
-    month = _report(demo_proxy)
+    month = _report(proxy)
     today = datetime.now(timezone.utc).date().isoformat()
     tomorrow = (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()  # the API's end is exclusive
-    day = _report(demo_proxy, start=today, end=tomorrow)
-    assert month["totals"]["requests"] >= 24
+    day = _report(proxy, start=today, end=tomorrow)
+    assert day["totals"]["requests"] >= 24 and month["totals"]["requests"] > day["totals"]["requests"]
 
-    exact, shown = _usd(page, "month-spend")
-    assert exact == month["totals"]["cost_usd"] and _shown_matches(shown, exact)
-    exact, shown = _usd(page, "day-spend")
-    assert exact == day["totals"]["cost_usd"] and _shown_matches(shown, exact)
+    _assert_usd(page, "month-spend", month["totals"]["cost_usd"])
+    _assert_usd(page, "range-spend", month["totals"]["cost_usd"])  # the default range is this month
+    _assert_usd(page, "day-spend", day["totals"]["cost_usd"])
     assert page.get_by_test_id("month-requests").inner_text().replace(",", "") == str(month["totals"]["requests"])
     assert page.get_by_test_id("day-requests").inner_text().replace(",", "") == str(day["totals"]["requests"])
-    exact, shown = _usd(page, "savings")
-    assert exact == month["totals"]["savings_usd"] and _shown_matches(shown, exact)
+    _assert_usd(page, "savings", month["totals"]["savings_usd"])
     for row in month["rows"]:
-        exact, shown = _usd(page, f"team-month-{row['team']}")
-        assert exact == row["cost_usd"] and _shown_matches(shown, exact), row["team"]
-    keys = _report(demo_proxy, group_by="key")["rows"]
+        _assert_usd(page, f"team-month-{row['team']}", row["cost_usd"])
+    keys = _report(proxy, group_by="key")["rows"]
     top_key = max(keys, key=lambda r: Decimal(r["cost_usd"]))
     assert _usd(page, f"key-{top_key['key_id']}")[0] == top_key["cost_usd"]
     requests = int(month["totals"]["requests"])
     per1k = (Decimal(month["totals"]["cost_usd"]) * 1000 / requests).quantize(Decimal("0.000000001"), ROUND_HALF_UP)
-    assert Decimal(_usd(page, "per1k-month")[0]) == per1k
+    assert Decimal(_usd(page, "per1k-month")[0]) == Decimal(_usd(page, "per1k-range")[0]) == per1k
     assert "Updated" in page.get_by_test_id("updated-at").inner_text()
+    _assert_finance_panels(page, proxy)
+
+    upstreams = _get(proxy, "/v1/upstreams")["upstreams"]
+    assert sum(u["successes"] for u in upstreams) > 0
+    for u in upstreams:
+        p50 = u["latency_ms"]["p50"]
+        shown = page.get_by_test_id(f"upstream-p50-{u['id']}").inner_text().replace(",", "")
+        assert shown == "–" if p50 is None else abs(Decimal(shown) - Decimal(str(p50))) <= Decimal("0.5"), (u, shown)
+        assert page.get_by_test_id(f"upstream-counts-{u['id']}").inner_text() == f"{u['successes']} / {u['failures']}"
+        assert page.get_by_test_id(f"upstream-status-{u['id']}").inner_text() == u["status"]
 
     screenshot = Path(SCREENSHOT) if SCREENSHOT else tmp_path / "dashboard.png"
     screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -151,21 +342,171 @@ def test_dashboard_shows_the_spend_report(demo_proxy: Process, browser: Any, tmp
     assert screenshot.read_bytes().startswith(b"\x89PNG")
 
     page.get_by_role("tab", name="Today").click()
-    _wait_for_refreshes(page, 1)
-    assert _usd(page, "savings")[0] == _report(demo_proxy, start=today, end=tomorrow)["totals"]["savings_usd"]
+    _wait_for_view(page, today, tomorrow)
+    assert _usd(page, "savings")[0] == _report(proxy, start=today, end=tomorrow)["totals"]["savings_usd"]
     assert external == []  # nothing outside the proxy was asked for
     page.close()
 
 
-def test_team_key_sees_only_its_team(demo_proxy: Process, browser: Any) -> None:
-    _traffic(demo_proxy, 1)
-    page = _open(browser, demo_proxy, DEMO_KEYS["support"])
+def test_team_filter_date_range_and_csv(finops_proxy: Process, browser: Any, tmp_path: Path) -> None:
+    proxy = finops_proxy
+    _traffic(proxy, 1)
+    page = _open(browser, proxy, DEMO_KEYS["admin"])
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/v1/" in r.url else None)
+    today = datetime.now(timezone.utc).date()
+    month_start, tomorrow = today.replace(day=1).isoformat(), (today + timedelta(days=1)).isoformat()
+
+    page.get_by_test_id("team-filter").select_option("support")
+    _wait_for_view(page, month_start, tomorrow, "support")
+    assert page.get_by_test_id("scope").inner_text() == "Team support · admin"
+    support = _report(proxy, team="support")
+    _assert_usd(page, "range-spend", support["totals"]["cost_usd"])
+    assert support["totals"]["cost_usd"] != _report(proxy)["totals"]["cost_usd"]
+    assert page.get_by_test_id("team-month-research").count() == 0
+    assert page.get_by_test_id("forecast-projected-research").count() == 0
+    _assert_finance_panels(page, proxy, "support")
+    data_calls = [u for u in asked if "/v1/upstreams" not in u]
+    assert data_calls and all("team=support" in u for u in data_calls), [u for u in data_calls if "team=support" not in u]
+
+    # a range of past days only: every number moves to that range's, still for the chosen team
+    start, end = (today - timedelta(days=10)).isoformat(), (today - timedelta(days=3)).isoformat()
+    page.get_by_test_id("range-start").fill(start)
+    page.get_by_test_id("range-end").fill(end)
+    page.get_by_test_id("range-apply").click()
+    _wait_for_view(page, start, end, "support")
+    past = _report(proxy, start=start, end=end, team="support")
+    assert past["totals"]["requests"] > 0 and past["totals"]["cost_usd"] != support["totals"]["cost_usd"]
+    _assert_usd(page, "range-spend", past["totals"]["cost_usd"])
+    _assert_usd(page, "savings", past["totals"]["savings_usd"])
+    _assert_usd(page, "month-spend", support["totals"]["cost_usd"])  # "this month" stays this month
+    assert page.get_by_test_id("range-requests").inner_text().replace(",", "") == str(past["totals"]["requests"])
+
+    page.get_by_test_id("range-end").fill(start)  # end not after start: refused on the page, view unchanged
+    page.get_by_test_id("range-apply").click()
+    assert "after the start" in page.get_by_test_id("range-error").inner_text()
+    assert page.get_attribute("body", "data-view") == f"{start}/{end}/support"
+
+    for group in ("day", "team,model"):
+        page.get_by_test_id("export-group").select_option(group)
+        with page.expect_download() as download:
+            page.get_by_test_id("export-csv").click()
+        saved = tmp_path / download.value.suggested_filename
+        download.value.save_as(saved)
+        assert saved.name == f"spend-{group.replace(',', '-')}-{start}-{end}-support.csv"
+        api = httpx.get(proxy.url + "/v1/spend/report", headers=ADMIN, timeout=30,
+                        params={"start": start, "end": end, "team": "support", "group_by": group, "format": "csv"})
+        assert saved.read_text() == api.text and len(api.text.splitlines()) > 1
+    page.close()
+
+
+def test_alerts_appear_after_a_crossing(finops_proxy: Process, browser: Any) -> None:
+    proxy = finops_proxy
+    page = _open(browser, proxy, DEMO_KEYS["admin"])
+    name = "feature=batch"
+    before = _get(proxy, "/v1/alerts", team="research", limit=1000)["alerts"]
+    assert not [a for a in before if a["scope_name"] == name]
+    served = _cross(proxy, "batch")
+    _wait_for_refreshes(page, 2)
+    fired = [a for a in _get(proxy, "/v1/alerts", team="research", limit=1000)["alerts"] if a["scope_name"] == name]
+    thresholds = sorted(a["threshold_pct"] for a in fired if a["kind"] == "threshold")
+    assert thresholds == [50, 80], (served, fired)
+    assert [a["kind"] for a in fired].count("refusal") == 1
+    for a in fired:
+        row = page.get_by_test_id(f"alert-{a['id']}")
+        assert row.count() == 1 and "tag feature=batch" in row.inner_text()
+        assert row.get_attribute("data-kind") == a["kind"]
+    for a in fired:
+        if a["kind"] == "threshold":  # fired at the crossing: spend before it below the line, after it at or above
+            limit, line = Decimal(a["limit_usd"]), Decimal(a["limit_usd"]) * a["threshold_pct"] / 100
+            assert Decimal(a["previous_spent_usd"]) < line <= Decimal(a["spent_usd"]) < limit
+    month = _report(proxy)
+    alerts = _get(proxy, "/v1/alerts", since=month["start"], until=month["end"], limit=1000)["alerts"]
+    assert page.get_by_test_id("alert-refusals").inner_text() == str(sum(a["kind"] == "refusal" for a in alerts))
+    assert "tag feature=batch" in page.get_by_test_id("alerts").inner_text()
+    page.close()
+
+
+def test_team_key_sees_only_its_team(finops_proxy: Process, browser: Any) -> None:
+    _traffic(finops_proxy, 1)
+    page = _open(browser, finops_proxy, DEMO_KEYS["support"])
     assert page.get_by_test_id("scope").inner_text() == "Team support"
-    own = _report(demo_proxy, team="support")
+    own = _report(finops_proxy, team="support")
     assert _usd(page, "month-spend")[0] == own["totals"]["cost_usd"]
     assert page.get_by_test_id("team-month-support").count() == 1
     assert page.get_by_test_id("team-month-research").count() == 0
+    assert page.get_by_test_id("team-filter").is_hidden()  # an admin's tool
+    assert page.locator("#upstreams-card").is_hidden()  # admin only (GET /v1/upstreams is a 403 for this key)
+    assert page.get_by_test_id("savings-label").inner_text() == "Saved vs always-mid"  # support's ceiling tier
+    _assert_finance_panels(page, finops_proxy, "support")
     page.close()
+
+
+def test_budgets_and_upstreams_endpoints(finops_proxy: Process) -> None:
+    proxy = finops_proxy
+    _traffic(proxy, 1)
+    caps = _get(proxy, "/v1/spend/budgets")["caps"]
+    today = datetime.now(timezone.utc).date()
+    tomorrow = today + timedelta(days=1)
+    by_key = {r["key_id"]: r for r in _report(proxy, group_by="team,key", team="research")["rows"]}
+    key_today = {r["key_id"]: r for r in _report(proxy, group_by="team,key", team="research", start=today.isoformat(),
+                                                   end=tomorrow.isoformat())["rows"]}
+    key_caps = {c["period"]: c for c in caps if c["scope"] == "key"}
+    assert set(key_caps) == {"day", "month"} and key_caps["month"]["name"] == "research-demo"
+    assert key_caps["month"]["spent_usd"] == by_key["research-demo"]["cost_usd"]
+    assert key_caps["day"]["spent_usd"] == key_today["research-demo"]["cost_usd"]
+    assert key_caps["day"]["limit_usd"] == "5.000000000" and key_caps["month"]["limit_usd"] == "50.000000000"
+    tag_rows = {f"{r['tag_key']}={r['tag_value']}": r for r in _report(proxy, group_by="tag", team="research")["rows"]}
+    for cap in (c for c in caps if c["scope"] == "tag"):
+        assert cap["period"] == "month" and cap["limit_usd"] == "0.020000000"
+        assert cap["spent_usd"] == tag_rows.get(cap["name"], {"cost_usd": "0.000000000"})["cost_usd"]
+    teams = {t["team"]: t for t in _get(proxy, "/v1/spend/teams")["teams"]}
+    for cap in (c for c in caps if c["scope"] == "team"):
+        assert cap["spent_usd"] == teams[cap["team"]][f"{cap['period']}_usd"]
+
+    support = {"authorization": f"Bearer {DEMO_KEYS['support']}"}
+    own = httpx.get(proxy.url + "/v1/spend/budgets", headers=support, timeout=30).json()["caps"]
+    assert own and {c["team"] for c in own} == {"support"}
+    assert httpx.get(proxy.url + "/v1/spend/budgets", params={"team": "research"}, headers=support,
+                     timeout=30).status_code == 403
+    unknown = httpx.get(proxy.url + "/v1/spend/budgets", params={"team": "nosuch"}, headers=ADMIN, timeout=30)
+    assert unknown.status_code == 404 and "research" in unknown.json()["error"]["message"]
+
+    refused = httpx.get(proxy.url + "/v1/upstreams", headers=support, timeout=30)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_key_required"
+    found = _get(proxy, "/v1/upstreams")
+    assert [u["id"] for u in found["upstreams"]] == ["small-sim", "mid-sim", "frontier-sim", "embed-small-sim"]
+    mid = next(u for u in found["upstreams"] if u["id"] == "mid-sim")
+    assert mid["successes"] > 0 and mid["latency_ms"]["samples"] == min(mid["successes"], found["latency_window"])
+    assert 0 < mid["latency_ms"]["p50"] <= mid["latency_ms"]["p95"] and mid["status"] == "healthy"
+
+
+def test_health_book_window() -> None:
+    """What GET /v1/upstreams reads: a bounded latency window, failures by kind newest first, cooldown left."""
+    now = [100.0]
+    book = HealthBook(failures_to_cooldown=2, cooldown_s=30.0, clock=lambda: now[0])
+    for ms in range(LATENCY_WINDOW + 10):
+        book.success("a", float(ms))
+    view = book.view("a")
+    assert view.successes == LATENCY_WINDOW + 10 and len(view.latencies_ms) == LATENCY_WINDOW
+    assert view.latencies_ms[0] == 10.0 and view.latencies_ms[-1] == float(LATENCY_WINDOW + 9)  # the newest kept
+    book.failure("a", kind="timeout")
+    now[0] += 5
+    book.failure("a", kind="server")  # the second in a row: cooldown
+    now[0] += 10
+    view = book.view("a")
+    assert view.failures == 2 and view.consecutive_failures == 0 and view.cooldown_s == 20.0
+    assert view.recent_failures == ((10.0, "server"), (15.0, "timeout"))
+    book.success("a")  # no elapsed time: counted, not a latency sample
+    assert book.view("a").latencies_ms == view.latencies_ms and book.view("a").successes == LATENCY_WINDOW + 11
+    for _ in range(RECENT_FAILURES + 5):
+        book.failure("b", kind="connection")
+    assert len(book.view("b").recent_failures) == RECENT_FAILURES
+    assert book.view("never-called") == book.view("never-called") and book.view("never-called").latencies_ms == ()
+    from proxy.upstreams_api import nearest_rank
+
+    assert nearest_rank([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0 and nearest_rank([5.0, 1.0], 95) == 5.0
+    assert nearest_rank([], 50) is None
 
 
 def test_bad_key_returns_to_the_prompt(demo_proxy: Process, browser: Any) -> None:

@@ -105,7 +105,7 @@ function addDays(iso, days) {
 }
 
 function shareText(share) {
-  return `${share < 10 ? share.toFixed(2) : share.toFixed(0)}%`;
+  return `${share.toFixed(share < 10 ? 2 : share < 100 ? 1 : 0)}%`;
 }
 
 function maxNanos(...values) {
