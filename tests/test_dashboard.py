@@ -27,6 +27,8 @@ import pytest
 from openai import OpenAI, RateLimitError
 
 from conftest import DEMO_KEYS, Process, demo_config, free_port, require_service, start_process
+from metering.budgets.policy import BudgetLimits, BudgetPolicy
+from metering.finops.caps import cap_spend
 from metering.ledger import open_ledger
 from metering.ledger.insights import Insights
 from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
@@ -632,3 +634,50 @@ def test_insights_queries(ledger_url: tuple[str, str], tmp_path: Path) -> None:
             indexes = [row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s",
                                                       (schema,))]
     assert "records_started_at" in indexes
+
+
+def test_cap_spend_queries(ledger_url: tuple[str, str]) -> None:
+    """``/v1/spend/budgets``' sums on both backends: each cap's day and month spend, untagged and other teams apart."""
+    today = datetime.now(timezone.utc).date()
+    noon = datetime.combine(today, datetime.min.time(), tzinfo=timezone.utc) + timedelta(hours=12)
+    earlier = noon - timedelta(days=today.day - 1)  # the first of the month (today itself on the 1st)
+    records = [
+        make_record(0, key_id="k1", tags={"feature": "a"}, cost_nanos=1_000, started_at=noon),
+        make_record(1, key_id="k1", tags={"feature": "b"}, cost_nanos=20_000, started_at=noon),
+        make_record(2, key_id="k2", cost_nanos=300_000, started_at=noon),  # untagged
+        make_record(3, key_id="k1", tags={"feature": "a"}, cost_nanos=4_000_000, started_at=earlier),
+        make_record(4, key_id="k1", team="team-b", tags={"feature": "a"}, cost_nanos=50_000_000, started_at=noon),
+        make_record(5, key_id="k1", tags={"feature": "a"}, cost_nanos=600_000_000, started_at=noon - timedelta(days=40)),
+    ]
+    limits = BudgetLimits(daily_usd=Decimal("1"), monthly_usd=Decimal("10"))
+    policies = {"team-a": BudgetPolicy(team=limits, keys={"k1": limits, "k2": BudgetLimits(monthly_usd=Decimal("2"))},
+                                       tags={"feature=a": BudgetLimits(monthly_usd=Decimal("3"))}, redis_failure="open"),
+                "team-b": BudgetPolicy(redis_failure="open")}  # no caps: no rows
+    url, schema = ledger_url
+
+    async def scenario() -> list[tuple[str, str, str, int, int]]:
+        ledger = open_ledger(url, spool_dir=None, schema=schema)
+        await ledger.start()
+        try:
+            for record in records:
+                await ledger.write(record)
+            await ledger.flush()
+            caps = await cap_spend(ledger, policies, today)
+            assert caps == await cap_spend(ledger, policies, today, team="team-a")
+            assert await cap_spend(ledger, policies, today, team="team-b") == []
+            return [(c.scope, c.name, c.period, c.limit_nanos, c.spent_nanos) for c in caps]
+        finally:
+            await ledger.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        found = pool.submit(asyncio.run, scenario()).result()
+    same_day = today == earlier.date()  # on the 1st the "earlier" record is today's too
+    day_k1 = 21_000 + 4_000_000 * same_day
+    assert found == [  # policy order: the team, its keys, its tags; a cap's day before its month
+        ("team", "team-a", "day", 10**9, 321_000 + 4_000_000 * same_day),
+        ("team", "team-a", "month", 10 * 10**9, 4_321_000),
+        ("key", "k1", "day", 10**9, day_k1),
+        ("key", "k1", "month", 10 * 10**9, 4_021_000),
+        ("key", "k2", "month", 2 * 10**9, 300_000),
+        ("tag", "feature=a", "month", 3 * 10**9, 4_001_000),
+    ]
