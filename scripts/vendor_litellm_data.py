@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from metering.prices import TABLE_PATH  # noqa: E402
-from text.tokens import ENCODINGS_DIR, SHIPPED_ENCODINGS  # noqa: E402
+from metering.prices import TABLE_PATH
+from text.tokens import ENCODINGS_DIR, SHIPPED_ENCODINGS
 
 
 def _litellm_dir() -> Path:
@@ -37,7 +37,7 @@ def _litellm_dir() -> Path:
     spec = importlib.util.find_spec("litellm")
     if spec is None or not spec.submodule_search_locations:
         sys.exit("litellm is not installed: bash scripts/install.sh providers (or bash scripts/test.sh) first")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _blob_urls(tokenizer_dir: Path) -> dict[str, str]:

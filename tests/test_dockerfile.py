@@ -48,7 +48,7 @@ def test_dockerfile_installs_from_the_hashed_lock_and_copies_real_paths() -> Non
     assert entry == ["tiergate"] and cmd[0] == "serve"
     config = cmd[cmd.index("--config") + 1]
     assert (ROOT / config).is_file()
-    assert re.search(r"^tiergate = ", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert re.search(r"^tiergate = ", (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
 
 
 # -- the four hash-pinned layers (scripts/lock.sh) ----------------------------------------------------------------
@@ -103,14 +103,14 @@ def test_runtime_installs_take_the_runtime_lock_only_and_tests_take_all_three() 
     runs = " ".join(rest for word, rest in _instructions() if word in {"RUN", "COPY"})
     assert "requirements-train" not in runs and "requirements-dev" not in runs and "[dev]" not in runs
     demo = (ROOT / "scripts" / "demo.sh").read_text()
-    assert re.search(r"^bash scripts/install\.sh$", demo, re.M)
+    assert re.search(r"^bash scripts/install\.sh$", demo, re.MULTILINE)
     test = (ROOT / "scripts" / "test.sh").read_text()
-    assert re.search(r"^bash scripts/install\.sh train dev$", test, re.M)
+    assert re.search(r"^bash scripts/install\.sh train dev$", test, re.MULTILINE)
     install = (ROOT / "scripts" / "install.sh").read_text()
     assert "runtime) echo requirements.lock" in install
     assert 'providers|train|dev) echo "requirements-$1.lock"' in install
     ci = (ROOT / ".ci" / "run").read_text()
-    assert re.search(r"^exec bash scripts/test\.sh$", ci, re.M)
+    assert re.search(r"^exec bash scripts/test\.sh$", ci, re.MULTILINE)
 
 
 def test_the_image_has_providers_by_default_and_a_lean_build_without() -> None:
