@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any, Literal, Mapping
 
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
@@ -17,6 +18,7 @@ from metering.ledger.base import Ledger
 from metering.money import format_usd, usd_to_nanos
 
 CapScope = Literal["team", "key", "tag"]
+Period = Literal["day", "month"]
 # report dimension(s) that name a cap of each scope
 _GROUPING: dict[CapScope, tuple[str, ...]] = {"team": ("team", "day"), "key": ("team", "key", "day"),
                                               "tag": ("team", "tag", "day")}
@@ -27,7 +29,7 @@ class CapSpend:
     scope: CapScope
     team: str
     name: str  # the team's name, a key id, or "k=v"
-    period: Literal["day", "month"]
+    period: Period
     period_start: date
     limit_nanos: int
     spent_nanos: int
@@ -77,8 +79,10 @@ async def cap_spend(ledger: Ledger, policies: Mapping[str, BudgetPolicy], today:
                 spent[(*at, "day")] = spent.get((*at, "day"), 0) + cost
     out = []
     for (team_name, scope, name), limits in capped.items():
-        for period, start, limit in (("day", today, limits.daily_usd), ("month", month_start, limits.monthly_usd)):
+        periods: tuple[tuple[Period, date, Decimal | None], ...] = (("day", today, limits.daily_usd),
+                                                                   ("month", month_start, limits.monthly_usd))
+        for period, start, limit in periods:
             if limit is not None:
-                out.append(CapSpend(scope, team_name, name, period, start, usd_to_nanos(limit),  # type: ignore[arg-type]
+                out.append(CapSpend(scope, team_name, name, period, start, usd_to_nanos(limit),
                                     spent.get((team_name, scope, name, period), 0)))
     return out

@@ -548,7 +548,11 @@ async function refresh() {
     $("scope").textContent = state.admin ? (state.team ? `Team ${state.team} · admin` : "All teams · admin") : `Team ${month.team}`;
     const ceilings = new Map(teams.teams.map((t) => [t.team, t.ceiling_tier]));
     for (const el of document.querySelectorAll(".pname")) el.textContent = view.label;
-    if (state.period !== "custom") { $("range-start").value = view.start; $("range-end").value = view.end; }
+    const viewKey = `${view.start}/${view.end}/${state.team}`;
+    if (state.period !== "custom" && document.body.dataset.view !== viewKey) {  // not over a date being typed
+      $("range-start").value = view.start;
+      $("range-end").value = view.end;
+    }
     renderTeamFilter(teams);
     renderKpis(day, month, chosen, ceilings);
     renderBudgets(teams, budgets, experiments);
@@ -572,7 +576,7 @@ async function refresh() {
     renderRequests(requests);
     state.refreshes += 1;
     document.body.dataset.refreshes = String(state.refreshes);
-    document.body.dataset.view = `${view.start}/${view.end}/${state.team}`;  // what the page now shows (tests wait for it)
+    document.body.dataset.view = viewKey;  // what the page now shows (tests wait for it)
     $("updated").textContent = `Updated ${new Date().toISOString().slice(11, 19)} UTC`;
     $("dot").className = "dot ok";
   } catch (error) {
