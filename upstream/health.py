@@ -35,8 +35,8 @@ class DeploymentHealth:
     cooldown_s: float  # seconds of cooldown left; 0 when healthy
     consecutive_failures: int  # towards the next cooldown
     inflight: int
-    successes: int  # since the process started
-    failures: int
+    successes: int  # attempts answered since the process started
+    failures: int  # retryable failures (timeout, 429, 5xx, connection): the ones that lead to a cooldown
     latencies_ms: tuple[float, ...]  # the most recent successful attempts, oldest first
     recent_failures: tuple[tuple[float, str], ...]  # (seconds ago, kind), newest first
 
