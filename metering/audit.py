@@ -1,8 +1,8 @@
 """``tiergate audit``: where the tokens go and what each token-economics lever is worth, read from the ledger.
 
-The ledger's raw ``records`` table is aggregated in SQL (four grouped queries over one ``started_at`` range, the
-same SQL on SQLite and PostgreSQL), so the audit's cost grows with the window's rows inside the database, not in
-Python. Output percentiles come from a per-(team, model) histogram of ``completion_tokens``: its size is bounded by
+The ledger's raw ``records`` table is aggregated in the database (``Ledger.usage_audit``: grouped queries over one
+``started_at`` range, ``metering.ledger.audit_reads``), so the audit's cost grows with the window's rows inside the
+database, not in Python. Output percentiles come from a per-(team, model) histogram of ``completion_tokens``: its size is bounded by
 the distinct output lengths (at most the largest ``max_tokens``), and it gives the exact nearest-rank percentile
 and the exact number of tokens above it, which a ``percentile_cont`` would not.
 
@@ -23,12 +23,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
+from metering.ledger.audit_reads import UsageAuditRows
 from metering.ledger.base import Ledger
-from metering.ledger.group_commit import GroupCommitLedger
-from metering.ledger.sqlite import SqliteLedger
 from metering.money import NANOS_PER_USD, format_usd
+from metering.percentile import nearest_rank
 from metering.prices import Price, lookup
 
 COUNTED = ("billed requests, client-aborted (499) and cut streams included, as in the spend report; output "
@@ -37,9 +37,6 @@ SYSTEM_PROMPT_FLAG_TOKENS = 500  # a static prompt above this is resent (and pai
 OUTPUT_PERCENTILE = 95
 MONTH = timedelta(days=30)
 LEVERS = ("routing", "prefix_caching", "rolling_summaries", "max_tokens_p95")
-_CHARGED = "deployment <> 'response-cache' AND (status < 400 OR cost_nanos > 0)"
-_COMPLETED = "deployment <> 'response-cache' AND status < 400"
-_CACHE_HITS = "deployment = 'response-cache'"
 
 PriceOf = Callable[[str], Price | None]
 
@@ -157,19 +154,7 @@ class AuditReport:
         }
 
 
-# ---- the pure parts: histogram percentiles, pricing, projection ---------------------------------------------------
-
-def nearest_rank(histogram: Mapping[int, int], percentile: int) -> int:
-    """The value at rank ``ceil(p * n / 100)`` of the sorted values (PostgreSQL's ``percentile_disc``)."""
-    n = sum(histogram.values())
-    rank = -(-percentile * n // 100)
-    seen = 0
-    for value in sorted(histogram):
-        seen += histogram[value]
-        if seen >= rank:
-            return value
-    raise ValueError("empty histogram")
-
+# ---- the pure parts: pricing, projection (percentiles: metering.percentile) ------------------------------------
 
 def _nanos(value: Decimal) -> int:
     return int(value.to_integral_value(rounding=ROUND_HALF_EVEN))
@@ -190,30 +175,10 @@ def _per_token_nanos(dollars: Decimal) -> Decimal:
     return dollars * NANOS_PER_USD
 
 
-# ---- the queries --------------------------------------------------------------------------------------------------
+# ---- from the ledger's grouped rows ------------------------------------------------------------------------------
 
-class _Reader:
-    """The records of one time window, through the ledger's read path (either backend, its own placeholder)."""
-
-    def __init__(self, ledger: Ledger, start: datetime, end: datetime) -> None:
-        if not isinstance(ledger, GroupCommitLedger):
-            raise TypeError(f"cannot audit a {type(ledger).__name__}")
-        self._ledger = ledger
-        # SQLite keeps ISO text, which sorts like the instant it names; PostgreSQL a TIMESTAMPTZ.
-        sqlite = isinstance(ledger, SqliteLedger)
-        self._window = [start.isoformat(), end.isoformat()] if sqlite else [start, end]
-
-    async def fetch(self, select: str, where: str, group_by: str, params: Iterable[Any] = (),
-                    records: str = _CHARGED) -> list[tuple]:
-        sql = (f"SELECT {select} FROM records WHERE started_at >= ? AND started_at < ? AND {records}"
-               f"{' AND ' + where if where else ''}{' GROUP BY ' + group_by if group_by else ''}")
-        return await self._ledger._fetch(sql.replace("?", self._ledger.placeholder), [*self._window, *params])
-
-
-async def _system_prompts(reader: _Reader) -> list[SystemPrompt]:
-    rows = await reader.fetch("team, key_id, COUNT(*), SUM(system_tokens), MAX(system_tokens)",
-                              "purpose = 'chat'", "team, key_id")
-    keys = sorted((SystemPrompt(t, k, int(n), int(s or 0), int(m or 0)) for t, k, n, s, m in rows),
+def _system_prompts(rows: UsageAuditRows) -> list[SystemPrompt]:
+    keys = sorted((SystemPrompt(t, k, n, s, m) for t, k, n, s, m in rows.system_prompts),
                   key=lambda r: (r.team, r.key_id or ""))
     out: list[SystemPrompt] = []
     for team in sorted({k.team for k in keys}):
@@ -224,12 +189,10 @@ async def _system_prompts(reader: _Reader) -> list[SystemPrompt]:
     return out
 
 
-async def _outputs(reader: _Reader, rules: Mapping[str, TeamRules]) -> list[OutputLengths]:
-    rows = await reader.fetch("team, model, completion_tokens, COUNT(*)", "purpose = 'chat'",
-                              "team, model, completion_tokens", records=_COMPLETED)
+def _outputs(rows: UsageAuditRows, rules: Mapping[str, TeamRules]) -> list[OutputLengths]:
     histograms: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
-    for team, model, tokens, count in rows:
-        histograms[(team, model)][int(tokens or 0)] = int(count)
+    for team, model, tokens, count in rows.outputs:
+        histograms[(team, model)][tokens] = count
     out = []
     for (team, model), hist in sorted(histograms.items()):
         p95 = nearest_rank(hist, OUTPUT_PERCENTILE)
@@ -242,26 +205,13 @@ async def _outputs(reader: _Reader, rules: Mapping[str, TeamRules]) -> list[Outp
     return out
 
 
-async def _frontier(reader: _Reader, rules: Mapping[str, TeamRules]) -> list[FrontierOnSimple]:
-    teams = {t: r for t, r in sorted(rules.items()) if r.frontier_tier is not None}
-    if not teams:
-        return []
-    clauses, params = [], []
-    for team, rule in teams.items():
-        if rule.simple_below is None:
-            clauses.append("team = ?")
-            params.append(team)
-        else:
-            clauses.append("(team = ? AND score < ?)")
-            params += [team, rule.simple_below]
-    rows = await reader.fetch("team, tier, COUNT(*)", f"purpose = 'chat' AND score IS NOT NULL AND "
-                              f"({' OR '.join(clauses)})", "team, tier", params)
+def _frontier(rows: UsageAuditRows, teams: Mapping[str, TeamRules]) -> list[FrontierOnSimple]:
     simple: dict[str, int] = defaultdict(int)
     frontier: dict[str, int] = defaultdict(int)
-    for team, tier, count in rows:
-        simple[team] += int(count)
+    for team, tier, count in rows.frontier:
+        simple[team] += count
         if tier == teams[team].frontier_tier:
-            frontier[team] += int(count)
+            frontier[team] += count
     return [FrontierOnSimple(t, str(r.frontier_tier), simple[t], frontier[t]) for t, r in teams.items()]
 
 
@@ -270,11 +220,9 @@ async def audit(ledger: Ledger, start: datetime, end: datetime, rules: Mapping[s
     """Audit the records that started in ``[start, end)``; ``ledger`` must be started."""
     if end <= start:
         raise ValueError("the audit window is empty")
-    reader = _Reader(ledger, start, end)
-    outputs = await _outputs(reader, rules)
-    money = await reader.fetch(
-        "team, model, purpose, SUM(cost_nanos), SUM(counterfactual_cost_nanos), SUM(cached_tokens), "
-        "SUM(context_saved_tokens)", "", "team, model, purpose")
+    frontier_teams = {t: r for t, r in sorted(rules.items()) if r.frontier_tier is not None}
+    rows = await ledger.usage_audit(start, end, {t: r.simple_below for t, r in frontier_teams.items()})
+    outputs = _outputs(rows, rules)
 
     window: dict[str, dict[str, Decimal]] = {name: defaultdict(Decimal) for name in LEVERS}
     unpriced: set[str] = set()
@@ -288,14 +236,14 @@ async def audit(ledger: Ledger, start: datetime, end: datetime, rules: Mapping[s
                 unpriced.add(model)
         return prices[model]
 
-    for team, model, purpose, cost, counterfactual, cached, saved in money:
-        window["routing"][team] += int(counterfactual or 0) - int(cost or 0)
+    for team, model, purpose, cost, counterfactual, cached, saved in rows.money:
+        window["routing"][team] += counterfactual - cost
         if purpose == "summarization":
-            summarization += int(cost or 0)
+            summarization += cost
         if not (cached or saved) or (p := price(model)) is None:
             continue
-        window["prefix_caching"][team] += int(cached or 0) * _per_token_nanos(p.input - p.cached_input)
-        window["rolling_summaries"][team] += int(saved or 0) * _per_token_nanos(p.input)
+        window["prefix_caching"][team] += cached * _per_token_nanos(p.input - p.cached_input)
+        window["rolling_summaries"][team] += saved * _per_token_nanos(p.input)
     for row in outputs:
         if row.tokens_above_p95 and (p := price(row.model)) is not None:
             window["max_tokens_p95"][row.team] += row.tokens_above_p95 * _per_token_nanos(p.output)
@@ -306,9 +254,8 @@ async def audit(ledger: Ledger, start: datetime, end: datetime, rules: Mapping[s
                     {t: (_nanos(v), monthly(v, span)) for t, v in per_team.items()})
         for name, per_team in window.items()
     }
-    cache_hits = await reader.fetch("SUM(counterfactual_cost_nanos), SUM(cost_nanos)", "", "", records=_CACHE_HITS)
-    cache_savings = int(cache_hits[0][0] or 0) - int(cache_hits[0][1] or 0)
-    return AuditReport(start, end, await _system_prompts(reader), outputs, await _frontier(reader, rules), levers,
+    cache_savings = rows.cache_hit_nanos[0] - rows.cache_hit_nanos[1]
+    return AuditReport(start, end, _system_prompts(rows), outputs, _frontier(rows, frontier_teams), levers,
                        summarization, cache_savings, sorted(unpriced))
 
 

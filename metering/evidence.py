@@ -11,8 +11,8 @@ can be checked against the ledger by hand.
   A request routed to a middle tier is judged against the floor, not the ceiling (``pipeline.shadow``): it says
   nothing about the ceiling, so it is left out of Y and counted in ``not_vs_ceiling``. A request routed to the
   ceiling contributes its grade to both sums (there, routing was always-ceiling).
-  Its 95% interval is a percentile bootstrap over judged requests with a fixed seed (the same rows give the same
-  interval). Resampling rows is drawing a multinomial over the distinct (routed, ceiling) grade pairs, of which a
+  Its 95% interval is a percentile bootstrap (nearest-rank 2.5th and 97.5th, ``metering.percentile``) over judged
+  requests with a fixed seed (the same rows give the same interval). Resampling rows is drawing a multinomial over the distinct (routed, ceiling) grade pairs, of which a
   pairwise judge yields a handful, so it costs O(resamples x distinct pairs), not O(resamples x rows).
 - **Quality per tier**: a tier's mean grade in the comparisons it took part in, with a 95% Wilson interval
   (grades in [0, 1], a tie counting as half a win). Pairwise grades are relative to the opponent: a floor tier's
@@ -34,6 +34,7 @@ from metering.ledger.base import Ledger
 from metering.ledger.report import ReportRow, midnight
 from metering.money import format_usd
 from metering.outcomes import Outcome
+from metering.percentile import nearest_rank
 
 Z95 = 1.959963984540054
 BOOTSTRAP_RESAMPLES = 2000
@@ -171,8 +172,8 @@ def ratio_interval(pairs: Sequence[tuple[float, float]], resamples: int = BOOTST
                                                     size=resamples)
     num, den = draws @ kinds[:, 0], draws @ kinds[:, 1]
     ratios = num[den > 0] / den[den > 0]  # a resample where the ceiling never scored has no ratio
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return Interval(value, float(low), float(high))
+    found = ratios.tolist()
+    return Interval(value, float(nearest_rank(found, 2.5)), float(nearest_rank(found, 97.5)))
 
 
 def tier_quality(outcomes: Sequence[Outcome]) -> list[TierQuality]:

@@ -21,7 +21,6 @@ from pydantic import BaseModel
 from kvcache.responses import ResponseStore, open_response_store
 from kvcache.store import KeyValueCache, open_cache
 from metering.ledger.base import Ledger
-from metering.ledger.insights import Insights
 from metering.prices import release_table
 from metering.service import Meter
 from pipeline.budget import BudgetPolicies
@@ -204,7 +203,6 @@ class Runtime:
     budgets: BudgetPolicies  # every team's budget policy, derived once per policy version
     cache: KeyValueCache
     metrics: Metrics
-    insights: Insights
     responses: ResponseStore  # the Responses API conversation store (Redis, else the ledger's database)
     health: HealthBook  # this worker's view of each deployment (cooldowns, latency): GET /v1/upstreams
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -234,7 +232,7 @@ class Runtime:
         pipeline = Pipeline(dispatcher, Routing(scorers, health, tracing), meter, budgets, cache, tracing,
                             metrics.observe, status_of)
         runtime = cls(store=store, pipeline=pipeline, scorer=scorer, scorers=scorers, pool=pool, meter=meter, budgets=budgets,
-                      cache=cache, metrics=metrics, insights=Insights(meter.ledger), responses=responses,
+                      cache=cache, metrics=metrics, responses=responses,
                       health=health)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         runtime.tasks.append(asyncio.get_running_loop().create_task(_poll_team_models(scorers, meter.ledger)))

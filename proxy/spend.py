@@ -134,7 +134,7 @@ async def report(request: Request) -> Response:
     payload = result.to_dict()
     columns = [*result.key_columns, *result.metric_columns]
     if sorted(group_by) == ["model", "team"]:
-        found = await rt.insights.output_percentiles(start, end, team)
+        found = await rt.meter.ledger.output_percentiles(start, end, team)
         by_group = {(p.team, p.model): p for p in found}
         for row in payload["rows"]:
             p = by_group.get((row["team"], row["model"]))
@@ -170,7 +170,7 @@ async def percentiles(request: Request) -> Response:
     team = await visible_team(request)
     start, end = _period(request)
     await _flushed(request)
-    rows = await runtime(request).insights.output_percentiles(start, end, team)
+    rows = await runtime(request).meter.ledger.output_percentiles(start, end, team)
     return json_response({"start": start.isoformat(), "end": end.isoformat(), "team": team,
                           "rows": [row.to_dict() for row in rows]})
 
@@ -185,7 +185,8 @@ async def expensive_requests(request: Request) -> Response:
         raise bad_request(f"'order' must be 'cost' or 'recent', got {order!r}", param="order")
     since = datetime.now(timezone.utc) - timedelta(hours=hours)
     await _flushed(request)
-    rows = await runtime(request).insights.requests(since, limit, team, "cost" if order == "cost" else "recent")
+    rows = await runtime(request).meter.ledger.request_costs(since, limit, team,
+                                                           "cost" if order == "cost" else "recent")
     return json_response({"since": since.isoformat(), "order": order, "team": team,
                           "requests": [row.to_dict() for row in rows]})
 
@@ -198,6 +199,6 @@ async def timeseries(request: Request) -> Response:
                           param="bucket")
     day = _day(request.query_params.get("day"), "day", datetime.now(timezone.utc).date())
     await _flushed(request)
-    points = await runtime(request).insights.hourly(day, team)
+    points = await runtime(request).meter.ledger.hourly_spend(day, team)
     return json_response({"day": day.isoformat(), "bucket": "hour", "team": team,
                           "points": [p.to_dict() for p in points]})

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 from starlette.requests import Request
 from starlette.responses import Response
 
+from metering.percentile import nearest_rank as percentile_of
 from pipeline.errors import TiergateError
 from proxy.endpoints import authenticated, runtime
 from proxy.render import json_response
@@ -23,11 +24,9 @@ from upstream.health import LATENCY_WINDOW, DeploymentHealth
 
 
 def nearest_rank(values: Sequence[float], percentile: int) -> float | None:
-    """The value at rank ceil(p * n / 100) of the sorted values (as the spend report's output percentiles)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[-(-percentile * len(ordered) // 100) - 1]
+    """``metering.percentile.nearest_rank`` of the latency window, None before the first sample (the JSON says
+    ``null``, not 0 ms)."""
+    return percentile_of(values, percentile) if values else None
 
 
 def deployments(policy: Policy) -> Iterator[DeploymentSpec]:

@@ -30,7 +30,6 @@ from conftest import DEMO_KEYS, Process, demo_config, free_port, require_service
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.finops.caps import cap_spend
 from metering.ledger import open_ledger
-from metering.ledger.insights import Insights
 from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from upstream.health import LATENCY_WINDOW, RECENT_FAILURES, HealthBook
 
@@ -596,27 +595,26 @@ def test_insights_queries(ledger_url: tuple[str, str], tmp_path: Path) -> None:
         try:
             for record in records:
                 await ledger.write(record)
-            insights = Insights(ledger)
-            pct = {(r.team, r.model): r for r in await insights.output_percentiles(day, day + timedelta(days=1))}
+            pct = {(r.team, r.model): r for r in await ledger.output_percentiles(day, day + timedelta(days=1))}
             assert set(pct) == {("team-a", "gpt-4o-mini"), ("team-b", "gpt-4o")}
             a, b = pct[("team-a", "gpt-4o-mini")], pct[("team-b", "gpt-4o")]
             assert (a.requests, a.p50, a.p95) == (100, 50, 95)
             assert (b.requests, b.p50, b.p95) == (3, _nearest_rank([20, 5, 10], 50), _nearest_rank([20, 5, 10], 95))
-            assert [r.team for r in await insights.output_percentiles(day, day + timedelta(days=1), "team-b")] == [
+            assert [r.team for r in await ledger.output_percentiles(day, day + timedelta(days=1), "team-b")] == [
                 "team-b"]
 
-            hours = await insights.hourly(day)
+            hours = await ledger.hourly_spend(day)
             report = await ledger.report(day, day + timedelta(days=1), group_by=())
             assert len(hours) == 24 and hours[0].hour == midnight
             assert sum(h.requests for h in hours) == report.totals.requests == 104  # the day's bounds are exact
             assert sum(h.cost_nanos for h in hours) == report.totals.cost_nanos
             assert hours[20].requests == 3 + sum(1 for i in range(100) if 7 * i // 60 == 20)
 
-            top = await insights.requests(midnight, 3)
+            top = await ledger.request_costs(midnight, 3)
             assert [r.request_id for r in top] == ["req-202", "req-99", "req-98"]
             assert top[1].cost_nanos == 100_000 and top[1].to_dict()["cost_usd"] == "0.000100000"
             assert top[1].started_at.startswith(f"{day.isoformat()}T11:33:00")
-            recent = await insights.requests(midnight + timedelta(hours=20), 2, team="team-b", order="recent")
+            recent = await ledger.request_costs(midnight + timedelta(hours=20), 2, team="team-b", order="recent")
             assert [r.team for r in recent] == ["team-b", "team-b"]
         finally:
             await ledger.close()

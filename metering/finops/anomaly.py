@@ -27,6 +27,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 from metering.finops.forecast import usd
 from metering.finops.hourly import RequestRow
 from metering.finops.scopes import Scope
+from metering.percentile import nearest_rank
 
 Metric = Literal["spend", "requests", "frontier_share", "p95_output_tokens"]
 METRICS: tuple[Metric, ...] = ("spend", "requests", "frontier_share", "p95_output_tokens")
@@ -96,8 +97,7 @@ class _Cell:
             return self.frontier / self.served if self.served else None
         if not self.outputs:
             return None
-        ordered = sorted(self.outputs)
-        return float(ordered[(95 * len(ordered) + 99) // 100 - 1])  # nearest rank, as the spend report's P95
+        return float(nearest_rank(self.outputs, 95))
 
     def sample_size(self, metric: Metric) -> int:
         return {"frontier_share": self.served, "p95_output_tokens": len(self.outputs)}.get(metric, self.requests)

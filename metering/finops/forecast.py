@@ -29,6 +29,7 @@ from typing import Literal, Mapping, Sequence
 
 from metering.ledger.base import month_bounds
 from metering.money import NANOS_PER_USD, format_usd
+from metering.percentile import nearest_rank
 
 HISTORY_DAYS = 56  # eight weeks: eight samples per weekday factor
 FIT_DAYS = 28  # the level and trend follow the last four weeks
@@ -161,13 +162,6 @@ def _past_errors(history: Mapping[date, int], as_of: date, horizon: int) -> list
     return errors
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = math.floor(pos)
-    return ordered[lo] + (ordered[min(lo + 1, len(ordered) - 1)] - ordered[lo]) * (pos - lo)
-
-
 def forecast_month(history: Mapping[date, int], as_of: date, partial: Partial | None = None,
                    level: float = INTERVAL) -> MonthForecast:
     """Month-end spend of ``as_of``'s month, from actual spend before ``as_of`` (and ``partial`` of it)."""
@@ -193,7 +187,7 @@ def forecast_month(history: Mapping[date, int], as_of: date, partial: Partial | 
     z = NormalDist().inv_cdf((1 + level) / 2)
     low, high = projected - z * sd, projected + z * sd
     if len(errors) >= MIN_BACKTESTS:
-        spread = _quantile([abs(e) for e in errors], level)
+        spread = nearest_rank([abs(e) for e in errors], round(100 * level, 9))
         low, high = min(low, spent + remaining * math.exp(-spread)), max(high, spent + remaining * math.exp(spread))
     days = tuple((d, e + (partial.spent_nanos if partial and i == 0 else 0))
                  for i, (d, e) in enumerate(zip(future, expected)))

@@ -1,21 +1,19 @@
-"""Per-request rows of a time range, read from the ledger's ``records`` table through ``Ledger.query``.
+"""Per-request rows of a time range, read from the ledger's records (``Ledger.records``).
 
 The rollups are per day, but anomalies are per hour and need percentiles and the costliest request ids, so the
-scan reads the few columns it needs of the records that started in ``[start, end)`` (the ``started_at`` index
-bounds the read). Also the hourly profile of spend, which tells a forecast how much of a day is usually spent by
-a given hour.
+scan keeps the few fields it needs of the records that started in ``[start, end)`` (the ``started_at`` index
+bounds the read, in pages). Also the hourly profile of spend, which tells a forecast how much of a day is usually
+spent by a given hour.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Mapping, Sequence
-
-import orjson
+from datetime import date, datetime, timedelta
+from typing import Mapping, Sequence
 
 from metering.ledger.base import Ledger
-from metering.ledger.insights import Insights
+from metering.record import UsageRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,43 +34,22 @@ class RequestRow:
         return self.started_at.replace(minute=0, second=0, microsecond=0)
 
 
-_COLUMNS = "started_at, request_id, team, key_id, tags, model, tier, completion_tokens, cost_nanos, status"
-
-
-def _utc(value: Any) -> datetime:
-    # SQLite stores ISO text with its offset; PostgreSQL returns an aware datetime in the session's zone.
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.astimezone(timezone.utc)
-
-
-def _row(values: Sequence[Any]) -> RequestRow:
-    started, request_id, team, key_id, tags, model, tier, completion, cost, status = values
-    if isinstance(tags, (str, bytes)):
-        tags = orjson.loads(tags)
-    return RequestRow(_utc(started), request_id, team, key_id, tags or {}, model or "", tier or "",
-                      int(completion or 0), int(cost or 0), int(status or 0))
+def _row(record: UsageRecord) -> RequestRow:
+    return RequestRow(record.started_at, record.request_id, record.team, record.key_id, record.tags,
+                      record.model or "", record.tier or "", record.completion_tokens, record.cost_nanos, record.status)
 
 
 async def request_rows(ledger: Ledger, start: datetime, end: datetime, team: str | None = None) -> list[RequestRow]:
-    """Records that started in ``[start, end)``, oldest first."""
-    sqlite = getattr(ledger, "placeholder", "?") == "?"
-    params: list[Any] = [start.isoformat() if sqlite else start, end.isoformat() if sqlite else end]
-    where = "started_at >= ? AND started_at < ?"
-    if team is not None:
-        where += " AND team = ?"
-        params.append(team)
-    rows = await ledger.query(f"SELECT {_COLUMNS} FROM records WHERE {where} ORDER BY started_at", params)  # type: ignore[attr-defined]
-    return [_row(r) for r in rows]
+    """Records that started in ``[start, end)``, oldest first (``Ledger.records``, read in pages)."""
+    return [_row(record) async for record in ledger.records(start, end, team)]
 
 
 async def hourly_profile(ledger: Ledger, end: date, days: int = 7, team: str | None = None) -> list[float] | None:
     """Cumulative share of a day's spend done by the end of each UTC hour, over the ``days`` days before ``end``
     (24 values ending at 1.0); None when those days spent nothing."""
-    insights = Insights(ledger)
     per_hour = [0] * 24
     for back in range(1, days + 1):
-        for h, spend in enumerate(await insights.hourly(end - timedelta(days=back), team=team)):
+        for h, spend in enumerate(await ledger.hourly_spend(end - timedelta(days=back), team=team)):
             per_hour[h] += spend.cost_nanos
     total = sum(per_hour)
     if total <= 0:

@@ -12,7 +12,9 @@ from datetime import date, datetime
 from typing import Any, AsyncIterator, Mapping, Sequence
 
 from metering.ledger.alert_log import AlertEvent, AlertQuery
+from metering.ledger.audit_reads import UsageAuditRows
 from metering.feedback import Feedback, ValueReport
+from metering.ledger.insights import Dialect, HourSpend, Order, OutputPercentiles, RequestCost
 from metering.ledger.report import Report
 from metering.money import format_usd
 from metering.outcomes import Outcome
@@ -38,6 +40,11 @@ def month_bounds(day: date) -> tuple[date, date]:
 
 
 class Ledger(abc.ABC):
+    """Writes, and every read anyone needs as a named method: readers (reports, the dashboard, the audit, FinOps)
+    never write SQL against the ledger's tables; the SQL and its dialect stay inside ``metering.ledger``."""
+
+    dialect: Dialect  # which database holds the tables (for messages and metrics; readers need not branch on it)
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Create the schema if needed and replay records left by a process that died; then accept writes. Waits a
@@ -60,6 +67,26 @@ class Ledger(abc.ABC):
     def records(self, start: datetime, end: datetime, team: str | None = None) -> AsyncIterator[UsageRecord]:
         """Every record that started in ``[start, end)`` (of ``team``, or of every team), oldest first. Read in
         pages, so a week of traffic never sits in memory at once (what-if plans re-price each record)."""
+
+    @abc.abstractmethod
+    async def output_percentiles(self, start: date, end: date, team: str | None = None) -> list[OutputPercentiles]:
+        """P50/P95 completion tokens per (team, model) of the successful requests of UTC days ``[start, end)``:
+        ``metering.percentile``'s nearest rank, computed by the database."""
+
+    @abc.abstractmethod
+    async def request_costs(self, since: datetime, limit: int, team: str | None = None,
+                            order: Order = "cost") -> list[RequestCost]:
+        """Single requests started at or after ``since``: the most expensive first (``cost``) or the latest."""
+
+    @abc.abstractmethod
+    async def hourly_spend(self, day: date, team: str | None = None) -> list[HourSpend]:
+        """Spend per UTC hour of ``day`` (all 24, empty ones included), from the records that started in each."""
+
+    @abc.abstractmethod
+    async def usage_audit(self, start: datetime, end: datetime,
+                          simple_below: Mapping[str, float | None]) -> UsageAuditRows:
+        """The grouped rows ``tiergate audit`` prices (``metering.ledger.audit_reads``) for records that started in
+        ``[start, end)``; ``simple_below`` names the teams whose frontier share on simple requests is asked."""
 
     @abc.abstractmethod
     async def add_alerts(self, events: Sequence[AlertEvent]) -> list[bool]:

@@ -30,8 +30,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 import orjson
 
 from metering.ledger.alert_log import SELECT_ALERTS, AlertEvent, AlertQuery
+from metering.ledger.audit_reads import UsageAuditRows, usage_audit
 from metering.ledger.base import Ledger
 from metering.ledger.dead_letter import DeadLetterFile
+from metering.ledger.insights import HourSpend, Order, OutputPercentiles, RecordQueries, RequestCost
 from metering.ledger.refusal import is_refusal, label, message
 from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_day, build_report, midnight,
                                     parse_group_by, source_of)
@@ -187,9 +189,27 @@ class GroupCommitLedger(Ledger):
         self._wake.set()
         await fut
 
-    async def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A read-only query over the ledger's tables; ``?`` placeholders are adapted to the backend."""
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A read with ``?`` placeholders, adapted to the backend's (the raw-record and audit SQL is written once)."""
         return await self._fetch(sql.replace("?", self.placeholder), params)
+
+    @property
+    def _records(self) -> RecordQueries:
+        return RecordQueries(self._read, self._ts_param, self.dialect)
+
+    async def output_percentiles(self, start: date, end: date, team: str | None = None) -> list[OutputPercentiles]:
+        return await self._records.output_percentiles(start, end, team)
+
+    async def request_costs(self, since: datetime, limit: int, team: str | None = None,
+                            order: Order = "cost") -> list[RequestCost]:
+        return await self._records.request_costs(since, limit, team, order)
+
+    async def hourly_spend(self, day: date, team: str | None = None) -> list[HourSpend]:
+        return await self._records.hourly_spend(day, team)
+
+    async def usage_audit(self, start: datetime, end: datetime,
+                          simple_below: Mapping[str, float | None]) -> UsageAuditRows:
+        return await usage_audit(self._read, [self._ts_param(start), self._ts_param(end)], simple_below)
 
     async def records(self, start: datetime, end: datetime, team: str | None = None) -> AsyncIterator[UsageRecord]:
         # Keyset pages on (started_at, entry_id): each page is one index range, however deep into the window.
@@ -201,7 +221,7 @@ class GroupCommitLedger(Ledger):
             if after is not None:
                 page_where += " AND (started_at > ? OR (started_at = ? AND entry_id > ?))"
                 params += [after[0], after[0], after[1]]
-            rows = await self.query(f"SELECT entry_id, {', '.join(_RECORD_FIELDS)} FROM records WHERE {page_where} "
+            rows = await self._read(f"SELECT entry_id, {', '.join(_RECORD_FIELDS)} FROM records WHERE {page_where} "
                                     f"ORDER BY started_at, entry_id LIMIT {_RECORDS_PAGE}", params)
             for row in rows:
                 yield _record_of(row)

@@ -3,7 +3,7 @@
 The spend report reads rollups (sums per day, team, key, model, tier, purpose, tag). Percentiles, single requests
 and hours are not in them, so these queries read the ``records`` table, always bounded by ``started_at``; the
 first use adds an index on it (idempotent), so a dashboard refreshing every few seconds reads one time range
-instead of scanning the whole ledger. Writes stay the ledger's own; SQL runs through the backend's read path.
+instead of scanning the whole ledger. The ledger runs them (its public reads); callers never see the SQL.
 
 A record's billing day is the UTC date of ``started_at``, so hours of a day add up to that day of the report.
 """
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Awaitable, Callable, Literal, Sequence
 
-from metering.ledger.base import Ledger
-from metering.ledger.group_commit import GroupCommitLedger
 from metering.ledger.report import midnight
 from metering.money import format_usd
+from metering.percentile import rank_sql
 
 Order = Literal["cost", "recent"]
+Dialect = Literal["sqlite", "postgresql"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,28 +78,24 @@ class HourSpend:
                 "savings_usd": format_usd(self.counterfactual_cost_nanos - self.cost_nanos)}
 
 
-class Insights:
-    """Dashboard queries over one ledger (SQLite or PostgreSQL)."""
+Fetch = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
 
-    def __init__(self, ledger: Ledger) -> None:
-        if not isinstance(ledger, GroupCommitLedger):
-            raise TypeError(f"no dashboard queries for {type(ledger).__name__}")
-        self._ledger = ledger
-        self._sqlite = ledger.placeholder == "?"  # without importing a backend (psycopg alone is ~23 MB)
 
-    # -- dialect -------------------------------------------------------------------------------------------------
-    def _ts(self, value: datetime) -> Any:
-        # SQLite stores ISO text (``...+00:00``), which sorts like the instant it names; PostgreSQL a TIMESTAMPTZ.
-        return value.isoformat() if self._sqlite else value
+class RecordQueries:
+    """The SQL of the raw-record reads, for one backend: the ledger runs it (``Ledger.output_percentiles``,
+    ``request_costs``, ``hourly_spend``); nothing outside the ledger package sees SQL or a dialect."""
+
+    def __init__(self, fetch: Fetch, ts_param: Callable[[datetime], Any], dialect: Dialect) -> None:
+        """``fetch`` runs a read with ``?`` placeholders; ``ts_param`` is how the backend binds an instant."""
+        self._fetch = fetch
+        self._ts = ts_param
+        self._dialect = dialect
 
     @property
     def _hour_sql(self) -> str:
-        if self._sqlite:
+        if self._dialect == "sqlite":  # ISO text: the hour is characters 12-13
             return "CAST(substr(started_at, 12, 2) AS INTEGER)"
         return "CAST(EXTRACT(HOUR FROM started_at AT TIME ZONE 'UTC') AS INTEGER)"
-
-    async def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        return await self._ledger.query(sql, params)
 
     @staticmethod
     def _team_filter(team: str | None, params: list[Any]) -> str:
@@ -110,22 +106,22 @@ class Insights:
 
     # -- queries -------------------------------------------------------------------------------------------------
     async def output_percentiles(self, start: date, end: date, team: str | None = None) -> list[OutputPercentiles]:
-        """Nearest-rank P50/P95 of completion tokens per (team, model) over successful requests of UTC days
-        ``[start, end)``: the value at rank ``ceil(p * n)``, the same as PostgreSQL's ``percentile_disc``."""
+        """P50/P95 of completion tokens per (team, model) over successful requests of UTC days ``[start, end)``,
+        computed in SQL by ``metering.percentile``'s nearest rank (the same values its Python function gives)."""
         params: list[Any] = [self._ts(midnight(start)), self._ts(midnight(end))]
         where = "started_at >= ? AND started_at < ? AND status < 400" + self._team_filter(team, params)
         sql = (
             "WITH ranked AS (SELECT team, model, completion_tokens AS v, "
             "ROW_NUMBER() OVER (PARTITION BY team, model ORDER BY completion_tokens) AS rn, "
             f"COUNT(*) OVER (PARTITION BY team, model) AS n FROM records WHERE {where}) "
-            "SELECT team, model, MAX(n), MAX(CASE WHEN rn = (50 * n + 99) / 100 THEN v END), "
-            "MAX(CASE WHEN rn = (95 * n + 99) / 100 THEN v END) FROM ranked GROUP BY team, model ORDER BY team, model"
+            f"SELECT team, model, MAX(n), MAX(CASE WHEN rn = {rank_sql(50, 'n')} THEN v END), "
+            f"MAX(CASE WHEN rn = {rank_sql(95, 'n')} THEN v END) FROM ranked GROUP BY team, model ORDER BY team, model"
         )
         return [OutputPercentiles(t, m, int(n), int(p50), int(p95)) for t, m, n, p50, p95 in
                 await self._fetch(sql, params)]
 
-    async def requests(self, since: datetime, limit: int, team: str | None = None,
-                       order: Order = "cost") -> list[RequestCost]:
+    async def request_costs(self, since: datetime, limit: int, team: str | None = None,
+                            order: Order = "cost") -> list[RequestCost]:
         """Requests started at or after ``since``: the most expensive first (``cost``) or the latest (``recent``)."""
         params: list[Any] = [self._ts(since)]
         where = "started_at >= ?" + self._team_filter(team, params)
@@ -140,7 +136,7 @@ class Insights:
             out.append(RequestCost(row[0], started, *row[2:7], *(int(v or 0) for v in row[7:14]), *row[14:]))
         return out
 
-    async def hourly(self, day: date, team: str | None = None) -> list[HourSpend]:
+    async def hourly_spend(self, day: date, team: str | None = None) -> list[HourSpend]:
         """The 24 UTC hours of ``day`` (empty hours included), from the records that started in each."""
         start = midnight(day)
         params: list[Any] = [self._ts(start), self._ts(start + timedelta(days=1))]

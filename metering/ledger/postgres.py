@@ -76,6 +76,7 @@ def _records_json(entries: Sequence[Entry]) -> str:
 
 
 class PostgresLedger(GroupCommitLedger):
+    dialect = "postgresql"
     placeholder = "%s"
     tag_rows = "jsonb_each_text({tags})"
 

@@ -151,6 +151,8 @@ def insert_batch(conn: sqlite3.Connection, entries: Sequence[Entry]) -> int:
 
 
 class SqliteLedger(GroupCommitLedger):
+    dialect = "sqlite"
+
     def __init__(self, path: str | Path, spool_dir: str | Path | None = "",
                  options: WriterOptions = WriterOptions()) -> None:
         """``spool_dir=""`` puts the spool beside the database (``<path>.spool/``); ``None`` disables it."""
