@@ -128,7 +128,8 @@ class Checkpoint:
     quality: float  # cumulative, same ratio
     cost: float  # cumulative routed cost / always-frontier cost (client traffic only)
     learning_cost: float  # cumulative shadow + judge spend / always-frontier cost
-    apgr_unseen: dict[str, float] = field(default_factory=dict)  # serving model, prior, length on rows not sent yet
+    apgr_unseen: dict[str, float] = field(default_factory=dict)  # serving model, new candidate, prior, length
+    gate_holdout_apgr: dict[str, float] = field(default_factory=dict)  # the gate's verdict: candidate vs current
 
 
 class Proxy:
@@ -194,6 +195,15 @@ def active_model(db: Path) -> tuple[str, bytes | None]:
     return ("prior", None) if row is None else (f"v{row[0]}", bytes(row[1]))
 
 
+def model_bytes(db: Path, version: int) -> bytes:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return bytes(conn.execute("SELECT model FROM routing_models WHERE team = ? AND version = ?",
+                                  (TEAM, version)).fetchone()[0])
+    finally:
+        conn.close()
+
+
 def calibrate(config: Path, target: float) -> float | None:
     """``tiergate calibrate --team`` as an operator runs it: the threshold it prints, or None when it cannot."""
     out = subprocess.run([sys.executable, "-m", "proxy.cli", "calibrate", "--team", TEAM, "--config", str(config),
@@ -251,12 +261,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if i % args.every and i != len(rows):
                 continue
             judged = settle(db)
-            retrain = "-"
+            retrain, gate, candidate = "-", {}, None
             if judged >= 4 * args.min_holdout:  # fewer: the gate (newest 25% held out) could not promote anything
                 done = proxy.client.post(f"/v1/routing/models/{TEAM}/retrain", headers=admin, json={"seed": 0})
                 body = done.json()
-                retrain = (("promoted v%d" if body["promoted"] else "kept v%d as candidate") % body["model"]["version"]
-                           if done.status_code == 200 else f"no fit ({done.status_code})")
+                if done.status_code == 200:
+                    version = body["model"]["version"]
+                    retrain = ("promoted v%d" if body["promoted"] else "kept v%d as candidate") % version
+                    gate = body["model"]["metrics"]["holdout_apgr"]
+                    candidate = (f"v{version}", model_bytes(db, version))
+                else:
+                    retrain = f"no fit ({done.status_code})"
             serving, model = active_model(db)
             if judged >= 50:
                 found = calibrate(config, args.target_quality)
@@ -269,9 +284,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rest = slice(i, len(rows))
             apgr: dict[str, float] = {}
             if len(rows) - i >= 50:
-                if model is not None:
-                    apgr[serving] = evaluate(np.array(ComplexityScorer(model).score_many(messages[rest])),
-                                             weak[rest], strong[rest]).apgr
+                for name, data in ((serving, model), candidate or (serving, None)):
+                    if data is not None and name not in apgr:
+                        apgr[name] = evaluate(np.array(ComplexityScorer(data).score_many(messages[rest])),
+                                              weak[rest], strong[rest]).apgr
                 apgr["prior"] = evaluate(prior_scores[rest], weak[rest], strong[rest]).apgr
                 apgr["length"] = evaluate(length_scores[rest], weak[rest], strong[rest]).apgr
             learning = learning_spend(db)
@@ -281,7 +297,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 frontier_share=sum(f for f, _, _ in window) / len(window),
                 quality_window=sum(g for _, g, _ in window) / w_strong,
                 quality=float(routed_q / frontier_q), cost=float(routed_cost / frontier_cost),
-                learning_cost=float(learning / frontier_cost), apgr_unseen={k: round(v, 4) for k, v in apgr.items()})
+                learning_cost=float(learning / frontier_cost), apgr_unseen={k: round(v, 4) for k, v in apgr.items()},
+                gate_holdout_apgr=gate)
             checkpoints.append(point)
             window = []
             print(line(point), flush=True)
@@ -291,6 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "shadow_share": args.shadow_share, "min_holdout": args.min_holdout, "margin": args.margin,
             "target_quality": args.target_quality, "wall_s": round(time.monotonic() - started, 1),
             "always_frontier_usd": float(frontier_cost), "routed_usd": float(routed_cost),
+            "weak_mean": float(weak.mean()), "strong_mean": float(strong.mean()),
             "checkpoints": [asdict(c) for c in checkpoints], "ledger": str(db)}
 
 
@@ -301,6 +319,8 @@ def learning_spend(db: Path) -> Decimal:
 
 def line(c: Checkpoint) -> str:
     apgr = " ".join(f"{k}={v:.3f}" for k, v in c.apgr_unseen.items())
+    if c.gate_holdout_apgr:
+        apgr += f"  (gate: candidate {c.gate_holdout_apgr['candidate']:.3f} vs {c.gate_holdout_apgr['current']:.3f})"
     return (f"{c.requests:5d} req  judged {c.judged:4d}  serving {c.serving:6s} thr {c.threshold:.4f}  "
             f"frontier {c.frontier_share:5.1%}  quality {c.quality_window:6.1%} (cum {c.quality:6.1%})  "
             f"cost {c.cost:6.1%} +learning {c.learning_cost:5.1%}  {c.retrain:24s} APGR unseen: {apgr}")
