@@ -298,6 +298,17 @@ def test_upstream_failure_mid_stream_ends_with_error_and_response_failed() -> No
     assert events[-2]["code"] == "x" and failed.error.code == "server_error"
 
 
+def test_refusal_streams_as_a_refusal_part() -> None:
+    events = _run([_chunk({"refusal": "I can"}), _chunk({"refusal": "not."}), _chunk({}, "stop")])
+    assert [e["type"] for e in events][2:] == [
+        "response.output_item.added", "response.content_part.added", "response.refusal.delta",
+        "response.refusal.delta", "response.refusal.done", "response.content_part.done",
+        "response.output_item.done", "response.completed"]
+    assert events[3]["part"] == {"type": "refusal", "refusal": ""} and events[6]["refusal"] == "I cannot."
+    (message,) = Response.model_validate(events[-1]["response"]).output
+    assert message.content[0].type == "refusal" and message.content[0].refusal == "I cannot."
+
+
 def test_frame_is_an_sse_event_named_by_its_type() -> None:
     event = {"type": "response.output_text.delta", "sequence_number": 3, "delta": "hi"}
     assert frame(event) == b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",' \

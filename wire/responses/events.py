@@ -47,7 +47,8 @@ class ChatToResponses:
         self._settings = settings
         self._seq = 0
         self.output: list[dict[str, Any]] = []  # items, finished or open
-        self._text: list[str] | None = None  # the open message item's text
+        self._text: list[str] | None = None  # the open message item's text (or refusal)
+        self._refusing = False  # the open message's part is a refusal, not output_text
         self._calls: dict[int, int] = {}  # chat tool_call index -> output index
         self._open_call: int | None = None  # output index of the function_call being streamed
         # A custom tool's call arrives as JSON arguments ({"input": "..."}); its input is sent whole once complete.
@@ -83,27 +84,36 @@ class ChatToResponses:
             delta = choice.get("delta") or {}
             text = delta.get("content")
             if isinstance(text, str) and text:
-                events += self._text_delta(text)
+                events += self._text_delta(text, refusal=False)
+            refusal = delta.get("refusal")
+            if isinstance(refusal, str) and refusal:
+                events += self._text_delta(refusal, refusal=True)
             for call in delta.get("tool_calls") or ():
                 events += self._call_delta(call)
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
         return events
 
-    def _text_delta(self, text: str) -> list[Event]:
+    def _text_delta(self, text: str, refusal: bool) -> list[Event]:
+        """Text, or a refusal (chat's ``delta.refusal``: a message part of its own kind), into the open message."""
         events = self._close_call()
+        if self._text is not None and self._refusing != refusal:
+            events += self._close_text()  # the model switched between answering and refusing: a message each
         index = len(self.output)
         if self._text is None:
-            self._text = []
+            self._text, self._refusing = [], refusal
             item = message_item(item_id("msg", self._id, index), "", "in_progress")
             item["content"] = []
             self.output.append(item)
             events.append(self._event("response.output_item.added", output_index=index, item=_copy(item)))
-            item["content"].append(output_text(""))
+            item["content"].append(_part("", refusal))
             events.append(self._event("response.content_part.added", item_id=item["id"], output_index=index,
-                                      content_index=0, part=output_text("")))
+                                      content_index=0, part=_part("", refusal)))
         index = len(self.output) - 1
         self._text.append(text)
+        if refusal:
+            return [*events, self._event("response.refusal.delta", item_id=self.output[index]["id"],
+                                         output_index=index, content_index=0, delta=text)]
         return [*events, self._event("response.output_text.delta", item_id=self.output[index]["id"],
                                      output_index=index, content_index=0, delta=text, logprobs=[])]
 
@@ -114,10 +124,13 @@ class ChatToResponses:
         text = "".join(self._text)
         self._text = None
         item = message_item(self.output[index]["id"], text, status)
+        part = item["content"][0] = _part(text, self._refusing)
         self.output[index] = item
-        part = item["content"][0]
-        return [self._event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                            text=text, logprobs=[]),
+        done = (self._event("response.refusal.done", item_id=item["id"], output_index=index, content_index=0,
+                            refusal=text) if self._refusing else
+                self._event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                            text=text, logprobs=[]))
+        return [done,
                 self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
                             part=part),
                 self._event("response.output_item.done", output_index=index, item=item)]
@@ -196,6 +209,10 @@ class ChatToResponses:
         error = {"code": "server_error", "message": message}
         return [*events, self._event("error", code=code, message=message, param=None),
                 self._event("response.failed", response=self.response("failed", error=error))]
+
+
+def _part(text: str, refusal: bool) -> dict[str, Any]:
+    return {"type": "refusal", "refusal": text} if refusal else output_text(text)
 
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:
