@@ -34,9 +34,6 @@ def usage_of(body: dict[str, Any], dep: DeploymentSpec, prompt_tokens: int) -> U
     return estimate_usage(prompt_tokens, text, dep.upstream_model)
 
 
-# The wire format when an ingress left ``Request.api`` at its default: OpenAI's endpoints are told apart by kind.
-_API_OF_KIND = {"chat/completions": "chat", "completions": "completions", "embeddings": "embeddings",
-                "responses": "responses", "messages": "messages"}
 # Records whose answer the client gets: only they carry its id (a summary or shadow call inherits the client's
 # request, minted id included, but its answer goes nowhere).
 _ANSWERED = frozenset({"chat", "embedding"})
@@ -45,9 +42,8 @@ _ANSWERED = frozenset({"chat", "embedding"})
 def _fields(state: RequestState, status: int, error: str | None) -> dict[str, Any]:
     request = state.request
     now = datetime.now(timezone.utc)
-    api = request.api
     return dict(
-        api=_API_OF_KIND.get(request.kind, api) if api == "chat" else api,
+        api=request.api,
         router_model=state.decision.router_model,
         response_id=request.response_id if state.purpose in _ANSWERED else None,
         request_id=request.request_id,

@@ -12,6 +12,7 @@ from starlette.types import Receive
 
 from metering.money import format_usd
 from pipeline.errors import TiergateError
+from pipeline.request import Api
 from pipeline.request import Request as PipelineRequest
 from proxy.auth import authenticate
 from proxy.body import check_chat, check_completion, check_embeddings, header_tags, parse_json
@@ -46,6 +47,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# The wire format each OpenAI endpoint speaks (the ledger's ``api`` column).
+_API_OF_KIND: dict[Endpoint, Api] = {"chat/completions": "chat", "completions": "completions",
+                                     "embeddings": "embeddings"}
+
+
 async def _parse(request: Request, kind: Endpoint) -> PipelineRequest:
     """The canonical request: the key's principal, the checked body and the client's tags (``metadata``, then
     ``x-tiergate-tag-*`` headers, which win)."""
@@ -64,7 +70,7 @@ async def _parse(request: Request, kind: Endpoint) -> PipelineRequest:
         tags = {**metadata, **tags}
     # The pipeline asks once its answer is in hand: no watcher task per request, and a client that hung up is
     # recorded as 499 with what the call cost.
-    return PipelineRequest(kind=kind, body=body, principal=principal, policy=policy,
+    return PipelineRequest(kind=kind, api=_API_OF_KIND[kind], body=body, principal=principal, policy=policy,
                            request_id=request.scope["state"]["request_id"], tags=tags,
                            tier_header=request.headers.get("x-tiergate-tier"),
                            client_gone=lambda: _hung_up(request.receive))
