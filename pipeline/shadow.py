@@ -134,7 +134,8 @@ class Shadowing:
         await self._meter.ledger.add_outcome(Outcome(
             request_id=request.request_id, team=team.name, created_at=datetime.now(timezone.utc),
             features=tuple(float(x) for x in featurize(messages)), feature_names=FEATURE_NAMES,
-            prior_score=float(state.decision.score or 0.0), model_id=self._routing.classifier,
+            prior_score=float(state.decision.score or 0.0),
+            model_id=state.decision.router_model or self._routing.classifier,
             weak_tier=policy.tiers[weak].name, strong_tier=policy.tiers[strong].name,
             routed_tier=policy.tiers[routed].name, ceiling_tier=policy.tiers[team.ceiling].name,
             weak_score=weak_score, strong_score=strong_score, judge=judged.decision.plan[0].id,

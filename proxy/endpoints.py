@@ -73,10 +73,10 @@ async def _parse(request: Request, kind: Endpoint) -> PipelineRequest:
     return PipelineRequest(kind=kind, api=_API_OF_KIND[kind], body=body, principal=principal, policy=policy,
                            request_id=request.scope["state"]["request_id"], tags=tags,
                            tier_header=request.headers.get("x-tiergate-tier"),
-                           client_gone=lambda: _hung_up(request.receive))
+                           client_gone=lambda: hung_up(request.receive))
 
 
-async def _hung_up(receive: Receive) -> bool:
+async def hung_up(receive: Receive) -> bool:
     """Whether the ASGI server already has ``http.disconnect`` for us, without waiting for it.
 
     Once the body is read, the next message can only be the disconnect: ``receive()`` either returns it at once or

@@ -81,7 +81,7 @@ async def create(request: Request) -> Response:
     result = await rt.pipeline.run(PipelineRequest(
         kind="chat/completions", body=chat, principal=principal, policy=policy,
         request_id=request.scope["state"]["request_id"], tags=tags, tier_header=request.headers.get("x-tiergate-tier"),
-        client_gone=lambda: endpoints._hung_up(request.receive), api="messages", native=native_body(body),
+        client_gone=lambda: endpoints.hung_up(request.receive), api="messages", native=native_body(body),
         session=session_of(request.headers, policy, principal), forward_headers=forwarded(request.headers),
         response_id=response_id))
     stops = stop_sequences(body)

@@ -32,7 +32,7 @@ from pipeline.request import Request as PipelineRequest
 from pipeline.result import Notes, Served, Streaming
 from proxy.auth import authenticate
 from proxy.body import check_chat, header_tags, parse_json
-from proxy.endpoints import _hung_up, read_body, runtime
+from proxy.endpoints import hung_up, read_body, runtime
 from proxy.errors import ERRORS
 from proxy.render import respond_as
 from proxy.runtime import Runtime
@@ -123,7 +123,7 @@ async def create(request: Request) -> Response:
     result = await rt.pipeline.run(PipelineRequest(
         kind="chat/completions", body=chat, principal=principal, policy=policy,
         request_id=request.scope["state"]["request_id"], tags=tags,
-        tier_header=request.headers.get("x-tiergate-tier"), client_gone=lambda: _hung_up(request.receive),
+        tier_header=request.headers.get("x-tiergate-tier"), client_gone=lambda: hung_up(request.receive),
         api="responses", native=wire_request.native_body(parsed, turn.items), response_id=turn.response_id))
     notes = result.notes
     settings = echo(parsed.body, notes.max_tokens if notes.max_tokens_note is not None else None)
