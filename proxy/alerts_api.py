@@ -9,7 +9,6 @@ exact decimal strings, like the spend report.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
@@ -19,34 +18,16 @@ from starlette.responses import Response
 from metering.alerts import THRESHOLDS
 from metering.budgets.base import Cap
 from metering.ledger.alert_log import ALERT_KINDS, AlertQuery
-from pipeline.errors import TiergateError
 from proxy.body import shown
 from proxy.endpoints import runtime
 from proxy.errors import bad_request
+from proxy.query_params import LATEST, instant, int_param, visible_team
 from proxy.render import json_response
 from proxy.runtime import Runtime
-from proxy.spend import FIRST_DAY, FLUSH_TIMEOUT_S, LAST_DAY, int_param, visible_team
 from router.policy import Policy
 
 DEFAULT_WINDOW = timedelta(days=7)
 MAX_LIMIT = 1000
-_EARLIEST = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=timezone.utc)
-_LATEST = datetime.combine(LAST_DAY, datetime.max.time(), tzinfo=timezone.utc)
-
-
-def _instant(request: Request, name: str, default: datetime) -> datetime:
-    raw = request.query_params.get(name)
-    if not raw:
-        return default
-    try:
-        at = datetime.fromisoformat(raw)
-    except ValueError:
-        raise bad_request(f"'{name}' must be an ISO date or instant like 2026-11-01 or 2026-11-01T09:30:00Z, got "
-                          f"{shown(raw)}", param=name) from None
-    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
-    if not _EARLIEST <= at <= _LATEST:
-        raise bad_request(f"'{name}' must be from {FIRST_DAY} to {LAST_DAY}, got {shown(raw)}", param=name)
-    return at
 
 
 async def alerts(request: Request) -> Response:
@@ -56,20 +37,13 @@ async def alerts(request: Request) -> Response:
     if kind is not None and kind not in ALERT_KINDS:
         raise bad_request(f"'kind' must be one of {', '.join(ALERT_KINDS)}, got {shown(kind)}", param="kind")
     now = datetime.now(timezone.utc)
-    since = _instant(request, "since", now - DEFAULT_WINDOW)
-    until = _instant(request, "until", _LATEST)
+    since = instant(request, "since", now - DEFAULT_WINDOW)
+    until = instant(request, "until", LATEST)
     if until <= since:
         raise bad_request(f"'until' must be after 'since' (it is exclusive), got since={since.isoformat()} "
                           f"until={until.isoformat()}", param="until")
     limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
-    meter = runtime(request).meter
-    if meter.alerter is not None:  # what this worker saw so far is stored before it answers
-        try:
-            await asyncio.wait_for(meter.alerter.flush(), FLUSH_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise TiergateError("ledger_unavailable", f"alerts were not stored within {FLUSH_TIMEOUT_S:.0f}s; see "
-                                "the proxy log") from None
-    found = await meter.ledger.alerts(AlertQuery(since, until, limit, team, kind))  # type: ignore[arg-type]
+    found = await runtime(request).spend.alerts(AlertQuery(since, until, limit, team, kind))  # type: ignore[arg-type]
     return json_response({"since": since.isoformat(), "until": until.isoformat(), "team": team, "kind": kind,
                           "alerts": [event.to_dict() for event in found]})
 

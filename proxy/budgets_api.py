@@ -11,17 +11,15 @@ from datetime import datetime, timezone
 from starlette.requests import Request
 from starlette.responses import Response
 
-from metering.finops.caps import cap_spend
 from proxy.endpoints import runtime
+from proxy.query_params import visible_team
 from proxy.render import json_response
-from proxy.spend import _flushed, visible_team
 
 
 async def budgets(request: Request) -> Response:
     team = await visible_team(request)
     rt = runtime(request)
-    await _flushed(request)
     today = datetime.now(timezone.utc).date()
-    caps = await cap_spend(rt.meter.ledger, rt.budgets.of(rt.store.policy), today, team)
+    caps = await rt.spend.caps(rt.budgets.of(rt.store.policy), today, team)
     return json_response({"day": today.isoformat(), "month_start": today.replace(day=1).isoformat(), "team": team,
                           "caps": [cap.to_dict() for cap in caps]})

@@ -12,24 +12,22 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from metering.evidence import team_evidence
 from proxy.endpoints import runtime
 from proxy.errors import bad_request
+from proxy.query_params import period, visible_team
 from proxy.render import json_response
-from proxy.spend import _flushed, _period, visible_team
 
 
 async def evidence(request: Request) -> Response:
     team = await visible_team(request)
     if team is None:
         raise bad_request("'team' is required: evidence is per team", param="team")
-    start, end = _period(request)
+    start, end = period(request)
     rt = runtime(request)
-    await _flushed(request)
     policy = rt.store.policy
     member = policy.teams.get(team)
     # the counterfactual is priced at the team's ceiling (pipeline.records); a team that left the policy has its
     # ceiling named by its outcome rows
     ceiling = policy.tiers[member.ceiling].name if member is not None else None
-    found = await team_evidence(rt.meter.ledger, team, start, end, ceiling)
+    found = await rt.spend.evidence(team, start, end, ceiling)
     return json_response(found.to_dict())

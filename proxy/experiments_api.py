@@ -14,17 +14,15 @@ from datetime import datetime, timezone
 from starlette.requests import Request
 from starlette.responses import Response
 
-from metering.finops.experiments import experiment_rows
 from proxy.endpoints import runtime
+from proxy.query_params import visible_team
 from proxy.render import json_response
-from proxy.spend import _flushed, visible_team
 
 
 async def experiments(request: Request) -> Response:
     team = await visible_team(request)
     rt = runtime(request)
     manifests = [m for m in rt.store.policy.experiments.manifests if team is None or m.team == team]
-    await _flushed(request)
     now = datetime.now(timezone.utc)
-    rows = await experiment_rows(rt.meter.ledger, manifests, now)
+    rows = await rt.spend.experiments(manifests, now)
     return json_response({"now": now.isoformat(), "team": team, "experiments": [row.to_dict() for row in rows]})

@@ -22,8 +22,8 @@ from pipeline.errors import TiergateError
 from proxy.body import CONTROL_CHARS, parse_json, shown
 from proxy.endpoints import authenticated, read_body, runtime
 from proxy.errors import bad_request
+from proxy.query_params import period, visible_team
 from proxy.render import json_response
-from proxy.spend import _flushed, _period, visible_team
 
 MAX_ID_CHARS = 256
 MAX_LABEL_CHARS = 64
@@ -89,18 +89,13 @@ def parse_feedback(body: dict[str, Any]) -> dict[str, Any]:
 
 async def _answer_of(request: Request, team: str, request_id: str | None,
                      response_id: str | None) -> tuple[str, str | None]:
-    """(request id, answer id) of this team's answered request; 404 when there is none: unknown, or another team's.
-    Looked up before flushing the ledger: a flush (a commit) is paid only for an answer given moments ago."""
-    ledger = runtime(request).meter.ledger
-    found = [row for row in await ledger.answered(request_id, response_id) if row[0] == team]
-    if not found:
-        await _flushed(request)
-        found = [row for row in await ledger.answered(request_id, response_id) if row[0] == team]
-    if not found:
+    """(request id, answer id) of this team's answered request; 404 when there is none: unknown, or another team's."""
+    found = await runtime(request).spend.answered(team, request_id, response_id)
+    if found is None:
         named = f"request_id {shown(request_id)}" if request_id is not None else f"response_id {shown(response_id)}"
         raise TiergateError("not_found", f"no answered request with {named} for this key's team",
                             param="request_id" if request_id is not None else "response_id")
-    return found[0][1], found[0][2]
+    return found
 
 
 async def give(request: Request) -> Response:
@@ -114,18 +109,17 @@ async def give(request: Request) -> Response:
     feedback = Feedback(request_id=request_id, team=principal.team, key_id=principal.key_id,
                         created_at=datetime.now(timezone.utc), response_id=response_id, score=given["score"],
                         label=given["label"], comment=given["comment"])
-    await runtime(request).meter.ledger.add_feedback(feedback)
+    await runtime(request).spend.add_feedback(feedback)
     return json_response(feedback.to_dict())
 
 
 async def value(request: Request) -> Response:
     """``GET /v1/spend/value?group_by=team|model|tier&start=&end=&team=[&format=csv]``."""
     team = await visible_team(request)
-    start, end = _period(request)
+    start, end = period(request)
     group_by = request.query_params.get("group_by", "team").split(",")
-    await _flushed(request)
     try:
-        report = await runtime(request).meter.ledger.value(start, end, team=team, group_by=group_by)
+        report = await runtime(request).spend.value(start, end, team, group_by)
     except ValueError as exc:
         raise bad_request(str(exc), param="group_by") from None
     if request.query_params.get("format") == "csv" or "text/csv" in request.headers.get("accept", ""):

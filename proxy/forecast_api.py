@@ -13,13 +13,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from metering.finops.outlook import outlook
 from metering.finops.scopes import DIMENSIONS, Dimension
 from proxy.body import shown
 from proxy.endpoints import runtime
 from proxy.errors import bad_request
+from proxy.query_params import LAST_DAY, day, visible_team
 from proxy.render import json_response
-from proxy.spend import LAST_DAY, _day, _flushed, visible_team
 
 
 async def forecast(request: Request) -> Response:
@@ -29,8 +28,7 @@ async def forecast(request: Request) -> Response:
         raise bad_request(f"'group_by' must be one of {', '.join(DIMENSIONS)}, got {shown(dimension)}",
                           param="group_by")
     group_by: Dimension = dimension  # type: ignore[assignment]  # checked against DIMENSIONS just above
-    as_of = _day(request.query_params.get("as_of"), "as_of", LAST_DAY) if request.query_params.get("as_of") else None
+    as_of = day(request.query_params.get("as_of"), "as_of", LAST_DAY) if request.query_params.get("as_of") else None
     rt = runtime(request)
-    await _flushed(request)
-    found = await outlook(rt.meter.ledger, group_by, rt.budgets.of(rt.store.policy), team=team, as_of=as_of)
+    found = await rt.spend.forecast(group_by, rt.budgets.of(rt.store.policy), team, as_of)
     return json_response(found.to_dict())

@@ -224,7 +224,7 @@ async def endpoint(request: Request) -> Response:
     policy = rt.store.policy
     check_access(policy.config.server.metrics, policy, request.headers)
     today = datetime.now(timezone.utc).date()
-    spent = await rt.meter.ledger.spend_by_team(today)
+    spent = await rt.spend.committed_by_team(today)
     gauges = [*budget_gauges(spent, rt.budgets.of(policy)),
               *config_gauges(policy.sha256, rt.store.last_error is not None)]
     return Response(rt.metrics.render(gauges), media_type=CONTENT_TYPE_LATEST)

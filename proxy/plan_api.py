@@ -20,16 +20,14 @@ from starlette.responses import Response
 
 from pipeline.errors import TiergateError
 from pipeline.plan import parse_window
-from pipeline.plan_report import plan
 from proxy.body import CONTROL_CHARS, parse_json, shown
 from proxy.endpoints import authenticated, read_body, runtime
 from proxy.errors import bad_request
+from proxy.query_params import MAX_TEAM_CHARS, known_team
 from proxy.render import json_response
-from proxy.spend import _flushed, _known
 from router.config_loader import ConfigError, parse_policy
 
 _SOURCE = "config_yaml"  # the "file" name config issues carry
-_MAX_TEAM_CHARS = 256
 
 
 def _text(body: dict[str, Any], name: str, default: str | None) -> str | None:
@@ -64,12 +62,10 @@ async def create_plan(request: Request) -> Response:
     except ValueError as exc:
         raise bad_request(str(exc), param="until" if "'until'" in str(exc) else "since") from None
     team = _text(body, "team", None)
-    if team is not None and (not team or len(team) > _MAX_TEAM_CHARS or CONTROL_CHARS.search(team)):
-        raise bad_request(f"'team' must be a team name (1 to {_MAX_TEAM_CHARS} characters, no control characters), "
+    if team is not None and (not team or len(team) > MAX_TEAM_CHARS or CONTROL_CHARS.search(team)):
+        raise bad_request(f"'team' must be a team name (1 to {MAX_TEAM_CHARS} characters, no control characters), "
                           f"got {shown(team)}", param="team")
     if team is not None and team not in candidate.teams:
-        await _known(request, team)  # a team of the ledger's (or the serving policy's) may leave the candidate
-    await _flushed(request)
-    found = await plan(rt.meter.ledger, candidate, since, until, team=team,
-                       policy_sha256=hashlib.sha256(text.encode()).hexdigest())
+        await known_team(request, team)  # a team of the ledger's (or the serving policy's) may leave the candidate
+    found = await rt.spend.plan(candidate, since, until, team, hashlib.sha256(text.encode()).hexdigest())
     return json_response(found.to_dict())

@@ -27,6 +27,7 @@ from pipeline.budget import BudgetPolicies
 from pipeline.pipeline import Pipeline
 from pipeline.retrain_schedule import RetrainSchedule
 from pipeline.routing import Routing
+from pipeline.spend import Spend
 from pipeline.telemetry import Tracing
 from proxy.errors import status_of
 from proxy.metrics import Metrics
@@ -203,6 +204,7 @@ class Runtime:
     budgets: BudgetPolicies  # every team's budget policy, derived once per policy version
     cache: KeyValueCache
     metrics: Metrics
+    spend: Spend  # the finance and ops endpoints' reads of the ledger, each after a bounded flush
     responses: ResponseStore  # the Responses API conversation store (Redis, else the ledger's database)
     health: HealthBook  # this worker's view of each deployment (cooldowns, latency): GET /v1/upstreams
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -232,7 +234,7 @@ class Runtime:
         pipeline = Pipeline(dispatcher, Routing(scorers, health, tracing), meter, budgets, cache, tracing,
                             metrics.observe, status_of)
         runtime = cls(store=store, pipeline=pipeline, scorer=scorer, scorers=scorers, pool=pool, meter=meter, budgets=budgets,
-                      cache=cache, metrics=metrics, responses=responses,
+                      cache=cache, metrics=metrics, spend=Spend(meter), responses=responses,
                       health=health)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         runtime.tasks.append(asyncio.get_running_loop().create_task(_poll_team_models(scorers, meter.ledger)))
