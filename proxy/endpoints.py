@@ -3,7 +3,7 @@ body, authenticate the key, collect the client's tags -> ``pipeline.request.Requ
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -47,6 +47,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+MAX_SESSION_CHARS = 256  # a session id is hashed into a key; a longer header is no more of an identity
+
+
+def session_of(headers: Mapping[str, str], policy: Policy, principal: Principal) -> str | None:
+    """The client's conversation key: the first of the team's ``context.session_headers`` it sent (Claude Code's
+    ``x-claude-code-session-id`` by default). None for an admin key, which the pipeline refuses anyway."""
+    team = policy.teams.get(principal.team) if principal.team is not None else None
+    if team is None:
+        return None
+    for name in team.settings.context.session_headers:
+        value = headers.get(name)
+        if value and value.strip():
+            return value.strip()[:MAX_SESSION_CHARS]
+    return None
+
+
 # The wire format each OpenAI endpoint speaks (the ledger's ``api`` column).
 _API_OF_KIND: dict[Endpoint, Api] = {"chat/completions": "chat", "completions": "completions",
                                      "embeddings": "embeddings"}
@@ -73,7 +89,8 @@ async def _parse(request: Request, kind: Endpoint) -> PipelineRequest:
     return PipelineRequest(kind=kind, api=_API_OF_KIND[kind], body=body, principal=principal, policy=policy,
                            request_id=request.scope["state"]["request_id"], tags=tags,
                            tier_header=request.headers.get("x-tiergate-tier"),
-                           client_gone=lambda: hung_up(request.receive))
+                           client_gone=lambda: hung_up(request.receive),
+                           session=session_of(request.headers, policy, principal))
 
 
 async def hung_up(receive: Receive) -> bool:

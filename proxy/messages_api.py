@@ -26,7 +26,6 @@ from proxy.auth import authenticate
 from proxy.body import check_chat, header_tags, parse_json
 from proxy.errors import anthropic_type, headers_of, wire
 from proxy.render import json_response, respond_as
-from router.policy import Policy, Principal
 from wire.messages.events import ChatToMessages, passed_through, translated
 from wire.messages.request import native_body, stop_sequences, to_chat
 from wire.messages.response import to_message
@@ -35,7 +34,6 @@ from wire.messages.tokens import prompt_tokens
 
 # Passed on unchanged to a deployment that answers the client's own body (Request.forward_headers).
 _FORWARDED = ("anthropic-version", "anthropic-beta")
-_MAX_SESSION_CHARS = 256  # a session id is hashed into a key; a longer header is no more of an identity
 
 
 def error_response(error: TiergateError) -> Response:
@@ -48,19 +46,6 @@ def error_response(error: TiergateError) -> Response:
 
 def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
-
-
-def session_of(headers: Mapping[str, str], policy: Policy, principal: Principal) -> str | None:
-    """The client's conversation key: the first of the team's ``context.session_headers`` it sent (Claude Code's
-    ``x-claude-code-session-id`` by default). None for an admin key, which the pipeline refuses anyway."""
-    team = policy.teams.get(principal.team) if principal.team is not None else None
-    if team is None:
-        return None
-    for name in team.settings.context.session_headers:
-        value = headers.get(name)
-        if value and value.strip():
-            return value.strip()[:_MAX_SESSION_CHARS]
-    return None
 
 
 def forwarded(headers: Mapping[str, str]) -> dict[str, str] | None:
@@ -82,7 +67,7 @@ async def create(request: Request) -> Response:
         kind="chat/completions", body=chat, principal=principal, policy=policy,
         request_id=request.scope["state"]["request_id"], tags=tags, tier_header=request.headers.get("x-tiergate-tier"),
         client_gone=lambda: endpoints.hung_up(request.receive), api="messages", native=native_body(body),
-        session=session_of(request.headers, policy, principal), forward_headers=forwarded(request.headers),
+        session=endpoints.session_of(request.headers, policy, principal), forward_headers=forwarded(request.headers),
         response_id=response_id))
     stops = stop_sequences(body)
     model = result.notes.model or chat["model"]

@@ -32,7 +32,7 @@ from pipeline.request import Request as PipelineRequest
 from pipeline.result import Notes, Served, Streaming
 from proxy.auth import authenticate
 from proxy.body import check_chat, header_tags, parse_json
-from proxy.endpoints import hung_up, read_body, runtime
+from proxy.endpoints import hung_up, read_body, runtime, session_of
 from proxy.errors import ERRORS
 from proxy.render import respond_as
 from proxy.runtime import Runtime
@@ -124,7 +124,8 @@ async def create(request: Request) -> Response:
         kind="chat/completions", body=chat, principal=principal, policy=policy,
         request_id=request.scope["state"]["request_id"], tags=tags,
         tier_header=request.headers.get("x-tiergate-tier"), client_gone=lambda: hung_up(request.receive),
-        api="responses", native=wire_request.native_body(parsed, turn.items), response_id=turn.response_id))
+        api="responses", native=wire_request.native_body(parsed, turn.items), response_id=turn.response_id,
+        session=session_of(request.headers, policy, principal)))
     notes = result.notes
     settings = echo(parsed.body, notes.max_tokens if notes.max_tokens_note is not None else None)
     if isinstance(result, Served):

@@ -129,7 +129,7 @@ def test_sticky_key_holds_aliased_auto_requests_by_session() -> None:
 
 
 def test_session_headers_are_configured_per_team() -> None:
-    from proxy.messages_api import session_of
+    from proxy.endpoints import session_of
     from router.policy import Principal
 
     principal = Principal("k", "a", False, {}, None)
