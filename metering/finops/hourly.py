@@ -1,47 +1,25 @@
-"""Per-request rows of a time range, read from the ledger's records (``Ledger.records``).
+"""Per-request rows of a time range, read from the ledger (``Ledger.request_rows``).
 
 The rollups are per day, but anomalies are per hour and need percentiles and the costliest request ids, so the
-scan keeps the few fields it needs of the records that started in ``[start, end)`` (the ``started_at`` index
-bounds the read, in pages). Also the hourly profile of spend, which tells a forecast how much of a day is usually
+scan reads the few columns it needs of the records that started in ``[start, end)`` (the ``started_at`` index
+bounds the read). Also the hourly profile of spend, which tells a forecast how much of a day is usually
 spent by a given hour.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from metering.ledger.base import Ledger
-from metering.record import UsageRecord
+from metering.ledger.insights import RequestRow
 
-
-@dataclass(frozen=True, slots=True)
-class RequestRow:
-    started_at: datetime
-    request_id: str
-    team: str
-    key_id: str
-    tags: Mapping[str, str]
-    model: str
-    tier: str
-    completion_tokens: int
-    cost_nanos: int
-    status: int
-
-    @property
-    def hour(self) -> datetime:
-        return self.started_at.replace(minute=0, second=0, microsecond=0)
-
-
-def _row(record: UsageRecord) -> RequestRow:
-    return RequestRow(record.started_at, record.request_id, record.team, record.key_id, record.tags,
-                      record.model or "", record.tier or "", record.completion_tokens, record.cost_nanos, record.status)
+__all__ = ["RequestRow", "elapsed_share", "hourly_profile", "request_rows"]
 
 
 async def request_rows(ledger: Ledger, start: datetime, end: datetime, team: str | None = None) -> list[RequestRow]:
-    """Records that started in ``[start, end)``, oldest first (``Ledger.records``, read in pages)."""
-    return [_row(record) async for record in ledger.records(start, end, team)]
+    """Records that started in ``[start, end)``, oldest first (``Ledger.request_rows``)."""
+    return await ledger.request_rows(start, end, team)
 
 
 async def hourly_profile(ledger: Ledger, end: date, days: int = 7, team: str | None = None) -> list[float] | None:

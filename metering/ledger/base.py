@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.ledger.audit_reads import UsageAuditRows
 from metering.feedback import Feedback, ValueReport
-from metering.ledger.insights import Dialect, HourSpend, Order, OutputPercentiles, RequestCost
+from metering.ledger.insights import Dialect, HourSpend, Order, OutputPercentiles, RequestCost, RequestRow
 from metering.ledger.report import Report
 from metering.money import format_usd
 from metering.outcomes import Outcome
@@ -77,6 +77,11 @@ class Ledger(abc.ABC):
     async def request_costs(self, since: datetime, limit: int, team: str | None = None,
                             order: Order = "cost") -> list[RequestCost]:
         """Single requests started at or after ``since``: the most expensive first (``cost``) or the latest."""
+
+    @abc.abstractmethod
+    async def request_rows(self, start: datetime, end: datetime, team: str | None = None) -> list[RequestRow]:
+        """The fields of each record that started in ``[start, end)`` that the hourly anomaly scan reads, oldest
+        first (a narrow read: ``records`` builds whole records)."""
 
     @abc.abstractmethod
     async def hourly_spend(self, day: date, team: str | None = None) -> list[HourSpend]:

@@ -33,7 +33,8 @@ from metering.ledger.alert_log import SELECT_ALERTS, AlertEvent, AlertQuery
 from metering.ledger.audit_reads import UsageAuditRows, usage_audit
 from metering.ledger.base import Ledger
 from metering.ledger.dead_letter import DeadLetterFile
-from metering.ledger.insights import HourSpend, Order, OutputPercentiles, RecordQueries, RequestCost
+from metering.ledger.insights import (HourSpend, Order, OutputPercentiles, RecordQueries, RequestCost,
+                                      RequestRow)
 from metering.ledger.refusal import is_refusal, label, message
 from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_day, build_report, midnight,
                                     parse_group_by, source_of)
@@ -206,6 +207,9 @@ class GroupCommitLedger(Ledger):
 
     async def hourly_spend(self, day: date, team: str | None = None) -> list[HourSpend]:
         return await self._records.hourly_spend(day, team)
+
+    async def request_rows(self, start: datetime, end: datetime, team: str | None = None) -> list[RequestRow]:
+        return await self._records.request_rows(start, end, team)
 
     async def usage_audit(self, start: datetime, end: datetime,
                           simple_below: Mapping[str, float | None]) -> UsageAuditRows:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Literal, Sequence
+from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence
+
+import orjson
 
 from metering.ledger.report import midnight
 from metering.money import format_usd
@@ -63,6 +65,44 @@ class RequestCost:
             "counterfactual_cost_usd": format_usd(self.counterfactual_cost_nanos),
             "latency_ms": self.latency_ms, "status": self.status, "api": self.api, "response_id": self.response_id,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """The few fields of one record that the hourly anomaly scan reads (``metering.finops.anomaly``)."""
+
+    started_at: datetime
+    request_id: str
+    team: str
+    key_id: str
+    tags: Mapping[str, str]
+    model: str
+    tier: str
+    completion_tokens: int
+    cost_nanos: int
+    status: int
+
+    @property
+    def hour(self) -> datetime:
+        return self.started_at.replace(minute=0, second=0, microsecond=0)
+
+
+_ROW_COLUMNS = "started_at, request_id, team, key_id, tags, model, tier, completion_tokens, cost_nanos, status"
+
+
+def _utc(value: Any) -> datetime:
+    # SQLite stores ISO text with its offset; PostgreSQL returns an aware datetime in the session's zone.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.astimezone(timezone.utc)
+
+
+def _request_row(values: Sequence[Any]) -> RequestRow:
+    started, request_id, team, key_id, tags, model, tier, completion, cost, status = values
+    if isinstance(tags, (str, bytes)):
+        tags = orjson.loads(tags)
+    return RequestRow(_utc(started), request_id, team, key_id, tags or {}, model or "", tier or "",
+                      int(completion or 0), int(cost or 0), int(status or 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +175,14 @@ class RecordQueries:
             started = row[1] if isinstance(row[1], str) else row[1].astimezone(timezone.utc).isoformat()
             out.append(RequestCost(row[0], started, *row[2:7], *(int(v or 0) for v in row[7:14]), *row[14:]))
         return out
+
+    async def request_rows(self, start: datetime, end: datetime, team: str | None = None) -> list[RequestRow]:
+        """Records that started in ``[start, end)``, oldest first: ten columns in one query (``Ledger.records``
+        builds whole records in pages, about 4x slower over 100 000 rows, and the scan reads weeks of them)."""
+        params: list[Any] = [self._ts(start), self._ts(end)]
+        where = "started_at >= ? AND started_at < ?" + self._team_filter(team, params)
+        sql = f"SELECT {_ROW_COLUMNS} FROM records WHERE {where} ORDER BY started_at"
+        return [_request_row(r) for r in await self._fetch(sql, params)]
 
     async def hourly_spend(self, day: date, team: str | None = None) -> list[HourSpend]:
         """The 24 UTC hours of ``day`` (empty hours included), from the records that started in each."""
