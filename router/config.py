@@ -221,9 +221,18 @@ class ContextSettings(_Model):
     response_cache: bool = False
     response_cache_ttl_s: int = Field(default=300, gt=0)
     stickiness_margin: float = Field(default=0.1, ge=0, le=1)
-    session_headers: list[str] = Field(default_factory=lambda: ["x-claude-code-session-id"], description=(
-        "request headers naming the client's conversation (first present wins): tier stickiness keys off it "
-        "rather than off the prompt's text"))
+    prefix_affinity_margin: float = Field(default=0.05, ge=0, le=1, description=(
+        "across conversations: a routed request whose static prefix (system messages + tools) has 1,024+ tokens "
+        "and was served on a cheaper tier in the last 5 minutes stays there (its provider cache is warm) unless "
+        "its score passes the threshold above that tier by this much; 0 turns it off. Separate from "
+        "stickiness_margin: only the shared prefix is cached, not a whole conversation, and one warm tier holds "
+        "every app request that shares the prompt, so the quality it trades is bounded tighter. Never holds a "
+        "request on a dearer tier than its score's: that buys a cache with money (gpt-4o's cache reads cost 8x "
+        "gpt-4o-mini's uncached input)"))
+    session_headers: list[str] = Field(default_factory=lambda: ["x-claude-code-session-id", "session-id"],
+                                       description=(
+        "request headers naming the client's conversation (first present wins; Claude Code's, then Codex CLI's): "
+        "tier stickiness keys off it rather than off the prompt's text"))
 
     @field_validator("session_headers")
     @classmethod

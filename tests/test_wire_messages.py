@@ -87,6 +87,24 @@ def test_an_empty_final_assistant_turn_is_allowed_elsewhere_refused() -> None:
         to_chat(messages_body(messages=[{"role": "user", "content": []}, {"role": "assistant", "content": "x"}]))
 
 
+def test_a_system_message_inside_messages_stays_in_place() -> None:
+    """Claude Code 2.1 (beta mid-conversation-system-2026-04-07) lists its agents in a system message after the first
+    user turn, with adaptive thinking, output_config and context_management beside: all accepted."""
+    body = messages_body(messages=[
+        {"role": "user", "content": [{"type": "text", "text": "Say hello.", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "system", "content": "Available agent types: claude."},
+        {"role": "system", "content": [{"type": "text", "text": "Skills: none."}]}],
+        thinking={"type": "adaptive"}, output_config={"effort": "high"},
+        context_management={"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]})
+    chat = to_chat(body)
+    check_chat(chat)
+    assert chat["messages"][1:] == [{"role": "system", "content": "Available agent types: claude."},
+                                    {"role": "system", "content": "Skills: none."}]
+    assert native_body(body)["messages"][1]["role"] == "system"  # a native deployment gets it as sent
+    with pytest.raises(TiergateError, match="messages.0.role: Input should be 'user', 'assistant' or 'system'"):
+        to_chat(messages_body(messages=[{"role": "tool", "content": "x"}]))
+
+
 def test_server_tool_turns_from_a_native_answer_are_left_out() -> None:
     chat = to_chat(messages_body(messages=[
         {"role": "user", "content": "news?"},
@@ -111,7 +129,8 @@ def test_server_tools_and_long_user_ids_stay_native() -> None:
     (messages_body(max_tokens="8"), "max_tokens: Input should be a valid integer", "invalid_request.invalid_type"),
     (messages_body(max_tokens=0), "max_tokens: Input should be greater than or equal to 1", None),
     (messages_body(messages=[]), "messages: List should have at least 1 item", None),
-    (messages_body(messages=[{"role": "system", "content": "x"}]), "messages.0.role: Input should be", None),
+    (messages_body(messages=[{"role": "tool", "content": "x"}]), "messages.0.role: Input should be", None),
+    (messages_body(messages=[{"role": "system", "content": "x"}]), "messages: the messages hold no user or", None),
     (messages_body(messages=[{"role": "user", "content": [{"type": "video"}]}]), "messages.0.content.0.type", None),
     (messages_body(messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]),
      "messages.0.content.0.source.type", None),

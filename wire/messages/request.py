@@ -30,7 +30,9 @@ import orjson
 from pipeline.errors import ErrorCode, TiergateError
 from router.prefix import without_attribution
 
-_ROLES = ("user", "assistant")
+# "system" inside messages: the mid-conversation-system beta Claude Code sends (agent and skill listings after the
+# first user turn); translated to a system message at the same place.
+_ROLES = ("user", "assistant", "system")
 # OpenAI's bound on ``user``; Claude Code's metadata.user_id is longer, so a longer one is sent as its hash.
 _MAX_USER_CHARS = 64
 
@@ -197,7 +199,7 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         _expect(message, dict, where, "an object")
         role = message.get("role")
         if role not in _ROLES:
-            raise _bad(f"{where}.role", f"Input should be 'user' or 'assistant', got {role!r}")
+            raise _bad(f"{where}.role", f"Input should be 'user', 'assistant' or 'system', got {role!r}")
         content = _required(message, "content", f"{where}.content")
         if not isinstance(content, (str, list)):
             raise _bad(f"{where}.content", "Input should be a valid string or a list of content blocks",
@@ -208,21 +210,25 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
             raise _bad(f"{where}.content", "messages must have non-empty content")
         if role == "user":
             out.extend(_user(content, f"{where}.content"))
+        elif role == "system":
+            text = _system(content, f"{where}.content")
+            if text is not None:
+                out.append({"role": "system", "content": text})
         else:
             out.append(_assistant(content, f"{where}.content"))
-    if not out:
-        raise _bad("messages", "the messages hold no content")
+    if not any(m["role"] != "system" for m in out):
+        raise _bad("messages", "the messages hold no user or assistant turn")
     return out
 
 
-def _system(system: Any) -> str | None:
-    """The system prompt's text, without Claude Code's attribution line."""
+def _system(system: Any, path: str = "system") -> str | None:
+    """The system prompt's text (or a mid-conversation system message's), without Claude Code's attribution line."""
     if isinstance(system, str):
         texts = [system]
     else:
-        _expect(system, list, "system", "a valid string or a list of text blocks")
+        _expect(system, list, path, "a valid string or a list of text blocks")
         texts = []
-        for where, kind, block in _blocks(system, "system"):
+        for where, kind, block in _blocks(system, path):
             if kind != "text":
                 raise _bad(f"{where}.type", f"system blocks must be 'text', got {kind!r}")
             texts.append(_text(block, where))

@@ -194,6 +194,8 @@ _FIELDS: dict[str, Callable[[str, Any], None]] = {
     "include": _of(list, "an array"),
     "max_tool_calls": _integer(1),
     "stream_options": _of(dict, "an object"),
+    # Codex CLI's per-turn ids (turn_id, thread ids): for the provider's logs, nothing for a chat completion
+    "client_metadata": _of(dict, "an object"),
     "background": _refused("background responses are polled from the provider that ran them; tiergate routes each "
                            "request anew (use stream=true for long answers)"),
     "conversation": _refused("conversation objects live at the provider; use previous_response_id, which tiergate "
