@@ -1,5 +1,5 @@
-"""The request pipeline: admit -> trim -> score and decide (sticky tier) -> response cache -> budget gate ->
-dispatch with fallbacks -> settle.
+"""The request pipeline: admit -> trim -> score and decide (sticky or prefix-warm tier) -> response cache ->
+budget gate -> dispatch with fallbacks -> settle.
 
 An ingress hands ``run()`` a ``Request``; it returns a ``Served`` answer or a ``Streaming`` one (payloads only:
 framing belongs to the ingress), or raises a ``TiergateError``. Every request that gets a routing decision produces
@@ -27,6 +27,8 @@ from pipeline.budget import BudgetPolicies, hold
 from pipeline.errors import Ending, TiergateError
 from pipeline.judge import answer_text
 from pipeline.native import answered_natively, native_answer_usage, native_call, native_text, native_usage
+from pipeline.prefix_affinity import affinity_key, baseline_nanos, routed, warm_tier
+from pipeline.prefix_affinity import remember_tier as remember_prefix_tier
 from pipeline.relay import StreamRelay, StreamState
 from pipeline.request import Request, RequestState, admitted_tags, admitted_team
 from pipeline.response_cache import cache_key, cacheable
@@ -47,7 +49,9 @@ from upstream.dispatch import AllAttemptsFailed, BodyFor, Dispatcher
 log = logging.getLogger("tiergate.pipeline")
 
 StatusOf = Callable[[Ending | TiergateError], int]
-Observe = Callable[[UsageRecord, bool], None]  # metrics: a settled record, and whether stickiness held its tier
+# metrics: a settled record, whether stickiness held its tier, and (prefix affinity held it) its cost on the
+# score's tier (``prefix_affinity.baseline_nanos``)
+Observe = Callable[[UsageRecord, bool, int | None], None]
 
 
 class Pipeline:
@@ -129,11 +133,15 @@ class Pipeline:
             state.features = replace(chat_features(state.body), system_tokens=system_prompt_tokens(client["messages"]))
         sticky = sticky_key(state, client)
         tier = await sticky_tier(self._cache, sticky) if sticky is not None else None
+        shared = affinity_key(state, prefix)  # None (one comparison) unless the prefix is long enough to cache
+        warm = await warm_tier(self._cache, shared) if shared is not None and tier is None and routed(state) else None
         state.decision = self._routing.decide(state.request, state.team, state.features, client["model"],
-                                              client["messages"], affinity=prefix, sticky_tier=tier)
+                                              client["messages"], affinity=prefix, sticky_tier=tier, prefix_tier=warm)
         result = await self._call(state, prefix, settings.provider_prefix_caching)
         if sticky is not None:
             await remember_tier(self._cache, sticky, state.decision.tier.index)
+        if shared is not None:
+            await remember_prefix_tier(self._cache, shared, state.decision.tier.index)
         return result
 
     async def _trim(self, state: RequestState) -> Trimmed | None:
@@ -294,7 +302,7 @@ class Pipeline:
         span = state.request.span
         with self._tracing.span("tiergate.metering", parent=span):
             await self._meter.settle(reservation, record, budget_in_background=True)
-        self._observe(record, state.decision.sticky_held)
+        self._observe(record, state.decision.sticky_held, baseline_nanos(state.decision, record))
         finish_request(span, record, provider, failed=record.status != self._ok)
         return record.cost_nanos
 
@@ -318,6 +326,7 @@ class Pipeline:
             context=state.trimmed.note() if state.trimmed is not None else None,
             cache_hit=dep is None,
             sticky_held=decision.sticky_held,
+            prefix_held=decision.prefix_held,
             budget_downgraded=state.budget_downgraded,
             attempts=attempts,
             cost_nanos=cost_nanos,

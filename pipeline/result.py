@@ -26,6 +26,7 @@ class Notes:
     context: str | None  # how the conversation was trimmed (``Trimmed.note()``)
     cache_hit: bool  # answered from the response cache
     sticky_held: bool  # stickiness kept the conversation on its tier against the score
+    prefix_held: bool  # prefix affinity kept the request on the cheaper tier its long prompt prefix is cached on
     budget_downgraded: bool  # over a budget cap with ``on_exceeded: downgrade``
     attempts: int  # upstream calls made, fallbacks included
     cost_nanos: int | None  # None for a stream until it has ended (then ``relay.cost_nanos``)

@@ -38,9 +38,11 @@ class Routing:
         return self._scorers.default.model_id
 
     def decide(self, request: Request, team: TeamPolicy, features: RequestFeatures, model: str,
-               messages: list[Any] | None, affinity: str | None = None, sticky_tier: int | None = None) -> Decision:
+               messages: list[Any] | None, affinity: str | None = None, sticky_tier: int | None = None,
+               prefix_tier: int | None = None) -> Decision:
         """The tier and the deployments to try. ``messages`` are scored when ``model`` is ``auto`` and no tier is
-        forced; ``affinity`` keeps a static prefix on one deployment; ``sticky_tier`` is the conversation's tier."""
+        forced; ``affinity`` keeps a static prefix on one deployment; ``sticky_tier`` is the conversation's tier,
+        ``prefix_tier`` the one its long static prefix was last served on (by any conversation)."""
         score: float | None = None
         scorer_id: str | None = None
         # A name the team aliases to auto (model_aliases) is scored like auto itself.
@@ -52,7 +54,8 @@ class Routing:
                     span.set_attribute("tiergate.score", score)
         with self._tracing.span("tiergate.route") as span:
             try:
-                route = RouteRequest(features, model, score, request.tier_header, affinity, sticky_tier, scorer_id)
+                route = RouteRequest(features, model, score, request.tier_header, affinity, sticky_tier, prefix_tier,
+                                     scorer_id)
                 decision = decide(request.policy, team, route, self._health.snapshot(), self._rng)
             except RoutingRefused as exc:
                 raise TiergateError(_REFUSED[exc.kind], exc.message, param=exc.param) from None

@@ -7,10 +7,11 @@ from typing import Any
 
 from kvcache.store import KeyValueCache
 from pipeline.request import RequestState
+from router.decide import CACHE_MIN_TOKENS
 from router.prefix import conversation_key
 
 # Providers cache prompts of 1,024+ tokens only; shorter conversations gain nothing from staying on a tier.
-STICKY_MIN_TOKENS = 1024
+STICKY_MIN_TOKENS = CACHE_MIN_TOKENS
 STICKY_TTL_S = 300.0  # provider caches go cold after ~5 minutes idle
 
 

@@ -49,7 +49,8 @@ log = logging.getLogger("tiergate.metrics")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LABELS = ("team", "tier", "model")
 # Counters whose stored value is nano-dollars; scrapes show them in USD.
-_MONEY = frozenset({"tiergate_cost_usd", "tiergate_baseline_cost_usd", "tiergate_savings_usd"})
+_MONEY = frozenset({"tiergate_cost_usd", "tiergate_baseline_cost_usd", "tiergate_savings_usd",
+                    "tiergate_prefix_held_cost_usd", "tiergate_prefix_held_baseline_cost_usd"})
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -68,6 +69,10 @@ class _Series:
     latency: Histogram
     ttft: Histogram
     sticky: Counter
+    prefix_held: Counter
+    prefix_cached: Counter
+    prefix_cost: Counter
+    prefix_baseline: Counter
 
 
 class Metrics:
@@ -96,6 +101,19 @@ class Metrics:
         self._sticky = Counter("tiergate_sticky_held_requests",
                                "Requests kept on their conversation's tier (prompt caching) against the score.",
                                ("team", "tier"), registry=r)
+        # Prefix affinity (pipeline.prefix_affinity): what holding requests on a warm cheaper tier did. The usage
+        # record carries no flag for it, so these counters are the only account; saved = baseline - cost.
+        self._prefix_held = Counter("tiergate_prefix_held_requests", "Requests kept on the cheaper tier where their "
+                                    "long prompt prefix is cached (other conversations warmed it) against the score.",
+                                    ("team", "tier"), registry=r)
+        self._prefix_cached = Counter("tiergate_prefix_held_cached_tokens", "Prompt tokens the provider's cache "
+                                      "served on prefix-held requests.", ("team", "tier"), registry=r)
+        self._prefix_cost = Counter("tiergate_prefix_held_cost_usd", "What prefix-held requests cost (USD).",
+                                    ("team", "tier"), registry=r)
+        self._prefix_baseline = Counter("tiergate_prefix_held_baseline_cost_usd",
+                                        "What prefix-held requests would have cost on the tier their score chose, "
+                                        "every prompt token at the uncached input price (USD); saved = this - "
+                                        "tiergate_prefix_held_cost_usd.", ("team", "tier"), registry=r)
         self._refusals = Counter("tiergate_budget_refusals", "Requests a budget cap refused (429), by the cap's scope "
                                  "(team, key, tag); each is also listed by GET /v1/alerts?kind=refusal.",
                                  ("team", "scope"), registry=r)
@@ -114,12 +132,17 @@ class Metrics:
             latency=self._latency.labels(*labels),
             ttft=self._ttft.labels(*labels),
             sticky=self._sticky.labels(team, tier),
+            prefix_held=self._prefix_held.labels(team, tier),
+            prefix_cached=self._prefix_cached.labels(team, tier),
+            prefix_cost=self._prefix_cost.labels(team, tier),
+            prefix_baseline=self._prefix_baseline.labels(team, tier),
         )
         self._series[(team, tier, model, status)] = series
         return series
 
-    def observe(self, record: UsageRecord, sticky_held: bool = False) -> None:
-        """Count one settled request (called once per usage record, on the request path: increments only)."""
+    def observe(self, record: UsageRecord, sticky_held: bool = False, prefix_baseline_nanos: int | None = None) -> None:
+        """Count one settled request (called once per usage record, on the request path: increments only).
+        ``prefix_baseline_nanos`` is given when prefix affinity held the request: its cost on the score's tier."""
         s = (self._series.get((record.team, record.tier, record.model, record.status))
              or self._children(record.team, record.tier, record.model, record.status))
         s.requests.inc()
@@ -140,6 +163,11 @@ class Metrics:
             s.ttft.observe(record.ttft_ms / 1000)
         if sticky_held:
             s.sticky.inc()
+        if prefix_baseline_nanos is not None:
+            s.prefix_held.inc()
+            s.prefix_cached.inc(record.cached_tokens)
+            s.prefix_cost.inc(record.cost_nanos)
+            s.prefix_baseline.inc(prefix_baseline_nanos)
 
     def observe_refusal(self, refusal: AlertEvent) -> None:
         """Count one budget refusal (an ``Alerter`` refusal listener: called on the request path)."""

@@ -30,6 +30,8 @@ def headers(notes: Notes) -> dict[str, str]:
         out["x-tiergate-max-tokens"] = f"{notes.max_tokens};{notes.max_tokens_note}"
     if notes.sticky_held:
         out["x-tiergate-sticky"] = "held"
+    elif notes.prefix_held:  # held by other conversations' warm prefix, not by this one's history
+        out["x-tiergate-sticky"] = "prefix"
     if notes.budget_downgraded:
         out["x-tiergate-budget"] = "downgraded"
     if notes.cache_hit:

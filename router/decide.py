@@ -2,7 +2,8 @@
 random state give the same decision.
 
 The steps, in order: the output bound (``_output_limit``), what the client asked for by model name or header
-(``_requested``), the tier the score points to and whether stickiness holds the previous one (``_scored_tier``),
+(``_requested``), the tier the score points to and whether stickiness (the conversation's tier) or prefix affinity
+(the tier where other requests warmed the same long prompt prefix) holds another (``_scored_tier``),
 the tiers that can serve the request (``_capable``), and the attempt plan over their deployments (``_plan``).
 The score picks the lowest adequate tier, capabilities and context length can only raise it, the team's floor and
 ceiling bound it, and the plan lists what to try next if the chosen deployment fails.
@@ -20,9 +21,18 @@ from router.health_snapshot import HealthSnapshot
 from router.ordering import extend_plan
 from router.policy import DeploymentSpec, Policy, TeamPolicy, TierSpec
 
+Hold = Literal["sticky", "prefix"] | None  # what kept a scored request off its score's tier
 RefusalKind = Literal["model_not_found", "pin_forbidden", "tier_forbidden", "no_capable_tier", "max_tokens_exceeded"]
 # Worst-case output when neither client nor policy bounds it; only used to size a budget reservation.
 _UNBOUNDED_OUTPUT = 4096
+# Providers cache prompts of 1,024+ tokens only (OpenAI's minimum; Anthropic's is 1,024 to 4,096 by model).
+CACHE_MIN_TOKENS = 1024
+
+
+def cacheable_prefix(features: RequestFeatures) -> bool:
+    """Whether the static prefix (system messages and tools: what requests of different conversations share) is
+    long enough for a provider to cache, so that a tier where it is warm is worth holding a request on."""
+    return features.system_tokens + features.tool_tokens >= CACHE_MIN_TOKENS
 
 
 class RoutingRefused(Exception):
@@ -43,6 +53,7 @@ class RouteRequest:
     tier_header: str | None = None  # x-tiergate-tier
     affinity: str | None = None  # a prompt-prefix key: keeps the prefix on one deployment (warm KV cache)
     sticky_tier: int | None = None  # the tier the conversation was last served on
+    prefix_tier: int | None = None  # the tier a long prompt prefix (any conversation's) was last served on
     router_model: str | None = None  # the id of the model that gave ``score`` (the team's learned one or the default)
 
 
@@ -57,6 +68,10 @@ class Decision:
     reserve_nanos: int  # the budget reservation: worst-case cost on the dearest deployment of the plan
     counterfactual_tier: TierSpec  # the team's most capable tier: the "no routing" baseline for savings
     sticky_held: bool = False  # stickiness kept the conversation on its tier against the score
+    # prefix affinity kept the request on the cheaper tier where its long prompt prefix is cached, against the score;
+    # ``scored_tier`` is then the tier the score chose (the baseline of what the hold saved)
+    prefix_held: bool = False
+    scored_tier: TierSpec | None = None
     router_model: str | None = None  # the id of the model that gave ``score``, carried to the usage record
 
 
@@ -173,31 +188,47 @@ def _score_tier(team: TeamPolicy, score: float) -> int:
     return chosen
 
 
-def _stays(team: TeamPolicy, score: float, chosen: int, sticky: int, margin: float) -> bool:
-    """Whether a conversation on tier ``sticky`` stays there though its score now points to ``chosen``:
-    switching discards the provider's prompt cache, so the score must clear the boundary by ``margin``."""
-    if chosen > sticky:
-        threshold = team.thresholds[chosen]
-        return threshold is not None and score < threshold + margin
-    threshold = team.thresholds[sticky]
+def _stays(team: TeamPolicy, score: float, chosen: int, warm: int, margin: float) -> bool:
+    """Whether a request on (or sent to) tier ``warm``, whose provider prompt cache is warm, stays there though
+    its score points to ``chosen``: switching discards the cache, so the score must clear the boundary between
+    the two tiers by ``margin``. Upward that is the first threshold above ``warm`` (the one the score crossed
+    first), not ``chosen``'s: a score past it by more than the margin leaves, however many tiers it skips."""
+    if chosen > warm:  # ``chosen`` was picked by its threshold, so one is set in (warm, chosen]
+        crossed = next(t for t in team.thresholds[warm + 1:chosen + 1] if t is not None)
+        return score < crossed + margin
+    threshold = team.thresholds[warm]
     return threshold is None or score >= threshold - margin
 
 
-def _scored_tier(policy: Policy, team: TeamPolicy, request: RouteRequest, reasons: list[str]) -> tuple[int, bool]:
-    """The tier the score points to (it may lie above the ceiling: the caller clamps), or the conversation's tier
-    if stickiness holds it there; and whether it did."""
+def _scored_tier(policy: Policy, team: TeamPolicy, request: RouteRequest,
+                 reasons: list[str]) -> tuple[int, int, Hold]:
+    """The tier to serve: the one the score points to (it may lie above the ceiling: the caller clamps), or the
+    one a warm prompt cache holds the request on; then the score's tier, and which hold (if any) overrode it.
+
+    The conversation's own tier comes first (its cache covers the whole history). Without one, a long prefix
+    shared with other requests holds the request only on a *cheaper* tier than its score's: on a dearer one its
+    cached input would still cost more than the cheaper tier's uncached input (gpt-4o's cache reads are 8x
+    gpt-4o-mini's full price) and its output dearer, so holding it up would only spend."""
     score = request.score
     chosen = max(team.floor, _score_tier(team, score if score is not None else 0.0))
     if score is None:
         reasons.append("no score")
-        return chosen, False
+        return chosen, chosen, None
     reasons.append(f"score {score:.3f} -> tier {policy.tiers[chosen].name!r}")
+    context = team.settings.context
     sticky = request.sticky_tier
-    if (sticky is not None and sticky != chosen and team.floor <= sticky <= team.ceiling
-            and _stays(team, score, chosen, sticky, team.settings.context.stickiness_margin)):
-        reasons.append(f"kept on tier {policy.tiers[sticky].name!r}: its prompt cache is warm")
-        return sticky, True
-    return chosen, False
+    if sticky is not None:
+        if (sticky != chosen and team.floor <= sticky <= team.ceiling
+                and _stays(team, score, chosen, sticky, context.stickiness_margin)):
+            reasons.append(f"kept on tier {policy.tiers[sticky].name!r}: its prompt cache is warm")
+            return sticky, chosen, "sticky"
+        return chosen, chosen, None
+    warm = request.prefix_tier
+    if (warm is not None and team.floor <= warm <= team.ceiling and warm < chosen
+            and cacheable_prefix(request.features) and _stays(team, score, chosen, warm, context.prefix_affinity_margin)):
+        reasons.append(f"kept on tier {policy.tiers[warm].name!r}: its cache holds this prompt prefix")
+        return warm, chosen, "prefix"
+    return chosen, chosen, None
 
 
 def _capable(policy: Policy, team: TeamPolicy, start: int, features: RequestFeatures, output_budget: int,
@@ -247,16 +278,21 @@ def decide(policy: Policy, team: TeamPolicy, request: RouteRequest, health: Heal
     output_budget = max_tokens if max_tokens is not None else _UNBOUNDED_OUTPUT
     reasons: list[str] = []
     pinned, wanted = _requested(policy, team, request, reasons)
-    sticky_held = False
+    hold: Hold = None
+    scored_tier: TierSpec | None = None
     if pinned is not None:
         tier = policy.tiers[pinned[0].tier_index]
         plan: list[DeploymentSpec] = []
         extend_plan(plan, pinned, health, rng, request.affinity)
     else:
         if wanted is None:
-            wanted, sticky_held = _scored_tier(policy, team, request, reasons)
+            wanted, scored, hold = _scored_tier(policy, team, request, reasons)
         capable = _capable(policy, team, min(wanted, team.ceiling), features, output_budget, reasons)
         tier = capable[0]
+        if hold == "prefix":  # unless the warm tier cannot serve it: then it went up anyway
+            scored_tier = policy.tiers[min(scored, team.ceiling)]
+            if tier.index >= scored_tier.index:
+                hold, scored_tier = None, None
         plan = _plan(policy, team, capable, request, output_budget, health, rng)
     del plan[policy.config.server.max_attempts:]
     reasons.append(f"deployment {plan[0].id!r}")
@@ -270,6 +306,8 @@ def decide(policy: Policy, team: TeamPolicy, request: RouteRequest, health: Heal
         max_tokens_note=note,
         reserve_nanos=worst_case(features, output_budget, attempts),
         counterfactual_tier=policy.tiers[team.ceiling],
-        sticky_held=sticky_held,
+        sticky_held=hold == "sticky",
+        prefix_held=hold == "prefix",
+        scored_tier=scored_tier,
         router_model=request.router_model,
     )

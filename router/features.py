@@ -19,6 +19,7 @@ class RequestFeatures:
     max_output_tokens: int | None  # the client's bound on each completion (the larger of max_tokens and
     #                                max_completion_tokens when both are sent: the provider may honour either)
     system_tokens: int = 0  # tokens of the leading system/developer messages (the static prompt)
+    tool_tokens: int = 0  # tokens of the tools' JSON (in prompt_tokens): with system_tokens, the static prefix
     completions: int = 1  # completions the provider generates and bills: n (or best_of) per prompt; 0 for embeddings
     longest_prompt_tokens: int | None = None  # the largest single prompt of a batch (context window); None: prompt_tokens
 
@@ -60,11 +61,10 @@ def chat_features(body: dict[str, Any], model_hint: str = DEFAULT_MODEL) -> Requ
         needs.add("json_schema")
     if _has_image(messages):
         needs.add("vision")
-    prompt = count_messages(messages, model_hint)
-    if body.get("tools"):
-        prompt += count_text(dumps(body["tools"]).decode(), model_hint)
-    return RequestFeatures(needs=frozenset(needs), prompt_tokens=prompt, max_output_tokens=_output_limit(body),
-                           system_tokens=system_prompt_tokens(messages, model_hint), completions=_count(body.get("n")))
+    tools = count_text(dumps(body["tools"]).decode(), model_hint) if body.get("tools") else 0
+    return RequestFeatures(needs=frozenset(needs), prompt_tokens=count_messages(messages, model_hint) + tools,
+                           max_output_tokens=_output_limit(body), system_tokens=system_prompt_tokens(messages, model_hint),
+                           tool_tokens=tools, completions=_count(body.get("n")))
 
 
 def system_prompt_tokens(messages: list[Any], model_hint: str = DEFAULT_MODEL) -> int:

@@ -86,7 +86,7 @@ class Harness:
         self.meter = meter
         self.records: list[UsageRecord] = []
         self.pipeline = Pipeline(dispatcher, Routing(LengthScorer(), health, tracing), meter, BudgetPolicies(),
-                                 MemoryCache(), tracing, lambda record, sticky: self.records.append(record), status_of)
+                                 MemoryCache(), tracing, lambda record, *held: self.records.append(record), status_of)
         self._db = db
 
     def request(self, body: dict[str, Any], kind: str = "chat/completions", key: str = KEY,
