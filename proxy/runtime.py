@@ -28,6 +28,7 @@ from pipeline.pipeline import Pipeline
 from pipeline.retrain_schedule import RetrainSchedule
 from pipeline.routing import Routing
 from pipeline.spend import Spend
+from pipeline.team_model_admin import TeamModelAdmin
 from pipeline.telemetry import Tracing
 from proxy.errors import status_of
 from proxy.metrics import Metrics
@@ -205,6 +206,7 @@ class Runtime:
     cache: KeyValueCache
     metrics: Metrics
     spend: Spend  # the finance and ops endpoints' reads of the ledger, each after a bounded flush
+    team_models: TeamModelAdmin  # the admin API's list / retrain / rollback of per-team routing models
     responses: ResponseStore  # the Responses API conversation store (Redis, else the ledger's database)
     health: HealthBook  # this worker's view of each deployment (cooldowns, latency): GET /v1/upstreams
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -234,7 +236,8 @@ class Runtime:
         pipeline = Pipeline(dispatcher, Routing(scorers, health, tracing), meter, budgets, cache, tracing,
                             metrics.observe, status_of)
         runtime = cls(store=store, pipeline=pipeline, scorer=scorer, scorers=scorers, pool=pool, meter=meter, budgets=budgets,
-                      cache=cache, metrics=metrics, spend=Spend(meter), responses=responses,
+                      cache=cache, metrics=metrics, spend=Spend(meter),
+                      team_models=TeamModelAdmin(meter.ledger, scorers), responses=responses,
                       health=health)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
         runtime.tasks.append(asyncio.get_running_loop().create_task(_poll_team_models(scorers, meter.ledger)))
