@@ -43,6 +43,8 @@ from wire.responses.response import echo, from_chat
 log = logging.getLogger("tiergate.responses")
 
 _CUT = ERRORS["upstream_failed.stream_cut"]
+# The hosted tools' types a team's ``responses.hosted_tools: drop`` left out of the request (comma-separated).
+DROPPED_TOOLS_HEADER = "x-tiergate-dropped-tools"
 
 
 def mint_response_id() -> str:
@@ -106,9 +108,13 @@ async def create(request: Request) -> Response:
     team = principal.team
     if team is None:
         raise TiergateError("team_key_required", "admin keys cannot make model calls; use a team key")
+    responses_policy = policy.teams[team].settings.responses
+    dropped: tuple[str, ...] = ()
     if parsed.native_only and not wire_request.serves_natively(policy, team, "responses"):
+        if responses_policy.hosted_tools == "drop":
+            parsed, dropped = wire_request.without_hosted_tools(parsed)
         wire_request.require_translatable(parsed, team)
-    turn = _Turn(rt, team, policy.teams[team].settings.responses.store_ttl_s, parsed,
+    turn = _Turn(rt, team, responses_policy.store_ttl_s, parsed,
                  await _history(rt, parsed, team), mint_response_id(), int(time.time()))
     try:
         check_history(turn.items)  # before any upstream call: a conversation the store could not keep costs nothing
@@ -133,10 +139,15 @@ async def create(request: Request) -> Response:
             answer = _native_answer(result.body, turn)
         else:
             answer = from_chat(result.body, turn.response_id, turn.created_at, settings, int(time.time()),
-                               parsed.custom_tools)
-        return respond_as(result, await turn.store(answer, notes), None)
-    events = _native_events(result, turn) if result.api == "responses" else _translated_events(result, turn, settings)
-    return respond_as(result, None, events)
+                               parsed.names)
+        response = respond_as(result, await turn.store(answer, notes), None)
+    else:
+        events = (_native_events(result, turn) if result.api == "responses"
+                  else _translated_events(result, turn, settings))
+        response = respond_as(result, None, events)
+    if dropped:
+        response.headers[DROPPED_TOOLS_HEADER] = ", ".join(dropped)
+    return response
 
 
 def _native_answer(body: dict[str, Any], turn: _Turn) -> dict[str, Any]:
@@ -157,7 +168,7 @@ def _extra(streaming: Streaming) -> dict[str, Any]:
 async def _translated_events(streaming: Streaming, turn: _Turn, settings: dict[str, Any]) -> AsyncIterator[bytes]:
     relay = streaming.relay
     stream = ChatToResponses(turn.response_id, turn.created_at, streaming.notes.model or "", settings,
-                             turn.parsed.custom_tools)
+                             turn.parsed.names)
     for event in stream.start():
         yield frame(event)
     async for payload in relay.payloads():

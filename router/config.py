@@ -264,10 +264,15 @@ class LearningSettings(_Model):
 
 
 class ResponsesSettings(_Model):
-    """The Responses API conversation store, per team (``kvcache.responses``)."""
+    """The Responses API, per team: the conversation store (``kvcache.responses``) and hosted tools."""
 
     store_ttl_days: int = Field(default=30, gt=0, le=3650, description=(
         "how long a stored response (and the history previous_response_id continues from) is kept"))
+    hosted_tools: Literal["refuse", "drop"] = Field(default="refuse", description=(
+        "hosted tools (web_search, file_search, ...) in a request the team may route to a deployment that does not "
+        "speak the Responses API natively: 'refuse' answers 400 naming the tool; 'drop' leaves them out of the "
+        "request (the model is not offered them) and names their types in the x-tiergate-dropped-tools header. "
+        "'drop' suits agents such as Codex CLI that always offer web_search"))
 
     @property
     def store_ttl_s(self) -> int:

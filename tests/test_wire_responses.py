@@ -24,6 +24,7 @@ from wire.responses.request import (
     to_messages,
 )
 from wire.responses.response import echo, from_chat
+from wire.responses.tool_names import ToolNames
 
 RID = "resp_" + "ab" * 24
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -423,12 +424,12 @@ def test_custom_tool_calls_come_back_as_custom_tool_call_items() -> None:
                                                                "arguments": '{"input": "*** Begin Patch"}'}},
              {"id": "call_2", "type": "function", "function": {"name": "apply_patch", "arguments": "not json"}}]
     body = from_chat(_completion({"content": None, "tool_calls": calls}, "tool_calls"), RID, 10,
-                     echo({"tools": [PATCH_TOOL]}), 11, frozenset({"apply_patch"}))
+                     echo({"tools": [PATCH_TOOL]}), 11, ToolNames.of([(None, "apply_patch", True)]))
     first, second = Response.model_validate(body).output
     assert (first.type, first.call_id, first.input) == ("custom_tool_call", "call_1", "*** Begin Patch")
     assert second.input == "not json"  # the model ignored the schema: what it wrote is kept, not lost
 
-    stream = ChatToResponses(RID, 10, "gpt-4o", echo({}), frozenset({"apply_patch"}))
+    stream = ChatToResponses(RID, 10, "gpt-4o", echo({}), ToolNames.of([(None, "apply_patch", True)]))
     events = [*stream.start()]
     for piece in ['{"in', 'put": "*** Be', 'gin"}']:
         call = {"index": 0, "function": {"arguments": piece}}

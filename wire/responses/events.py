@@ -17,15 +17,15 @@ from typing import Any
 import orjson
 
 from wire.responses.response import (
-    custom_call_item,
+    call_item,
     custom_input,
     envelope,
-    function_call_item,
     item_id,
     message_item,
     output_text,
     usage_block,
 )
+from wire.responses.tool_names import NO_TOOLS, ToolNames
 
 Event = dict[str, Any]
 
@@ -39,9 +39,9 @@ class ChatToResponses:
     ``fail(message)``; each returns the events to send, numbered in order."""
 
     def __init__(self, response_id: str, created_at: int, model: str, settings: dict[str, Any],
-                 custom_tools: frozenset[str] = frozenset()) -> None:
+                 names: ToolNames = NO_TOOLS) -> None:
         self._id = response_id
-        self._custom_tools = custom_tools
+        self._names = names  # chat function names -> the client's tools (custom, namespaced)
         self._created_at = created_at
         self.model = model
         self._settings = settings
@@ -147,20 +147,20 @@ class ChatToResponses:
             self._calls[key] = index
             self._open_call = index
             name = fn.get("name") or ""
-            if name in self._custom_tools:
+            custom = self._names.is_custom(name)
+            if custom:
                 self._custom_arguments = []
-                item = custom_call_item(item_id("ctc", self._id, index), call.get("id") or "", name, "",
-                                        "in_progress")
-            else:
-                item = function_call_item(item_id("fc", self._id, index), call.get("id") or "", name, "",
-                                          "in_progress")
+            item = call_item(self._names, item_id("ctc" if custom else "fc", self._id, index), call.get("id") or "",
+                             name, "", "in_progress")
             self.output.append(item)
             events.append(self._event("response.output_item.added", output_index=index, item=_copy(item)))
         item = self.output[index]
         if call.get("id") and not item["call_id"]:
             item["call_id"] = call["id"]
-        if fn.get("name") and not item["name"]:
-            item["name"] = fn["name"]
+        if fn.get("name") and not item["name"]:  # a server that names the call after its first delta
+            namespace, item["name"] = self._names.responses(fn["name"])
+            if namespace is not None:
+                item["namespace"] = namespace
         arguments = fn.get("arguments")
         if isinstance(arguments, str) and arguments and item["type"] == "custom_tool_call":
             if self._custom_arguments is not None:

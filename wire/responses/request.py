@@ -10,24 +10,27 @@ gateway routing each turn anew cannot keep (``previous_response_id`` is the gate
 
 Custom (freeform) tools, which Codex CLI sends for ``apply_patch``, are translated too: each becomes a function
 tool taking one string, ``input`` (its grammar in the description), and a call of it comes back as a
-``custom_tool_call`` (``custom_tools`` names them), so they work on any chat deployment.
+``custom_tool_call``, so they work on any chat deployment. ``namespace`` tools (Codex CLI's sub-agent tools) are
+flattened to one chat function per member; ``wire.responses.tool_names`` holds the one table both directions use.
 
 Hosted tools: routing picks the deployment after this step, so a request that needs a native deployment is
 accepted only when every deployment its team may be routed to speaks the Responses API (``serves_natively``).
 Otherwise a translated call would silently drop the tool; a clear 400 up front is better than an answer that
-ignored what was asked.
+ignored what was asked, unless the team's policy says to drop them (``without_hosted_tools``: the response says
+which were dropped).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from pipeline.errors import ErrorCode, TiergateError
 from router.policy import Policy
+from wire.responses.tool_names import NO_TOOLS, ToolNameClash, ToolNames
 
 # Chat message roles an input message may have (Responses has no "tool" role: tool results are items).
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
@@ -59,7 +62,12 @@ class ResponsesRequest:
     store: bool
     stream: bool
     native_only: tuple[str, ...]  # params (e.g. "tools[1]") a translated call cannot honour
-    custom_tools: frozenset[str] = frozenset()  # names of custom tools: their calls are custom_tool_call items
+    names: ToolNames = NO_TOOLS  # the tools' chat function names, both ways
+
+    @property
+    def custom_tools(self) -> frozenset[str]:
+        """Chat names of custom tools: their calls are custom_tool_call items."""
+        return self.names.custom
 
 
 def _error(message: str, param: str | None, code: ErrorCode = "invalid_request.invalid_value") -> TiergateError:
@@ -220,7 +228,7 @@ def parse(body: dict[str, Any]) -> ResponsesRequest:
     if not isinstance(model, str) or not model:
         raise _type_error("model", "a non-empty string", model)
     native_only = [name for name in _NATIVE_ONLY if body.get(name) is not None]
-    hosted, custom = _check_tools(body.get("tools") or [])
+    hosted, names = _check_tools(body.get("tools") or [])
     native_only += hosted
     native_only += _check_tool_choice(body.get("tool_choice"))
     items, hosted_items = _input_items(body.get("input"), body.get("previous_response_id") is not None)
@@ -232,36 +240,60 @@ def parse(body: dict[str, Any]) -> ResponsesRequest:
         store=body.get("store") is not False,  # OpenAI's default: stored
         stream=body.get("stream") is True,
         native_only=tuple(native_only),
-        custom_tools=frozenset(custom),
+        names=names,
     )
 
 
-def _check_tools(tools: list[Any]) -> tuple[list[str], list[str]]:
-    """Function and custom tools are checked; any other tool type (web_search, file_search, mcp, ...) is
-    native-only. Returns (the native-only params, the custom tools' names)."""
+def _check_tools(tools: list[Any]) -> tuple[list[str], ToolNames]:
+    """Function, custom and namespace tools are checked; any other tool type (web_search, file_search, mcp, ...) is
+    native-only. Returns (the native-only params, the tools' chat names)."""
     hosted: list[str] = []
-    custom: list[str] = []
+    entries: list[tuple[str | None, str, bool]] = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise _type_error(where, "an object", tool)
         kind = _str(tool, "type", where, required=True)
-        if kind not in ("function", "custom"):
+        if kind == "namespace":
+            namespace = str(_str(tool, "name", where, required=True))
+            _str(tool, "description", where)
+            members = tool.get("tools")
+            if not isinstance(members, list):
+                raise _type_error(f"{where}.tools", "an array", members)
+            for j, member in enumerate(members):
+                member_where = f"{where}.tools[{j}]"
+                if not isinstance(member, dict):
+                    raise _type_error(member_where, "an object", member)
+                member_kind = _str(member, "type", member_where, required=True)
+                if member_kind not in ("function", "custom"):
+                    raise _error(f"'{member_where}.type' must be 'function' or 'custom' (a namespace groups "
+                                 f"function and custom tools), got {_shown(member_kind)}", f"{member_where}.type")
+                entries.append((namespace, _check_tool(member, str(member_kind), member_where),
+                                member_kind == "custom"))
+        elif kind in ("function", "custom"):
+            entries.append((None, _check_tool(tool, str(kind), where), kind == "custom"))
+        else:
             hosted.append(where)
-            continue
-        name = _str(tool, "name", where, required=True)
-        _str(tool, "description", where)
-        if kind == "custom":
-            fmt = tool.get("format")
-            if fmt is not None and not isinstance(fmt, dict):
-                raise _type_error(f"{where}.format", "an object", fmt)
-            custom.append(str(name))
-            continue
-        if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
-            raise _type_error(f"{where}.parameters", "an object", tool["parameters"])
-        if tool.get("strict") is not None and not isinstance(tool["strict"], bool):
-            raise _type_error(f"{where}.strict", "a boolean", tool["strict"])
-    return hosted, custom
+    try:
+        return hosted, ToolNames.of(entries)
+    except ToolNameClash as exc:
+        raise _error(f"'tools': {exc}; rename one", "tools") from None
+
+
+def _check_tool(tool: dict[str, Any], kind: str, where: str) -> str:
+    """A function or custom tool's fields; its name."""
+    name = str(_str(tool, "name", where, required=True))
+    _str(tool, "description", where)
+    if kind == "custom":
+        fmt = tool.get("format")
+        if fmt is not None and not isinstance(fmt, dict):
+            raise _type_error(f"{where}.format", "an object", fmt)
+        return name
+    if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
+        raise _type_error(f"{where}.parameters", "an object", tool["parameters"])
+    if tool.get("strict") is not None and not isinstance(tool["strict"], bool):
+        raise _type_error(f"{where}.strict", "a boolean", tool["strict"])
+    return name
 
 
 def _check_tool_choice(choice: Any) -> list[str]:
@@ -317,10 +349,12 @@ def _input_items(value: Any, continued: bool) -> tuple[list[dict[str, Any]], lis
         elif kind == "function_call":
             for key in ("call_id", "name", "arguments"):
                 _str(item, key, where, required=True)
+            _str(item, "namespace", where)
             items.append(item)
         elif kind == "custom_tool_call":
             for key in ("call_id", "name", "input"):
                 _str(item, key, where, required=True)
+            _str(item, "namespace", where)
             items.append(item)
         elif kind in ("function_call_output", "custom_tool_call_output"):
             _str(item, "call_id", where, required=True)
@@ -409,6 +443,21 @@ def require_translatable(request: ResponsesRequest, team: str) -> None:
                      "to Responses-native deployments (apis: [responses])", param)
 
 
+def without_hosted_tools(request: ResponsesRequest) -> tuple[ResponsesRequest, tuple[str, ...]]:
+    """The request without its hosted tools (a team whose policy is ``responses.hosted_tools: drop``), and the
+    dropped tools' types, for the response to say what the model was not offered. Only offered tools are dropped:
+    a hosted ``tool_choice``, replayed hosted calls or a stored prompt are still refused (``require_translatable``),
+    since leaving those out would change what was asked, not only what was offered."""
+    dropped = {param for param in request.native_only if param.startswith("tools[")}
+    if not dropped:
+        return request, ()
+    tools = request.body["tools"]
+    kept = [tool for i, tool in enumerate(tools) if f"tools[{i}]" not in dropped]
+    kinds = tuple(dict.fromkeys(str(tool["type"]) for i, tool in enumerate(tools) if f"tools[{i}]" in dropped))
+    return replace(request, body={**request.body, "tools": kept},
+                   native_only=tuple(p for p in request.native_only if p not in dropped)), kinds
+
+
 # ---- the canonical chat body -----------------------------------------------------------------------------------
 
 def conversation(history: list[dict[str, Any]], request: ResponsesRequest) -> list[dict[str, Any]]:
@@ -431,9 +480,9 @@ def chat_body(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict[st
     messages: list[dict[str, Any]] = []
     if src.get("instructions"):  # this turn's only: as at OpenAI, a continued conversation does not inherit them
         messages.append({"role": "system", "content": src["instructions"]})
-    messages += to_messages(items)
+    messages += to_messages(items, request.names)
     chat: dict[str, Any] = {"model": src["model"], "messages": messages}
-    tools = [_chat_tool(t) for t in src.get("tools") or () if t.get("type") in ("function", "custom")]
+    tools = _chat_tools(src.get("tools") or (), request.names)
     if tools:
         chat["tools"] = tools
         if src.get("parallel_tool_calls") is not None:  # chat refuses it without tools
@@ -465,12 +514,29 @@ def chat_body(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict[st
     return chat
 
 
-def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
+def _chat_tools(tools: Any, names: ToolNames) -> list[dict[str, Any]]:
+    """The function, custom and namespaced tools as chat functions (hosted ones are native-only)."""
+    out: list[dict[str, Any]] = []
+    for tool in tools:
+        if tool.get("type") in ("function", "custom"):
+            out.append(_chat_tool(tool, names.chat(tool["name"])))
+        elif tool.get("type") == "namespace":
+            about = f"(One of the {tool['name']} tools: {tool['description']})" if tool.get("description") else ""
+            for member in tool["tools"]:
+                out.append(_chat_tool(member, names.chat(member["name"], tool["name"]), about))
+    return out
+
+
+def _chat_tool(tool: dict[str, Any], name: str, about: str = "") -> dict[str, Any]:
+    """One chat function named ``name``; ``about``: what its namespace says, which the flat name cannot."""
     if tool["type"] == "custom":
-        return {"type": "function", "function": {"name": tool["name"], "description": _custom_description(tool),
+        description = _custom_description(tool)
+        return {"type": "function", "function": {"name": name, "description": f"{description}\n\n{about}".strip(),
                                                  "parameters": CUSTOM_PARAMETERS}}
-    function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
-    return {"type": "function", "function": function}
+    function = {k: tool[k] for k in ("description", "parameters", "strict") if tool.get(k) is not None}
+    if about:
+        function["description"] = f"{function.get('description') or ''}\n\n{about}".strip()
+    return {"type": "function", "function": {"name": name, **function}}
 
 
 # A custom tool as a function: its freeform input is one string argument.
@@ -508,10 +574,11 @@ def _response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": schema}
 
 
-def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def to_messages(items: list[dict[str, Any]], names: ToolNames = NO_TOOLS) -> list[dict[str, Any]]:
     """Responses items as chat messages. Consecutive function calls join one assistant message (with the text the
-    model said before them), as chat completions put them; items chat cannot carry (reasoning, hosted tool calls a
-    native deployment made earlier in the conversation) are left out, their results being in the messages."""
+    model said before them), as chat completions put them, named as ``names`` names their tools; items chat cannot
+    carry (reasoning, hosted tool calls a native deployment made earlier in the conversation) are left out, their
+    results being in the messages."""
     messages: list[dict[str, Any]] = []
     for item in items:
         kind = item.get("type", "message")
@@ -521,7 +588,7 @@ def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             arguments = (item["arguments"] if kind == "function_call"
                          else orjson.dumps({"input": item["input"]}).decode())
             call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": arguments}}
+                    "function": {"name": names.chat(item["name"], item.get("namespace")), "arguments": arguments}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from metering.usage import Usage, normalize_usage
+from wire.responses.tool_names import NO_TOOLS, ToolNames
 
 # What the Response object says about the request when the client did not set it (OpenAI's defaults).
 _DEFAULTS: dict[str, Any] = {
@@ -56,17 +57,22 @@ def output_text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def function_call_item(item_id_: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    return {"id": item_id_, "type": "function_call", "status": status, "call_id": call_id, "name": name,
-            "arguments": arguments}
-
-
-def custom_call_item(item_id_: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    """A call of a custom tool, which the model made as a function call with one string argument ``input``
-    (``wire.responses.request``): its ``input`` unwrapped (the raw arguments if the model did not follow the
-    schema, so nothing it wrote is lost)."""
-    return {"id": item_id_, "type": "custom_tool_call", "status": status, "call_id": call_id, "name": name,
-            "input": custom_input(arguments)}
+def call_item(names: ToolNames, item_id_: str, call_id: str, chat_name: str, arguments: str,
+              status: str) -> dict[str, Any]:
+    """The item for a chat tool call: a function_call, or a custom_tool_call for a custom tool (whose ``input`` the
+    model wrote as the one string argument ``input``: unwrapped, or the raw arguments if it did not follow the
+    schema, so nothing it wrote is lost); named as the client named the tool, with its ``namespace`` if it has
+    one."""
+    namespace, name = names.responses(chat_name)
+    if names.is_custom(chat_name):
+        item = {"id": item_id_, "type": "custom_tool_call", "status": status, "call_id": call_id, "name": name,
+                "input": custom_input(arguments)}
+    else:
+        item = {"id": item_id_, "type": "function_call", "status": status, "call_id": call_id, "name": name,
+                "arguments": arguments}
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
 
 
 def custom_input(arguments: str) -> str:
@@ -120,10 +126,10 @@ def envelope(response_id: str, created_at: int, model: str, settings: dict[str, 
 
 
 def from_chat(completion: dict[str, Any], response_id: str, created_at: int, settings: dict[str, Any],
-              completed_at: int, custom_tools: frozenset[str] = frozenset()) -> dict[str, Any]:
+              completed_at: int, names: ToolNames = NO_TOOLS) -> dict[str, Any]:
     """A chat completion (the first choice) as a Response object: a message item with the text, then one
-    function_call item per tool call (custom_tool_call for ``custom_tools``), in the order the model produced
-    them."""
+    function_call item per tool call (custom_tool_call for custom tools; ``names`` says which, and which namespace
+    a call's tool is in), in the order the model produced them."""
     choices = completion.get("choices") or [{}]
     choice = choices[0]
     message = choice.get("message") or {}
@@ -140,10 +146,9 @@ def from_chat(completion: dict[str, Any], response_id: str, created_at: int, set
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
         name = fn.get("name") or ""
-        custom = name in custom_tools
-        make = custom_call_item if custom else function_call_item
-        output.append(make(item_id("ctc" if custom else "fc", response_id, len(output)), call.get("id") or "", name,
-                           fn.get("arguments") or "", "completed"))
+        prefix = "ctc" if names.is_custom(name) else "fc"
+        output.append(call_item(names, item_id(prefix, response_id, len(output)), call.get("id") or "", name,
+                                fn.get("arguments") or "", "completed"))
     return envelope(response_id, created_at, str(completion.get("model") or ""), settings, "completed", output,
                     usage_block(completion.get("usage")), finish, completed_at=completed_at)
 
