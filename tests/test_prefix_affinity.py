@@ -71,6 +71,15 @@ def test_crossing_by_more_than_the_margin_moves() -> None:
     assert _decide(policy, 0.62, prefix_tier=0).tier.name == "frontier"
 
 
+def test_stickiness_leaves_from_the_boundary_above_its_tier() -> None:
+    """Conversation stickiness shares the rule: a score past frontier's threshold crossed mid's by more than the
+    margin (0.1), so the conversation leaves small (it used to be compared with frontier's threshold + margin)."""
+    policy = _policy()
+    assert _decide(policy, 0.62, prefix_tier=None, sticky_tier=0).tier.name == "frontier"
+    held = _decide(policy, 0.38, prefix_tier=None, sticky_tier=0)
+    assert held.tier.name == "small" and held.sticky_held and not held.prefix_held
+
+
 def test_short_prefixes_are_never_held() -> None:
     policy = _policy()
     assert SHORT.system_tokens + SHORT.tool_tokens < CACHE_MIN_TOKENS <= SHORT.prompt_tokens
