@@ -40,6 +40,7 @@ from metering.ledger.alert_log import AlertEvent
 from metering.money import NANOS_PER_USD, usd_to_nanos
 from metering.record import UsageRecord
 from pipeline.errors import TiergateError
+from pipeline.prefix_affinity import HeldCosts
 from proxy.auth import authenticate, presented_key
 from router.config import MetricsAccess
 from router.policy import Policy
@@ -50,7 +51,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LABELS = ("team", "tier", "model")
 # Counters whose stored value is nano-dollars; scrapes show them in USD.
 _MONEY = frozenset({"tiergate_cost_usd", "tiergate_baseline_cost_usd", "tiergate_savings_usd",
-                    "tiergate_prefix_held_cost_usd", "tiergate_prefix_held_baseline_cost_usd"})
+                    "tiergate_prefix_held_cost_usd", "tiergate_prefix_held_baseline_cost_usd",
+                    "tiergate_prefix_held_warm_baseline_cost_usd"})
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -73,6 +75,7 @@ class _Series:
     prefix_cached: Counter
     prefix_cost: Counter
     prefix_baseline: Counter
+    prefix_warm_baseline: Counter
 
 
 class Metrics:
@@ -92,7 +95,7 @@ class Metrics:
                                  "What the same usage would have cost on the team's most capable tier (USD).",
                                  _LABELS, registry=r)
         self._savings = Counter("tiergate_savings_usd",
-                                "Savings against the all-frontier baseline (USD); a request that cost more than its "
+                                "Savings against the team's ceiling tier (USD); a request that cost more than its "
                                 "baseline adds nothing, so net savings are baseline_cost - cost.", _LABELS, registry=r)
         self._latency = Histogram("tiergate_request_duration_seconds", "Request latency to the last byte.", _LABELS,
                                   buckets=_LATENCY_BUCKETS, registry=r)
@@ -102,7 +105,8 @@ class Metrics:
                                "Requests kept on their conversation's tier (prompt caching) against the score.",
                                ("team", "tier"), registry=r)
         # Prefix affinity (pipeline.prefix_affinity): what holding requests on a warm cheaper tier did. The usage
-        # record carries no flag for it, so these counters are the only account; saved = baseline - cost.
+        # record carries no flag for it, so these counters are the only account. Saved lies between
+        # warm_baseline - cost and baseline - cost (``HeldCosts``).
         self._prefix_held = Counter("tiergate_prefix_held_requests", "Requests kept on the cheaper tier where their "
                                     "long prompt prefix is cached (other conversations warmed it) against the score.",
                                     ("team", "tier"), registry=r)
@@ -112,8 +116,12 @@ class Metrics:
                                     ("team", "tier"), registry=r)
         self._prefix_baseline = Counter("tiergate_prefix_held_baseline_cost_usd",
                                         "What prefix-held requests would have cost on the tier their score chose, "
-                                        "every prompt token at the uncached input price (USD); saved = this - "
-                                        "tiergate_prefix_held_cost_usd.", ("team", "tier"), registry=r)
+                                        "every prompt token at the uncached input price (USD): saved at most this "
+                                        "- tiergate_prefix_held_cost_usd.", ("team", "tier"), registry=r)
+        self._prefix_warm_baseline = Counter("tiergate_prefix_held_warm_baseline_cost_usd",
+                                             "What prefix-held requests would have cost on the tier their score "
+                                             "chose with as many cached tokens (USD): saved at least this - "
+                                             "tiergate_prefix_held_cost_usd.", ("team", "tier"), registry=r)
         self._refusals = Counter("tiergate_budget_refusals", "Requests a budget cap refused (429), by the cap's scope "
                                  "(team, key, tag); each is also listed by GET /v1/alerts?kind=refusal.",
                                  ("team", "scope"), registry=r)
@@ -136,13 +144,14 @@ class Metrics:
             prefix_cached=self._prefix_cached.labels(team, tier),
             prefix_cost=self._prefix_cost.labels(team, tier),
             prefix_baseline=self._prefix_baseline.labels(team, tier),
+            prefix_warm_baseline=self._prefix_warm_baseline.labels(team, tier),
         )
         self._series[(team, tier, model, status)] = series
         return series
 
-    def observe(self, record: UsageRecord, sticky_held: bool = False, prefix_baseline_nanos: int | None = None) -> None:
+    def observe(self, record: UsageRecord, sticky_held: bool = False, prefix_held: HeldCosts | None = None) -> None:
         """Count one settled request (called once per usage record, on the request path: increments only).
-        ``prefix_baseline_nanos`` is given when prefix affinity held the request: its cost on the score's tier."""
+        ``prefix_held`` is given when prefix affinity held the request: its cost on the score's tier."""
         s = (self._series.get((record.team, record.tier, record.model, record.status))
              or self._children(record.team, record.tier, record.model, record.status))
         s.requests.inc()
@@ -163,11 +172,12 @@ class Metrics:
             s.ttft.observe(record.ttft_ms / 1000)
         if sticky_held:
             s.sticky.inc()
-        if prefix_baseline_nanos is not None:
+        if prefix_held is not None:
             s.prefix_held.inc()
             s.prefix_cached.inc(record.cached_tokens)
             s.prefix_cost.inc(record.cost_nanos)
-            s.prefix_baseline.inc(prefix_baseline_nanos)
+            s.prefix_baseline.inc(prefix_held.cold_nanos)
+            s.prefix_warm_baseline.inc(prefix_held.warm_nanos)
 
     def observe_refusal(self, refusal: AlertEvent) -> None:
         """Count one budget refusal (an ``Alerter`` refusal listener: called on the request path)."""
