@@ -27,7 +27,7 @@ from pipeline.budget import BudgetPolicies, hold
 from pipeline.errors import Ending, TiergateError
 from pipeline.judge import answer_text
 from pipeline.native import answered_natively, native_answer_usage, native_call, native_text, native_usage
-from pipeline.prefix_affinity import affinity_key, baseline_nanos, routed, warm_tier
+from pipeline.prefix_affinity import HeldCosts, affinity_key, held_costs, routed, warm_tier
 from pipeline.prefix_affinity import remember_tier as remember_prefix_tier
 from pipeline.relay import StreamRelay, StreamState
 from pipeline.request import Request, RequestState, admitted_tags, admitted_team
@@ -50,8 +50,8 @@ log = logging.getLogger("tiergate.pipeline")
 
 StatusOf = Callable[[Ending | TiergateError], int]
 # metrics: a settled record, whether stickiness held its tier, and (prefix affinity held it) its cost on the
-# score's tier (``prefix_affinity.baseline_nanos``)
-Observe = Callable[[UsageRecord, bool, int | None], None]
+# score's tier (``prefix_affinity.held_costs``)
+Observe = Callable[[UsageRecord, bool, HeldCosts | None], None]
 
 
 class Pipeline:
@@ -302,7 +302,7 @@ class Pipeline:
         span = state.request.span
         with self._tracing.span("tiergate.metering", parent=span):
             await self._meter.settle(reservation, record, budget_in_background=True)
-        self._observe(record, state.decision.sticky_held, baseline_nanos(state.decision, record))
+        self._observe(record, state.decision.sticky_held, held_costs(state.decision, record))
         finish_request(span, record, provider, failed=record.status != self._ok)
         return record.cost_nanos
 

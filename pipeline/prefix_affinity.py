@@ -10,6 +10,8 @@ remembered or looked up: every other request pays one integer comparison.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kvcache.store import KeyValueCache
 from metering.record import UsageRecord
 from metering.usage import Usage, cost_nanos
@@ -43,11 +45,22 @@ async def remember_tier(cache: KeyValueCache, key: str, tier_index: int) -> None
     await cache.set(key, str(tier_index).encode(), STICKY_TTL_S)
 
 
-def baseline_nanos(decision: Decision, record: UsageRecord) -> int | None:
-    """What a prefix-held request would have cost on the tier its score chose, every prompt token at the uncached
-    input price (the prefix was last served elsewhere, so that tier's cache is taken as cold): None unless held.
-    Same token counts as the served answer, as ``counterfactual_cost_nanos`` assumes for the ceiling tier."""
+@dataclass(frozen=True, slots=True)
+class HeldCosts:
+    """What a prefix-held request would have cost on the tier its score chose, with the same token counts as the
+    served answer (as ``counterfactual_cost_nanos`` assumes for the ceiling tier). The truth lies between:
+    ``cold`` prices every prompt token uncached (that tier had not seen the prefix lately: the KV cache names
+    another), ``warm`` gives it the cached tokens the served tier had (only the tiers' prices differ)."""
+
+    cold_nanos: int
+    warm_nanos: int
+
+
+def held_costs(decision: Decision, record: UsageRecord) -> HeldCosts | None:
+    """None unless prefix affinity held the request."""
     if not decision.prefix_held or decision.scored_tier is None:
         return None
-    usage = Usage(record.prompt_tokens, record.completion_tokens)
-    return cost_nanos(usage, decision.scored_tier.deployments[0].price)
+    price = decision.scored_tier.deployments[0].price
+    cold = Usage(record.prompt_tokens, record.completion_tokens)
+    warm = Usage(record.prompt_tokens, record.completion_tokens, cached_tokens=record.cached_tokens)
+    return HeldCosts(cost_nanos(cold, price), cost_nanos(warm, price))
