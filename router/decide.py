@@ -225,7 +225,8 @@ def _scored_tier(policy: Policy, team: TeamPolicy, request: RouteRequest,
         return chosen, chosen, None
     warm = request.prefix_tier
     if (warm is not None and team.floor <= warm <= team.ceiling and warm < chosen
-            and cacheable_prefix(request.features) and _stays(team, score, chosen, warm, context.prefix_affinity_margin)):
+            and cacheable_prefix(request.features)
+            and _stays(team, score, chosen, warm, context.prefix_affinity_margin)):
         reasons.append(f"kept on tier {policy.tiers[warm].name!r}: its cache holds this prompt prefix")
         return warm, chosen, "prefix"
     return chosen, chosen, None

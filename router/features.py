@@ -63,8 +63,9 @@ def chat_features(body: dict[str, Any], model_hint: str = DEFAULT_MODEL) -> Requ
         needs.add("vision")
     tools = count_text(dumps(body["tools"]).decode(), model_hint) if body.get("tools") else 0
     return RequestFeatures(needs=frozenset(needs), prompt_tokens=count_messages(messages, model_hint) + tools,
-                           max_output_tokens=_output_limit(body), system_tokens=system_prompt_tokens(messages, model_hint),
-                           tool_tokens=tools, completions=_count(body.get("n")))
+                           max_output_tokens=_output_limit(body),
+                           system_tokens=system_prompt_tokens(messages, model_hint), tool_tokens=tools,
+                           completions=_count(body.get("n")))
 
 
 def system_prompt_tokens(messages: list[Any], model_hint: str = DEFAULT_MODEL) -> int:
