@@ -13,6 +13,7 @@ Also the insights endpoints the page reads (percentiles, requests by cost, hours
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sqlite3
 import time
@@ -26,7 +27,7 @@ import httpx
 import pytest
 from openai import OpenAI, RateLimitError
 
-from conftest import DEMO_KEYS, Process, demo_config, free_port, require_service, start_process
+from conftest import DEMO_KEYS, Process, demo_config, free_port, mock_config, require_service, start_process
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.finops.caps import cap_spend
 from metering.ledger import open_ledger
@@ -679,3 +680,40 @@ def test_cap_spend_queries(ledger_url: tuple[str, str]) -> None:
         ("key", "k2", "month", 2 * 10**9, 300_000),
         ("tag", "feature=a", "month", 3 * 10**9, 4_001_000),
     ]
+
+
+def test_upstream_failures_and_cooldown_on_the_page(start_mock: Any, start_proxy: Any, browser: Any,
+                                                    tmp_path: Path) -> None:
+    """A deployment that answers 500 is cooled down after its failure, the fallback serves: /v1/upstreams says so
+    (kind, counts, cooldown left) and so does the page."""
+    broken = start_mock("--fail-rate", "1", "--fail-kind", "500")
+    good = start_mock()
+    config = mock_config(tmp_path, {"small": [broken.url, good.url]}, server_extra="  cooldown_after_failures: 1")
+    admin_sha = hashlib.sha256(DEMO_KEYS["admin"].encode()).hexdigest()
+    config.write_text(config.read_text() + f"admin_keys:\n  - id: admin\n    sha256: {admin_sha}\n")
+    proxy = start_proxy(config)
+    client = OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0, timeout=60)
+    sent = 0
+    while sent < 8 or not _get(proxy, "/v1/upstreams")["upstreams"][0]["failures"]:
+        # prompts vary: each is placed by its own prefix, so the broken one is tried first sooner or later
+        assert sent < 40, "the broken deployment was never tried"
+        answer = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"{PROMPTS[0]} {sent}"}])
+        assert answer.choices[0].message.content
+        sent += 1
+
+    found = {u["id"]: u for u in _get(proxy, "/v1/upstreams")["upstreams"]}
+    assert set(found) == {"small-0", "small-1"}
+    bad, ok = found["small-0"], found["small-1"]
+    assert bad["failures"] >= 1 and bad["successes"] == 0 and bad["latency_ms"] == {"samples": 0, "p50": None, "p95": None}
+    assert bad["status"] == "cooldown" and 0 < bad["cooldown_remaining_s"] <= 30
+    assert {f["kind"] for f in bad["recent_failures"]} == {"server"} and len(bad["recent_failures"]) == bad["failures"]
+    assert ok["successes"] == sent and ok["failures"] == 0 and ok["latency_ms"]["samples"] == sent
+    assert 0 < ok["latency_ms"]["p50"] <= ok["latency_ms"]["p95"]
+
+    page = _open(browser, proxy, DEMO_KEYS["admin"])
+    assert page.get_by_test_id("upstream-status-small-0").inner_text().startswith("cooldown ")
+    assert page.get_by_test_id("upstream-status-small-1").inner_text() == "healthy"
+    assert page.get_by_test_id("upstream-counts-small-0").inner_text() == f"0 / {bad['failures']}"
+    assert page.get_by_test_id("upstream-counts-small-1").inner_text() == f"{sent} / 0"
+    assert "server" in page.get_by_test_id("upstreams").inner_text()  # the last failure's kind
+    page.close()
