@@ -28,7 +28,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, start_process
+from tests.conftest import DEMO_KEYS, ROOT, Process, free_port
 
 BIN = ROOT / "tests" / "clients" / "node_modules" / ".bin"
 ADMIN = {"Authorization": f"Bearer {DEMO_KEYS['admin']}"}
@@ -89,7 +89,7 @@ class _Tap:
 
             def _body(self) -> bytes:
                 if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                    chunks = []
+                    chunks: list[bytes] = []
                     while True:
                         size = int(self.rfile.readline().strip().split(b";")[0], 16)
                         chunk = self.rfile.read(size)
@@ -137,19 +137,9 @@ class _Tap:
         return taken
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    tmp = tmp_path_factory.mktemp("real-clients")
-    port = free_port()
-    process = start_process(["serve", "--config", str(demo_config(tmp)), "--port", str(port)], port,
-                            tmp / "proxy.log", "/readyz")
-    yield process
-    process.stop()
-
-
 @pytest.fixture
-def tap(proxy: Process) -> Iterator[_Tap]:
-    recorder = _Tap(proxy.url)
+def tap(demo_proxy: Process) -> Iterator[_Tap]:
+    recorder = _Tap(demo_proxy.url)
     recorder.start()
     yield recorder
     recorder.stop()
@@ -157,7 +147,7 @@ def tap(proxy: Process) -> Iterator[_Tap]:
 
 def _run(args: list[str], home: Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), **QUIET_ENV, **env}
-    return subprocess.run(args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    return subprocess.run(args, check=False, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=CLIENT_TIMEOUT_S)
 
 
@@ -191,7 +181,7 @@ def _refusals(exchanges: list[Exchange]) -> list[str]:
 # ---- Claude Code --------------------------------------------------------------------------------------------------
 
 
-def test_claude_code_print_mode_completes_and_is_billed_as_the_ledger_says(proxy: Process, tap: _Tap,
+def test_claude_code_print_mode_completes_and_is_billed_as_the_ledger_says(demo_proxy: Process, tap: _Tap,
                                                                          tmp_path: Path) -> None:
     claude = _binary("claude")
     home = tmp_path / "home"
@@ -214,7 +204,7 @@ def test_claude_code_print_mode_completes_and_is_billed_as_the_ledger_says(proxy
         (delta,) = [e for e in events if e["type"] == "message_delta"]
         answers[start["message"]["id"]] = Decimal(delta["x_tiergate"]["cost_usd"])
     assert answers, [e.path for e in exchanges]
-    records = _check_billed(proxy, answers, "messages")
+    records = _check_billed(demo_proxy, answers, "messages")
     # What Claude Code counted (Anthropic's usage: input excludes cache reads and writes) is what was billed.
     counted = result["modelUsage"].values()
     assert sum(m["inputTokens"] + m["cacheReadInputTokens"] + m["cacheCreationInputTokens"] for m in counted) == \
@@ -294,7 +284,7 @@ def _codex_turn(codex: Path, tap: _Tap, proxy: Process, tmp_path: Path, prompt: 
 
 
 def test_codex_exec_survives_a_tool_call_round_trip_and_is_billed_as_the_ledger_says(
-        proxy: Process, tap: _Tap, tmp_path: Path) -> None:
+        demo_proxy: Process, tap: _Tap, tmp_path: Path) -> None:
     """Which of Codex's tools the simulated model calls depends on the prompt (its date and working directory
     included); a few prompts are tried until one calls a namespaced tool (multi_agent_v1's), each run checked in
     full. That the namespace comes back is also checked deterministically below."""
@@ -303,17 +293,17 @@ def test_codex_exec_survives_a_tool_call_round_trip_and_is_billed_as_the_ledger_
     for attempt in range(3):
         run_dir = tmp_path / f"run{attempt}"
         run_dir.mkdir()
-        called += _codex_turn(codex, tap, proxy, run_dir, f"Task {attempt}: say hello in five words.")
+        called += _codex_turn(codex, tap, demo_proxy, run_dir, f"Task {attempt}: say hello in five words.")
         if any(call.get("namespace") for call in called):
             break
     assert called
 
 
-def test_a_namespaced_tool_call_round_trip_through_the_openai_sdk(proxy: Process) -> None:
+def test_a_namespaced_tool_call_round_trip_through_the_openai_sdk(demo_proxy: Process) -> None:
     """Codex's namespace tool shape through the openai SDK on the chat-only demo tiers: with only namespaced tools
     offered, the model must call one, which comes back as the SDK's function_call with ``namespace``; its output
     sent back (with the call replayed, as Codex does with store=false) gets a text answer."""
-    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
+    client = openai.OpenAI(base_url=demo_proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
     namespace = {"type": "namespace", "name": "multi_agent_v1", "description": "Tools for sub-agents.",
                  "tools": [{"type": "function", "name": "spawn_agent", "description": "Start a sub-agent.",
                             "parameters": {"type": "object", "properties": {"message": {"type": "string"}},
@@ -338,7 +328,7 @@ def test_codex_config_can_turn_its_web_search_off(tmp_path: Path) -> None:
     seen: list[dict[str, Any]] = []
 
     class Capture(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             seen.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
             self.send_response(400)
             self.send_header("content-type", "application/json")

@@ -5,7 +5,7 @@ Chat completions know a flat list of functions named ``[a-zA-Z0-9_-]{1,64}``; th
 as ``{"type": "namespace", "name": "multi_agent_v1", "tools": [...]}``, and their calls come back as function_call
 items carrying ``namespace``). A translated request flattens each namespaced tool to ``<namespace>__<name>``; one
 that does not fit chat's name rule (too long, other characters, or taken by a plain tool of that name) gets a
-readable prefix and a hash of the pair instead. The same table turns the model's calls back into items with
+readable prefix and a hash of the pair instead (so does one whose joined name another namespaced tool already has). The same table turns the model's calls back into items with
 ``name`` and ``namespace`` (plain and streamed answers) and turns the client's replayed calls into chat's names, so
 a conversation survives any number of turns.
 """
@@ -27,7 +27,7 @@ Key = tuple[str | None, str]  # (namespace, name); namespace None for a top-leve
 
 
 class ToolNameClash(ValueError):
-    """Two tools of one request would be the same chat function."""
+    """A tool declared twice, or two tools of one request that would be the same chat function."""
 
 
 def _flat(namespace: str, name: str, taken: set[str]) -> str:
@@ -51,14 +51,18 @@ class ToolNames:
         """From the request's tools as (namespace, name, is_custom), top-level ones first or not: a plain tool
         keeps its own name, so a namespaced one never takes it. Raises ``ToolNameClash``."""
         entries = list(tools)
-        plain = {name for namespace, name, _ in entries if namespace is None}
+        taken = {name for namespace, name, _ in entries if namespace is None}
         to_chat: dict[Key, str] = {}
         from_chat: dict[str, Key] = {}
         custom: set[str] = set()
         for namespace, name, is_custom in entries:
-            chat = name if namespace is None else _flat(namespace, name, plain)
             key = (namespace, name)
-            if from_chat.get(chat, key) != key:
+            if key in to_chat:
+                raise ToolNameClash(f"tool {_shown(key)} is declared twice")
+            # ("a__b", "c") and ("a", "b__c") join alike: the second gets the hashed name
+            chat = name if namespace is None else _flat(namespace, name, taken)
+            taken.add(chat)
+            if chat in from_chat:
                 raise ToolNameClash(f"tools {_shown(from_chat[chat])} and {_shown(key)} are both the chat "
                                     f"function {chat!r}")
             to_chat[key] = chat
