@@ -2,8 +2,9 @@
 
 The page (``/dashboard``, files in ``proxy/static``) holds no data and needs no key to load; it asks for a key
 once and reads only the finance and ops API (``/v1/spend/report|teams|budgets|forecast|experiments|value|...``,
-``/v1/alerts``, and for an admin ``/v1/upstreams``), so every number it shows is the API's, to the nano-dollar:
-money arrives as exact decimal strings and anything derived is computed in integer nano-dollars (BigInt).
+``/v1/alerts``, ``/v1/routing/evidence``, and for an admin ``/v1/upstreams`` and ``/v1/routing/models/{team}``), so
+every number it shows is the API's, to the nano-dollar: money arrives as exact decimal strings and anything derived
+is computed in integer nano-dollars (BigInt).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 // tiergate live spend dashboard. No dependencies, nothing loaded from outside the proxy.
 //
-// Money arrives as exact decimal strings from the finance API (/v1/spend/*, /v1/alerts). It is shown from those
-// strings; anything derived (cost per 1k requests, shares, untagged share) is computed in integer nano-dollars with
-// BigInt, never by adding floats. Each money element keeps the API's string in data-usd and its tooltip.
+// Money arrives as exact decimal strings from the finance API (/v1/spend/*, /v1/alerts, /v1/routing/evidence). It is
+// shown from those strings; anything derived (cost per 1k requests, shares, untagged share, a tier's shadow + judge)
+// is computed in integer nano-dollars with BigInt, never by adding floats. Each money element keeps the API's string in data-usd and its tooltip.
 // Every call carries the chosen date range (UTC days, start inclusive, end exclusive, as the API) and, for an
 // admin key with a team chosen, team=.
 "use strict";
@@ -499,6 +499,128 @@ function renderRequests(data) {
       cell(h("b", { usd: r.cost_usd }), true)))));
 }
 
+// ---- routing evidence ---------------------------------------------------------------------------------------
+// Per team in view: GET /v1/routing/evidence for the range (its summary sentence verbatim, its percent and money
+// strings as given, its float grades kept in data-value), and for an admin GET /v1/routing/models/{team}.
+const SHOWN_EVIDENCE = 8;  // teams: more would be as many requests per refresh; the team filter shows any one
+
+async function fetchEvidence(teams, view) {
+  const names = teams.teams.map((t) => t.team);
+  const shown = await Promise.all(names.slice(0, SHOWN_EVIDENCE).map(async (team) => {
+    const q = `team=${encodeURIComponent(team)}`;
+    const [evidence, models] = await Promise.all([
+      api(`/v1/routing/evidence?${q}&start=${view.start}&end=${view.end}`).catch(teamFailure),
+      state.admin === false ? null : api(`/v1/routing/models/${encodeURIComponent(team)}`).catch(teamFailure),
+    ]);
+    return { team, evidence, models };
+  }));
+  return { shown, more: Math.max(0, names.length - SHOWN_EVIDENCE) };
+}
+
+// One team's failure is shown in its block, not as the page's: a refused key still returns to the prompt.
+function teamFailure(error) {
+  if (error instanceof AuthError && state.admin !== null) return { failed: error.message };
+  if (error instanceof AuthError) return null;  // the first refresh does not know yet whether the key is an admin's
+  return { failed: error.message };
+}
+
+function percentOf(value, testid) {
+  return h("span", { testid, title: String(value) }, `${(100 * value).toFixed(1)}%`);
+}
+
+function withValue(el, value) {
+  el.dataset.value = String(value);
+  return el;
+}
+
+function intervalText(low, high) {
+  return `${(100 * low).toFixed(1)}–${(100 * high).toFixed(1)}%`;
+}
+
+function modelLine(team, models) {
+  if (!models) return null;
+  if (models.failed) return h("span", { class: "muted", testid: `evidence-model-${team}` }, `routing model: ${models.failed}`);
+  const promoted = models.active_version !== null;
+  return h("span", { testid: `evidence-model-${team}`, title: `${models.models.length} registered version(s)` },
+    "serving ", h("code", { testid: `evidence-model-id-${team}` }, models.serving_model_id), " · ",
+    h("span", { class: `pill ${promoted ? "ok" : ""}`, testid: `evidence-model-status-${team}` },
+      promoted ? `v${models.active_version} promoted` : "default model"));
+}
+
+function learningHint(team, ceiling) {
+  return h("div", { class: "ev-empty", testid: `evidence-empty-${team}` },
+    h("b", {}, "No judged samples in this period. "),
+    "Learning is turned on per team by a ", h("code", {}, "learning:"), " block in the policy, e.g. ",
+    h("code", {}, `learning: {shadow_share: 0.05, shadow_daily_usd: 5, judge: <deployment or tier>}`),
+    ` under teams.${team}: that share of its requests is also sent to the tier it was not routed to`,
+    ceiling ? ` (always-${ceiling} when it stayed lower)` : "",
+    ", the judge grades both answers, and the grades appear here as they are stored.");
+}
+
+function tierTable(e) {
+  const tiers = [];
+  const row = (tier) => {
+    let r = tiers.find((t) => t.tier === tier);
+    if (!r) tiers.push(r = { tier, quality: null, chat: null, measuring: [] });
+    return r;
+  };
+  for (const q of e.quality_per_tier) row(q.tier).quality = q;
+  for (const c of e.chat_per_tier) row(c.tier).chat = c;
+  for (const m of e.measuring) row(m.tier).measuring.push(m);
+  const id = (tier, what) => `evidence-${what}-${e.team}-${tier}`;
+  const body = tiers.map((t) => {
+    const q = t.quality;
+    const grade = q ? withValue(h("b", { testid: id(t.tier, "grade") }, q.mean_grade.toFixed(3)), q.mean_grade) : "–";
+    const wilson = q ? h("span", { testid: id(t.tier, "wilson"), title: `${q.wilson_low} – ${q.wilson_high}` },
+      `${q.wilson_low.toFixed(3)}–${q.wilson_high.toFixed(3)}`) : "–";
+    const money = (text, what) => (text === null ? "–" : h("span", { usd: text, testid: id(t.tier, what) }));
+    const measuring = t.measuring.length ? h("span", { title: t.measuring.map((m) => `${m.purpose}: ${m.requests} requests, $${m.cost_usd}`).join("\n") },
+      h("span", { usd: decimalOf(t.measuring.reduce((a, m) => a + nanos(m.cost_usd), 0n)), testid: id(t.tier, "measuring") }),
+      h("span", { class: "muted" }, ` · ${t.measuring.map((m) => m.purpose).join("+")}`)) : "–";
+    return h("tr", {}, cell(h("span", {}, t.tier, t.tier === e.ceiling ? h("span", { class: "muted" }, " · ceiling") : null)),
+      cell(h("span", { testid: id(t.tier, "judged") }, q ? String(q.n) : "0"), true), cell(grade, true), cell(wilson, true),
+      cell(t.chat ? t.chat.requests.toLocaleString("en-US") : "0", true),
+      cell(money(t.chat ? t.chat.cost_usd : null, "cost"), true),
+      cell(money(t.chat ? t.chat.counterfactual_cost_usd : null, "counterfactual"), true), cell(measuring, true));
+  });
+  body.push(h("tr", { class: "total" }, cell("total"), cell(String(e.judged), true), cell(""), cell(""),
+    cell(e.chat_per_tier.reduce((a, c) => a + c.requests, 0).toLocaleString("en-US"), true),
+    cell(h("span", { usd: e.cost_usd }), true), cell(h("span", { usd: e.counterfactual_cost_usd }), true),
+    cell(h("span", { usd: e.measuring_cost_usd }), true)));
+  return table([["tier"], ["judged", 1], ["mean grade", 1], ["95% Wilson", 1], ["chat requests", 1], ["chat spend", 1],
+    [`at ${e.ceiling || "ceiling"} prices`, 1], ["shadow + judge", 1]], body);
+}
+
+function evidenceBlock({ team, evidence: e, models }) {
+  const head = h("div", { class: "ev-head" }, h("span", { class: "team" }, team), modelLine(team, models));
+  if (!e) return h("div", { class: "evidence", testid: `evidence-${team}` }, head);
+  if (e.failed) return h("div", { class: "evidence", testid: `evidence-${team}` }, head, h("div", { class: "muted" }, e.failed));
+  if (e.ceiling) head.insertBefore(h("span", { class: "muted" }, `ceiling ${e.ceiling}`), head.children[1] || null);
+  const q = e.quality_ratio;
+  const figures = h("div", { class: "ev-figures" },
+    h("span", {}, "saved ", h("b", { testid: `evidence-saved-${team}` }, e.saved_percent === null ? "–" : `${e.saved_percent}%`),
+      " · net of measuring ", h("b", { testid: `evidence-saved-net-${team}` },
+        e.saved_net_of_measuring_percent === null ? "–" : `${e.saved_net_of_measuring_percent}%`)),
+    h("span", {}, "chat ", h("b", { usd: e.cost_usd, testid: `evidence-cost-${team}` }), ` vs always-${e.ceiling || "ceiling"} `,
+      h("b", { usd: e.counterfactual_cost_usd, testid: `evidence-counterfactual-${team}` }), " · measuring ",
+      h("b", { usd: e.measuring_cost_usd, testid: `evidence-measuring-${team}` })),
+    q === null ? h("span", { testid: `evidence-quality-${team}` }, "judged quality unknown")
+      : h("span", { testid: `evidence-quality-${team}`, title: e.quality_ratio_ci }, "judged quality ",
+        withValue(percentOf(q.value, `evidence-quality-value-${team}`), q.value), " of always-", e.ceiling || "ceiling",
+        " · 95% CI ", h("b", { testid: `evidence-quality-ci-${team}`, title: `${q.low} – ${q.high}` }, intervalText(q.low, q.high))),
+    h("span", {}, h("b", { testid: `evidence-judged-${team}` }, String(e.judged)), " judged · ",
+      h("b", {}, String(e.judged_vs_ceiling)), ` against ${e.ceiling || "the ceiling"}`));
+  const summary = h("p", { class: "ev-summary", testid: `evidence-summary-${team}` }, e.summary);
+  return h("div", { class: "evidence", testid: `evidence-${team}` }, head, summary, figures,
+    e.judged === 0 ? learningHint(team, e.ceiling) : tierTable(e));
+}
+
+function renderEvidence(found) {
+  if (!found.shown.length) return $("evidence").replaceChildren(empty("No teams"));
+  $("evidence").replaceChildren(...found.shown.map(evidenceBlock),
+    ...(found.more ? [h("div", { class: "more" }, `+${found.more} more teams: choose one in the team filter`)] : []));
+}
+
 function renderTeamFilter(teams) {
   $("team-filter-box").hidden = !state.admin;
   if (!state.admin || state.team) return;  // the unfiltered list names every team the admin may choose
@@ -527,7 +649,7 @@ async function refresh() {
     const rq = `start=${view.start}&end=${view.end}${tq}`;
     const oneDay = view.end === addDays(view.start, 1);
     const [month, day, chosen, tiers, keys, tags, percentiles, requests, series, forecast, budgets, experiments, alerts,
-      value, upstreams] = await Promise.all([
+      value, upstreams, evidence] = await Promise.all([
       api(`/v1/spend/report?group_by=team${tq}`),
       api(`/v1/spend/report?start=${today}&end=${tomorrow}&group_by=team${tq}`),
       api(`/v1/spend/report?${rq}&group_by=team`),
@@ -543,6 +665,7 @@ async function refresh() {
       api(`/v1/alerts?since=${view.start}&until=${view.end}&limit=${ALERT_LIMIT}${tq}`),
       api(`/v1/spend/value?${rq}&group_by=team`),
       state.admin === false ? null : api("/v1/upstreams").catch((e) => (e instanceof AuthError ? null : Promise.reject(e))),
+      fetchEvidence(teams, view),
     ]);
     if (!state.team) state.admin = month.team === null;  // unfiltered, an admin key sees every team
     $("scope").textContent = state.admin ? (state.team ? `Team ${state.team} · admin` : "All teams · admin") : `Team ${month.team}`;
@@ -572,6 +695,7 @@ async function refresh() {
     renderExperiments(experiments);
     renderValue(value);
     if (upstreams) renderUpstreams(upstreams); else $("upstreams-card").hidden = true;
+    renderEvidence(evidence);
     renderPercentiles(percentiles);
     renderRequests(requests);
     state.refreshes += 1;
