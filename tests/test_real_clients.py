@@ -147,8 +147,8 @@ def tap(demo_proxy: Process) -> Iterator[_Tap]:
 
 def _run(args: list[str], home: Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), **QUIET_ENV, **env}
-    return subprocess.run(args, check=False, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=CLIENT_TIMEOUT_S)
+    return subprocess.run(args, check=False, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=CLIENT_TIMEOUT_S)
 
 
 def _ledger(proxy: Process) -> dict[str, dict[str, Any]]:

@@ -157,6 +157,23 @@ def test_replayed_namespaced_calls_map_to_the_chat_names_the_model_was_offered()
         parse({"model": "m", "input": [{**history[0], "namespace": 7}]})
 
 
+def test_an_output_no_call_produced_becomes_a_user_message_naming_its_tool() -> None:
+    """Codex CLI's goals send the objective as a function_call_output with a name and namespace and no call_id
+    (the API's standalone outputs): chat's tool messages must answer a call, so it is the user's turn."""
+    goal = {"type": "function_call_output", "id": "fco_2", "name": "goal_objective", "namespace": "agent",
+            "output": "Ship it"}
+    request = parse({"model": "m", "input": [{"role": "user", "content": "go"}, goal,
+                                             {**goal, "output": [{"type": "input_text", "text": "Ship it"}]}]})
+    messages = chat_body(request, request.input_items)["messages"]
+    assert messages[1:] == [
+        {"role": "user", "content": "[output of the tool agent.goal_objective]\nShip it"},
+        {"role": "user", "content": "[output of the tool agent.goal_objective]\nShip it"}]
+    check_chat(chat_body(request, request.input_items))
+    with pytest.raises(TiergateError) as caught:  # neither a call it answers nor a tool it names
+        parse({"model": "m", "input": [{"type": "function_call_output", "output": "x"}]})
+    assert caught.value.param == "input[0].call_id"
+
+
 # ---- hosted tools: refuse (default) or drop ----------------------------------------------------------------------
 
 def test_drop_leaves_hosted_tools_out_and_says_which() -> None:

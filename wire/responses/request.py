@@ -357,7 +357,11 @@ def _input_items(value: Any, continued: bool) -> tuple[list[dict[str, Any]], lis
             _str(item, "namespace", where)
             items.append(item)
         elif kind in ("function_call_output", "custom_tool_call_output"):
-            _str(item, "call_id", where, required=True)
+            # an output no call of the model's produced names its tool instead (Codex CLI's goal objective)
+            if _str(item, "call_id", where) is None and _str(item, "name", where) is None:
+                raise _error(f"'{where}.call_id' is required (or 'name', for an output no call of the model's "
+                             "produced)", f"{where}.call_id", "invalid_request.missing_field")
+            _str(item, "namespace", where)
             _check_tool_output(item.get("output"), f"{where}.output")
             items.append(item)
         elif kind == "reasoning":
@@ -597,8 +601,21 @@ def to_messages(items: list[dict[str, Any]], names: ToolNames = NO_TOOLS) -> lis
         elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item["output"]
             content = output if isinstance(output, str) else _chat_content(output)
-            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})
+            if item.get("call_id") is None:
+                messages.append(_standalone_output(item, content))
+            else:
+                messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})
     return messages
+
+
+def _standalone_output(item: dict[str, Any], content: str | list[dict[str, Any]]) -> dict[str, Any]:
+    """A tool output no call of the model's produced (the client steering the turn: Codex CLI sends its goal's
+    objective so). Chat's tool messages must answer a call, so it is a user message saying which tool spoke."""
+    tool = ".".join(filter(None, (item.get("namespace"), item.get("name"))))
+    label = f"[output of the tool {tool}]"
+    if isinstance(content, str):
+        return {"role": "user", "content": f"{label}\n{content}"}
+    return {"role": "user", "content": [{"type": "text", "text": label}, *content]}
 
 
 def _chat_message(item: dict[str, Any]) -> dict[str, Any]:

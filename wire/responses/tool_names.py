@@ -4,10 +4,10 @@ Chat completions know a flat list of functions named ``[a-zA-Z0-9_-]{1,64}``; th
 (freeform) tools and ``namespace`` tools grouping functions under a shared name (Codex CLI sends its sub-agent tools
 as ``{"type": "namespace", "name": "multi_agent_v1", "tools": [...]}``, and their calls come back as function_call
 items carrying ``namespace``). A translated request flattens each namespaced tool to ``<namespace>__<name>``; one
-that does not fit chat's name rule (too long, other characters, or taken by a plain tool of that name) gets a
-readable prefix and a hash of the pair instead (so does one whose joined name another namespaced tool already has). The same table turns the model's calls back into items with
-``name`` and ``namespace`` (plain and streamed answers) and turns the client's replayed calls into chat's names, so
-a conversation survives any number of turns.
+that does not fit chat's name rule (too long, other characters, or a name a plain tool or an earlier namespaced one
+already has) gets a readable prefix and a hash of the pair instead. The same table turns the model's calls back
+into items with ``name`` and ``namespace`` (plain and streamed answers) and turns the client's replayed calls into
+chat's names, so a conversation survives any number of turns.
 """
 
 from __future__ import annotations
