@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -53,7 +54,7 @@ def _describe(event: AlertEvent) -> str:
 
 
 def _event(cap: Cap, kind: str, spent: int, **fields: Any) -> AlertEvent:
-    return AlertEvent(kind=kind, at=datetime.now(timezone.utc), team=cap.team,  # type: ignore[arg-type]
+    return AlertEvent(kind=kind, at=datetime.now(UTC), team=cap.team,  # type: ignore[arg-type]
                       scope=cap.kind, scope_name=cap.name, period=cap.period, period_start=cap.start,
                       limit_nanos=cap.limit_nanos, spent_nanos=spent, **fields)
 
@@ -304,7 +305,7 @@ async def post_json(session: aiohttp.ClientSession, url: str, body: dict[str, An
                 if resp.status < 300:
                     return True
                 problem = f"HTTP {resp.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             problem = repr(exc)
         if attempt < max_attempts:
             delay = base_delay_s * 2 ** (attempt - 1)

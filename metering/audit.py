@@ -2,9 +2,9 @@
 
 The ledger's raw ``records`` table is aggregated in the database (``Ledger.usage_audit``: grouped queries over one
 ``started_at`` range, ``metering.ledger.audit_reads``), so the audit's cost grows with the window's rows inside the
-database, not in Python. Output percentiles come from a per-(team, model) histogram of ``completion_tokens``: its size is bounded by
-the distinct output lengths (at most the largest ``max_tokens``), and it gives the exact nearest-rank percentile
-and the exact number of tokens above it, which a ``percentile_cont`` would not.
+database, not in Python. Output percentiles come from a per-(team, model) histogram of ``completion_tokens``: its
+size is bounded by the distinct output lengths (at most the largest ``max_tokens``), and it gives the exact
+nearest-rank percentile and the exact number of tokens above it, which a ``percentile_cont`` would not.
 
 The policy knows what the ledger does not (tier order, thresholds, caps); the caller passes it in as ``TeamRules``
 so this module stays free of policy parsing. Money is Decimal nano-dollars until one half-even rounding per figure.
@@ -20,10 +20,11 @@ P95 truncates the longer answers there; it is an upper bound (a truncated answer
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from metering.ledger.audit_reads import UsageAuditRows
 from metering.ledger.base import Ledger

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -100,7 +101,7 @@ async def _with_ledger(config: str, team: str | None, read: Callable[[Ledger], A
 
 def outcomes_export(args: argparse.Namespace) -> int:
     """``tiergate outcomes export``: the outcome store as routing-outcome JSONL (what ``tiergate learn`` reads)."""
-    since = datetime.combine(args.since, datetime.min.time(), tzinfo=timezone.utc)
+    since = datetime.combine(args.since, datetime.min.time(), tzinfo=UTC)
     try:
         rows = asyncio.run(_with_ledger(args.config, args.team, lambda ledger: ledger.outcomes(since, args.team)))
     except ValueError as exc:  # an invalid config, an unknown team
@@ -115,7 +116,7 @@ def outcomes_export(args: argparse.Namespace) -> int:
 
 def _window(args: argparse.Namespace, command: str) -> tuple[date, date] | None:
     """``--start`` and ``--end`` (exclusive; default this month so far), or None once it said why they are wrong."""
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     start, end = args.start or today.replace(day=1), args.end or today + timedelta(days=1)
     if end <= start:
         print(f"tiergate {command}: --end must be after --start (it is exclusive), got {start} and {end}",

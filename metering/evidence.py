@@ -12,8 +12,9 @@ can be checked against the ledger by hand.
   nothing about the ceiling, so it is left out of Y and counted in ``not_vs_ceiling``. A request routed to the
   ceiling contributes its grade to both sums (there, routing was always-ceiling).
   Its 95% interval is a percentile bootstrap (nearest-rank 2.5th and 97.5th, ``metering.percentile``) over judged
-  requests with a fixed seed (the same rows give the same interval). Resampling rows is drawing a multinomial over the distinct (routed, ceiling) grade pairs, of which a
-  pairwise judge yields a handful, so it costs O(resamples x distinct pairs), not O(resamples x rows).
+  requests with a fixed seed (the same rows give the same interval). Resampling rows is drawing a multinomial over
+  the distinct (routed, ceiling) grade pairs, of which a pairwise judge yields a handful, so it costs
+  O(resamples x distinct pairs), not O(resamples x rows).
 - **Quality per tier**: a tier's mean grade in the comparisons it took part in, with a 95% Wilson interval
   (grades in [0, 1], a tie counting as half a win). Pairwise grades are relative to the opponent: a floor tier's
   mean says how often it held its own against a stronger tier, not an absolute score.
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

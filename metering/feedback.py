@@ -17,9 +17,10 @@ report reads no record without feedback.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
 
 from metering.money import format_usd
 
@@ -64,13 +65,13 @@ class Feedback:
     def values(self) -> tuple[Any, ...]:
         """In ``FEEDBACK_COLUMNS`` order; the instant stays a datetime for the backend to adapt."""
         return (self.id, self.request_id, self.team, self.key_id, self.response_id,
-                self.created_at.astimezone(timezone.utc), self.score, self.label, self.comment)
+                self.created_at.astimezone(UTC), self.score, self.label, self.comment)
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "Feedback":
+    def from_row(cls, row: Sequence[Any]) -> Feedback:
         v = dict(zip(FEEDBACK_COLUMNS, row))
         at = v["created_at"]
-        v["created_at"] = (datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(timezone.utc)
+        v["created_at"] = (datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(UTC)
         v["score"] = None if v["score"] is None else float(v["score"])
         return cls(**v)
 

@@ -10,9 +10,10 @@ in one place for ``tiergate learn`` and the evidence report. A row holds the cla
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -43,19 +44,19 @@ class Outcome:
 
     def values(self) -> tuple[Any, ...]:
         """In ``OUTCOME_COLUMNS`` order; the instant stays a datetime for the backend to adapt."""
-        return (self.id, self.request_id, self.team, self.created_at.astimezone(timezone.utc),
+        return (self.id, self.request_id, self.team, self.created_at.astimezone(UTC),
                 orjson.dumps(list(self.features)).decode(), ",".join(self.feature_names), self.prior_score,
                 self.model_id, self.weak_tier, self.strong_tier, self.routed_tier, self.ceiling_tier,
                 self.weak_score, self.strong_score, self.judge,
                 None if self.messages is None else orjson.dumps(self.messages).decode())
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "Outcome":
+    def from_row(cls, row: Sequence[Any]) -> Outcome:
         v = dict(zip(OUTCOME_COLUMNS, row))
         at = v["created_at"]
         return cls(
             id=v["id"], request_id=v["request_id"], team=v["team"],
-            created_at=(datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(timezone.utc),
+            created_at=(datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(UTC),
             features=tuple(float(x) for x in orjson.loads(v["features"])),
             feature_names=tuple(v["feature_names"].split(",")) if v["feature_names"] else (),
             prior_score=float(v["prior_score"]), model_id=v["model_id"], weak_tier=v["weak_tier"],

@@ -41,7 +41,7 @@ class Price:
     @classmethod
     def per_million(
         cls, input: Decimal, output: Decimal, cached_input: Decimal | None = None, cache_write: Decimal | None = None
-    ) -> "Price":
+    ) -> Price:
         """Build from $ per 1M tokens; a missing cached price means no discount, a missing write price no surcharge."""
         inp = Decimal(input) / _MILLION
         return cls(

@@ -7,9 +7,10 @@ midnight.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import date, datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, date, datetime
+from typing import Any
 
 import orjson
 
@@ -51,7 +52,7 @@ class UsageRecord:
     def __post_init__(self) -> None:
         for name in ("started_at", "ended_at"):
             value = getattr(self, name)
-            if value.tzinfo is None or value.utcoffset() != timezone.utc.utcoffset(None):
+            if value.tzinfo is None or value.utcoffset() != UTC.utcoffset(None):
                 raise ValueError(f"{name} must be a UTC-aware datetime, got {value!r}")
         for name in ("cost_nanos", "counterfactual_cost_nanos"):
             if type(getattr(self, name)) is not int:
@@ -64,7 +65,7 @@ class UsageRecord:
         return self.started_at.date()
 
     @classmethod
-    def with_usage(cls, usage: Usage, **fields: Any) -> "UsageRecord":
+    def with_usage(cls, usage: Usage, **fields: Any) -> UsageRecord:
         """Build from a normalised ``Usage`` so token fields cannot be transposed by hand."""
         return cls(
             prompt_tokens=usage.prompt_tokens,
@@ -84,7 +85,7 @@ class UsageRecord:
         return orjson.dumps(data)
 
     @classmethod
-    def from_json(cls, line: bytes) -> "UsageRecord":
+    def from_json(cls, line: bytes) -> UsageRecord:
         data = orjson.loads(line)
         data["started_at"] = datetime.fromisoformat(data["started_at"])
         data["ended_at"] = datetime.fromisoformat(data["ended_at"])

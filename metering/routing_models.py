@@ -14,9 +14,10 @@ prior), which is what a rollback returns to.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Literal, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import orjson
 
@@ -50,11 +51,11 @@ class RoutingModel:
     reason: str
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "RoutingModel":
+    def from_row(cls, row: Sequence[Any]) -> RoutingModel:
         v = dict(zip(LIST_COLUMNS, row))
         at = v["created_at"]
         return cls(team=v["team"], version=int(v["version"]),
-                   created_at=(datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(timezone.utc),
+                   created_at=(datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(UTC),
                    model_id=v["model_id"], metrics=orjson.loads(v["metrics"]), status=v["status"],
                    parent_version=None if v["parent_version"] is None else int(v["parent_version"]),
                    reason=v["reason"])

@@ -12,14 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Mapping
 
 from metering.alerts import Alerter
-from metering.budgets.base import (BudgetExceeded, BudgetStore, BudgetStoreUnavailable, Cap, CapState, Hold,
-                                   Seeder, Spend)
+from metering.budgets.base import (
+    BudgetExceeded,
+    BudgetStore,
+    BudgetStoreUnavailable,
+    Cap,
+    CapState,
+    Hold,
+    Seeder,
+    Spend,
+)
 from metering.budgets.memory_store import MemoryBudgetStore
 from metering.budgets.policy import BudgetPolicy, caps_for
 from metering.ledger import Ledger, open_ledger
@@ -84,7 +92,7 @@ class Meter:
     @classmethod
     async def open(cls, ledger_url: str, redis_url: str | None = None, spool_dir: str | Path | None = "",
                    webhook_url: str | None = None, prefix: str = "tg", ledger_schema: str = "public",
-                   hold_ttl_s: float = 900.0, lease_share: float = 0.0, lease_ttl_s: float = 30.0) -> "Meter":
+                   hold_ttl_s: float = 900.0, lease_share: float = 0.0, lease_ttl_s: float = 30.0) -> Meter:
         """Build and start everything from configuration values. ``lease_share`` > 0 serves reservations from
         per-worker leases of that share of each cap (``metering.budgets.leases``): Redis only, where a
         reservation otherwise costs a network round trip. ``lease_ttl_s`` bounds how long a killed worker's lease
@@ -120,7 +128,7 @@ class Meter:
         Raises ``BudgetExceeded`` (429 or, with ``policy.on_exceeded == "downgrade"``, reserve the cheapest tier's
         worst case again with ``enforce=False``) or ``BudgetStoreUnavailable`` (503; fail-closed teams only).
         """
-        started_at = started_at or datetime.now(timezone.utc)
+        started_at = started_at or datetime.now(UTC)
         caps = caps_for(policy, team, key_id, tags, started_at.date())
         if not caps:
             return Reservation(team, started_at, None)
@@ -174,13 +182,13 @@ class Meter:
 
     async def budget_states(self, team: str, policy: BudgetPolicy, day: date | None = None) -> list[CapState]:
         """Live totals of the team-level caps (for ``/v1/spend/teams``), including other replicas' spend."""
-        day = day or datetime.now(timezone.utc).date()
+        day = day or datetime.now(UTC).date()
         return await self.budgets.states(caps_for(policy, team, "", {}, day))
 
     async def teams_status(self, policies: Mapping[str, BudgetPolicy], day: date | None = None
                            ) -> list[dict[str, str | None]]:
         """Each team's spend this day and month (from the ledger) against its caps: ``/v1/spend/teams``."""
-        day = day or datetime.now(timezone.utc).date()
+        day = day or datetime.now(UTC).date()
         spent = {t.team: t for t in await self.ledger.spend_by_team(day)}
         out = []
         for team in sorted(set(spent) | set(policies)):

@@ -9,9 +9,9 @@ has one meaning whatever the source: ``prompt_tokens`` is every input token, and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
-from collections.abc import Mapping
 from typing import Any
 
 from metering.money import NANOS_PER_USD

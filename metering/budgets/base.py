@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import Awaitable, Callable, Literal, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
 
 from metering.money import format_usd
 
@@ -59,7 +60,7 @@ class Cap:
             end = date(self.start.year + (self.start.month == 12), self.start.month % 12 + 1, 1)
         object.__setattr__(self, "end", end)
         # Unix seconds after which the counter may be dropped.
-        expires = datetime(end.year, end.month, end.day, tzinfo=timezone.utc) + _GRACE
+        expires = datetime(end.year, end.month, end.day, tzinfo=UTC) + _GRACE
         object.__setattr__(self, "expires_at", int(expires.timestamp()))
 
     def describe(self) -> str:
@@ -80,7 +81,7 @@ class Spend:
     parts: tuple[tuple[int, int], ...]
 
     @classmethod
-    def now(cls, nanos: int) -> "Spend":
+    def now(cls, nanos: int) -> Spend:
         return cls(((wall_ms(), nanos),))
 
     @property
@@ -88,7 +89,7 @@ class Spend:
         return sum(n for _, n in self.parts)
 
 
-def as_spend(actual: "int | Spend") -> Spend:
+def as_spend(actual: int | Spend) -> Spend:
     """Settle takes a plain amount too: spend whose records were written just now."""
     return actual if isinstance(actual, Spend) else Spend.now(actual)
 
@@ -192,5 +193,5 @@ class BudgetStore(abc.ABC):
     async def states(self, caps: Sequence[Cap]) -> list[CapState]:
         """Current spent and reserved totals (live, including other replicas)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook: stores without connections keep the no-op
         """Release connections."""

@@ -18,8 +18,8 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Callable, Sequence
 
 from metering.budgets.base import BudgetStore, BudgetStoreUnavailable, Cap, CapState, Hold, Spend, SpendLog, as_spend
 from metering.budgets.memory_store import MemoryBudgetStore

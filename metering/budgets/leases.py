@@ -19,11 +19,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
-from metering.budgets.base import (BudgetExceeded, BudgetStore, BudgetStoreUnavailable, Cap, CapState, Hold, Spend,
-                                   SpendLog, as_spend)
+from metering.budgets.base import (
+    BudgetExceeded,
+    BudgetStore,
+    BudgetStoreUnavailable,
+    Cap,
+    CapState,
+    Hold,
+    Spend,
+    SpendLog,
+    as_spend,
+)
 
 LeaseKey = tuple[tuple[str, int], ...]
 

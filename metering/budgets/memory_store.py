@@ -6,8 +6,8 @@ Counters live as long as the process, so a seed never goes stale here: ``Spend``
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from metering.budgets.base import BudgetExceeded, BudgetStore, Cap, CapState, Hold, Seeder, Spend, as_spend
 

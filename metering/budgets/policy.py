@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Literal, Mapping
+from typing import Literal
 
 from metering.budgets.base import Cap, Kind
 from metering.money import usd_to_nanos

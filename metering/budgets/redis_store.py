@@ -32,13 +32,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from metering.budgets.base import (BudgetExceeded, BudgetStore, BudgetStoreUnavailable, Cap, CapState, Hold, Seeder,
-                                   Spend, as_spend, wall_ms)
+from metering.budgets.base import (
+    BudgetExceeded,
+    BudgetStore,
+    BudgetStoreUnavailable,
+    Cap,
+    CapState,
+    Hold,
+    Seeder,
+    Spend,
+    as_spend,
+    wall_ms,
+)
 from metering.redis_client import open_redis
 
 log = logging.getLogger(__name__)
@@ -227,7 +238,7 @@ class RedisBudgetStore(BudgetStore):
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "tg", seeder: Seeder | None = None, timeout_s: float = 0.5,
-                 health_check_interval_s: int = 30) -> "RedisBudgetStore":
+                 health_check_interval_s: int = 30) -> RedisBudgetStore:
         """Any URL ``metering.redis_client`` opens (one server or a Sentinel-managed master), with its short timeouts
         and one retry on a dropped connection (every script here is safe to re-send)."""
         return cls(open_redis(url, timeout_s=timeout_s, health_check_interval_s=health_check_interval_s), prefix,

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from statistics import median
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 from metering.finops.forecast import usd
 from metering.finops.hourly import RequestRow
@@ -127,7 +128,7 @@ class _Week:
     served: int = 0
     frontier: int = 0
 
-    def add(self, cell: "_Cell | _Week") -> None:
+    def add(self, cell: _Cell | _Week) -> None:
         self.requests += cell.requests
         self.cost_nanos += cell.cost_nanos
         self.cost_squares += cell.cost_squares

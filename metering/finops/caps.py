@@ -8,10 +8,11 @@ still under way, and a bar must agree with the spend report to the nano-dollar. 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.ledger.base import Ledger

@@ -11,10 +11,11 @@ import asyncio
 import os
 import re
 import sys
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import orjson
 
@@ -50,7 +51,7 @@ def _instant(text: str) -> datetime:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an ISO 8601 time, got {text!r}") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _usd(text: str) -> Decimal:
@@ -116,7 +117,7 @@ def _run(name: str, args: argparse.Namespace, body: Callable[[FinopsView], Any])
 def forecast_command(args: argparse.Namespace) -> int:
     async def body(view: FinopsView) -> int:
         async with _ledger(view) as ledger:
-            await _check_team(ledger, view, args.team, args.as_of or datetime.now(timezone.utc).date())
+            await _check_team(ledger, view, args.team, args.as_of or datetime.now(UTC).date())
             report = await outlook(ledger, args.group_by, view.budgets, team=args.team, as_of=args.as_of)
         if args.json:
             _print(report.to_dict())
@@ -137,7 +138,7 @@ def anomalies_command(args: argparse.Namespace) -> int:
                 routing_key = os.environ.get(args.routing_key_env or "")
                 if not routing_key:
                     raise UsageError("--format pagerduty needs --routing-key-env naming a set variable")
-        until = args.until or datetime.now(timezone.utc)
+        until = args.until or datetime.now(UTC)
         async with _ledger(view) as ledger:
             await _check_team(ledger, view, args.team, until.date())
             episodes = await scan(ledger, until - args.since, until, view.frontier_tiers, team=args.team)

@@ -6,8 +6,8 @@ so this is a ``report(group_by=(..., "day"))`` reshaped into ``{scope: {day: nan
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
-from typing import Mapping
 
 from metering.finops.scopes import Dimension, Scope
 from metering.ledger.base import Ledger

@@ -23,9 +23,10 @@ A production experiment without an expiry is projected to the end of the current
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from metering.finops.forecast import fit, usd
 from metering.finops.manifest import Manifest
@@ -43,7 +44,7 @@ STATUSES = ("active", "scheduled", "expired", "over_budget")
 
 
 def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=timezone.utc)
+    return datetime.combine(day, time(0), tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +197,8 @@ def render_text(rows: Sequence[ExperimentRow], now: datetime) -> str:
         d = r.to_dict()
         flag = " !" if r.projected_over_budget and r.status != "expired" else ""
         lines.append(f"{r.manifest.team + '/' + r.manifest.name:{width}}  {r.status:11}  {d['spent_usd']:>14}  "
-                     f"{d['budget_usd'][:-7]:>12}  {d['projected_usd']:>12}{flag}  {str(d['expires_at'] or 'never'):25}  "
-                     f"{r.manifest.owner}: {r.manifest.purpose}")
+                     f"{d['budget_usd'][:-7]:>12}  {d['projected_usd']:>12}{flag}  "
+                     f"{str(d['expires_at'] or 'never'):25}  {r.manifest.owner}: {r.manifest.purpose}")
     return "\n".join(lines) + "\n"
 
 

@@ -21,11 +21,12 @@ of that day already spent and the share of a typical day's spend that usually co
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from statistics import NormalDist, median
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 from metering.ledger.base import month_bounds
 from metering.money import NANOS_PER_USD, format_usd

@@ -8,8 +8,8 @@ spent by a given hour.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
-from typing import Sequence
 
 from metering.ledger.base import Ledger
 from metering.ledger.insights import RequestRow

@@ -31,11 +31,12 @@ import bisect
 import json
 import json.scanner
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from metering.money import NANOS_PER_USD
 
@@ -178,8 +179,8 @@ def _detect(r: _Reader, doc: Any) -> Source:
 
 def _unix_day(r: _Reader, bucket: Any) -> date:
     start, end = (r.get(bucket, f, (int, Decimal)) for f in ("start_time", "end_time"))
-    return r.day_of(bucket, datetime.fromtimestamp(int(start), timezone.utc),
-                    datetime.fromtimestamp(int(end), timezone.utc), "start_time")
+    return r.day_of(bucket, datetime.fromtimestamp(int(start), UTC),
+                    datetime.fromtimestamp(int(end), UTC), "start_time")
 
 
 def _rfc3339_day(r: _Reader, bucket: Any) -> date:
@@ -192,7 +193,7 @@ def _rfc3339_day(r: _Reader, bucket: Any) -> date:
             raise r.fail(bucket, f, f"not an RFC 3339 timestamp: {text!r}") from None
         if stamp.tzinfo is None:
             raise r.fail(bucket, f, f"timestamp without a zone: {text!r}")
-        stamps.append(stamp.astimezone(timezone.utc))
+        stamps.append(stamp.astimezone(UTC))
     return r.day_of(bucket, stamps[0], stamps[1], "starting_at")
 
 

@@ -4,9 +4,9 @@ experiment report (``metering.finops.experiments``) and the budget gate read the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping
 
 from metering.budgets.policy import ExperimentBudget
 

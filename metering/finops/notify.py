@@ -7,7 +7,8 @@ request ids, never prompt text or keys.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import aiohttp
 

@@ -11,9 +11,10 @@ forecast).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.finops.daily import daily_spend, total_daily
@@ -120,7 +121,7 @@ async def outlook(ledger: Ledger, dimension: Dimension, budgets: Mapping[str, Bu
                   team: str | None = None, as_of: date | None = None, now: datetime | None = None) -> Outlook:
     """The forecast report. ``as_of=None`` means now (``now`` defaults to the clock; tests pass it)."""
     live = as_of is None
-    now = (now or datetime.now(timezone.utc)) if live else None
+    now = (now or datetime.now(UTC)) if live else None
     day = now.date() if now is not None else as_of
     assert day is not None
     start, end = day - timedelta(days=_READ_DAYS), day + timedelta(days=1 if live else 0)

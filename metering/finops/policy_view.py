@@ -8,8 +8,8 @@ only by the offline commands, so the request path never loads them through meter
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from metering.budgets.policy import BudgetPolicy
 

@@ -23,9 +23,10 @@ per-model rows; a cost export that is not is compared per day only.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from metering.finops.invoices import Invoice, Provider
 from metering.money import format_usd
@@ -223,8 +224,8 @@ def match_models(invoice_models: Iterable[str], ledger_models: Iterable[str]) ->
     ledger = list(ledger_models)
     out = {}
     for m in invoice_models:
-        exact = [l for l in ledger if _bare(l) == _bare(m)]
-        candidates = exact or [l for l in ledger if _base(l) == _base(m)]
+        exact = [name for name in ledger if _bare(name) == _bare(m)]
+        candidates = exact or [name for name in ledger if _base(name) == _base(m)]
         if len(candidates) == 1:
             out[m] = candidates[0]
     return out

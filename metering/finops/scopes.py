@@ -20,7 +20,7 @@ class Scope:
     name: str  # the team's name, a key id, "k=v", or a model
 
     @classmethod
-    def of_team(cls, team: str) -> "Scope":
+    def of_team(cls, team: str) -> Scope:
         return cls("team", team, team)
 
     def labels(self) -> dict[str, str]:

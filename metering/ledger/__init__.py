@@ -16,7 +16,8 @@ def open_ledger(url: str, spool_dir: str | Path | None = "", schema: str = "publ
                 options: WriterOptions = WriterOptions()) -> Ledger:
     """A ledger for ``url``, not yet started (``await ledger.start()``).
 
-    ``spool_dir=""`` means the default: beside the SQLite file, or ``var/spool/pg-<hash of URL and schema>`` for PostgreSQL.
+    ``spool_dir=""`` means the default: beside the SQLite file, or ``var/spool/pg-<hash of URL and schema>`` for
+    PostgreSQL.
     """
     if url.startswith("sqlite:///"):
         from metering.ledger.sqlite import SqliteLedger

@@ -12,9 +12,10 @@ TIMESTAMPTZ and DATE); tags are JSON text in both.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
-from typing import Any, Literal, Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any, Literal
 
 import orjson
 
@@ -73,18 +74,18 @@ class AlertEvent:
 
     def values(self) -> tuple[Any, ...]:
         """In ``ALERT_COLUMNS`` order; the instant (UTC) and the day stay objects for the backend to adapt."""
-        return (self.id, self.kind, self.at.astimezone(timezone.utc), self.team, self.scope, self.scope_name,
+        return (self.id, self.kind, self.at.astimezone(UTC), self.team, self.scope, self.scope_name,
                 self.period, self.period_start, self.threshold_pct, self.limit_nanos, self.spent_nanos,
                 self.previous_nanos, self.amount_nanos, self.request_id, self.key_id,
                 orjson.dumps(dict(sorted(self.tags.items()))).decode(), self.once_key)
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> "AlertEvent":
+    def from_row(cls, row: Sequence[Any]) -> AlertEvent:
         values = dict(zip(ALERT_COLUMNS, row))
         at, start = values["at"], values["period_start"]
         return cls(
             kind=values["kind"], team=values["team"], scope=values["scope"], scope_name=values["scope_name"],
-            at=(datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(timezone.utc),
+            at=(datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(UTC),
             period=values["period"], period_start=date.fromisoformat(start) if isinstance(start, str) else start,
             limit_nanos=int(values["limit_nanos"]), spent_nanos=int(values["spent_nanos"]),
             threshold_pct=_int_or_none(values["threshold_pct"]), previous_nanos=_int_or_none(values["previous_nanos"]),

@@ -7,19 +7,20 @@ proxy hosts sharing one bill.
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any
 
+from metering.feedback import Feedback, ValueReport
 from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.ledger.audit_reads import UsageAuditRows
-from metering.feedback import Feedback, ValueReport
 from metering.ledger.insights import Dialect, HourSpend, Order, OutputPercentiles, RequestCost, RequestRow
 from metering.ledger.report import Report
 from metering.money import format_usd
 from metering.outcomes import Outcome
-from metering.routing_models import RoutingModel
 from metering.record import UsageRecord
+from metering.routing_models import RoutingModel
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ ledger's spool directory; the next start-up replays it, idempotently by entry id
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ class DeadLetterFile:
         self._append({"entry_id": None, **_error(exc), "raw": line.decode("utf-8", "backslashreplace")})
 
     def _append(self, fields: dict[str, Any]) -> None:
-        fields["dead_lettered_at"] = datetime.now(timezone.utc).isoformat()
+        fields["dead_lettered_at"] = datetime.now(UTC).isoformat()
         data = orjson.dumps(fields) + b"\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)

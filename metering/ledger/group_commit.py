@@ -21,29 +21,38 @@ import contextlib
 import logging
 import os
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import orjson
 
+from metering import feedback as fb
+from metering import routing_models as rm
 from metering.ledger.alert_log import SELECT_ALERTS, AlertEvent, AlertQuery
 from metering.ledger.audit_reads import UsageAuditRows, usage_audit
 from metering.ledger.base import Ledger
 from metering.ledger.dead_letter import DeadLetterFile
-from metering.ledger.insights import (HourSpend, Order, OutputPercentiles, RecordQueries, RequestCost,
-                                      RequestRow)
+from metering.ledger.insights import HourSpend, Order, OutputPercentiles, RecordQueries, RequestCost, RequestRow
 from metering.ledger.refusal import is_refusal, label, message
-from metering.ledger.report import (GROUPS, SUMMED, Report, aggregate_sql, as_day, build_report, midnight,
-                                    parse_group_by, source_of)
+from metering.ledger.report import (
+    GROUPS,
+    SUMMED,
+    Report,
+    aggregate_sql,
+    as_day,
+    build_report,
+    midnight,
+    parse_group_by,
+    source_of,
+)
 from metering.ledger.schema import RECORD_COLUMNS, Entry
 from metering.ledger.spool import Segment, Spool
-from metering import feedback as fb
 from metering.outcomes import Outcome, insert_outcome_sql, select_outcomes_sql
 from metering.record import UsageRecord
-from metering import routing_models as rm
 from metering.retrain_claims import claim_sql
 
 log = logging.getLogger(__name__)
@@ -63,7 +72,7 @@ def _record_of(row: Sequence[Any]) -> UsageRecord:
     values = dict(zip(_RECORD_FIELDS, row[1:]))
     for name in ("started_at", "ended_at"):
         at = values[name]
-        values[name] = (datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(timezone.utc)
+        values[name] = (datetime.fromisoformat(at) if isinstance(at, str) else at).astimezone(UTC)
     tags = values["tags"]
     values["tags"] = orjson.loads(tags) if isinstance(tags, (str, bytes)) else (tags or {})
     values["usage_estimated"] = bool(values["usage_estimated"])
@@ -276,7 +285,7 @@ class GroupCommitLedger(Ledger):
 
     async def add_routing_model(self, team: str, model: bytes, model_id: str, metrics: Mapping[str, Any],
                                 parent_version: int | None, reason: str) -> rm.RoutingModel:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = await self._transact(rm.insert_statements(self.placeholder, team, self._ts_param(now), model_id, model,
                                                          metrics, parent_version, reason))
         version = int(rows[0][0])
@@ -302,7 +311,7 @@ class GroupCommitLedger(Ledger):
         return {str(t): (int(v), str(m)) for t, v, m in await self._fetch(rm.ACTIVE_SQL, ())}
 
     async def claim_retrain(self, team: str, slot: int) -> bool:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return bool(await self._transact([(claim_sql(self.placeholder), (team, slot, self._ts_param(now)))]))
 
     async def add_outcome(self, outcome: Outcome) -> None:
@@ -311,7 +320,7 @@ class GroupCommitLedger(Ledger):
 
     async def outcomes(self, since: datetime, team: str | None = None) -> list[Outcome]:
         sql = select_outcomes_sql(self.placeholder, team is not None)
-        params = [self._ts_param(since.astimezone(timezone.utc))] + ([team] if team is not None else [])
+        params = [self._ts_param(since.astimezone(UTC))] + ([team] if team is not None else [])
         return [Outcome.from_row(row) for row in await self._fetch(sql, params)]
 
     async def add_feedback(self, feedback: fb.Feedback) -> None:
@@ -325,7 +334,7 @@ class GroupCommitLedger(Ledger):
         return [(str(t), str(r), a) for t, r, a in rows]
 
     async def feedback(self, since: datetime, team: str | None = None) -> list[fb.Feedback]:
-        params = ([team] if team is not None else []) + [self._ts_param(since.astimezone(timezone.utc))]
+        params = ([team] if team is not None else []) + [self._ts_param(since.astimezone(UTC))]
         rows = await self._fetch(fb.latest_feedback_sql(self.placeholder, team is not None), params)
         return [fb.Feedback.from_row(row) for row in rows]
 
@@ -351,7 +360,7 @@ class GroupCommitLedger(Ledger):
             self._wake.set()
             try:
                 await asyncio.wait_for(self._task, self._options.close_wait_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("ledger: the database did not take the last records within %gs of close; they stay in the "
                           "spool for the next start-up", self._options.close_wait_s)
             except Exception:

@@ -10,9 +10,10 @@ A record's billing day is the UTC date of ``started_at``, so hours of a day add 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
 
 import orjson
 
@@ -94,7 +95,7 @@ def _utc(value: Any) -> datetime:
     # SQLite stores ISO text with its offset; PostgreSQL returns an aware datetime in the session's zone.
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def _request_row(values: Sequence[Any]) -> RequestRow:
@@ -172,7 +173,7 @@ class RecordQueries:
                f"FROM records WHERE {where} ORDER BY {order_sql} LIMIT ?")
         out = []
         for row in await self._fetch(sql, params):
-            started = row[1] if isinstance(row[1], str) else row[1].astimezone(timezone.utc).isoformat()
+            started = row[1] if isinstance(row[1], str) else row[1].astimezone(UTC).isoformat()
             out.append(RequestCost(row[0], started, *row[2:7], *(int(v or 0) for v in row[7:14]), *row[14:]))
         return out
 

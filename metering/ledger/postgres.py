@@ -9,22 +9,33 @@ rollup rows lock them in the same order and do not deadlock.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
+from metering.feedback import feedback_ddl
 from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
-from metering.feedback import feedback_ddl
+from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
+from metering.ledger.schema import (
+    API_TYPE,
+    RECORD_COLUMNS,
+    REQUEST_INDEX,
+    RESPONSE_INDEX,
+    ROLLUPS,
+    STARTED_AT_INDEX,
+    Entry,
+    migration_sql,
+    record_values,
+    rollup_ddl,
+)
 from metering.outcomes import outcomes_ddl
 from metering.retrain_claims import retrain_claims_ddl
 from metering.routing_models import routing_models_ddl
-from metering.ledger.rollup import DAILY_DIMS, MEASURES, TAG_DIMS, rollup
-from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, RESPONSE_INDEX, ROLLUPS, STARTED_AT_INDEX,
-                                    Entry, migration_sql, record_values, rollup_ddl)
 
 _RECORD_TYPES = {
     "day": "DATE", "started_at": "TIMESTAMPTZ", "ended_at": "TIMESTAMPTZ", "tags": "JSONB",
@@ -51,7 +62,8 @@ def _upsert_json(table: str, dims: tuple[str, ...]) -> str:
             f"ON CONFLICT ({', '.join(dims)}) DO UPDATE SET {adds}")
 
 
-_UPSERTS = {"rollup_daily": _upsert_json("rollup_daily", DAILY_DIMS), "rollup_tag": _upsert_json("rollup_tag", TAG_DIMS)}
+_UPSERTS = {"rollup_daily": _upsert_json("rollup_daily", DAILY_DIMS),
+            "rollup_tag": _upsert_json("rollup_tag", TAG_DIMS)}
 _INSERT_ALERT = insert_alert_sql("%s")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from operator import add, itemgetter, sub
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 from metering.money import format_usd
 
@@ -51,7 +52,7 @@ def as_day(value: date) -> date:
 
 def midnight(day: date) -> datetime:
     """The UTC instant a day starts: the bound a raw-record query uses for a day range."""
-    return datetime.combine(day, time(0), tzinfo=timezone.utc)
+    return datetime.combine(day, time(0), tzinfo=UTC)
 
 
 def parse_group_by(group_by: Iterable[str]) -> tuple[str, ...]:
@@ -119,7 +120,7 @@ class Totals:
     counterfactual_cost_nanos: int = 0
 
     @classmethod
-    def from_sums(cls, sums: Sequence[Any]) -> "Totals":
+    def from_sums(cls, sums: Sequence[Any]) -> Totals:
         # SUM over no rows is NULL; PostgreSQL returns NUMERIC (Decimal) for SUM(bigint): both become exact ints.
         return cls(*(int(v or 0) for v in sums))
 

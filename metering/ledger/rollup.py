@@ -6,7 +6,7 @@ stored adds nothing), which is what makes spool replay idempotent.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from metering.record import UsageRecord
 

@@ -11,7 +11,8 @@ TABLE can only append, so fresh tables declare the added columns last too: every
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 

@@ -1,9 +1,9 @@
 """An append-only local spool: the durability point of a usage record.
 
-``append`` is one ``os.write`` of one line (entry id, space, the record as JSON) to a file opened ``O_APPEND``. Once it returns the bytes are in the
-kernel's page cache, which outlives ``kill -9`` of the process (not a power cut; the promise is about the proxy
-dying). The background writer then commits records to the database at its own pace; the spool is cut into segments
-so a committed segment is simply unlinked, never rewritten.
+``append`` is one ``os.write`` of one line (entry id, space, the record as JSON) to a file opened ``O_APPEND``.
+Once it returns the bytes are in the kernel's page cache, which outlives ``kill -9`` of the process (not a power
+cut; the promise is about the proxy dying). The background writer then commits records to the database at its
+own pace; the spool is cut into segments so a committed segment is simply unlinked, never rewritten.
 
 Each live segment is held under an exclusive ``flock``. A dead process's locks vanish with it, so at start-up any
 segment we can lock is an orphan to replay, and several proxies can share one spool directory safely.
@@ -14,9 +14,9 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 _SUFFIX = ".spool"
 

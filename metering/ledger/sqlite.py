@@ -9,20 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from metering.feedback import feedback_ddl
 from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
 from metering.ledger.group_commit import GroupCommitLedger, WriterOptions
 from metering.ledger.rollup import MEASURES, rollup
-from metering.routing_models import routing_models_ddl
-from metering.feedback import feedback_ddl
+from metering.ledger.schema import (
+    API_TYPE,
+    RECORD_COLUMNS,
+    REQUEST_INDEX,
+    RESPONSE_INDEX,
+    ROLLUPS,
+    STARTED_AT_INDEX,
+    Entry,
+    migration_sql,
+    record_values,
+    rollup_ddl,
+    upsert_sql,
+)
 from metering.outcomes import outcomes_ddl
 from metering.retrain_claims import retrain_claims_ddl
-from metering.ledger.schema import (API_TYPE, RECORD_COLUMNS, REQUEST_INDEX, RESPONSE_INDEX, ROLLUPS, STARTED_AT_INDEX,
-                                    Entry, migration_sql, record_values, rollup_ddl, upsert_sql)
+from metering.routing_models import routing_models_ddl
 
 _RECORD_TYPES = {
     "score": "REAL", "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
