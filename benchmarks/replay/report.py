@@ -25,7 +25,7 @@ def table(run: dict[str, Any]) -> str:
            "",
            "| requests | judged | serving | retrain at this checkpoint (gate: candidate / current held-out APGR) "
            "| threshold after | frontier share (window) | quality vs always-frontier: window / cumulative "
-           "| cost vs always-frontier (cumulative) | + shadow & judge | APGR on unseen traffic: serving / new "
+           "| cost vs always-frontier: window / cumulative | + shadow & judge (cumulative) | APGR on unseen traffic: serving / new "
            "candidate / prior / length |",
            "|---:|---:|---|---|---:|---:|---|---:|---:|---|"]
     for c in run["checkpoints"]:
@@ -40,17 +40,17 @@ def table(run: dict[str, Any]) -> str:
                  f"{apgr['length']:.3f}" if "length" in apgr else "-"]
         out.append(f"| {c['requests']} | {c['judged']} | {c['serving']} | {verdict} | {c['threshold']:.4f} "
                    f"| {c['frontier_share']:.1%} | {c['quality_window']:.1%} / {c['quality']:.1%} "
-                   f"| {c['cost']:.1%} | {c['learning_cost']:.1%} | {' / '.join(cells)} |")
+                   f"| {c['cost_window']:.1%} / {c['cost']:.1%} | {c['learning_cost']:.1%} | {' / '.join(cells)} |")
     return "\n".join(out)
 
 
 def curve(run: dict[str, Any]) -> str:
-    """Cumulative quality (q) and cost (c) vs always-frontier, one row per checkpoint, 0-100% across."""
-    lines = [f"{run['file']}: cumulative quality (q) and cost (c) as % of always-frontier",
+    """Quality (q) and cost (c) vs always-frontier over each window between checkpoints, 0-100% across."""
+    lines = [f"{run['file']}: quality (q) and cost (c) as % of always-frontier, per window (* = both)",
              f"{'requests':>8} 0%{' ' * (WIDTH - 6)}100%"]
     for c in run["checkpoints"]:
         row = [" "] * (WIDTH + 1)
-        for mark, value in (("c", c["cost"]), ("q", c["quality"])):
+        for mark, value in (("c", c["cost_window"]), ("q", c["quality_window"])):
             i = round(min(max(value, 0.0), 1.0) * WIDTH)
             row[i] = "*" if row[i] != " " else mark
         lines.append(f"{c['requests']:>8} |{''.join(row)}|")

@@ -126,7 +126,8 @@ class Checkpoint:
     frontier_share: float  # of the requests since the last checkpoint
     quality_window: float  # routed quality / always-frontier quality, since the last checkpoint
     quality: float  # cumulative, same ratio
-    cost: float  # cumulative routed cost / always-frontier cost (client traffic only)
+    cost_window: float  # routed cost / always-frontier cost since the last checkpoint (client traffic only)
+    cost: float  # cumulative, same ratio
     learning_cost: float  # cumulative shadow + judge spend / always-frontier cost
     apgr_unseen: dict[str, float] = field(default_factory=dict)  # serving model, new candidate, prior, length
     gate_holdout_apgr: dict[str, float] = field(default_factory=dict)  # the gate's verdict: candidate vs current
@@ -240,6 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     admin = {"authorization": f"Bearer {ADMIN}"}
     routed_q = frontier_q = routed_cost = frontier_cost = Decimal(0)
     window: list[tuple[bool, float, float]] = []  # (went to frontier, routed grade, strong grade)
+    window_cost = [Decimal(0), Decimal(0)]  # routed, always-frontier
     checkpoints: list[Checkpoint] = []
     started = time.monotonic()
     try:
@@ -252,9 +254,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             text = r.json()["choices"][0]["message"]["content"]
             assert text == graded_answer(grade), (row["id"], tier, text)  # the simulator replayed the record
             usage = r.json()["usage"]
-            routed_cost += Decimal(r.headers["x-tiergate-cost-usd"])
             strong_tokens = count_text(graded_answer(row["strong_score"]))
-            frontier_cost += (usage["prompt_tokens"] * frontier_price[0] + strong_tokens * frontier_price[1]) / 10**6
+            paid = Decimal(r.headers["x-tiergate-cost-usd"])
+            frontier = (usage["prompt_tokens"] * frontier_price[0] + strong_tokens * frontier_price[1]) / 10**6
+            routed_cost, frontier_cost = routed_cost + paid, frontier_cost + frontier
+            window_cost = [window_cost[0] + paid, window_cost[1] + frontier]
             routed_q += Decimal(str(grade))
             frontier_q += Decimal(str(row["strong_score"]))
             window.append((tier == "frontier", grade, row["strong_score"]))
@@ -296,11 +300,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 requests=i, judged=judged, threshold=threshold, serving=serving, retrain=retrain,
                 frontier_share=sum(f for f, _, _ in window) / len(window),
                 quality_window=sum(g for _, g, _ in window) / w_strong,
-                quality=float(routed_q / frontier_q), cost=float(routed_cost / frontier_cost),
+                quality=float(routed_q / frontier_q), cost_window=float(window_cost[0] / window_cost[1]),
+                cost=float(routed_cost / frontier_cost),
                 learning_cost=float(learning / frontier_cost), apgr_unseen={k: round(v, 4) for k, v in apgr.items()},
                 gate_holdout_apgr=gate)
             checkpoints.append(point)
-            window = []
+            window, window_cost = [], [Decimal(0), Decimal(0)]
             print(line(point), flush=True)
     finally:
         proxy.stop()
@@ -323,7 +328,8 @@ def line(c: Checkpoint) -> str:
         apgr += f"  (gate: candidate {c.gate_holdout_apgr['candidate']:.3f} vs {c.gate_holdout_apgr['current']:.3f})"
     return (f"{c.requests:5d} req  judged {c.judged:4d}  serving {c.serving:6s} thr {c.threshold:.4f}  "
             f"frontier {c.frontier_share:5.1%}  quality {c.quality_window:6.1%} (cum {c.quality:6.1%})  "
-            f"cost {c.cost:6.1%} +learning {c.learning_cost:5.1%}  {c.retrain:24s} APGR unseen: {apgr}")
+            f"cost {c.cost_window:6.1%} (cum {c.cost:6.1%}) +learning {c.learning_cost:5.1%}  {c.retrain:24s} "
+            f"APGR unseen: {apgr}")
 
 
 def main() -> None:
