@@ -106,7 +106,7 @@ class Tier(_Model):
     models: list[str] = Field(default_factory=list, description="model_name entries of a LiteLLM model_list")
 
     @model_validator(mode="after")
-    def _has_deployments(self) -> "Tier":
+    def _has_deployments(self) -> Tier:
         if not self.deployments and not self.models:
             raise ValueError("a tier needs at least one entry in 'deployments' or 'models'")
         return self
@@ -151,7 +151,7 @@ class ApiKey(_Model):
     tags: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ApiKey":
+    def _one_source(self) -> ApiKey:
         if (self.sha256 is None) == (self.env is None):
             raise ValueError("give exactly one of 'sha256' or 'env'")
         if self.sha256 is not None and not _SHA256.match(self.sha256):
@@ -308,7 +308,7 @@ class MetricsAccess(_Model):
     token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @model_validator(mode="after")
-    def _token_with_bearer(self) -> "MetricsAccess":
+    def _token_with_bearer(self) -> MetricsAccess:
         if (self.auth == "bearer_token") != (self.token_env is not None):
             raise ValueError("give 'token_env' (the variable holding the scrape token) with auth: bearer_token, "
                              "and only then")
@@ -373,7 +373,7 @@ class Experiment(_Model):
     production: bool = Field(default=False, description="no default TTL (it still expires if given one)")
 
     @model_validator(mode="after")
-    def _one_expiry(self) -> "Experiment":
+    def _one_expiry(self) -> Experiment:
         if self.ttl is not None and self.expires_at is not None:
             raise ValueError("give 'ttl' (counted from 'starts_at') or 'expires_at', not both")
         if self.ttl is not None and self.starts_at is None:

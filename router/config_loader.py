@@ -72,8 +72,8 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[PathKey, int]]:
         return _construct(node, (), lines, loader), lines
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError([ConfigIssue(file, line, "", f"invalid YAML: {exc.problem or exc}")]) from None
+        marked = mark.line + 1 if mark is not None else None
+        raise ConfigError([ConfigIssue(file, marked, "", f"invalid YAML: {exc.problem or exc}")]) from None
     finally:
         loader.dispose()
 

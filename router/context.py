@@ -9,8 +9,9 @@ rebuilt rarely, and turn N+1 asks for exactly the summaries turn N already paid 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 
@@ -113,7 +114,8 @@ def plan_context(team: str, messages: Sequence[dict[str, Any]], budget: int, kee
                        tokens_before=total, summary_max_tokens=summary_tokens)
 
 
-def summary_request(previous: str | None, turns: Sequence[Sequence[dict[str, Any]]], max_tokens: int) -> list[dict[str, Any]]:
+def summary_request(previous: str | None, turns: Sequence[Sequence[dict[str, Any]]],
+                    max_tokens: int) -> list[dict[str, Any]]:
     """Messages asking the cheapest tier to extend ``previous`` with ``turns``."""
     lines = []
     for turn in turns:

@@ -16,9 +16,9 @@ choice. A tag ``experiment`` naming no experiment of the team stays a plain tag.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Mapping
+from datetime import UTC, datetime, timedelta
 
 from metering.budgets.policy import ExperimentBudget
 from metering.finops.manifest import Manifest
@@ -53,7 +53,7 @@ def parse_ttl(text: str) -> timedelta:
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def expiry(spec: Experiment) -> datetime | None:

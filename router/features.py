@@ -21,7 +21,8 @@ class RequestFeatures:
     system_tokens: int = 0  # tokens of the leading system/developer messages (the static prompt)
     tool_tokens: int = 0  # tokens of the tools' JSON (in prompt_tokens): with system_tokens, the static prefix
     completions: int = 1  # completions the provider generates and bills: n (or best_of) per prompt; 0 for embeddings
-    longest_prompt_tokens: int | None = None  # the largest single prompt of a batch (context window); None: prompt_tokens
+    # the largest single prompt of a batch (context window); None: prompt_tokens
+    longest_prompt_tokens: int | None = None
 
     @property
     def context_tokens(self) -> int:
@@ -71,7 +72,8 @@ def chat_features(body: dict[str, Any], model_hint: str = DEFAULT_MODEL) -> Requ
 def system_prompt_tokens(messages: list[Any], model_hint: str = DEFAULT_MODEL) -> int:
     """Tokens of the leading system/developer messages: the static prompt an app resends on every call."""
     head = 0
-    while head < len(messages) and isinstance(messages[head], dict) and messages[head].get("role") in ("system", "developer"):
+    while (head < len(messages) and isinstance(messages[head], dict)
+           and messages[head].get("role") in ("system", "developer")):
         head += 1
     return count_messages(messages[:head], model_hint) - 3 if head else 0  # minus the reply priming
 

@@ -11,7 +11,7 @@ import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -185,7 +185,8 @@ def _deployment(
     window = spec.context_window or (facts.context_window if facts else None)
     if window is None:
         raise PolicyError(loc + ("context_window",), f"context window of {spec.model!r} unknown: set 'context_window'")
-    caps = frozenset(spec.capabilities) if spec.capabilities is not None else (facts.capabilities if facts else frozenset())
+    caps = (frozenset(spec.capabilities) if spec.capabilities is not None
+            else (facts.capabilities if facts else frozenset()))
     api_key = _read_secret(spec.api_key_env, spec.api_key_file)
     if provider != "simulated" and (spec.api_key_env or spec.api_key_file) and api_key is None:
         source = spec.api_key_env or spec.api_key_file
@@ -214,7 +215,7 @@ def _deployment(
 
 def _from_model_list(config: Config, name: str) -> list[Deployment]:
     """LiteLLM ``model_list`` entries become deployments; ``os.environ/VAR`` keys become env references."""
-    out = []
+    out: list[Deployment] = []
     for entry in config.model_list:
         if entry.model_name != name:
             continue
@@ -224,10 +225,10 @@ def _from_model_list(config: Config, name: str) -> list[Deployment]:
         price = None
         if "input_cost_per_token" in info and "output_cost_per_token" in info:
             million = Decimal(1_000_000)
-            price = {
-                "input": Decimal(str(info["input_cost_per_token"])) * million,
-                "output": Decimal(str(info["output_cost_per_token"])) * million,
-            }
+            price = PriceOverride(
+                input=Decimal(str(info["input_cost_per_token"])) * million,
+                output=Decimal(str(info["output_cost_per_token"])) * million,
+            )
         window = info.get("max_input_tokens")
         out.append(
             Deployment(
@@ -255,7 +256,7 @@ def _principal(key: ApiKey, team: str | None, warnings: list[str]) -> tuple[str,
         digest = hash_key(value)
     expires = key.expires_at
     if expires is not None and expires.tzinfo is None:
-        expires = expires.replace(tzinfo=timezone.utc)  # YAML timestamps without a zone are read as UTC
+        expires = expires.replace(tzinfo=UTC)  # YAML timestamps without a zone are read as UTC
     return digest, Principal(key_id=key.id, team=team, admin=team is None, tags=dict(key.tags), expires_at=expires)
 
 
@@ -395,9 +396,11 @@ def _check_references(config: Config) -> None:
             raise PolicyError(loc + ("routing", "thresholds"), f"thresholds name unknown tiers {unknown}")
         ordered = [thresholds[name] for name in names if name in thresholds]
         if ordered != sorted(ordered):
-            raise PolicyError(loc + ("routing", "thresholds"), "thresholds must not decrease from cheaper to richer tiers")
+            raise PolicyError(loc + ("routing", "thresholds"),
+                              "thresholds must not decrease from cheaper to richer tiers")
         if team.learning is not None and team.learning.judge not in names and not any(
-                (d.id or f"{t.name}-{i}") == team.learning.judge for t in config.tiers for i, d in enumerate(t.deployments)):
+                (d.id or f"{t.name}-{i}") == team.learning.judge
+                for t in config.tiers for i, d in enumerate(t.deployments)):
             raise PolicyError(loc + ("learning", "judge"), f"judge {team.learning.judge!r} is neither a tier nor a "
                               "deployment id")
         for k, key in enumerate(team.keys):

@@ -93,7 +93,8 @@ def _mark_last_head_message(messages: list[Any]) -> list[Any]:
     index = messages.index(head[-1])
     last = dict(head[-1])
     content = last.get("content")
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else [dict(p) for p in content or ()]
+    parts: list[dict[str, Any]] = ([{"type": "text", "text": content}] if isinstance(content, str)
+                                   else [dict(p) for p in content or ()])
     if not parts:
         return messages
     parts[-1]["cache_control"] = {"type": "ephemeral"}
