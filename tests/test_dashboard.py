@@ -18,7 +18,7 @@ import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +31,7 @@ from conftest import DEMO_KEYS, Process, demo_config, free_port, mock_config, re
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.finops.caps import cap_spend
 from metering.ledger import open_ledger
+from metering.outcomes import Outcome
 from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from upstream.health import LATENCY_WINDOW, RECENT_FAILURES, HealthBook
 
@@ -187,11 +188,30 @@ def _seed_history(url: str) -> None:
         try:
             for record in records:
                 await ledger.write(record)
+            for outcome in _judged_history(today):
+                await ledger.add_outcome(outcome)
         finally:
             await ledger.close()
 
     with ThreadPoolExecutor(1) as pool:  # Playwright's sync API may hold this thread's event loop
         pool.submit(asyncio.run, write()).result()
+
+
+def _judged_history(today: date) -> list[Outcome]:
+    """Judged samples of research on the history days (its routing-evidence panel; tests/test_dashboard_evidence
+    produces them through shadow calls and the judge): small against the ceiling, some mid against the floor."""
+    grades = [(1.0, 1.0), (0.5, 0.5), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+    out = []
+    for back in range(1, HISTORY_DAYS + 1):
+        noon = datetime.combine(today - timedelta(days=back), datetime.min.time(), tzinfo=timezone.utc)
+        noon += timedelta(hours=12)
+        for n, (weak, strong) in enumerate(grades[: 2 + back % 4]):
+            weak_tier, strong_tier = ("small", "mid") if n == 3 else ("small", "frontier")
+            out.append(Outcome(request_id=f"hist-judged-{back}-{n}", team="research", created_at=noon, features=(),
+                               feature_names=(), prior_score=0.2, model_id="default", weak_tier=weak_tier,
+                               strong_tier=strong_tier, routed_tier=strong_tier if n == 3 else "small",
+                               ceiling_tier="frontier", weak_score=weak, strong_score=strong, judge="frontier-sim"))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +358,11 @@ def test_dashboard_shows_the_spend_report(finops_proxy: Process, browser: Any, t
         assert page.get_by_test_id(f"upstream-counts-{u['id']}").inner_text() == f"{u['successes']} / {u['failures']}"
         assert page.get_by_test_id(f"upstream-status-{u['id']}").inner_text() == u["status"]
 
+    for team in ("research", "support"):  # the routing-evidence panel (tests/test_dashboard_evidence checks it all)
+        evidence = _get(proxy, "/v1/routing/evidence", team=team, start=month["start"], end=month["end"])
+        assert page.get_by_test_id(f"evidence-summary-{team}").inner_text() == evidence["summary"]
+        assert page.get_by_test_id(f"evidence-empty-{team}").count() == (evidence["judged"] == 0)
+
     screenshot = Path(SCREENSHOT) if SCREENSHOT else tmp_path / "dashboard.png"
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(screenshot), full_page=True)
@@ -368,7 +393,9 @@ def test_team_filter_date_range_and_csv(finops_proxy: Process, browser: Any, tmp
     assert page.get_by_test_id("team-month-research").count() == 0
     assert page.get_by_test_id("forecast-projected-research").count() == 0
     _assert_finance_panels(page, proxy, "support")
-    data_calls = [u for u in asked if "/v1/upstreams" not in u]
+    models = [u for u in asked if "/v1/routing/models/" in u]  # the team is in the path
+    assert models and all(u.endswith("/v1/routing/models/support") for u in models), models
+    data_calls = [u for u in asked if "/v1/upstreams" not in u and u not in models]
     assert data_calls and all("team=support" in u for u in data_calls), [u for u in data_calls if "team=support" not in u]
 
     # a range of past days only: every number moves to that range's, still for the chosen team
