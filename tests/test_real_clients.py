@@ -181,12 +181,13 @@ def _refusals(exchanges: list[Exchange]) -> list[str]:
 # ---- Claude Code --------------------------------------------------------------------------------------------------
 
 
-def test_claude_code_print_mode_completes_and_is_billed_as_the_ledger_says(demo_proxy: Process, tap: _Tap,
-                                                                         tmp_path: Path) -> None:
+def _claude_turn(demo_proxy: Process, tap: _Tap, tmp_path: Path, *flags: str) -> list[Exchange]:
+    """One ``claude -p`` run, checked end to end; returns its /v1/messages exchanges."""
     claude = _binary("claude")
     home = tmp_path / "home"
     home.mkdir()
-    run = _run([str(claude), "-p", "Say hello in five words.", "--output-format", "json"], home, tmp_path,
+    run = _run([str(claude), "-p", "List the files here, then say hello in five words.", "--output-format", "json",
+                *flags], home, tmp_path,
                {"ANTHROPIC_BASE_URL": tap.url, "ANTHROPIC_AUTH_TOKEN": DEMO_KEYS["research"]})
     exchanges = tap.take()
     assert not _refusals(exchanges), _refusals(exchanges)
@@ -195,21 +196,41 @@ def test_claude_code_print_mode_completes_and_is_billed_as_the_ledger_says(demo_
     assert (result["type"], result["subtype"], result["is_error"]) == ("result", "success", False)
     assert result["result"].strip()
 
+    turns = [e for e in exchanges if e.path.split("?")[0] == "/v1/messages"]
     answers: dict[str, Decimal] = {}
-    for exchange in exchanges:
-        if exchange.path.split("?")[0] != "/v1/messages":
-            continue
+    for exchange in turns:
         events = exchange.events()
         (start,) = [e for e in events if e["type"] == "message_start"]
         (delta,) = [e for e in events if e["type"] == "message_delta"]
         answers[start["message"]["id"]] = Decimal(delta["x_tiergate"]["cost_usd"])
-    assert answers, [e.path for e in exchanges]
+    assert len(answers) == len(turns) == result["num_turns"], [e.path for e in exchanges]
     records = _check_billed(demo_proxy, answers, "messages")
     # What Claude Code counted (Anthropic's usage: input excludes cache reads and writes) is what was billed.
     counted = result["modelUsage"].values()
     assert sum(m["inputTokens"] + m["cacheReadInputTokens"] + m["cacheCreationInputTokens"] for m in counted) == \
         sum(r["prompt_tokens"] for r in records)
     assert sum(m["outputTokens"] for m in counted) == sum(r["completion_tokens"] for r in records)
+    return turns
+
+
+def test_claude_code_print_mode_completes_and_is_billed_as_the_ledger_says(demo_proxy: Process, tap: _Tap,
+                                                                         tmp_path: Path) -> None:
+    """Claude Code as installed: all its tools, its agent listing as a mid-conversation system message."""
+    (turn,) = _claude_turn(demo_proxy, tap, tmp_path)
+    assert any(m["role"] == "system" for m in turn.body["messages"]) and len(turn.body["tools"]) > 10
+
+
+def test_claude_code_survives_a_tool_use_round_trip(demo_proxy: Process, tap: _Tap, tmp_path: Path) -> None:
+    """With Glob its only tool (read-only: no permission prompt in print mode) the simulated model must call it;
+    Claude Code runs it and sends the tool_result back, and the second answer ends the turn."""
+    first, second = _claude_turn(demo_proxy, tap, tmp_path, "--tools", "Glob")
+    (start,) = [e for e in first.events() if e["type"] == "content_block_start"]
+    assert start["content_block"]["type"] == "tool_use" and start["content_block"]["name"] == "Glob"
+    *_, called, answered = second.body["messages"]
+    assert [(b["type"], b["id"]) for b in called["content"] if b["type"] == "tool_use"] == [
+        ("tool_use", start["content_block"]["id"])]
+    assert [b["tool_use_id"] for b in answered["content"] if b["type"] == "tool_result"] == [
+        start["content_block"]["id"]]
 
 
 # ---- Codex CLI ------------------------------------------------------------------------------------------------------
