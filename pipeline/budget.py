@@ -9,7 +9,7 @@ metered; a budget store that is down refuses the request only for teams that fai
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 from metering.budgets.base import BudgetStoreUnavailable
 from metering.budgets.policy import BudgetLimits, BudgetPolicy

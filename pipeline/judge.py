@@ -37,7 +37,7 @@ class Pairing:
     weak_first: bool
 
     @classmethod
-    def draw(cls, rng: random.Random) -> "Pairing":
+    def draw(cls, rng: random.Random) -> Pairing:
         return cls(weak_first=rng.random() < 0.5)
 
     def grades(self, verdict: Verdict) -> tuple[float, float]:

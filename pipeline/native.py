@@ -6,8 +6,9 @@ answer says which it is (``Served.api``), and it is metered from its own format'
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 

@@ -13,8 +13,9 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 import orjson
 
@@ -160,14 +161,14 @@ class Pipeline:
             nonlocal calls
             calls += 1
             # The cheapest tier writes summaries, metered to the team under its own request id and purpose.
-            body = {"model": request.policy.tiers[team.floor].name, "messages": summary_messages,
-                    "max_tokens": max_tokens, "temperature": 0}
+            model = request.policy.tiers[team.floor].name
+            body = {"model": model, "messages": summary_messages, "max_tokens": max_tokens, "temperature": 0}
             # The pipeline, not the client, takes the summary: it is delivered whether or not the client stays.
             sub = replace(request, body=body, request_id=f"{request.request_id}.summary{calls}", tier_header=None,
                           span=None, client_gone=None)
             summary = RequestState(sub, team, state.tags, "summarization", body)
             summary.features = chat_features(body)
-            summary.decision = self._routing.decide(sub, team, summary.features, body["model"], None)
+            summary.decision = self._routing.decide(sub, team, summary.features, model, None)
             result = await self._call(summary)
             assert isinstance(result, Served)
             return str(result.body["choices"][0]["message"].get("content") or "")

@@ -39,7 +39,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from metering.record import UsageRecord
@@ -85,8 +85,8 @@ _NO_HEALTH = HealthSnapshot()
 # With an affinity key and every deployment healthy, ordering is by rendezvous hash: the router never draws from it.
 _UNUSED_RNG = random.Random(0)
 _DURATION = re.compile(r"^([1-9][0-9]{0,5})([hd])$")
-_FIRST = datetime(2000, 1, 1, tzinfo=timezone.utc)  # the spend API's date range
-_LAST = datetime(9998, 12, 31, tzinfo=timezone.utc)
+_FIRST = datetime(2000, 1, 1, tzinfo=UTC)  # the spend API's date range
+_LAST = datetime(9998, 12, 31, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +186,13 @@ def reprice(record: UsageRecord, policy: Policy) -> Repriced:
 def parse_window(since: str, until: str | None, now: datetime) -> tuple[datetime, datetime]:
     """``since`` a duration before ``until`` (``7d``, ``36h``) or an ISO date/time; ``until`` an ISO date/time or
     None (``now``). Naive times are UTC. ValueError naming the bad value."""
-    end = _instant(until, "until") if until else now.astimezone(timezone.utc)
+    end = _instant(until, "until") if until else now.astimezone(UTC)
     match = _DURATION.match(since)
     try:
         start = end - timedelta(**{"hours" if match[2] == "h" else "days": int(match[1])}) if match \
             else _instant(since, "since")
     except OverflowError:  # a duration reaching before year 1
-        start = datetime.min.replace(tzinfo=timezone.utc)
+        start = datetime.min.replace(tzinfo=UTC)
     if not _FIRST <= start < end <= _LAST:
         raise ValueError(f"the window must run forwards within {_FIRST.date()}..{_LAST.date()}, got since "
                          f"{start.isoformat()} until {end.isoformat()}")
@@ -202,7 +202,7 @@ def parse_window(since: str, until: str | None, now: datetime) -> tuple[datetime
 def _instant(text: str, name: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except (ValueError, OverflowError):  # OverflowError: an offset that moves year 1 or 9999 out of range
         raise ValueError(f"'{name}' must be a duration like 7d or 36h or an ISO 8601 date/time, got {text[:64]!r}"
                          if name == "since" else f"'{name}' must be an ISO 8601 date/time, got {text[:64]!r}") from None

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from statistics import fmean
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from metering.evidence import percent
 from metering.ledger.base import Ledger
@@ -49,7 +50,7 @@ class TeamPlan:
     output_tokens_cut: int = 0
     failed: int = 0
 
-    def add(self, other: "TeamPlan") -> None:
+    def add(self, other: TeamPlan) -> None:
         for name in ("requests", "before_nanos", "after_nanos", "moved", "refused", "refused_before_nanos",
                      "output_capped", "output_tokens_cut", "failed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -64,7 +65,8 @@ class TeamPlan:
             "before_usd": format_usd(self.before_nanos), "after_usd": format_usd(self.after_nanos),
             "change_usd": format_usd(change), "change_percent": str(pct) if pct is not None else None,
             "before_nanos": self.before_nanos, "after_nanos": self.after_nanos,
-            "tiers_before": dict(sorted(self.tiers_before.items())), "tiers_after": dict(sorted(self.tiers_after.items())),
+            "tiers_before": dict(sorted(self.tiers_before.items())),
+            "tiers_after": dict(sorted(self.tiers_after.items())),
             "moved": self.moved, "refused": self.refused, "refused_before_usd": format_usd(self.refused_before_nanos),
             "output_capped": self.output_capped, "output_tokens_cut": self.output_tokens_cut,
             "failed_not_billed": self.failed,
@@ -148,8 +150,10 @@ class Plan:
         lines += ["", "Share of requests per tier (before -> after):"]
         before, after = _shares(t.tiers_before), _shares(t.tiers_after)
         for tier in sorted(set(before) | set(after)):
-            b, a = before.get(tier, {"requests": 0, "percent": "0.00"}), after.get(tier, {"requests": 0, "percent": "0.00"})
-            lines.append(f"  {tier:<14} {b['requests']:>7} ({b['percent']:>6}%) -> {a['requests']:>7} ({a['percent']:>6}%)")
+            none = {"requests": 0, "percent": "0.00"}
+            b, a = before.get(tier, none), after.get(tier, none)
+            lines.append(f"  {tier:<14} {b['requests']:>7} ({b['percent']:>6}%) -> "
+                         f"{a['requests']:>7} ({a['percent']:>6}%)")
         if t.output_capped:
             lines.append(f"\nThe new max_tokens cap cuts {t.output_tokens_cut} completion tokens from "
                          f"{t.output_capped} requests.")

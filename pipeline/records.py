@@ -8,7 +8,7 @@ the ingress chooses (``Pipeline`` is handed its mapping).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from metering.record import UsageRecord
@@ -41,7 +41,7 @@ _ANSWERED = frozenset({"chat", "embedding"})
 
 def _fields(state: RequestState, status: int, error: str | None) -> dict[str, Any]:
     request = state.request
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return dict(
         api=request.api,
         router_model=state.decision.router_model,

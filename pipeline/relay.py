@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import orjson
 
@@ -95,7 +96,7 @@ class StreamRelay:
     is ever lost. Once ``payloads()`` is exhausted, ``cost_nanos`` (completed) or ``error`` (cut) says how it
     ended."""
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], dep: DeploymentSpec, client_wants_usage: bool,
+    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None], dep: DeploymentSpec, client_wants_usage: bool,
                  record_for: Callable[[StreamState, Ending, str | None], UsageRecord],
                  settle: Callable[[UsageRecord], Awaitable[int]], spawn: Spawn, api: str = "chat",
                  x_tiergate: dict[str, Any] | None = None) -> None:
@@ -115,7 +116,7 @@ class StreamRelay:
         self.cost_nanos: int | None = None  # set when the stream completed
         self.error: str | None = None  # set when the upstream cut it: what the client is told
 
-    def _finish(self, ending: Ending, error: str | None) -> "asyncio.Task[int]":
+    def _finish(self, ending: Ending, error: str | None) -> asyncio.Task[int]:
         """Close the upstream and settle, once, in a task of its own: if the client went away, the relaying
         task is being cancelled, and the settlement (and the upstream close) must still complete."""
         if self._finishing is None:

@@ -8,9 +8,10 @@ OpenAI-shaped body, whatever format the client spoke.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from opentelemetry.trace import Span
 
@@ -41,7 +42,7 @@ class Request:
     request_id: str
     tags: dict[str, str]  # the client's own (body metadata, tag headers); the key's tags are merged in by admit()
     tier_header: str | None = None  # a tier the client forces (x-tiergate-tier on OpenAI's wire)
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     t0: float = field(default_factory=time.perf_counter)
     span: Span | None = None  # the request's trace span when tracing is on
     client_gone: ClientGone | None = None  # None: the ingress cannot tell (the answer counts as delivered)

@@ -22,10 +22,11 @@ import importlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import ModuleType
-from typing import Callable, Literal
+from typing import Literal
 
 from classifiers.learn import LearnError
 from metering.ledger.base import Ledger
@@ -37,7 +38,7 @@ log = logging.getLogger("tiergate.retrain")
 
 Clock = Callable[[], float]  # epoch seconds
 Action = Literal["retrained", "no_new_rows", "claimed_elsewhere", "no_training", "unfit", "failed"]
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TICK_S = 60.0  # how late a slot may start at most; shorter schedules are checked 10 times per slot
 MIN_TICK_S = 1.0
 

@@ -26,7 +26,8 @@ _REFUSED: dict[RefusalKind, ErrorCode] = {
 
 
 class Routing:
-    def __init__(self, scorer: Scorer | TeamScorers, health: HealthBook, tracing: Tracing, rng: random.Random | None = None) -> None:
+    def __init__(self, scorer: Scorer | TeamScorers, health: HealthBook, tracing: Tracing,
+                 rng: random.Random | None = None) -> None:
         # The team's learned model, else the default (a plain scorer serves every team).
         self._scorers = scorer if isinstance(scorer, TeamScorers) else TeamScorers(scorer)
         self._health = health

@@ -21,9 +21,10 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Coroutine
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from classifiers.features import FEATURE_NAMES, featurize
 from metering.budgets.base import BudgetExceeded
@@ -56,7 +57,7 @@ _NOT_SENT = ("stream", "stream_options", "n")  # the shadow is one non-streamed 
 def _sub(request: Request, body: dict[str, Any], purpose: str) -> Request:
     """A background call of its own: its own id, clock and latency (it starts after the client's ended)."""
     return replace(request, body=body, request_id=f"{request.request_id}.{purpose}", tier_header=None, span=None,
-                   started_at=datetime.now(timezone.utc), t0=time.perf_counter())
+                   started_at=datetime.now(UTC), t0=time.perf_counter())
 
 
 def judge_plan(policy: Policy, judge: str) -> tuple[DeploymentSpec, ...]:
@@ -132,7 +133,7 @@ class Shadowing:
         weak_score, strong_score = pairing.grades(verdict)
         messages = request.body["messages"]
         await self._meter.ledger.add_outcome(Outcome(
-            request_id=request.request_id, team=team.name, created_at=datetime.now(timezone.utc),
+            request_id=request.request_id, team=team.name, created_at=datetime.now(UTC),
             features=tuple(float(x) for x in featurize(messages)), feature_names=FEATURE_NAMES,
             prior_score=float(state.decision.score or 0.0),
             model_id=state.decision.router_model or self._routing.classifier,

@@ -20,8 +20,13 @@ from metering.budgets.policy import BudgetPolicy
 from metering.evidence import Evidence, team_evidence
 from metering.feedback import Feedback, ValueReport
 from metering.finops.caps import CapSpend, cap_spend
-from metering.finops.experiments import (ExperimentReport, ExperimentRow, experiment_report, experiment_rows,
-                                         wants_experiments)
+from metering.finops.experiments import (
+    ExperimentReport,
+    ExperimentRow,
+    experiment_report,
+    experiment_rows,
+    wants_experiments,
+)
 from metering.finops.manifest import Manifest
 from metering.finops.outlook import Outlook, outlook
 from metering.finops.scopes import Dimension

@@ -60,9 +60,10 @@ class TeamModelAdmin:
             raise _unavailable(training)
         margin = learning.promote_margin if learning is not None else DEFAULT_MARGIN
         min_holdout = learning.min_holdout if learning is not None else DEFAULT_MIN_HOLDOUT
-        try:
-            done = await training.retrain(self._ledger, team, await training.team_outcomes(self._ledger, team),
-                                          seed=seed, margin=margin, min_holdout=min_holdout)
+        try:  # training is the lazily imported train-layer module (attributes untyped): name the result's type
+            outcomes = await training.team_outcomes(self._ledger, team)
+            done: Retrained = await training.retrain(self._ledger, team, outcomes, seed=seed, margin=margin,
+                                                     min_holdout=min_holdout)
         except LearnError as exc:
             raise TiergateError("invalid_request.invalid_value", f"cannot retrain {team}: {exc}") from None
         await self._scorers.refresh(self._ledger)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from classifiers import promotion
@@ -23,7 +23,7 @@ from metering.routing_models import RoutingModel
 async def team_outcomes(ledger: Ledger, team: str, fallback: str | Path | None = None) -> Outcomes:
     """The team's judged rows, oldest first: from the ledger's outcome store, else from an exported JSONL file
     (rows of every team in it are kept only if ``meta.team`` is this team or absent)."""
-    rows = [o.export_row() for o in await ledger.outcomes(datetime(1970, 1, 1, tzinfo=timezone.utc), team)]
+    rows = [o.export_row() for o in await ledger.outcomes(datetime(1970, 1, 1, tzinfo=UTC), team)]
     if not rows and fallback is not None:
         with open(fallback, encoding="utf-8") as f:
             rows = [r for r in map(json.loads, filter(str.strip, f))

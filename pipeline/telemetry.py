@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -48,7 +49,7 @@ class Tracing:
         self.enabled = tracer is not None
 
     @classmethod
-    def configure(cls) -> "Tracing":
+    def configure(cls) -> Tracing:
         """Use a provider already installed (tests, embedding apps), else build one from the environment."""
         current = trace.get_tracer_provider()
         if type(current).__name__ == "TracerProvider":  # an SDK provider someone installed

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any
 
 from kvcache.store import KeyValueCache
 from router.context import ContextPlan, summary_request
@@ -21,12 +22,12 @@ log = logging.getLogger("tiergate.context")
 
 SUMMARY_TTL_S = 24 * 3600.0
 # complete(messages, max_tokens) -> the cheapest tier's answer text; metered by the caller.
-Complete = Callable[[list[dict], int], Awaitable[str]]
+Complete = Callable[[list[dict[str, Any]], int], Awaitable[str]]
 
 
 @dataclass(frozen=True, slots=True)
 class Trimmed:
-    messages: list[dict]
+    messages: list[dict[str, Any]]
     summarized_turns: int
     saved_tokens: int
     summarized: bool  # False: plain truncation (summarizer failed or timed out)

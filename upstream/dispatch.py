@@ -175,8 +175,9 @@ class Dispatcher:
 
     async def open_stream(
         self, plan: tuple[DeploymentSpec, ...], body_for: BodyFor
-    ) -> tuple[DeploymentSpec, bytes, AsyncIterator[bytes], list[Attempt]]:
-        """Returns the serving deployment, the first payload, the rest of the stream and the attempts."""
+    ) -> tuple[DeploymentSpec, bytes, AsyncGenerator[bytes, None], list[Attempt]]:
+        """Returns the serving deployment, the first payload, the rest of the stream (``aclose`` cancels the
+        upstream call) and the attempts."""
 
         async def call(dep: DeploymentSpec) -> tuple[bytes, AsyncGenerator[bytes, None]]:
             (endpoint, body, headers), client = body_for(dep), self._pool.get(dep)
