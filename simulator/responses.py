@@ -66,9 +66,11 @@ def _items(gen: Generation, choice: Choice) -> list[dict[str, Any]]:
         items.append({"id": _id("rs_", gen.id), "type": "reasoning", "summary": []})
     if choice.tool_call is not None:
         call = choice.tool_call
+        # the engine called the chat function standing for the tool: named back as the client named it
+        namespace, name = parse(gen.native or {}).names.responses(call["function"]["name"])
         items.append({"id": _id("fc_", gen.id), "type": "function_call", "status": "completed",
-                      "arguments": call["function"]["arguments"], "call_id": call["id"],
-                      "name": call["function"]["name"]})
+                      "arguments": call["function"]["arguments"], "call_id": call["id"], "name": name,
+                      **({"namespace": namespace} if namespace is not None else {})})
     else:
         part = {"type": "output_text", "annotations": [], "logprobs": [], "text": "".join(choice.pieces)}
         items.append({"id": _id("msg_", gen.id), "type": "message", "status": "completed", "role": "assistant",

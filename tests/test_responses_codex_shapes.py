@@ -2,11 +2,14 @@
 tools flattened to chat functions and their calls mapped back (plain and streamed answers, replayed history), hosted
 tools dropped by a team's ``responses.hosted_tools: drop``, and a whole Codex-shaped body (encrypted reasoning
 items, ``include``, ``prompt_cache_key``, ``client_metadata``) passing the pipeline's chat checks. Over HTTP: the
-demo's research team drops web_search and says so, the support team (default ``refuse``) gets the 400."""
+demo's research team drops web_search and says so, the support team (default ``refuse``) gets the 400; a
+Responses-native (simulated) deployment gets the namespace tool as sent and answers with name and namespace."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from pipeline.errors import TiergateError
 from proxy.body import check_chat
 from router.config import ResponsesSettings
-from tests.conftest import DEMO_KEYS, Process
+from tests.conftest import DEMO_KEYS, Process, free_port, start_process
 from wire.responses.events import ChatToResponses
 from wire.responses.request import (
     chat_body,
@@ -254,3 +257,41 @@ def test_the_demo_research_team_drops_web_search_and_support_refuses_it(demo_pro
     assert refused.value.status_code == 400 and refused.value.param == "tools[0]"
     assert refused.value.type == "invalid_request_error" and "natively" in refused.value.message
     assert "x-tiergate-dropped-tools" not in refused.value.response.headers
+
+
+def test_a_native_responses_deployment_gets_the_namespace_and_answers_with_it(tmp_path: Path) -> None:
+    """Passthrough: the simulator's own /v1/responses reads the namespace tool and names its call as the client
+    named the tool (name + namespace), as OpenAI does; the call and its output replayed get a text answer."""
+    config = tmp_path / "native.yaml"
+    config.write_text(f"""
+metering:
+  ledger: sqlite:///{tmp_path}/ledger.db
+classifier:
+  model: default
+tiers:
+  - name: native
+    deployments:
+      - {{id: native-sim, model: simulated/gpt-4o-mini, apis: [chat, responses], simulator: {{ttft_ms: 1}}}}
+teams:
+  t:
+    keys:
+      - {{id: t-key, sha256: {hashlib.sha256(b"sk-native").hexdigest()}}}
+""")
+    port = free_port()
+    proxy = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp_path / "proxy.log",
+                          "/readyz")
+    try:
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-native", max_retries=0)
+        namespace = {**AGENTS, "tools": [SPAWN]}
+        raw = client.responses.with_raw_response.create(model="auto", input="Start a helper.", store=False,
+                                                        tools=[namespace, WEB])  # type: ignore[list-item]
+        assert "x-tiergate-dropped-tools" not in raw.headers  # a native deployment runs hosted tools itself
+        (call,) = raw.parse().output
+        assert (call.type, call.name, call.namespace) == ("function_call", "spawn_agent", "multi_agent_v1")
+        second = client.responses.create(
+            model="auto", store=False, tools=[namespace],  # type: ignore[list-item]
+            input=[{"role": "user", "content": "Start a helper."}, call.model_dump(exclude_none=True),  # type: ignore[list-item]
+                   {"type": "function_call_output", "call_id": call.call_id, "output": "agent 7 started"}])
+        assert second.output_text.strip()
+    finally:
+        proxy.stop()
