@@ -36,5 +36,10 @@ need_pkg haproxy haproxy
 # The dashboard test drives Debian's headless Chromium (Playwright's own browser downloads are not used).
 need_pkg chromium chromium || echo "could not install chromium: tests/test_dashboard.py will fail under CI" >&2
 
+# tests/test_real_clients.py drives the real Claude Code and Codex CLIs (pinned in tests/clients/package-lock.json).
+need_pkg node nodejs
+need_pkg npm npm
+npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
+
 export LITELLM_LOCAL_MODEL_COST_MAP=True
 exec .venv/bin/python -m pytest -q "$@"
