@@ -58,6 +58,7 @@ async def _check_team(ledger: Ledger, team: str, policy_teams: Sequence[str]) ->
 
 
 def bill(args: argparse.Namespace) -> int:
+    policy_teams: tuple[str, ...]
     try:
         if args.ledger:
             url, schema, policy_teams = args.ledger, args.schema, ()

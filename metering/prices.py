@@ -69,7 +69,8 @@ def load_table() -> dict[str, dict[str, Any]]:
     import json
 
     text = TABLE_PATH.read_text(encoding="utf-8")
-    return json.loads(text, parse_float=Decimal)
+    table: dict[str, dict[str, Any]] = json.loads(text, parse_float=Decimal)  # the vendored file's shape
+    return table
 
 
 def release_table() -> None:

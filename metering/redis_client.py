@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import NoBackoff
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -85,7 +85,9 @@ class _SentinelMaster(aioredis.Redis):
     """A master client that also closes its sentinel clients (``master_for``'s client leaves them open)."""
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        sentinel = self.connection_pool.sentinel_manager
+        pool = self.connection_pool
+        assert isinstance(pool, SentinelConnectionPool)  # master_for's pool, which holds the sentinels
+        sentinel = pool.sentinel_manager
         await super().aclose(close_connection_pool)
         await sentinel.aclose()
 
@@ -110,5 +112,7 @@ def open_redis(url: str, *, timeout_s: float = 0.5, health_check_interval_s: int
     # retry), so a partitioned replica spends at most one connect timeout per sentinel finding out.
     asking = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)}
     sentinel = Sentinel(target.sentinels, sentinel_kwargs=asking)
-    return sentinel.master_for(target.service, redis_class=_SentinelMaster, connection_class=_FollowingConnection,
-                               db=target.db, username=target.username, password=target.password, **settings)
+    master: aioredis.Redis = sentinel.master_for(target.service, redis_class=_SentinelMaster,
+                                                 connection_class=_FollowingConnection, db=target.db,
+                                                 username=target.username, password=target.password, **settings)
+    return master

@@ -31,6 +31,7 @@ For Redis Cluster put a hash tag in the prefix (``tg:{budgets}``) so a script's 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -293,9 +294,12 @@ class RedisBudgetStore(BudgetStore):
             fill = self._filling.get(cap.counter_id)
             if fill is None:
                 fill = self._filling[cap.counter_id] = asyncio.ensure_future(self._fill_one(cap))
-                fill.add_done_callback(lambda _, key=cap.counter_id: self._filling.pop(key, None))
+                fill.add_done_callback(functools.partial(self._forget_fill, cap.counter_id))
             ok = await asyncio.shield(fill) and ok
         return ok
+
+    def _forget_fill(self, counter_id: str, _done: asyncio.Future[bool]) -> None:
+        self._filling.pop(counter_id, None)
 
     async def _fill_one(self, cap: Cap) -> bool:
         assert self._seeder is not None

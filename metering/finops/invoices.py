@@ -80,7 +80,9 @@ def _load(path: Path) -> tuple[Any, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise InvoiceError(str(path), None, "", f"cannot read: {exc}") from None
     decoder = json.JSONDecoder(parse_float=Decimal)
-    plain = decoder.parse_object
+    # parse_object and scan_once are CPython's JSONDecoder attributes (and py_make_scanner json.scanner's) that
+    # typeshed does not declare: the ignores below are for that, the behaviour is the stdlib's documented hook.
+    plain = decoder.parse_object  # type: ignore[attr-defined]
 
     def parse_object(s_and_end: tuple[str, int], *args: Any) -> tuple[_Obj, int]:
         obj, end = plain(s_and_end, *args)
@@ -88,8 +90,9 @@ def _load(path: Path) -> tuple[Any, str]:
         tagged.span = (s_and_end[1] - 1, end)
         return tagged, end
 
-    decoder.parse_object = parse_object  # type: ignore[method-assign]
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # the C scanner would bypass parse_object
+    decoder.parse_object = parse_object  # type: ignore[attr-defined]
+    # the C scanner would bypass parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     try:
         return decoder.decode(text), text
     except json.JSONDecodeError as exc:
@@ -152,9 +155,9 @@ def _pages(doc: Any) -> list[Any]:
 
 
 def _results(r: _Reader, bucket: Any) -> list[Any]:
-    if isinstance(bucket, dict) and "results" not in bucket and "result" in bucket:
-        return r.get(bucket, "result", list)
-    return r.get(bucket, "results", list)
+    field = "result" if isinstance(bucket, dict) and "results" not in bucket and "result" in bucket else "results"
+    results: list[Any] = r.get(bucket, field, list)  # get checked it is a list
+    return results
 
 
 def _detect(r: _Reader, doc: Any) -> Source:

@@ -213,8 +213,9 @@ def provider_of(model: str) -> str:
         prefix = model.split("/", 1)[0]
         return {"openai": "openai", "anthropic": "anthropic"}.get(prefix, prefix)
     entry = load_table().get(model)
-    if isinstance(entry, dict) and isinstance(entry.get("litellm_provider"), str):
-        return entry["litellm_provider"]
+    provider = entry.get("litellm_provider") if isinstance(entry, dict) else None
+    if isinstance(provider, str):
+        return provider
     return "anthropic" if model.startswith("claude") else "openai"
 
 

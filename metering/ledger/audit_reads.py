@@ -69,9 +69,9 @@ async def usage_audit(fetch: Fetch, window: Sequence[Any], simple_below: Mapping
                                  f"({' OR '.join(clauses)})", "team, tier", params)
     hits = (await grouped("SUM(counterfactual_cost_nanos), SUM(cost_nanos)", "", "", records=_CACHE_HITS))[0]
     return UsageAuditRows(
-        outputs=[_ints(r, 2) for r in outputs],  # type: ignore[misc]
-        money=[_ints(r, 3) for r in money],  # type: ignore[misc]
-        system_prompts=[_ints(r, 2) for r in prompts],  # type: ignore[misc]
-        frontier=[_ints(r, 2) for r in frontier],  # type: ignore[misc]
+        outputs=[_ints(r, 2) for r in outputs],
+        money=[_ints(r, 3) for r in money],
+        system_prompts=[_ints(r, 2) for r in prompts],
+        frontier=[_ints(r, 2) for r in frontier],
         cache_hit_nanos=(int(hits[0] or 0), int(hits[1] or 0)),
     )

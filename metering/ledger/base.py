@@ -179,7 +179,7 @@ class Ledger(abc.ABC):
         totals: dict[str, list[int]] = {}
         today = day.isoformat()
         for row in report.rows:
-            acc = totals.setdefault(row.keys["team"], [0, 0])
+            acc = totals.setdefault(row.key("team"), [0, 0])
             acc[1] += row.totals.cost_nanos
             if row.keys["day"] == today:
                 acc[0] += row.totals.cost_nanos

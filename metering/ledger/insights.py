@@ -91,7 +91,7 @@ class RequestRow:
 _ROW_COLUMNS = "started_at, request_id, team, key_id, tags, model, tier, completion_tokens, cost_nanos, status"
 
 
-def _utc(value: Any) -> datetime:
+def _utc(value: str | datetime) -> datetime:
     # SQLite stores ISO text with its offset; PostgreSQL returns an aware datetime in the session's zone.
     if isinstance(value, str):
         value = datetime.fromisoformat(value)

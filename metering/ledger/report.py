@@ -146,6 +146,13 @@ class ReportRow:
     keys: dict[str, str | None]  # None only in an untagged row's tag_value (and tag_key, see ``Report``)
     totals: Totals
 
+    def key(self, name: str) -> str:
+        """A grouping column that is never null (any but the tag columns of an untagged row)."""
+        value = self.keys[name]
+        if value is None:
+            raise ValueError(f"report column {name!r} is null in this row")
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         return {**self.keys, **self.totals.to_dict()}
 
@@ -268,10 +275,7 @@ def build_report(start: date, end: date, team: str | None, group_by: tuple[str, 
         other = [col for g in group_by if g != "tag" for col in GROUPS[g]]
         rows += untagged_rows(cols, rows, _normal(by_group, len(other)))
         rows.sort(key=itemgetter(slice(0, width)))
-    out = [ReportRow(keys=dict(zip(cols, t[:width])), totals=Totals(*t[width:])) for t in rows]
-    for row in out if "tag" in group_by else ():
-        if row.keys["tag_value"] is UNTAGGED:
-            row.keys["tag_value"] = None
-            if row.keys["tag_key"] is UNTAGGED:
-                row.keys["tag_key"] = None
+    # UNTAGGED (only ever in an untagged row's tag columns) is None in the report.
+    out = [ReportRow(keys={c: None if v is UNTAGGED else v for c, v in zip(cols, t[:width])}, totals=Totals(*t[width:]))
+           for t in rows]
     return Report(start, end, team, group_by, out, Totals.from_sums(total))

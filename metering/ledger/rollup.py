@@ -23,8 +23,8 @@ MEASURES: tuple[str, ...] = (
 DAILY_DIMS: tuple[str, ...] = ("day", "team", "key_id", "model", "tier", "purpose", "api")
 TAG_DIMS: tuple[str, ...] = ("day", "team", "tag_key", "tag_value")
 
-DailyKey = tuple[str, str, str, str, str, str, str]
-TagKey = tuple[str, str, str, str]
+# Sums per key: DAILY_DIMS (or TAG_DIMS) values -> MEASURES, in order.
+Deltas = dict[tuple[str, ...], list[int]]
 
 
 def _measures(r: UsageRecord) -> tuple[int, ...]:
@@ -32,7 +32,7 @@ def _measures(r: UsageRecord) -> tuple[int, ...]:
             r.cost_nanos, r.counterfactual_cost_nanos)
 
 
-def _add(acc: dict, key: tuple, values: tuple[int, ...]) -> None:
+def _add(acc: Deltas, key: tuple[str, ...], values: tuple[int, ...]) -> None:
     row = acc.get(key)
     if row is None:
         acc[key] = list(values)
@@ -41,14 +41,14 @@ def _add(acc: dict, key: tuple, values: tuple[int, ...]) -> None:
             row[i] += v
 
 
-def rollup(records: Iterable[UsageRecord]) -> tuple[dict[DailyKey, list[int]], dict[TagKey, list[int]]]:
+def rollup(records: Iterable[UsageRecord]) -> tuple[Deltas, Deltas]:
     """Per-(day, team, key, model, tier, purpose, api) and per-(day, team, tag key, tag value) sums.
 
     Returned sorted by key, so concurrent writers (several proxies on one PostgreSQL) lock rollup rows in the same
     order and cannot deadlock each other.
     """
-    daily: dict[DailyKey, list[int]] = {}
-    tags: dict[TagKey, list[int]] = {}
+    daily: Deltas = {}
+    tags: Deltas = {}
     for r in records:
         values = _measures(r)
         day = r.day.isoformat()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple
 
 from metering.feedback import feedback_ddl
 from metering.ledger.alert_log import alerts_ddl, insert_alert_sql
@@ -35,6 +35,9 @@ from metering.ledger.schema import (
 from metering.outcomes import outcomes_ddl
 from metering.retrain_claims import retrain_claims_ddl
 from metering.routing_models import routing_models_ddl
+
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
 
 _RECORD_TYPES = {
     "score": "REAL", "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
@@ -175,7 +178,7 @@ class SqliteLedger(GroupCommitLedger):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
         self._conn: sqlite3.Connection | None = None
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
+    async def _call(self, fn: Callable[[*_Args], _T], *args: *_Args) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _open_db(self) -> None:
