@@ -63,7 +63,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     with open(args.out, "w", encoding="utf-8") as out:
         for start in range(0, len(rows), SCORE_BATCH):
             chunk = rows[start : start + SCORE_BATCH]
-            out.writelines(json.dumps({"id": rid, "score": value}) + "\n" for (rid, _), value in zip(chunk, scorer.score_many([m for _, m in chunk])))
+            scores = scorer.score_many([m for _, m in chunk])
+            out.writelines(json.dumps({"id": rid, "score": value}) + "\n" for (rid, _), value in zip(chunk, scores))
     if bad:
         print(f"tiergate score: {bad} row(s) were not JSON objects with an id; scored with id null", file=sys.stderr)
     print(f"scored {len(rows)} request(s) with model {scorer.model_id} -> {args.out}", file=sys.stderr)
@@ -126,7 +127,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         try:
             data = dataset.from_rows(rows)
         except (KeyError, TypeError, ValueError):
-            print("tiergate calibrate: --target-quality needs weak_score and strong_score on every row", file=sys.stderr)
+            print("tiergate calibrate: --target-quality needs weak_score and strong_score on every row",
+                  file=sys.stderr)
             return 2
         threshold = calibrate.threshold_for_quality(scores, data.weak, data.strong, args.target_quality)
         q = calibrate.routed_quality(scores, data.weak, data.strong, threshold)

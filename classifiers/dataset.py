@@ -32,7 +32,8 @@ class OutcomeData:
     sources: np.ndarray  # the row's ``source``
     collections: np.ndarray  # the file's model set: the source up to its first "-" (llmrouter-gsm8k -> llmrouter)
     groups: np.ndarray  # CV group, a domain: "<source>:<subject|category|task>", else the source
-    model_scores: np.ndarray  # rows x models: every model's outcome (``meta.model_scores``, else the pair's), NaN if unmeasured
+    # rows x models: every model's outcome (``meta.model_scores``, else the pair's), NaN if unmeasured
+    model_scores: np.ndarray
     model_names: tuple[str, ...]  # columns of ``model_scores``
     duplicates: list[tuple[str, ...]]  # ids of the same question in other files (``meta.dev_duplicates``)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from numpy.typing import ArrayLike
 from onnx import TensorProto, helper, numpy_helper
 
 from classifiers.features import FEATURE_NAMES, N_FEATURES
@@ -30,7 +31,7 @@ OPSET = 17
 _PRIOR = "prior/"
 
 
-def _const(name: str, value: np.ndarray | float) -> onnx.TensorProto:
+def _const(name: str, value: ArrayLike) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
 
 

@@ -244,10 +244,11 @@ def _option_dup_trigrams(options: list[str]) -> float:
     characters of each option, for latency (RESULTS.md, section 8). |A u B| = |A| + |B| - |A n B|
     saves building the union.
     """
-    grams = []
+    grams: list[set[tuple[str, ...] | str]] = []
     for o in options:
         o = o[:DUP_CHARS].lower()
-        grams.append(set(zip(o, o[1:], o[2:])) or {o})  # options under 3 chars: the option itself
+        trigrams: set[tuple[str, ...] | str] = set(zip(o, o[1:], o[2:]))
+        grams.append(trigrams or {o})  # options under 3 chars: the option itself
     best = 0.0
     for i, a in enumerate(grams):
         size = len(a)

@@ -165,7 +165,8 @@ def read_outcomes(path: str | Path) -> Outcomes:
                 try:
                     w, s = _grade(row, "weak_score"), _grade(row, "strong_score")
                 except TypeError as exc:
-                    raise LearnError(f"{path}:{number}: '{exc}' must be a finite number (both grades are required)") from None
+                    raise LearnError(f"{path}:{number}: '{exc}' must be a finite number "
+                                     "(both grades are required)") from None
                 ids.append(str(row["id"]))
                 messages.append(row["messages"] if vector is None else None)
                 weak.append(w)
@@ -359,7 +360,8 @@ def learn(data: Outcomes, out: str | Path, prior_path: str | Path | None = None,
     else:
         length = np.array([count_text(split_request(m)[0]) for m in data.messages], dtype=np.float64)
         vocabulary = build_vocabulary(data.messages)
-        words = featurize_many(data.messages, {w: i for i, w in enumerate(vocabulary)})[:, N_FEATURES:].astype(np.float64)
+        index = {w: i for i, w in enumerate(vocabulary)}
+        words = featurize_many(data.messages, index)[:, N_FEATURES:].astype(np.float64)
     design = _Design(X, prior, words)
 
     rng = np.random.default_rng(seed)

@@ -63,7 +63,8 @@ class ComplexityScorer:
 
     def logits(self, X: np.ndarray) -> np.ndarray:
         """The model's logit for each row of a feature matrix: the prior a learned model builds on."""
-        return self._session.run([LOGIT_OUTPUT], {INPUT_NAME: np.asarray(X, dtype=np.float32)})[0][:, 0].astype(np.float64)
+        logits = self._session.run([LOGIT_OUTPUT], {INPUT_NAME: np.asarray(X, dtype=np.float32)})[0]
+        return logits[:, 0].astype(np.float64)
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
         """P(strong tier needed) for each row of an input matrix (``features`` or a stored feature vector)."""

@@ -85,7 +85,10 @@ def train(data_dir: str | Path, out: str | Path, seed: int = 0, show_progress: b
     if show_progress:
         from tqdm import tqdm
 
-        progress = lambda it: tqdm(list(it), desc="domain-grouped CV", unit="fold")
+        def with_bar(folds: Iterable[str]) -> Iterable[str]:
+            return tqdm(list(folds), desc="domain-grouped CV", unit="fold")
+
+        progress = with_bar
     oof = out_of_fold(data, X, progress)
     baseline = np.array([count_text(split_request(m)[0]) for m in data.messages], dtype=np.float64)
     rep = cv.report(oof, baseline, data.weak, data.strong, data.groups, data.collections)
@@ -116,7 +119,8 @@ def train(data_dir: str | Path, out: str | Path, seed: int = 0, show_progress: b
         "data": {"rows": len(data), "collections": sorted(set(data.collections.tolist())),
                  "groups": sorted(set(data.groups.tolist())), "ids_sha256_12": data_sha},
         "cv": {
-            "collections": {s: {"model": asdict(m), "length_baseline": asdict(base)} for s, (m, base) in rep.sources.items()},
+            "collections": {s: {"model": asdict(m), "length_baseline": asdict(base)}
+                            for s, (m, base) in rep.sources.items()},
             "mean_collection_apgr": rep.mean_source_apgr,
             "wins": rep.wins,
             "scored_folds": len(rep.scored_folds),

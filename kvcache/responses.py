@@ -84,7 +84,7 @@ class StoredResponse:
         return value
 
     @classmethod
-    def decode(cls, value: bytes) -> "StoredResponse":
+    def decode(cls, value: bytes) -> StoredResponse:
         v = orjson.loads(value)
         return cls(id=v["id"], team=v["team"], created_at=int(v["created_at"]), items=v["items"],
                    response=v["response"], tier=v.get("tier"), deployment=v.get("deployment"))

@@ -9,8 +9,8 @@ cause is invisible.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from kvcache.responses import ResponseStoreUnavailable, StoredResponse
 

@@ -19,9 +19,10 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from kvcache.responses import ResponseStoreUnavailable, StoredResponse
 

@@ -55,9 +55,10 @@ class RedisCache:
 
     async def get(self, key: str) -> bytes | None:
         try:
-            return await self._client.get(self._prefix + key)
+            value = await self._client.get(self._prefix + key)
         except Exception:  # redis raises ConnectionError, TimeoutError, ResponseError...: all mean "no value"
             return None
+        return value if isinstance(value, bytes) else None  # the client does not decode: bytes or None
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         try:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
 
 import tiktoken
 
@@ -94,8 +94,9 @@ def count_text(text: str, model: str = DEFAULT_MODEL) -> int:
     return count
 
 
-def count_messages(messages: Iterable[dict[str, Any]], model: str = DEFAULT_MODEL) -> int:
-    """Prompt tokens of a chat request, the way OpenAI counts them (content plus per-message framing)."""
+def count_messages(messages: Iterable[object], model: str = DEFAULT_MODEL) -> int:
+    """Prompt tokens of a chat request, the way OpenAI counts them (content plus per-message framing). A client's
+    JSON may hold anything: entries that are not objects are skipped."""
     total = _TOKENS_PER_REPLY
     for message in messages:
         if not isinstance(message, dict):

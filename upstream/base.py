@@ -7,8 +7,9 @@ OpenAI-shaped response (or the stream of chunk payloads). Failures are raised as
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal, Mapping, Protocol
+from typing import Any, Literal, Protocol
 
 # The upstream path a call goes to. "responses" and "messages" carry OpenAI Responses and Anthropic Messages bodies
 # to deployments that speak those formats natively (``DeploymentSpec.native_apis``); every other call is OpenAI-shaped.

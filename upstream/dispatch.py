@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from router.health_snapshot import HealthSnapshot
 

@@ -10,7 +10,8 @@ lines are read, as for chat.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
 import orjson
@@ -53,7 +54,8 @@ class HttpUpstream:
     """One OpenAI-compatible base URL; shares the pool's session (connections are per host)."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, api_base: str, api_key: str | None, timeout_s: float, connect_timeout_s: float
+        self, session: aiohttp.ClientSession, api_base: str, api_key: str | None, timeout_s: float,
+        connect_timeout_s: float,
     ) -> None:
         self._session = session
         self._base = api_base.rstrip("/")

@@ -12,7 +12,8 @@ needs none of litellm's translation.
 from __future__ import annotations
 
 import os
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import orjson
 

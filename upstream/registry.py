@@ -13,8 +13,9 @@ only exists after ``pip install`` of the package, and tests and ``python -m prox
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from router.policy import DeploymentSpec
 from upstream.base import Upstream
