@@ -199,7 +199,10 @@ class Engine:
             name = (choice.get("function") or {}).get("name")
             return next((f for f in functions if f.get("name") == name), None)
         # With "auto", call a tool only when the user just spoke: after a tool result the model answers in text.
-        if choice == "required" or messages[-1].get("role") == "user":
+        # System and developer messages are instructions, not turns (Claude Code lists its agents in one after
+        # the user's message).
+        last = next((m for m in reversed(messages) if m.get("role") not in ("system", "developer")), messages[-1])
+        if choice == "required" or last.get("role") == "user":
             return functions[seed % len(functions)]
         return None
 

@@ -42,6 +42,26 @@ def test_send_and_stream_agree() -> None:
     asyncio.run(run())
 
 
+def test_a_system_message_after_the_user_still_lets_the_model_call_a_tool() -> None:
+    """Claude Code lists its agents in a system message after the user's turn: the user still spoke last."""
+    tool = {"type": "function", "function": {"name": "glob", "parameters": {"type": "object", "properties": {}}}}
+
+    async def run() -> None:
+        upstream = SimulatedUpstream()
+        for tail in ([], [{"role": "system", "content": "Agents: none."}]):
+            reply = await upstream.send("chat/completions", {**CHAT, "tools": [tool],
+                                                             "messages": [*CHAT["messages"], *tail]})
+            assert reply.body["choices"][0]["finish_reason"] == "tool_calls"
+        answered = [*CHAT["messages"], {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                    "function": {"name": "glob", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "c1",
+                    "content": "a.py"}, {"role": "system", "content": "Agents: none."}]
+        reply = await upstream.send("chat/completions", {**CHAT, "tools": [tool], "messages": answered})
+        assert reply.body["choices"][0]["finish_reason"] == "stop"  # after a tool result: text
+        await upstream.close()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize(("kind", "expected", "status"), [("429", "rate_limit", 429), ("500", "server", 500),
                                                           ("timeout", "timeout", 504)])
 def test_failures_raise_upstream_errors(kind: str, expected: str, status: int) -> None:
