@@ -1,6 +1,7 @@
 """Anthropic's Messages API (``POST /v1/messages``) in the simulator: the request as the chat engine's input (the
-gateway's own translation, ``wire.messages``: one mapping of the format), and the answer rendered as a ``message`` or its event stream (``message_start`` ... ``message_stop``), with usage as
-Anthropic reports it: ``input_tokens`` *excludes* ``cache_read_input_tokens`` and ``cache_creation_input_tokens``.
+gateway's own translation, ``wire.messages``: one mapping of the format), and the answer rendered as a ``message``
+or its event stream (``message_start`` ... ``message_stop``), with usage as Anthropic reports it: ``input_tokens``
+*excludes* ``cache_read_input_tokens`` and ``cache_creation_input_tokens``.
 
 Caching follows Anthropic's rules rather than OpenAI's: nothing is cached unless a block carries ``cache_control``;
 the prompt up to the last breakpoint is written on first sight and read on repeat (``PrefixCache.breakpoints``).
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 

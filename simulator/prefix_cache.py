@@ -18,7 +18,7 @@ import hashlib
 import time
 from array import array
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 MIN_CACHED_TOKENS = 1024
 INCREMENT = 128

@@ -7,7 +7,8 @@ become ``UpstreamError`` with the kind the proxy's fallback logic expects instea
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from simulator.engine import Generation
 from simulator.errors import SimulatedError

@@ -8,7 +8,8 @@ OpenAI sends byte for byte in structure: a role chunk, content deltas, a finish 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 

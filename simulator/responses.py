@@ -11,7 +11,8 @@ that speaks the format rather than against its own translator.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 
@@ -20,6 +21,7 @@ from simulator.engine import Choice, Engine, Generation
 from simulator.errors import invalid
 from simulator.text import groups
 from wire.responses.request import chat_body, parse
+
 
 def to_chat(body: Any) -> dict[str, Any]:
     """The chat engine's input for a Responses request, through the gateway's own translation

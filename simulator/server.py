@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -175,7 +176,7 @@ async def _hang(receive: Receive, seconds: float) -> None:
     watcher = asyncio.create_task(_watch_disconnect(receive, disconnected))
     try:
         await asyncio.wait_for(disconnected.wait(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     finally:
         watcher.cancel()

@@ -10,7 +10,8 @@ import asyncio
 import random
 import time
 from collections import Counter, deque
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from simulator import messages, outcomes, responses
 from simulator.embeddings import embed

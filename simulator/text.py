@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import tiktoken
 

@@ -9,8 +9,9 @@ always names the same items.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
@@ -33,7 +34,7 @@ class PageQuery:
     after: str | None = None
 
     @classmethod
-    def parse(cls, params: Mapping[str, str]) -> "PageQuery":
+    def parse(cls, params: Mapping[str, str]) -> PageQuery:
         """From the URL query (``limit``, ``order``, ``after``; ``include`` is accepted and adds nothing: no stored
         item has optional fields to include)."""
         raw_limit = params.get("limit")

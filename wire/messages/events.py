@@ -13,7 +13,8 @@ event (``api_error``) instead of message_delta, as Anthropic's own API does.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 

@@ -23,7 +23,8 @@ OpenAI-compatible ones get the nearest chat completions request:
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 

@@ -7,7 +7,8 @@ client sees are the numbers it pays for.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
