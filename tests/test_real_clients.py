@@ -215,9 +215,10 @@ def _claude_turn(demo_proxy: Process, tap: _Tap, tmp_path: Path, *flags: str) ->
 
 def test_claude_code_print_mode_completes_and_is_billed_as_the_ledger_says(demo_proxy: Process, tap: _Tap,
                                                                          tmp_path: Path) -> None:
-    """Claude Code as installed: all its tools, its agent listing as a mid-conversation system message."""
-    (turn,) = _claude_turn(demo_proxy, tap, tmp_path)
-    assert any(m["role"] == "system" for m in turn.body["messages"]) and len(turn.body["tools"]) > 10
+    """Claude Code as installed: all its tools, its agent listing as a mid-conversation system message (the
+    simulated model may call one of the tools first: every call of the turn is checked by _claude_turn)."""
+    first, *_ = _claude_turn(demo_proxy, tap, tmp_path)
+    assert any(m["role"] == "system" for m in first.body["messages"]) and len(first.body["tools"]) > 10
 
 
 def test_claude_code_survives_a_tool_use_round_trip(demo_proxy: Process, tap: _Tap, tmp_path: Path) -> None:
