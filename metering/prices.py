@@ -31,24 +31,30 @@ CAPABILITY_FLAGS: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """Dollars per token. ``cached_input`` is the price of a cache read, ``cache_write`` of a cache write."""
+    """Dollars per token. ``cached_input`` is the price of a cache read, ``cache_write`` of a cache write (Anthropic's
+    5-minute one), ``cache_write_1h`` of a write kept an hour (Anthropic bills it at 2x input, not 1.25x)."""
 
     input: Decimal
     output: Decimal
     cached_input: Decimal
     cache_write: Decimal
+    cache_write_1h: Decimal
 
     @classmethod
     def per_million(
-        cls, input: Decimal, output: Decimal, cached_input: Decimal | None = None, cache_write: Decimal | None = None
+        cls, input: Decimal, output: Decimal, cached_input: Decimal | None = None, cache_write: Decimal | None = None,
+        cache_write_1h: Decimal | None = None,
     ) -> Price:
-        """Build from $ per 1M tokens; a missing cached price means no discount, a missing write price no surcharge."""
+        """Build from $ per 1M tokens; a missing cached price means no discount, a missing write price no surcharge
+        (and a missing 1-hour write price the 5-minute one)."""
         inp = Decimal(input) / _MILLION
+        write = inp if cache_write is None else Decimal(cache_write) / _MILLION
         return cls(
             input=inp,
             output=Decimal(output) / _MILLION,
             cached_input=inp if cached_input is None else Decimal(cached_input) / _MILLION,
-            cache_write=inp if cache_write is None else Decimal(cache_write) / _MILLION,
+            cache_write=write,
+            cache_write_1h=write if cache_write_1h is None else Decimal(cache_write_1h) / _MILLION,
         )
 
 
@@ -105,11 +111,13 @@ def lookup(model: str) -> ModelFacts | None:
             continue
         cached = _dec(entry.get("cache_read_input_token_cost"))
         write = _dec(entry.get("cache_creation_input_token_cost"))
+        write_1h = _dec(entry.get("cache_creation_input_token_cost_above_1hr"))
         price = Price(
             input=inp,
             output=out,
             cached_input=inp if cached is None else cached,
             cache_write=inp if write is None else write,
+            cache_write_1h=(inp if write is None else write) if write_1h is None else write_1h,
         )
         window = entry.get("max_input_tokens")
         caps = frozenset(cap for cap, flag in CAPABILITY_FLAGS.items() if entry.get(flag) is True)

@@ -27,18 +27,21 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # of ``cache_write_tokens``, those written for an hour (Anthropic's 2x price)
     reasoning_tokens: int = 0
     estimated: bool = False
 
     def __post_init__(self) -> None:
         counts = (self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.cache_write_tokens,
-                  self.reasoning_tokens)
+                  self.cache_write_1h_tokens, self.reasoning_tokens)
         if any(not isinstance(n, int) or n < 0 for n in counts):
             raise ValueError(f"token counts must be non-negative ints: {self}")
         if self.cached_tokens + self.cache_write_tokens > self.prompt_tokens:
             raise ValueError(f"cache tokens exceed prompt tokens: {self}")
         if self.reasoning_tokens > self.completion_tokens:
             raise ValueError(f"reasoning tokens exceed completion tokens: {self}")
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            raise ValueError(f"1-hour cache writes exceed cache writes: {self}")
 
     @property
     def uncached_prompt_tokens(self) -> int:
@@ -93,11 +96,15 @@ def _openai_responses(raw: Mapping[str, Any]) -> Usage:
 def _anthropic(raw: Mapping[str, Any]) -> Usage:
     """Anthropic Messages API (also via Vertex and Bedrock InvokeModel): input excludes cache reads and writes.
 
-    Extended-thinking tokens are billed inside ``output_tokens``; Anthropic does not report them separately.
+    Extended-thinking tokens are billed inside ``output_tokens``; Anthropic does not report them separately. Writes
+    kept an hour (``cache_creation.ephemeral_1h_input_tokens``, a ``cache_control`` with ``ttl: 1h``) cost more than
+    the default 5-minute ones, so they are counted apart.
     """
     read = _int(raw, "cache_read_input_tokens")
     write = _int(raw, "cache_creation_input_tokens")
-    return _checked(_int(raw, "input_tokens") + read + write, _int(raw, "output_tokens"), read, write, 0)
+    creation = raw.get("cache_creation")
+    hour = min(_int(creation if isinstance(creation, Mapping) else None, "ephemeral_1h_input_tokens"), write)
+    return _checked(_int(raw, "input_tokens") + read + write, _int(raw, "output_tokens"), read, write, 0, hour)
 
 
 def _bedrock_converse(raw: Mapping[str, Any]) -> Usage:
@@ -120,13 +127,14 @@ def _gemini(raw: Mapping[str, Any]) -> Usage:
     )
 
 
-def _checked(prompt: int, completion: int, cached: int, write: int, reasoning: int) -> Usage:
+def _checked(prompt: int, completion: int, cached: int, write: int, reasoning: int, write_1h: int = 0) -> Usage:
     # A provider bug must not make the bill negative: a prompt smaller than its cached part is read as exclusive.
     return Usage(
         prompt_tokens=max(prompt, cached + write),
         completion_tokens=max(completion, reasoning),
         cached_tokens=cached,
         cache_write_tokens=write,
+        cache_write_1h_tokens=write_1h,
         reasoning_tokens=reasoning,
     )
 
@@ -161,7 +169,8 @@ def cost_nanos(usage: Usage, price: Price) -> int:
     dollars = (
         usage.uncached_prompt_tokens * price.input
         + usage.cached_tokens * price.cached_input
-        + usage.cache_write_tokens * price.cache_write
+        + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * price.cache_write
+        + usage.cache_write_1h_tokens * price.cache_write_1h
         + usage.completion_tokens * price.output
     )
     return int((dollars * _NANOS).to_integral_value(rounding=ROUND_HALF_EVEN))
@@ -170,7 +179,7 @@ def cost_nanos(usage: Usage, price: Price) -> int:
 def worst_case_nanos(prompt_tokens: int, max_tokens: int, price: Price) -> int:
     """The reservation for a request: every prompt token at the dearer of the input and cache-write prices,
     ``max_tokens`` at the output price, rounded up so a reservation never undershoots the cost it guards."""
-    dollars = prompt_tokens * max(price.input, price.cache_write) + max_tokens * price.output
+    dollars = prompt_tokens * max(price.input, price.cache_write, price.cache_write_1h) + max_tokens * price.output
     return int((dollars * _NANOS).to_integral_value(rounding=ROUND_CEILING))
 
 

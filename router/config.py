@@ -32,6 +32,8 @@ class PriceOverride(_Model):
     output: Decimal = Field(ge=0)
     cached_input: Decimal | None = Field(default=None, ge=0)
     cache_write: Decimal | None = Field(default=None, ge=0)
+    cache_write_1h: Decimal | None = Field(default=None, ge=0, description="a cache write kept an hour (Anthropic); "
+                                           "default: cache_write")
 
 
 class Deployment(_Model):

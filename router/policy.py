@@ -174,7 +174,7 @@ def _deployment(
     facts = lookup(spec.price_as or spec.model)
     if spec.price is not None:
         p = spec.price
-        price = Price.per_million(p.input, p.output, p.cached_input, p.cache_write)
+        price = Price.per_million(p.input, p.output, p.cached_input, p.cache_write, p.cache_write_1h)
     elif facts is not None:
         price = facts.price
     else:

@@ -47,6 +47,21 @@ def test_anthropic_family_shapes_cost_the_same(name: str) -> None:
     assert cost_nanos(usage, SONNET) == SONNET_COST
 
 
+def test_hour_long_cache_writes_cost_their_own_price() -> None:
+    """Anthropic bills a write kept an hour (cache_control ttl 1h) at 2x input, a 5-minute one at 1.25x: of 2,000
+    written tokens, 500 for an hour add 500 * (6e-6 - 3.75e-6) = $0.001125 to the 5-minute bill."""
+    raw = {**ANTHROPIC_SHAPES["anthropic-native"][1],
+           "cache_creation": {"ephemeral_5m_input_tokens": 1_500, "ephemeral_1h_input_tokens": 500}}
+    usage = normalize_usage(raw, "anthropic")
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (2_000, 500)
+    sonnet = Price.per_million(Decimal(3), Decimal(15), Decimal("0.30"), Decimal("3.75"), Decimal(6))
+    assert cost_nanos(usage, sonnet) == SONNET_COST + 1_125_000
+    table = lookup("anthropic/claude-sonnet-4-5-20250929")
+    assert table is not None and table.price.cache_write_1h == Decimal("0.000006")
+    assert cost_nanos(usage, table.price) == cost_nanos(usage, sonnet)
+    assert cost_nanos(usage, SONNET) == SONNET_COST  # no 1-hour price given: the 5-minute one
+
+
 def test_table_price_for_bedrock_sonnet_matches_hand_price() -> None:
     facts = lookup("bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0")
     assert facts is not None
