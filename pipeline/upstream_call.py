@@ -47,7 +47,14 @@ def body_for(upstream: dict[str, Any], kind: Endpoint, team: str, prefix: str | 
             return kind, {**upstream, "model": dep.upstream_model}, None
     if native is None:
         return chat
-    return lambda dep: native.outgoing(dep) if native.api in dep.native_apis else chat(dep)
+
+    def own(dep: DeploymentSpec) -> Outgoing:
+        endpoint, body, headers = native.outgoing(dep)
+        if hint_provider and native.api == "responses":  # the same prompt_cache_key a chat call would carry
+            body = provider_caching(body, dep, team, prefix)
+        return endpoint, body, headers
+
+    return lambda dep: own(dep) if native.api in dep.native_apis else chat(dep)
 
 
 def unusable_answer(dep: DeploymentSpec, attempts: list[Attempt], why: str) -> AllAttemptsFailed:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
-
 from conftest import Process, free_port, start_process
 from helpers_simulator import MockServer
 from proxy_metering_helpers import sqlite_records
@@ -137,6 +137,7 @@ def test_responses_pass_through_natively(proxy: Process, mock: MockServer) -> No
     assert [part["text"] for item in body["input"] for part in item["content"]] == ["Where is Rotterdam?"]
     assert body["model"] == "gpt-4o-mini" and body["max_output_tokens"] == 400 and body["store"] is False
     assert "messages" not in body
+    assert body["prompt_cache_key"].startswith("tg-")  # the provider-cache hint a chat call would carry
     usage = response.usage
     assert usage is not None
     row = _row(proxy, raw.headers["x-request-id"])
