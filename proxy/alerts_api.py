@@ -9,8 +9,8 @@ exact decimal strings, like the spend report.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,7 +36,7 @@ async def alerts(request: Request) -> Response:
     kind = request.query_params.get("kind") or None
     if kind is not None and kind not in ALERT_KINDS:
         raise bad_request(f"'kind' must be one of {', '.join(ALERT_KINDS)}, got {shown(kind)}", param="kind")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     since = instant(request, "since", now - DEFAULT_WINDOW)
     until = instant(request, "until", LATEST)
     if until <= since:

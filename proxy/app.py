@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
@@ -13,13 +13,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pipeline.errors import TiergateError, error_object
-from proxy import alerts_api, dashboard, endpoints, messages_api, metrics, models_api, responses_api, spend
+from proxy import (
+    alerts_api,
+    budgets_api,
+    dashboard,
+    endpoints,
+    experiments_api,
+    feedback_api,
+    forecast_api,
+    messages_api,
+    metrics,
+    models_api,
+    plan_api,
+    responses_api,
+    spend,
+    upstreams_api,
+)
 from proxy.errors import error_body, headers_of, wire
 from proxy.evidence_api import evidence as routing_evidence
-from proxy import forecast_api, plan_api
-from proxy import experiments_api
-from proxy import budgets_api, upstreams_api
-from proxy import feedback_api
 from proxy.request_id import RequestIdMiddleware
 from proxy.runtime import Runtime
 

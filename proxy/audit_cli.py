@@ -10,8 +10,9 @@ import argparse
 import asyncio
 import re
 import sys
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 
@@ -59,7 +60,7 @@ async def _run(url: str, schema: str, policy: Policy, since: timedelta) -> Audit
     ledger = open_ledger(url, spool_dir=None, schema=schema)
     await ledger.start()
     try:
-        end = datetime.now(timezone.utc)
+        end = datetime.now(UTC)
         return await audit(ledger, end - since, end, team_rules(policy), policy_prices(policy))
     finally:
         await ledger.close()

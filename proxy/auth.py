@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from pipeline.errors import TiergateError
 from router.policy import Policy, Principal, hash_key
-
 
 # Headers that carry the bare key, after ``Authorization: Bearer``: Azure-style SDKs send ``api-key``, the anthropic
 # SDK and Claude Code ``x-api-key``.
@@ -31,12 +30,13 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 def authenticate(policy: Policy, headers: Mapping[str, str]) -> Principal:
     key = presented_key(headers)
     if key is None:
-        raise TiergateError("auth.missing_api_key", "missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')")
+        raise TiergateError("auth.missing_api_key",
+                            "missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')")
     # Lookup is by the key's SHA-256, so lookup timing can reveal nothing about the key itself.
     principal = policy.keys.get(hash_key(key))
     if principal is None:
         raise TiergateError("auth.invalid_api_key", "invalid API key")
-    if principal.expires_at is not None and principal.expires_at <= datetime.now(timezone.utc):
+    if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
         raise TiergateError("auth.expired_api_key",
                             f"API key {principal.key_id!r} expired at {principal.expires_at.isoformat()}")
     return principal

@@ -13,7 +13,8 @@ prompt shapes, header tags, depth and the content rule to hand-written code anyw
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 

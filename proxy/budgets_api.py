@@ -6,7 +6,7 @@ key its own (another team is a 403, an unknown one a 404). The ledger is flushed
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,7 +19,7 @@ from proxy.render import json_response
 async def budgets(request: Request) -> Response:
     team = await visible_team(request)
     rt = runtime(request)
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     caps = await rt.spend.caps(rt.budgets.of(rt.store.policy), today, team)
     return json_response({"day": today.isoformat(), "month_start": today.replace(day=1).isoformat(), "team": team,
                           "caps": [cap.to_dict() for cap in caps]})

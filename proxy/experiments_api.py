@@ -9,7 +9,7 @@ before the question is in the answer, whichever worker served it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +23,6 @@ async def experiments(request: Request) -> Response:
     team = await visible_team(request)
     rt = runtime(request)
     manifests = [m for m in rt.store.policy.experiments.manifests if team is None or m.team == team]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = await rt.spend.experiments(manifests, now)
     return json_response({"now": now.isoformat(), "team": team, "experiments": [row.to_dict() for row in rows]})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ async def _read(policy: Policy, team: str | None, now: datetime) -> list[Experim
 
 
 def rows_for(policy: Policy, team: str | None = None) -> tuple[list[ExperimentRow], datetime]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return asyncio.run(_read(policy, team, now)), now
 
 
@@ -95,7 +95,7 @@ def check_budgets(policy: Policy, path: str) -> int:
     return 1 if failing else 0
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("experiments", help="each experiment's owner, purpose, spend, budget, status and the cost "
                                            "projected at its expiry")
     p.add_argument("--config", required=True, help="tiergate YAML config (its experiments and ledger)")

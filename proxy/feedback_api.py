@@ -11,7 +11,7 @@ on one request is stored as history; the latest counts. The value report has the
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -107,7 +107,7 @@ async def give(request: Request) -> Response:
     given = parse_feedback(parse_json(await read_body(request, limit)))
     request_id, response_id = await _answer_of(request, principal.team, given["request_id"], given["response_id"])
     feedback = Feedback(request_id=request_id, team=principal.team, key_id=principal.key_id,
-                        created_at=datetime.now(timezone.utc), response_id=response_id, score=given["score"],
+                        created_at=datetime.now(UTC), response_id=response_id, score=given["score"],
                         label=given["label"], comment=given["comment"])
     await runtime(request).spend.add_feedback(feedback)
     return json_response(feedback.to_dict())

@@ -10,7 +10,7 @@ Anthropic-native deployments, with its ``anthropic-version`` / ``anthropic-beta`
 from __future__ import annotations
 
 import secrets
-from typing import Mapping
+from collections.abc import Mapping
 
 import orjson
 from starlette.requests import Request

@@ -23,9 +23,9 @@ import hmac
 import logging
 import math
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -261,7 +261,7 @@ async def endpoint(request: Request) -> Response:
     rt = request.app.state.runtime
     policy = rt.store.policy
     check_access(policy.config.server.metrics, policy, request.headers)
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     spent = await rt.spend.committed_by_team(today)
     gauges = [*budget_gauges(spent, rt.budgets.of(policy)),
               *config_gauges(policy.sha256, rt.store.last_error is not None)]

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any, Callable
-
-import numpy as np
+from collections.abc import Callable
+from typing import Any
 
 from classifiers import calibrate
 from classifiers.learn import LearnError

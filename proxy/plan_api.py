@@ -12,7 +12,7 @@ The answer is the document ``tiergate plan --json`` prints for the same window.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -58,7 +58,7 @@ async def create_plan(request: Request) -> Response:
     since_text = _text(body, "since", "7d")
     assert since_text is not None
     try:
-        since, until = parse_window(since_text, _text(body, "until", None), datetime.now(timezone.utc))
+        since, until = parse_window(since_text, _text(body, "until", None), datetime.now(UTC))
     except ValueError as exc:
         raise bad_request(str(exc), param="until" if "'until'" in str(exc) else "since") from None
     team = _text(body, "team", None)

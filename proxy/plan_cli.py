@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -51,7 +51,7 @@ def plan_command(args: argparse.Namespace) -> int:
             print(f"  {issue}", file=sys.stderr)
         return 2
     try:
-        since, until = parse_window(args.since, args.until, datetime.now(timezone.utc))
+        since, until = parse_window(args.since, args.until, datetime.now(UTC))
         found = asyncio.run(_plan(policy, args, since, until))
     except (ValueError, _Refused) as exc:
         print(f"tiergate plan: {exc}", file=sys.stderr)
@@ -63,7 +63,7 @@ def plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("plan", help="what-if: re-price the ledger's recent requests under a candidate policy",
                               description="Re-price the ledger's recorded requests under a candidate policy: cost "
                                           "per team before and after, share of requests per tier, judged quality "

@@ -9,7 +9,7 @@ a team neither the policy nor the ledger knows is a 404 naming the known ones (a
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from starlette.requests import Request
 
@@ -23,8 +23,8 @@ MAX_TEAM_CHARS = 256
 # hourly and forecast queries do) would overflow.
 FIRST_DAY = date(2000, 1, 1)
 LAST_DAY = date(9998, 12, 31)
-EARLIEST = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=timezone.utc)
-LATEST = datetime.combine(LAST_DAY, datetime.max.time(), tzinfo=timezone.utc)
+EARLIEST = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=UTC)
+LATEST = datetime.combine(LAST_DAY, datetime.max.time(), tzinfo=UTC)
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
 
@@ -44,7 +44,7 @@ def day(value: str | None, name: str, default: date) -> date:
 
 def period(request: Request) -> tuple[date, date]:
     """``start`` (inclusive) and ``end`` (exclusive) query parameters; default this month so far, today included."""
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     start = day(request.query_params.get("start"), "start", today.replace(day=1))
     end = day(request.query_params.get("end"), "end", today + timedelta(days=1))
     if end <= start:
@@ -64,7 +64,7 @@ def instant(request: Request, name: str, default: datetime) -> datetime:
     except ValueError:
         raise bad_request(f"'{name}' must be an ISO date or instant like 2026-11-01 or 2026-11-01T09:30:00Z, got "
                           f"{shown(raw)}", param=name) from None
-    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     if not EARLIEST <= at <= LATEST:
         raise bad_request(f"'{name}' must be from {FIRST_DAY} to {LAST_DAY}, got {shown(raw)}", param=name)
     return at

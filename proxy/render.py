@@ -5,7 +5,8 @@ things the same way."""
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.responses import Response

@@ -12,9 +12,9 @@ import gc
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pydantic import BaseModel
 
@@ -78,7 +78,7 @@ class PolicyStore:
     _stamp: tuple[float, int] = field(default=(0.0, 0))
 
     @classmethod
-    def open(cls, path: str | Path) -> "PolicyStore":
+    def open(cls, path: str | Path) -> PolicyStore:
         path = Path(path)
         policy = load_policy(path)
         store = cls(path=path, policy=policy, started=policy.config)
@@ -212,7 +212,7 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, config_path: str | Path) -> "Runtime":
+    async def start(cls, config_path: str | Path) -> Runtime:
         store = PolicyStore.open(config_path)
         config = store.policy.config
         scorer = load_scorer(config.classifier.model)
@@ -235,8 +235,8 @@ class Runtime:
         scorers = TeamScorers(scorer)
         pipeline = Pipeline(dispatcher, Routing(scorers, health, tracing), meter, budgets, cache, tracing,
                             metrics.observe, status_of)
-        runtime = cls(store=store, pipeline=pipeline, scorer=scorer, scorers=scorers, pool=pool, meter=meter, budgets=budgets,
-                      cache=cache, metrics=metrics, spend=Spend(meter),
+        runtime = cls(store=store, pipeline=pipeline, scorer=scorer, scorers=scorers, pool=pool, meter=meter,
+                      budgets=budgets, cache=cache, metrics=metrics, spend=Spend(meter),
                       team_models=TeamModelAdmin(meter.ledger, scorers), responses=responses,
                       health=health)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))

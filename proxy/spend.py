@@ -8,7 +8,7 @@ ledger first, so a response that completed before the question was asked is in t
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -62,7 +62,7 @@ async def teams(request: Request) -> Response:
     for row in rows:  # the savings baseline: the team's usage priced on its most capable tier (its ceiling)
         known = rt.store.policy.teams.get(str(row["team"]))
         row["ceiling_tier"] = known.tier_names[-1] if known else None
-    return json_response({"day": datetime.now(timezone.utc).date().isoformat(), "teams": rows})
+    return json_response({"day": datetime.now(UTC).date().isoformat(), "teams": rows})
 
 
 async def percentiles(request: Request) -> Response:
@@ -82,7 +82,7 @@ async def expensive_requests(request: Request) -> Response:
     order = request.query_params.get("order", "cost")
     if order not in ("cost", "recent"):
         raise bad_request(f"'order' must be 'cost' or 'recent', got {order!r}", param="order")
-    since = datetime.now(timezone.utc) - timedelta(hours=hours)
+    since = datetime.now(UTC) - timedelta(hours=hours)
     rows = await runtime(request).spend.request_costs(since, limit, team, "cost" if order == "cost" else "recent")
     return json_response({"since": since.isoformat(), "order": order, "team": team,
                           "requests": [row.to_dict() for row in rows]})
@@ -94,7 +94,7 @@ async def timeseries(request: Request) -> Response:
     if request.query_params.get("bucket", "hour") != "hour":
         raise bad_request("only bucket=hour is supported (daily spend: /v1/spend/report?group_by=day)",
                           param="bucket")
-    on = day(request.query_params.get("day"), "day", datetime.now(timezone.utc).date())
+    on = day(request.query_params.get("day"), "day", datetime.now(UTC).date())
     points = await runtime(request).spend.hourly_spend(on, team)
     return json_response({"day": on.isoformat(), "bucket": "hour", "team": team,
                           "points": [p.to_dict() for p in points]})

@@ -6,7 +6,8 @@ SSE parsers, including every OpenAI SDK), and an OpenAI-shaped error event if th
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -44,7 +45,8 @@ class SSEResponse(StreamingResponse):
     ``events`` is the stream framed in the ingress's own format (``sse`` for OpenAI's; the Responses and Messages
     ingresses frame theirs), drawn from ``streaming.relay``."""
 
-    def __init__(self, streaming: Streaming, headers: dict[str, str], events: AsyncIterator[bytes] | None = None) -> None:
+    def __init__(self, streaming: Streaming, headers: dict[str, str],
+                 events: AsyncIterator[bytes] | None = None) -> None:
         super().__init__(events if events is not None else sse(streaming), media_type="text/event-stream",
                          headers=headers)
         self._streaming = streaming

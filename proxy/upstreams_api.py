@@ -10,7 +10,8 @@ N`` one answer is one worker's view; ``pid`` says which. Admin only: it names ev
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response

@@ -107,7 +107,8 @@ def _apply_stop(pieces: list[str], stop: Any) -> list[str] | None:
 
 
 def _usage(prompt: int, completion: int, cached: int, reasoning: int, chat: bool) -> dict[str, Any]:
-    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
     if chat:
         usage["prompt_tokens_details"] = {"cached_tokens": cached, "audio_tokens": 0}
         usage["completion_tokens_details"] = {
