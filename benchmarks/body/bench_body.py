@@ -19,8 +19,9 @@ import sys
 import time
 import timeit
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 import orjson
 
@@ -29,8 +30,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks" / "proxy")]
 
 from bench import chat_body  # noqa: E402  (benchmarks/proxy/bench.py: the body wrk sends)
 
-from proxy import body as edge  # noqa: E402
 from pipeline.errors import TiergateError  # noqa: E402
+from proxy import body as edge  # noqa: E402
 
 _NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
 ROLE = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -90,10 +91,10 @@ def msgspec_variants() -> dict[str, Callable[[bytes], Any]]:
 
     class ImageRef(Struct):
         url: str
-        detail: Optional[str] = None
+        detail: str | None = None
 
     class ImageUrl(Struct, tag_field="type", tag="image_url"):
-        image_url: Union[str, ImageRef]
+        image_url: str | ImageRef
 
     class InputImage(Struct, tag_field="type", tag="input_image"):
         image_url: str
@@ -107,7 +108,7 @@ def msgspec_variants() -> dict[str, Callable[[bytes], Any]]:
     class File(Struct, tag_field="type", tag="file"):
         file: dict[str, Any]
 
-    Part = Union[Text, InputText, Refusal, ImageUrl, InputImage, Image, InputAudio, File]
+    Part = Text | InputText | Refusal | ImageUrl | InputImage | Image | InputAudio | File
 
     class Function(Struct):
         name: str
@@ -120,11 +121,11 @@ def msgspec_variants() -> dict[str, Callable[[bytes], Any]]:
 
     class Message(Struct):
         role: ROLE
-        content: Union[str, list[Part], None] = None
-        name: Optional[str] = None
-        tool_call_id: Optional[str] = None
-        tool_calls: Optional[list[ToolCall]] = None
-        function_call: Optional[Function] = None
+        content: str | list[Part] | None = None
+        name: str | None = None
+        tool_call_id: str | None = None
+        tool_calls: list[ToolCall] | None = None
+        function_call: Function | None = None
 
         def __post_init__(self) -> None:
             if self.content is None and self.role != "assistant":
@@ -132,15 +133,15 @@ def msgspec_variants() -> dict[str, Callable[[bytes], Any]]:
 
     class ToolFunction(Struct):
         name: str
-        description: Optional[str] = None
-        parameters: Optional[dict[str, Any]] = None
+        description: str | None = None
+        parameters: dict[str, Any] | None = None
 
     class Tool(Struct):
         function: ToolFunction
         type: Literal["function"] = "function"
 
     class StreamOptions(Struct):
-        include_usage: Optional[bool] = None
+        include_usage: bool | None = None
 
     class ResponseFormat(Struct):
         type: str
@@ -148,19 +149,19 @@ def msgspec_variants() -> dict[str, Callable[[bytes], Any]]:
     class ChatRequest(Struct):
         model: Annotated[str, Meta(min_length=1)]
         messages: Annotated[list[Message], Meta(min_length=1)]
-        stream: Optional[bool] = None
-        stream_options: Optional[StreamOptions] = None
-        metadata: Optional[Annotated[dict[TagKey, Tag], Meta(max_length=edge.MAX_TAGS)]] = None
-        user: Optional[str] = None
-        max_tokens: Optional[Annotated[int, Meta(ge=1)]] = None
-        max_completion_tokens: Optional[Annotated[int, Meta(ge=1)]] = None
-        n: Optional[Annotated[int, Meta(ge=1, le=edge.MAX_N)]] = None
-        temperature: Optional[Annotated[float, Meta(ge=0, le=2)]] = None
-        top_p: Optional[Annotated[float, Meta(ge=0, le=1)]] = None
-        tools: Optional[list[Tool]] = None
-        functions: Optional[list[ToolFunction]] = None
-        tool_choice: Union[str, dict[str, Any], None] = None
-        response_format: Optional[ResponseFormat] = None
+        stream: bool | None = None
+        stream_options: StreamOptions | None = None
+        metadata: Annotated[dict[TagKey, Tag], Meta(max_length=edge.MAX_TAGS)] | None = None
+        user: str | None = None
+        max_tokens: Annotated[int, Meta(ge=1)] | None = None
+        max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
+        n: Annotated[int, Meta(ge=1, le=edge.MAX_N)] | None = None
+        temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+        top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+        tools: list[Tool] | None = None
+        functions: list[ToolFunction] | None = None
+        tool_choice: str | dict[str, Any] | None = None
+        response_format: ResponseFormat | None = None
 
     typed = msgspec.json.Decoder(ChatRequest)
 
@@ -190,8 +191,10 @@ def msgspec_variants() -> dict[str, Callable[[bytes], Any]]:
 # ---- pydantic-core: one JSON pass that validates and returns the dict (extra fields kept) --------------------------
 
 def pydantic_core_variant() -> dict[str, Callable[[bytes], Any]]:
+    from typing import NotRequired
+
     from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
-    from typing_extensions import NotRequired, TypedDict
+    from typing_extensions import TypedDict
 
     allow = ConfigDict(extra="allow", strict=True)
     Tag = Annotated[str, Field(max_length=edge.MAX_TAG_VALUE_CHARS, pattern=_NO_CONTROL)]
@@ -205,12 +208,12 @@ def pydantic_core_variant() -> dict[str, Callable[[bytes], Any]]:
     class ImageRef(TypedDict):
         __pydantic_config__ = allow  # type: ignore[misc]
         url: str
-        detail: NotRequired[Optional[str]]
+        detail: NotRequired[str | None]
 
-    Part = Annotated[Union[part("text", "text", str), part("input_text", "text", str),
-                           part("refusal", "refusal", str), part("image_url", "image_url", Union[str, ImageRef]),
-                           part("input_image", "image_url", str), part("image", "source", dict[str, Any]),
-                           part("input_audio", "input_audio", dict[str, Any]), part("file", "file", dict[str, Any])],
+    Part = Annotated[part("text", "text", str) | part("input_text", "text", str) | part("refusal", "refusal", str)
+                     | part("image_url", "image_url", str | ImageRef) | part("input_image", "image_url", str)
+                     | part("image", "source", dict[str, Any]) | part("input_audio", "input_audio", dict[str, Any])
+                     | part("file", "file", dict[str, Any]),
                      Field(discriminator="type")]
 
     class Function(TypedDict):
@@ -227,17 +230,17 @@ def pydantic_core_variant() -> dict[str, Callable[[bytes], Any]]:
     class Message(TypedDict):
         __pydantic_config__ = allow  # type: ignore[misc]
         role: ROLE
-        content: NotRequired[Union[str, list[Part], None]]
-        name: NotRequired[Optional[str]]
-        tool_call_id: NotRequired[Optional[str]]
-        tool_calls: NotRequired[Optional[list[ToolCall]]]
-        function_call: NotRequired[Optional[Function]]
+        content: NotRequired[str | list[Part] | None]
+        name: NotRequired[str | None]
+        tool_call_id: NotRequired[str | None]
+        tool_calls: NotRequired[list[ToolCall] | None]
+        function_call: NotRequired[Function | None]
 
     class ToolFunction(TypedDict):
         __pydantic_config__ = allow  # type: ignore[misc]
         name: str
-        description: NotRequired[Optional[str]]
-        parameters: NotRequired[Optional[dict[str, Any]]]
+        description: NotRequired[str | None]
+        parameters: NotRequired[dict[str, Any] | None]
 
     class Tool(TypedDict):
         __pydantic_config__ = allow  # type: ignore[misc]
@@ -246,7 +249,7 @@ def pydantic_core_variant() -> dict[str, Callable[[bytes], Any]]:
 
     class StreamOptions(TypedDict):
         __pydantic_config__ = allow  # type: ignore[misc]
-        include_usage: NotRequired[Optional[bool]]
+        include_usage: NotRequired[bool | None]
 
     class ResponseFormat(TypedDict):
         __pydantic_config__ = allow  # type: ignore[misc]
@@ -256,19 +259,19 @@ def pydantic_core_variant() -> dict[str, Callable[[bytes], Any]]:
         __pydantic_config__ = allow  # type: ignore[misc]
         model: Annotated[str, Field(min_length=1)]
         messages: Annotated[list[Message], Field(min_length=1)]
-        stream: NotRequired[Optional[bool]]
-        stream_options: NotRequired[Optional[StreamOptions]]
-        metadata: NotRequired[Optional[Annotated[dict[TagKey, Tag], Field(max_length=edge.MAX_TAGS)]]]
-        user: NotRequired[Optional[str]]
-        max_tokens: NotRequired[Optional[Annotated[int, Field(ge=1)]]]
-        max_completion_tokens: NotRequired[Optional[Annotated[int, Field(ge=1)]]]
-        n: NotRequired[Optional[Annotated[int, Field(ge=1, le=edge.MAX_N)]]]
-        temperature: NotRequired[Optional[Annotated[float, Field(ge=0, le=2)]]]
-        top_p: NotRequired[Optional[Annotated[float, Field(ge=0, le=1)]]]
-        tools: NotRequired[Optional[list[Tool]]]
-        functions: NotRequired[Optional[list[ToolFunction]]]
-        tool_choice: NotRequired[Union[str, dict[str, Any], None]]
-        response_format: NotRequired[Optional[ResponseFormat]]
+        stream: NotRequired[bool | None]
+        stream_options: NotRequired[StreamOptions | None]
+        metadata: NotRequired[Annotated[dict[TagKey, Tag], Field(max_length=edge.MAX_TAGS)] | None]
+        user: NotRequired[str | None]
+        max_tokens: NotRequired[Annotated[int, Field(ge=1)] | None]
+        max_completion_tokens: NotRequired[Annotated[int, Field(ge=1)] | None]
+        n: NotRequired[Annotated[int, Field(ge=1, le=edge.MAX_N)] | None]
+        temperature: NotRequired[Annotated[float, Field(ge=0, le=2)] | None]
+        top_p: NotRequired[Annotated[float, Field(ge=0, le=1)] | None]
+        tools: NotRequired[list[Tool] | None]
+        functions: NotRequired[list[ToolFunction] | None]
+        tool_choice: NotRequired[str | dict[str, Any] | None]
+        response_format: NotRequired[ResponseFormat | None]
 
     validator = TypeAdapter(ChatRequest).validator  # the pydantic_core.SchemaValidator itself
 
@@ -322,7 +325,8 @@ def timings(variants: dict[str, Callable[[bytes], Any]], raw: bytes, repeat: int
     for _ in range(repeat):
         for name, fn in variants.items():
             # CPU time of this process: on a shared machine, wall time also counts the moments it was not running
-            runs[name].append(timeit.Timer(lambda: fn(raw), timer=time.process_time).timeit(number) / number * 1e9)
+            timer = timeit.Timer(lambda: fn(raw), timer=time.process_time)  # noqa: B023 - run before fn changes
+            runs[name].append(timer.timeit(number) / number * 1e9)
     return {name: (min(r), statistics.median(r)) for name, r in runs.items()}
 
 

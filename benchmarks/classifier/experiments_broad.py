@@ -171,7 +171,8 @@ def summary(name: str, scores: np.ndarray, data: dataset.OutcomeData, pool: np.n
 def fmt(row: dict) -> str:
     cols = [row[f] for f in TRAIN_FILES] + [row["criterion"], row["domain_mean"], row["domains_below_random"],
                                             row["arc"], row["gpqa"], row["alpaca_eval"]]
-    return (f"| {row['name']} | " + " | ".join(f"{c:.{DIGITS}f}" if isinstance(c, float) else str(c) for c in cols) + " |")
+    cells = (f"{c:.{DIGITS}f}" if isinstance(c, float) else str(c) for c in cols)
+    return f"| {row['name']} | " + " | ".join(cells) + " |"
 
 
 DIGITS = 3

@@ -53,7 +53,8 @@ def domains(data: dataset.OutcomeData) -> dict[str, np.ndarray]:
 def held_out_prior(data: dataset.OutcomeData, X: np.ndarray, pool: np.ndarray, dom: np.ndarray, path: Path) -> None:
     """The default recipe fitted on the pool minus the domain and minus copies of its questions."""
     train = cv.train_mask(dom, data.ids, data.duplicates) & pool
-    export.linear_model(default_fit(data.subset(train), X[train]), path, {"kind": "default (experiment: domain held out)"})
+    export.linear_model(default_fit(data.subset(train), X[train]), path,
+                        {"kind": "default (experiment: domain held out)"})
 
 
 def short(config: learn.Config) -> str:

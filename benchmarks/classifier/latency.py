@@ -97,7 +97,8 @@ def main() -> None:
         "2000-token prompts": [padded(law, 2000)],
         "multi-turn chat": [chat],
     }
-    mixed = mmlu + alpaca + sets["500-token prompts"] * 200 + sets["1000-token prompts"] * 200 + sets["2000-token prompts"] * 200
+    mixed = (mmlu + alpaca + sets["500-token prompts"] * 200 + sets["1000-token prompts"] * 200
+             + sets["2000-token prompts"] * 200)
     rng = np.random.default_rng(0)
     mixed = [mixed[i] for i in rng.permutation(len(mixed))]
     sets["mix (all of the above, up to 2k tokens)"] = mixed
@@ -111,7 +112,8 @@ def main() -> None:
             print(row(name, *timed(scorer, prompts, min(args.calls, max(2000, len(prompts))))))
     huge = [{"role": "user", "content": "x " * 500_000}]
     print(row("1 MB prompt (truncated head+tail)", *timed(scorer, [huge], 200)))
-    print(f"RSS after all calls: +{rss_mb() - rss0:.1f} MB over the pre-load baseline (includes the test prompts held in memory)")
+    print(f"RSS after all calls: +{rss_mb() - rss0:.1f} MB over the pre-load baseline "
+          "(includes the test prompts held in memory)")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def main() -> None:
         m = np.isin(d.ids, [r["id"] for r in dataset.read_jsonl(f)])
         ours = metrics.evaluate(oof[m], d.weak[m], d.strong[m])
         print(f"{f.name}: classifiers.metrics APGR={ours.apgr:.3f} CPT50={100 * ours.cpt50:.1f}% "
-              f"CPT80={100 * ours.cpt80:.1f}%; route_eval.py: {route_eval(f, oof_path) if ROUTE_EVAL.exists() else '-'}")
+              f"CPT80={100 * ours.cpt80:.1f}%; "
+              f"route_eval.py: {route_eval(f, oof_path) if ROUTE_EVAL.exists() else '-'}")
 
     shared = SHARED / "data" / "routing"
     if shared.exists():

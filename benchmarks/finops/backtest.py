@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from statistics import mean
@@ -97,7 +97,8 @@ def anomaly_scores(episodes: list[Episode], truth: list[dict]) -> dict:
         by_kind[a["kind"]][1] += 1
     false_by_metric: dict[str, int] = {}
     for e in false:
-        false_by_metric[f"{e.scope.dimension}/{e.metric}"] = false_by_metric.get(f"{e.scope.dimension}/{e.metric}", 0) + 1
+        metric = f"{e.scope.dimension}/{e.metric}"
+        false_by_metric[metric] = false_by_metric.get(metric, 0) + 1
     return {
         "episodes": len(episodes), "correct": correct,
         "precision_pct": round(100 * correct / len(episodes), 1) if episodes else None,
@@ -145,7 +146,7 @@ async def run(ledger_url: str, truth_path: Path, sweep: bool) -> dict:
         series = {dim: await daily_spend(ledger, dim, start, end) for dim in DIMENSIONS}
         forecasts = {dim: forecast_scores(s, start, end) for dim, s in series.items()}
         t1 = time.perf_counter()
-        midnight = datetime.combine(start, datetime.min.time(), tzinfo=timezone.utc)
+        midnight = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
         rows = await request_rows(ledger, midnight, midnight + timedelta(days=truth["days"]))
         t2 = time.perf_counter()
         episodes = detect(rows, midnight + timedelta(days=8), midnight + timedelta(days=truth["days"]),

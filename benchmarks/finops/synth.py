@@ -34,7 +34,7 @@ import math
 import random
 import sys
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -144,7 +144,7 @@ def plan_anomalies(rng: random.Random, days: int) -> list[Anomaly]:
         for _ in range(200):
             day = rng.randrange(WARMUP_DAYS, days - 1)
             hour = rng.randrange(7, 18)  # business hours: enough traffic to measure
-            start = datetime.combine(START + timedelta(days=day), datetime.min.time(), tzinfo=timezone.utc)
+            start = datetime.combine(START + timedelta(days=day), datetime.min.time(), tzinfo=UTC)
             start += timedelta(hours=hour)
             length = {"key_burst": rng.randrange(2, 5), "tag_frontier": 3, "model_output": 4, "team_burst": 3}[kind]
             end = start + timedelta(hours=length)
@@ -163,7 +163,7 @@ def plan_anomalies(rng: random.Random, days: int) -> list[Anomaly]:
     # The batch team's 4x days are one-off spikes for the forecast and, hour by hour, anomalies too.
     for team in TEAMS:
         for day in team.batch_days:
-            start = datetime.combine(START + timedelta(days=day), datetime.min.time(), tzinfo=timezone.utc)
+            start = datetime.combine(START + timedelta(days=day), datetime.min.time(), tzinfo=UTC)
             out.append(_mark(Anomaly(f"b{day:02d}", "batch_day", start, start + timedelta(days=1), [],
                                      team=team.name), rng))
     return sorted(out, key=lambda a: a.start)
@@ -206,7 +206,7 @@ def generate(seed: int, days: int) -> tuple[list[UsageRecord], list[Anomaly]]:
         for team in TEAMS:
             day_mean = team.mean_requests(day_index, day) * math.exp(rng.gauss(0, 0.12))
             for hour in range(24):
-                at = datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc) + timedelta(hours=hour)
+                at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=hour)
                 active = [a for a in anomalies if a.team == team.name and a.active(at)]
                 model_active = [a for a in anomalies if a.kind == "model_output" and a.active(at)]
                 for key, share in zip(keys_of(team.name), KEY_SHARES):

@@ -19,10 +19,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from fuzz_harness import FuzzApp, Tally, model_request, spend_request  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from fuzz_harness import FuzzApp, Tally, model_request, spend_request  # noqa: E402
 
 
 def run(app: FuzzApp, tally: Tally, strategy: st.SearchStrategy[dict[str, Any]], examples: int,

@@ -18,11 +18,11 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import sqlite3
+import statistics
 import tempfile
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from metering.ledger.base import Ledger
@@ -72,7 +72,8 @@ def generate_sqlite(path: Path, n: int) -> None:
     create_schema(conn)
     conn.execute("PRAGMA synchronous=OFF")
     row = _ROW.format(day=f"date('2026-11-01', '+' || {_DAY_OF} || ' days')", false="0",
-                      tags="'{\"exp\":\"e' || ((HASH / 432000) % 5) || '\",\"owner\":\"o' || ((HASH / 2160000) % 7) || '\"}'")
+                      tags="'{\"exp\":\"e' || ((HASH / 432000) % 5) || '\",\"owner\":\"o' "
+                           "|| ((HASH / 2160000) % 7) || '\"}'")
     row = row.replace("printf_id", "printf('r%010d', i)").replace("HASH", "((i * 2654435761) % 4294967296)")
     step = 1_000_000
     for lo in range(0, n, step):
@@ -92,8 +93,10 @@ def generate_sqlite(path: Path, n: int) -> None:
 
 async def generate_postgres(ledger: PostgresLedger, n: int) -> None:
     row = _ROW.format(day=f"date '2026-11-01' + {_DAY_OF}::int", false="false",
-                      tags="jsonb_build_object('exp', 'e' || ((HASH / 432000) % 5), 'owner', 'o' || ((HASH / 2160000) % 7))")
-    row = row.replace("HASH", "((i::bigint * 2654435761) % 4294967296)").replace("printf_id", "'r' || lpad(i::text, 10, '0')").replace(
+                      tags="jsonb_build_object('exp', 'e' || ((HASH / 432000) % 5), "
+                           "'owner', 'o' || ((HASH / 2160000) % 7))")
+    row = row.replace("HASH", "((i::bigint * 2654435761) % 4294967296)").replace(
+        "printf_id", "'r' || lpad(i::text, 10, '0')").replace(
         "'2026-11-01T00:00:00+00:00'", "timestamptz '2026-11-01T00:00:00+00:00'").replace(
         "'2026-11-01T00:00:01+00:00'", "timestamptz '2026-11-01T00:00:01+00:00'")
     async with ledger._pool.connection() as conn:
@@ -193,7 +196,7 @@ async def bench_report(backend: str, n: int, keep: str | None) -> None:
 
 
 def _record(i: int) -> UsageRecord:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return UsageRecord(
         request_id=f"w{os.getpid()}-{i}", started_at=now, ended_at=now, team=f"team-{i % 50}", key_id=f"k{i % 200}",
         requested_model="auto", model=f"model-{i % 6}", tier="small", status=200, tags={"exp": f"e{i % 5}"},

@@ -50,7 +50,8 @@ SYSTEM_PROMPT = (
     "Italian nor Arabic, answer in English and apologise briefly. Eighth, end every answer that commits the company "
     "to an action with the ticket number you created, in the form NW- followed by six digits."
 )
-USER_MESSAGE = "Container MSKU 7781204 has been held in Rotterdam since Tuesday. What documents do we need to release it?"
+USER_MESSAGE = ("Container MSKU 7781204 has been held in Rotterdam since Tuesday. "
+                "What documents do we need to release it?")
 
 
 def chat_body(stream: bool = False, max_tokens: int | None = None, model: str = "auto",
@@ -113,7 +114,8 @@ def long_reply_seed(port: int, key: str | None, model: str, min_tokens: int, max
 class Proc:
     """A started process tree; ``stop`` ends it (and its children) by pid."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None, cpus: str | None = None):
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
+                 cpus: str | None = None):
         self.name = name
         if cpus:
             argv = ["taskset", "-c", cpus, *argv]
@@ -261,8 +263,8 @@ def wrk(port: int, conns: int, duration: float, body_path: Path, key: str | None
     """One wrk run with chat.lua (any JSON body to ``path``); wrk itself is pinned to `cpus` (one thread unless
     told)."""
     env = dict(os.environ, BENCH_BODY=str(body_path), BENCH_KEY=key or "")
-    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", str(HERE / "chat.lua"),
-            f"http://{HOST}:{port}{path}"]
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+            "-s", str(HERE / "chat.lua"), f"http://{HOST}:{port}{path}"]
     if cpus:
         argv = ["taskset", "-c", cpus, *argv]
     wait_quiet(WAIT_QUIET_S)
@@ -381,7 +383,7 @@ async def streams_run(port: int, key: str | None, n: int, max_tokens: int, model
                         stamps.append(time.perf_counter())
                         if line[5:].strip() == b"[DONE]":
                             done = True
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False, [], 0, 0.0, 0.0
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
         return done, gaps, len(stamps), (stamps[0] - t0) if stamps else 0.0, time.perf_counter() - t0
@@ -660,7 +662,8 @@ class Bench:
             run = wrk(a.tiergate_port, 64, a.soak_chunk, self.body_path, KEY, a.load_cpus)
             served += run["requests"]
             points.append((served, rss_mb(worker)))
-            self.log(f"soak: {served} requests, RSS {points[-1][1]:.1f} MB, {run['rps']:.0f} rps, errors {run['errors']}")
+            self.log(f"soak: {served} requests, RSS {points[-1][1]:.1f} MB, {run['rps']:.0f} rps, "
+                     f"errors {run['errors']}")
         self.stop(proc)
         return {"points": points, "seconds": time.perf_counter() - t0}
 
@@ -673,8 +676,9 @@ class Bench:
                           ("litellm venv", Path(self.args.litellm_venv) / "bin" / "python")):
             if not py.exists():
                 continue
-            base = subprocess.run([str(py), "-c", "import resource;print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"],
-                                  capture_output=True, text=True, env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"))
+            peak = "import resource;print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
+            base = subprocess.run([str(py), "-c", peak], capture_output=True, text=True,
+                                  env=dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True"))
             runs = []
             for _ in range(3):
                 p = subprocess.run([str(py), "-c", code], capture_output=True, text=True,
@@ -683,7 +687,8 @@ class Bench:
                 runs.append((float(secs), float(rss)))
             out[label] = {"import_s": [r[0] for r in runs], "peak_rss_mb": runs[-1][1],
                           "bare_interpreter_rss_mb": float(base.stdout.strip() or 0)}
-            self.log(f"import litellm ({label}): {', '.join(f'{r[0]:.2f}s' for r in runs)}, peak RSS {runs[-1][1]:.0f} MB")
+            self.log(f"import litellm ({label}): {', '.join(f'{r[0]:.2f}s' for r in runs)}, "
+                     f"peak RSS {runs[-1][1]:.0f} MB")
         return out
 
     def reset_budget_keys(self) -> None:
@@ -838,7 +843,8 @@ def main() -> int:
     p.add_argument("--soak-chunk", type=float, default=10)
     p.add_argument("--profile", action="store_true", help="py-spy the 1-worker tiergate under c=64 load")
     p.add_argument("--litellm-import", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--classifier", default="auto", help="auto (default if the ONNX file exists, else length), default, length")
+    p.add_argument("--classifier", default="auto",
+                   help="auto (default if the ONNX file exists, else length), default, length")
     p.add_argument("--tiergate-config", default=str(REPO / "configs" / "bench.yaml"),
                    help="policy to start tiergate with (ports and ledger path are rewritten into a temp copy)")
     p.add_argument("--litellm-venv", default=os.environ.get("LITELLM_VENV", "/tmp/litellm-venv"))
@@ -853,7 +859,8 @@ def main() -> int:
     p.add_argument("--wait-quiet", type=float, default=0,
                    help="before each wrk run, wait up to this many seconds for other processes to go quiet")
     p.add_argument("--nice", type=int, default=0,
-                   help="niceness of this driver and all it starts (negative: ahead of other work on a shared machine; root)")
+                   help="niceness of this driver and all it starts "
+                        "(negative: ahead of other work on a shared machine; root)")
     p.add_argument("--out", default=str(OUT / "results.json"))
     args = p.parse_args()
     global WAIT_QUIET_S
@@ -910,13 +917,19 @@ def report(r: dict[str, Any]) -> str:
                  get("litellm", lambda x: f"{x['c64_w2']['rps']:.0f}")))
     rows.append(("CPU per request, 1 worker", get("tiergate", lambda x: f"{x['cpu_ms_per_req']:.2f} ms"),
                  get("litellm", lambda x: f"{x['cpu_ms_per_req']:.2f} ms")))
-    rows.append(("TTFT added p50, c=1", get("tiergate", lambda x: f"{(x['ttft']['p50_us'] - d['ttft']['p50_us']) / 1000:.2f} ms"),
-                 get("litellm", lambda x: f"{(x['ttft']['p50_us'] - d['ttft']['p50_us']) / 1000:.2f} ms")))
+
+    def ttft_added(x: dict[str, Any]) -> str:
+        return f"{(x['ttft']['p50_us'] - d['ttft']['p50_us']) / 1000:.2f} ms"
+
+    rows.append(("TTFT added p50, c=1", get("tiergate", ttft_added), get("litellm", ttft_added)))
     rows.append(("RSS idle / after load (per worker)",
                  get("tiergate", lambda x: f"{fmt_mb(x['rss_idle_mb'])} / {fmt_mb(x['rss_after_load_mb'])}"),
                  get("litellm", lambda x: f"{fmt_mb(x['rss_idle_mb'])} / {fmt_mb(x['rss_after_load_mb'])}")))
-    rows.append(("start-up to first 200", get("tiergate", lambda x: ", ".join(f"{s:.2f}" for s in x["startup_s"]) + " s"),
-                 get("litellm", lambda x: ", ".join(f"{s:.2f}" for s in x["startup_s"]) + " s")))
+
+    def startups(x: dict[str, Any]) -> str:
+        return ", ".join(f"{s:.2f}" for s in x["startup_s"]) + " s"
+
+    rows.append(("start-up to first 200", get("tiergate", startups), get("litellm", startups)))
     out = ["| metric | tiergate | LiteLLM Proxy |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     for api in [a for a in API_PATHS if a != "chat"]:
@@ -943,8 +956,9 @@ def report(r: dict[str, Any]) -> str:
         out.append(f"| {path} streamed: TTFT added p50 | {line('tiergate', 'ttft')} | {line('litellm', 'ttft')} |")
     if "streams" in r:
         s = r["streams"].get("tiergate", {})
-        out.append(f"\nstreams: {s.get('completed')}/{s.get('streams')} completed through tiergate, max inter-chunk gap "
-                   f"{s.get('max_gap_ms')} ms (direct: {r['streams'].get('direct', {}).get('max_gap_ms')} ms)")
+        direct = r["streams"].get("direct", {})
+        out.append(f"\nstreams: {s.get('completed')}/{s.get('streams')} completed through tiergate, "
+                   f"max inter-chunk gap {s.get('max_gap_ms')} ms (direct: {direct.get('max_gap_ms')} ms)")
     if "soak" in r:
         out.append("soak RSS (requests, MB): " + ", ".join(f"({n}, {m:.0f})" for n, m in r["soak"]["points"]))
     return "\n".join(out)

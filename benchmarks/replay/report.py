@@ -25,8 +25,8 @@ def table(run: dict[str, Any]) -> str:
            "",
            "| requests | judged | serving | retrain at this checkpoint (gate: candidate / current held-out APGR) "
            "| threshold after | frontier share (window) | quality vs always-frontier: window / cumulative "
-           "| cost vs always-frontier: window / cumulative | + shadow & judge (cumulative) | APGR on unseen traffic: serving / new "
-           "candidate / prior / length |",
+           "| cost vs always-frontier: window / cumulative | + shadow & judge (cumulative) "
+           "| APGR on unseen traffic: serving / new candidate / prior / length |",
            "|---:|---:|---|---|---:|---:|---|---:|---:|---|"]
     for c in run["checkpoints"]:
         gate = c.get("gate_holdout_apgr") or {}

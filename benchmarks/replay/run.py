@@ -105,7 +105,8 @@ tiers:
          simulator: {{outcomes: '{traffic}', outcomes_grade: strong}}}}
   - name: judge
     deployments:
-      - {{id: judge-sim, model: simulated/judge-model, context_window: 128000, price: {{input: {s_in}, output: {s_out}}}}}
+      - {{id: judge-sim, model: simulated/judge-model, context_window: 128000,
+         price: {{input: {s_in}, output: {s_out}}}}}
 teams:
   {TEAM}:
     keys: [{{id: replay-key, sha256: {sha(KEY)}}}]

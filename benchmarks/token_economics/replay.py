@@ -11,7 +11,8 @@ Two phases, one mock each on port 18600 (proxy on 4600), so "provider caching of
 - A: a mock whose prefix cache keeps nothing (``SimulatorOptions(cache_max_entries=0)``): a provider without prompt
   caching, or a prefix that is never byte-stable. Team ``baseline`` only.
 - B: the stock ``tiergate mock-upstream``, which caches like OpenAI: automatically, keyed by model and
-  ``prompt_cache_key`` (an absent key is its own namespace). Teams ``baseline`` (every lever off), ``summaries``, ``prefix``, ``all``.
+  ``prompt_cache_key`` (an absent key is its own namespace). Teams ``baseline`` (every lever off), ``summaries``,
+  ``prefix``, ``all``.
 
 Each team's system prompt starts with its own name, so teams never share a provider cache entry.
 
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -265,7 +266,7 @@ async def replay_team(team: str, chats: int, turns: int, concurrency: int) -> Te
 
 
 def spend_report() -> list[dict[str, Any]]:
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     response = httpx.get(f"http://{HOST}:{PROXY_PORT}/v1/spend/report",
                          params={"group_by": "team,purpose,model", "start": str(today - timedelta(days=1)),
                                  "end": str(today + timedelta(days=1))},  # end exclusive: today included
