@@ -11,9 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -107,7 +107,8 @@ def start_mock(tmp_path: Path) -> Iterator:
 
     def start(*flags: str) -> Process:
         port = free_port()
-        process = start_process(["mock-upstream", "--port", str(port), *flags], port, tmp_path / f"mock-{port}.log", "/healthz")
+        process = start_process(["mock-upstream", "--port", str(port), *flags], port, tmp_path / f"mock-{port}.log",
+                                "/healthz")
         started.append(process)
         return process
 

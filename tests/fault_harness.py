@@ -18,24 +18,23 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import httpx
 import orjson
 import yaml
-
 from conftest import ROOT, Process, free_port, require_service, start_process
 from metering_fixtures import RedisServer
 from proxy_metering_helpers import TeamSpec, parse_sse, write_config
@@ -163,7 +162,7 @@ class Load:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self.start()
         return self
 
@@ -258,7 +257,7 @@ class LedgerReader:
 
 
 def today() -> str:
-    return datetime.now(timezone.utc).date().isoformat()
+    return datetime.now(UTC).date().isoformat()
 
 
 @dataclass(frozen=True)
@@ -409,7 +408,7 @@ class Summary:
     def markdown(self) -> str:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip()
-        lines = [f"# Fault suite ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, HEAD {commit or '?'})", "",
+        lines = [f"# Fault suite ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, HEAD {commit or '?'})", "",
                  self.HEADER, *(row.line() for row in self.rows), ""]
         return "\n".join(lines)
 
@@ -572,12 +571,12 @@ class PrivatePostgres:
         subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True,
                        timeout=timeout_s, cwd=self.dir)
 
-    def init(self) -> "PrivatePostgres":
+    def init(self) -> PrivatePostgres:
         self._pg(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                  "--locale=C", "--no-sync")
         return self.start()
 
-    def start(self) -> "PrivatePostgres":
+    def start(self) -> PrivatePostgres:
         options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=50")
         self._pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"),

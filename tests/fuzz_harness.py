@@ -12,15 +12,16 @@ import re
 import sqlite3
 import string
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
+from conftest import DEMO_KEYS, demo_config
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from conftest import DEMO_KEYS, demo_config
 from proxy.app import create_app
 from proxy.body import MAX_DEPTH, MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS, MAX_TAGS
 
@@ -224,7 +225,7 @@ class FuzzApp:
         self.app = create_app(str(fuzz_config(tmp, classifier)))
         self.client = TestClient(self.app, raise_server_exceptions=False)
 
-    def __enter__(self) -> "FuzzApp":
+    def __enter__(self) -> FuzzApp:
         self.client.__enter__()
         return self
 

@@ -6,9 +6,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -33,7 +33,7 @@ class MockServer:
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
 
-    def wait_ready(self, timeout: float = 15.0) -> "MockServer":
+    def wait_ready(self, timeout: float = 15.0) -> MockServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -13,7 +13,7 @@ import asyncio
 import random
 import sys
 import time
-from datetime import date
+from datetime import UTC, date
 
 from metering.budgets.base import BudgetExceeded, Cap
 from metering.budgets.redis_store import RedisBudgetStore
@@ -53,15 +53,16 @@ async def race(url: str, prefix: str, cap_nanos: str, amount: str, run_s: str, t
 
 async def lease(redis_url: str, ledger_url: str, spool_dir: str, team: str, daily_usd: str, n: str,
                 cost_nanos: str) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
     from decimal import Decimal
+
+    from metering_fixtures import make_record
 
     from metering.budgets.failover import FailoverBudgetStore
     from metering.budgets.leases import LeasedBudgetStore
     from metering.budgets.policy import BudgetLimits, BudgetPolicy
     from metering.ledger import open_ledger
     from metering.service import Meter, ledger_seeder
-    from metering_fixtures import make_record
 
     ledger = open_ledger(ledger_url, spool_dir=spool_dir)
     await ledger.start()
@@ -69,7 +70,7 @@ async def lease(redis_url: str, ledger_url: str, spool_dir: str, team: str, dail
     # The lease lives for a minute (only the kill ends it) but its hold in Redis expires a second after the kill.
     meter = Meter(ledger, LeasedBudgetStore(FailoverBudgetStore(remote), max_age_s=60, lease_ttl_s=1.0))
     policy = BudgetPolicy(team=BudgetLimits(daily_usd=Decimal(daily_usd)), redis_failure="closed")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for i in range(int(n)):
         rid = f"child-{i}"
         res = await meter.reserve(team, "k", {}, 2 * int(cost_nanos), policy, request_id=rid, started_at=now)

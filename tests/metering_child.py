@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from metering.ledger import open_ledger
 from metering.record import UsageRecord
@@ -19,7 +19,7 @@ async def main(url: str, spool_dir: str, schema: str, tag: str) -> None:
     async def worker(w: int) -> None:
         i = 0
         while True:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             rid = f"{tag}-{w}-{i}"
             await ledger.write(UsageRecord(
                 request_id=rid, started_at=now, ended_at=now, team="kill", key_id="k", requested_model="m",

@@ -14,8 +14,9 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -177,7 +178,7 @@ def redis_server() -> Iterator[RedisServer]:
         server.stop()
 
 
-T0 = datetime(2026, 11, 5, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 5, 12, 0, tzinfo=UTC)
 
 
 def make_record(i: int = 0, **overrides: Any):

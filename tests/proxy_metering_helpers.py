@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -100,12 +100,12 @@ def chat(messages_text: str, model: str = "small", max_tokens: int | None = 16, 
 
 
 def today() -> str:
-    return datetime.now(timezone.utc).date().isoformat()
+    return datetime.now(UTC).date().isoformat()
 
 
 def tomorrow() -> str:
     """The exclusive ``end`` of a report of today."""
-    return (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()
+    return (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
 
 
 def report(proxy_url: str, auth: dict[str, str], **params: str) -> httpx.Response:

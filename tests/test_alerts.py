@@ -5,15 +5,17 @@ webhook server (``tests/test_alerts_e2e.py`` drives the same through two served 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
-
 from metering_fixtures import PG_URL, REDIS_URL, make_record, pg_schema, redis_prefix  # noqa: F401  (fixtures)
+from webhook_receiver import Webhook
+
 from metering.alerts import Alerter, crossings
 from metering.budgets.base import BudgetExceeded, Cap, CapState
 from metering.budgets.memory_store import MemoryBudgetStore
@@ -21,9 +23,8 @@ from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.ledger import Ledger, open_ledger
 from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.service import Meter
-from webhook_receiver import Webhook
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 DAY = NOW.date()
 EVER = AlertQuery(NOW - timedelta(days=1), NOW + timedelta(days=1), limit=1000)
 

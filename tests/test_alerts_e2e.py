@@ -10,23 +10,32 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
 import yaml
-
 from conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
+from metering_fixtures import pg_schema  # noqa: F401  (fixture)
+from proxy_metering_helpers import (
+    ADMIN_AUTH,
+    TeamSpec,
+    chat,
+    drop_redis_state,
+    new_team,
+    postgres_up,
+    redis_up,
+    write_config,
+)
+from webhook_receiver import Webhook
+
 from metering.ledger import open_ledger
 from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.money import usd_to_nanos
-from metering_fixtures import pg_schema  # noqa: F401  (fixture)
-from proxy_metering_helpers import (ADMIN_AUTH, TeamSpec, chat, drop_redis_state, new_team, postgres_up, redis_up,
-                                    write_config)
-from webhook_receiver import Webhook
 
 CAPS = {"team": Decimal("0.0004"), "key": Decimal("0.0003"), "tag": Decimal("0.0002")}  # USD per day
 TAG = {"exp": "e1"}
@@ -161,7 +170,7 @@ async def _stored(url: str, schema: str) -> list[AlertEvent]:
     ledger = open_ledger(url, spool_dir=None, schema=schema)
     await ledger.start()
     try:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return await ledger.alerts(AlertQuery(now - timedelta(hours=1), now + timedelta(hours=1), limit=1000))
     finally:
         await ledger.close()

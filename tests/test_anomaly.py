@@ -12,10 +12,10 @@ import json
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from conftest import ROOT
@@ -34,7 +34,7 @@ from metering.finops.scopes import Scope
 from metering.ledger.sqlite import SqliteLedger
 from metering.record import UsageRecord
 
-T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)  # a Monday; the scan covers day 8 (after a week of baseline)
+T0 = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday; the scan covers day 8 (after a week of baseline)
 SCAN = T0 + timedelta(days=8)
 FRONTIER = frozenset({"frontier"})
 
@@ -51,8 +51,8 @@ def steady(days: int = 9, per_hour: int = 12, **kw: object) -> list[RequestRow]:
     for h in range(days * 24):
         for i in range(per_hour):
             frontier = i == 0 and h % 2 == 0
-            rows.append(_row(len(rows), T0 + timedelta(hours=h, minutes=i * 4), tier="frontier" if frontier else "small",
-                             **kw))  # type: ignore[arg-type]
+            rows.append(_row(len(rows), T0 + timedelta(hours=h, minutes=i * 4),
+                             tier="frontier" if frontier else "small", **kw))  # type: ignore[arg-type]
     return rows
 
 

@@ -11,20 +11,20 @@ import asyncio
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ROOT, demo_config
+from metering_fixtures import PG_URL, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
+
 from metering.audit import AuditReport, TeamRules, audit, monthly, nearest_rank, render_text
 from metering.ledger import open_ledger
 from metering.record import UsageRecord
-from metering_fixtures import PG_URL, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
-START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+START = datetime(2026, 11, 1, tzinfo=UTC)
 END = START + timedelta(days=3)
 AT = START + timedelta(days=1)
 RULES = {
@@ -150,7 +150,7 @@ def test_projection_and_percentile_arithmetic() -> None:
 
 
 def test_audit_cli_on_the_demo_config(tmp_path: Path) -> None:
-    now = datetime.now(timezone.utc) - timedelta(minutes=5)
+    now = datetime.now(UTC) - timedelta(minutes=5)
     records = [
         make_record(1, team="research", key_id="research-demo", model="gpt-4o-mini", tier="small", score=0.1,
                     started_at=now, system_tokens=1500, cached_tokens=1024),

@@ -1,6 +1,7 @@
 """Budget race with the shapes that used to outrun their reservations (issue 11, item 2): two proxy processes
 sharing one Redis and one PostgreSQL ledger, 50 clients sending ``n > 1`` chat requests and multi-prompt
-completions (a list of strings, a list of token arrays) to a small tier that fails half the time and falls back to a dearer one.
+completions (a list of strings, a list of token arrays) to a small tier that fails half the time and falls back to a
+dearer one.
 
 The ledger's final spend must stay within the cap plus one reservation. Budget leases are on (the default
 ``budget_lease_share``): a lease is itself a hold on the cap in Redis, so the bound is one reservation in total,
@@ -11,19 +12,28 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import yaml
-
 from conftest import POSTGRES_DSN, REDIS_URL, require_service
-from proxy_metering_helpers import (NANO, Procs, chat, drop_redis_state, new_team, postgres_up, redis_up, usd,
-                                    write_config)
+from proxy_metering_helpers import (
+    NANO,
+    Procs,
+    chat,
+    drop_redis_state,
+    new_team,
+    postgres_up,
+    redis_up,
+    usd,
+    write_config,
+)
 
 # gpt-4o in litellm's table, $ per token: the dearer tier every request may fall back to.
 MILLION = Decimal(1_000_000)

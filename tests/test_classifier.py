@@ -19,7 +19,8 @@ from classifiers.scorer import ComplexityScorer
 REPO = Path(__file__).resolve().parents[1]
 MMLU = REPO / "classifiers" / "data" / "mmlu_dev.jsonl"
 
-QUESTION = [{"role": "user", "content": "Find the degree of Q(sqrt(2), sqrt(3)) over Q.\nA. 0\nB. 4\nC. 2\nD. 6\nAnswer:"}]
+QUESTION = [{"role": "user",
+             "content": "Find the degree of Q(sqrt(2), sqrt(3)) over Q.\nA. 0\nB. 4\nC. 2\nD. 6\nAnswer:"}]
 
 ODD_INPUTS = [
     [],
@@ -79,7 +80,8 @@ POLICIES = "\n".join(
 
 def _demo_tier(score: float) -> int:
     """Index of the tier the demo's research team routes a score to (0 small, 1 mid, 2 frontier)."""
-    thresholds = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["teams"]["research"]["routing"]["thresholds"]
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    thresholds = demo["teams"]["research"]["routing"]["thresholds"]
     return sum(score >= thresholds[tier] for tier in ("mid", "frontier"))
 
 
@@ -87,7 +89,8 @@ def test_trivia_in_a_short_question_does_not_flip_the_tier(scorer: ComplexitySco
     """Issue 12: "What is policy 7?" went to small and "What is policy 42?" to mid behind the same system prompt,
     so the two also missed each other's provider cache. Numbers count as numbers, densities are smoothed."""
     questions = [f"What is policy {n}?" for n in (7, 42, 100, 2024, 31337)]
-    scores = [scorer.score([{"role": "system", "content": POLICIES}, {"role": "user", "content": q}]) for q in questions]
+    scores = [scorer.score([{"role": "system", "content": POLICIES}, {"role": "user", "content": q}])
+              for q in questions]
     assert max(scores) - min(scores) < 0.003, scores
     assert len({_demo_tier(s) for s in scores}) == 1, scores
 

@@ -49,7 +49,8 @@ def test_training_is_deterministic_with_seed(small_data: Path, tmp_path: Path) -
     card = json.loads(a.card_json.read_text())
     assert card["data"]["rows"] == 240
     msg = [{"role": "user", "content": "What is 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:"}]
-    assert ComplexityScorer.load(tmp_path / "a.onnx").score(msg) == ComplexityScorer.load(tmp_path / "b.onnx").score(msg)
+    a, b = ComplexityScorer.load(tmp_path / "a.onnx"), ComplexityScorer.load(tmp_path / "b.onnx")
+    assert a.score(msg) == b.score(msg)
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "only excluded rows", "bad JSON"])

@@ -8,8 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from router.config_loader import ConfigError, load_policy, parse_policy
 
 VALID = """\
@@ -86,7 +86,8 @@ def test_provider_key_in_clear_is_refused() -> None:
 def test_litellm_model_list_is_accepted() -> None:
     text = VALID.replace(
         "  - name: big\n    deployments:\n      - model: openai/gpt-4o\n", "  - name: big\n    models: [gpt4o]\n"
-    ) + "model_list:\n  - model_name: gpt4o\n    litellm_params: {model: openai/gpt-4o, api_key: os.environ/OPENAI_API_KEY}\n"
+    ) + ("model_list:\n  - model_name: gpt4o\n"
+         "    litellm_params: {model: openai/gpt-4o, api_key: os.environ/OPENAI_API_KEY}\n")
     policy = parse_policy(text)
     assert policy.tiers[1].deployments[0].model == "openai/gpt-4o"
     assert policy.by_name["gpt4o"] == policy.tiers[1].deployments

@@ -68,7 +68,8 @@ def test_cache_breakpoint_stays_on_the_clients_system_prompt() -> None:
     from router.config_loader import parse_policy
     from router.prefix import prefix_key, provider_caching
 
-    policy = parse_policy("tiers:\n  - name: s\n    deployments:\n      - {model: anthropic/claude-sonnet-4-5-20250929}\n"
+    policy = parse_policy("tiers:\n  - name: s\n    deployments:\n"
+                          "      - {model: anthropic/claude-sonnet-4-5-20250929}\n"
                           "teams:\n  x:\n    keys:\n      - {id: k, sha256: '" + "0" * 64 + "'}\n")
     dep = policy.tiers[0].deployments[0]
     plan = plan_context("t", _conversation(20), budget=4000, keep_last_turns=4)

@@ -17,22 +17,23 @@ import hashlib
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
+from conftest import DEMO_KEYS, Process, demo_config, free_port, mock_config, require_service, start_process
+from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from openai import OpenAI, RateLimitError
 
-from conftest import DEMO_KEYS, Process, demo_config, free_port, mock_config, require_service, start_process
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.finops.caps import cap_spend
 from metering.ledger import open_ledger
 from metering.outcomes import Outcome
-from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from upstream.health import LATENCY_WINDOW, RECENT_FAILURES, HealthBook
 
 CHROMIUM = Path(os.environ.get("TIERGATE_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -167,11 +168,11 @@ HISTORY_DAYS = 14
 
 def _seed_history(url: str) -> None:
     """Two weeks of earlier spend (a weekly cycle) for the forecast's burn rate and the date range to move over."""
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     records = []
     for back in range(1, HISTORY_DAYS + 1):
         day = today - timedelta(days=back)
-        noon = datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc) + timedelta(hours=12)
+        noon = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
         weekly = 3 if day.weekday() < 5 else 1
         for n in range(weekly):
             for team, key, tier, cost in (("research", "research-demo", "mid", 2_345_678),
@@ -203,7 +204,7 @@ def _judged_history(today: date) -> list[Outcome]:
     grades = [(1.0, 1.0), (0.5, 0.5), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
     out = []
     for back in range(1, HISTORY_DAYS + 1):
-        noon = datetime.combine(today - timedelta(days=back), datetime.min.time(), tzinfo=timezone.utc)
+        noon = datetime.combine(today - timedelta(days=back), datetime.min.time(), tzinfo=UTC)
         noon += timedelta(hours=12)
         for n, (weak, strong) in enumerate(grades[: 2 + back % 4]):
             weak_tier, strong_tier = ("small", "mid") if n == 3 else ("small", "frontier")
@@ -232,7 +233,8 @@ def _cross(proxy: Process, feature: str, most: int = 80) -> int:
     """Short frontier answers tagged ``feature`` until its cap refuses one (429); how many were served."""
     for served in range(most):
         try:
-            _chat(proxy, "research", f"{PROMPTS[3]} Variant {served}.", model="frontier", feature=feature, max_tokens=16)
+            _chat(proxy, "research", f"{PROMPTS[3]} Variant {served}.", model="frontier", feature=feature,
+                  max_tokens=16)
         except RateLimitError as exc:
             assert "budget" in str(exc).lower(), exc
             return served
@@ -285,7 +287,8 @@ def _assert_finance_panels(page: Any, proxy: Process, team: str | None = None) -
     month = _report(proxy, group_by="team", **scope)
     for row in month["rows"]:
         _assert_usd(page, f"savings-{row['team']}", row["savings_usd"])
-        assert page.get_by_test_id(f"baseline-{row['team']}").inner_text() == f"always-{teams[row['team']]['ceiling_tier']}"
+        ceiling = teams[row['team']]['ceiling_tier']
+        assert page.get_by_test_id(f"baseline-{row['team']}").inner_text() == f"always-{ceiling}"
     ceilings = {teams[r["team"]]["ceiling_tier"] for r in month["rows"]}
     label = page.get_by_test_id("savings-label").inner_text()
     assert label == (f"Saved vs always-{ceilings.pop()}" if len(ceilings) == 1 else "Saved vs each team's ceiling")
@@ -327,8 +330,8 @@ def test_dashboard_shows_the_spend_report(finops_proxy: Process, browser: Any, t
     _traffic(proxy, 2)  # more traffic after the page loaded: a later refresh must show it
     _wait_for_refreshes(page, 2)  # the second one started after the traffic had been settled
     month = _report(proxy)
-    today = datetime.now(timezone.utc).date().isoformat()
-    tomorrow = (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()  # the API's end is exclusive
+    today = datetime.now(UTC).date().isoformat()
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()  # the API's end is exclusive
     day = _report(proxy, start=today, end=tomorrow)
     assert day["totals"]["requests"] >= 24 and month["totals"]["requests"] > day["totals"]["requests"]
 
@@ -381,7 +384,7 @@ def test_team_filter_date_range_and_csv(finops_proxy: Process, browser: Any, tmp
     page = _open(browser, proxy, DEMO_KEYS["admin"])
     asked: list[str] = []
     page.on("request", lambda r: asked.append(r.url) if "/v1/" in r.url else None)
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     month_start, tomorrow = today.replace(day=1).isoformat(), (today + timedelta(days=1)).isoformat()
 
     page.get_by_test_id("team-filter").select_option("support")
@@ -396,7 +399,8 @@ def test_team_filter_date_range_and_csv(finops_proxy: Process, browser: Any, tmp
     models = [u for u in asked if "/v1/routing/models/" in u]  # the team is in the path
     assert models and all(u.endswith("/v1/routing/models/support") for u in models), models
     data_calls = [u for u in asked if "/v1/upstreams" not in u and u not in models]
-    assert data_calls and all("team=support" in u for u in data_calls), [u for u in data_calls if "team=support" not in u]
+    assert data_calls and all("team=support" in u for u in data_calls), \
+        [u for u in data_calls if "team=support" not in u]
 
     # a range of past days only: every number moves to that range's, still for the chosen team
     start, end = (today - timedelta(days=10)).isoformat(), (today - timedelta(days=3)).isoformat()
@@ -475,7 +479,7 @@ def test_budgets_and_upstreams_endpoints(finops_proxy: Process) -> None:
     proxy = finops_proxy
     _traffic(proxy, 1)
     caps = _get(proxy, "/v1/spend/budgets")["caps"]
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     tomorrow = today + timedelta(days=1)
     by_key = {r["key_id"]: r for r in _report(proxy, group_by="team,key", team="research")["rows"]}
     key_today = {r["key_id"]: r for r in _report(proxy, group_by="team,key", team="research", start=today.isoformat(),
@@ -559,8 +563,8 @@ def test_page_is_static_and_self_contained(demo_proxy: Process) -> None:
 
 def test_insights_endpoints(demo_proxy: Process) -> None:
     _traffic(demo_proxy, 2)
-    today = datetime.now(timezone.utc).date().isoformat()
-    tomorrow = (datetime.now(timezone.utc).date() + timedelta(days=1)).isoformat()  # the API's end is exclusive
+    today = datetime.now(UTC).date().isoformat()
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()  # the API's end is exclusive
     support = {"authorization": f"Bearer {DEMO_KEYS['support']}"}
 
     def get(path: str, headers: dict[str, str] = ADMIN, **params: Any) -> httpx.Response:
@@ -606,7 +610,7 @@ def _nearest_rank(values: list[int], p: int) -> int:
 
 def test_insights_queries(ledger_url: tuple[str, str], tmp_path: Path) -> None:
     day = T0.date()
-    midnight = datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc)
+    midnight = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
     records = [make_record(i, completion_tokens=i + 1, cost_nanos=1_000 * (i + 1),
                            started_at=midnight + timedelta(minutes=7 * i)) for i in range(100)]
     records += [make_record(100 + i, team="team-b", model="gpt-4o", completion_tokens=v, cost_nanos=10,
@@ -664,8 +668,8 @@ def test_insights_queries(ledger_url: tuple[str, str], tmp_path: Path) -> None:
 
 def test_cap_spend_queries(ledger_url: tuple[str, str]) -> None:
     """``/v1/spend/budgets``' sums on both backends: each cap's day and month spend, untagged and other teams apart."""
-    today = datetime.now(timezone.utc).date()
-    noon = datetime.combine(today, datetime.min.time(), tzinfo=timezone.utc) + timedelta(hours=12)
+    today = datetime.now(UTC).date()
+    noon = datetime.combine(today, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
     earlier = noon - timedelta(days=today.day - 1)  # the first of the month (today itself on the 1st)
     records = [
         make_record(0, key_id="k1", tags={"feature": "a"}, cost_nanos=1_000, started_at=noon),
@@ -673,11 +677,13 @@ def test_cap_spend_queries(ledger_url: tuple[str, str]) -> None:
         make_record(2, key_id="k2", cost_nanos=300_000, started_at=noon),  # untagged
         make_record(3, key_id="k1", tags={"feature": "a"}, cost_nanos=4_000_000, started_at=earlier),
         make_record(4, key_id="k1", team="team-b", tags={"feature": "a"}, cost_nanos=50_000_000, started_at=noon),
-        make_record(5, key_id="k1", tags={"feature": "a"}, cost_nanos=600_000_000, started_at=noon - timedelta(days=40)),
+        make_record(5, key_id="k1", tags={"feature": "a"}, cost_nanos=600_000_000,
+                    started_at=noon - timedelta(days=40)),
     ]
     limits = BudgetLimits(daily_usd=Decimal("1"), monthly_usd=Decimal("10"))
     policies = {"team-a": BudgetPolicy(team=limits, keys={"k1": limits, "k2": BudgetLimits(monthly_usd=Decimal("2"))},
-                                       tags={"feature=a": BudgetLimits(monthly_usd=Decimal("3"))}, redis_failure="open"),
+                                       tags={"feature=a": BudgetLimits(monthly_usd=Decimal("3"))},
+                                       redis_failure="open"),
                 "team-b": BudgetPolicy(redis_failure="open")}  # no caps: no rows
     url, schema = ledger_url
 
@@ -724,14 +730,16 @@ def test_upstream_failures_and_cooldown_on_the_page(start_mock: Any, start_proxy
     while sent < 8 or not _get(proxy, "/v1/upstreams")["upstreams"][0]["failures"]:
         # prompts vary: each is placed by its own prefix, so the broken one is tried first sooner or later
         assert sent < 40, "the broken deployment was never tried"
-        answer = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"{PROMPTS[0]} {sent}"}])
+        answer = client.chat.completions.create(model="auto",
+                                                messages=[{"role": "user", "content": f"{PROMPTS[0]} {sent}"}])
         assert answer.choices[0].message.content
         sent += 1
 
     found = {u["id"]: u for u in _get(proxy, "/v1/upstreams")["upstreams"]}
     assert set(found) == {"small-0", "small-1"}
     bad, ok = found["small-0"], found["small-1"]
-    assert bad["failures"] >= 1 and bad["successes"] == 0 and bad["latency_ms"] == {"samples": 0, "p50": None, "p95": None}
+    assert bad["failures"] >= 1 and bad["successes"] == 0
+    assert bad["latency_ms"] == {"samples": 0, "p50": None, "p95": None}
     assert bad["status"] == "cooldown" and 0 < bad["cooldown_remaining_s"] <= 30
     assert {f["kind"] for f in bad["recent_failures"]} == {"server"} and len(bad["recent_failures"]) == bad["failures"]
     assert ok["successes"] == sent and ok["failures"] == 0 and ok["latency_ms"]["samples"] == sent

@@ -42,7 +42,8 @@ def policies(draw: st.DrawFn) -> tuple[str, int]:
     pinnable = draw(st.none() | st.lists(st.sampled_from(MODELS + ["t0-d0", "house-model"]), unique=True))
     lines += ["teams:", "  a:", "    keys:", "      - id: k", KEY,
               f"    tiers: {{floor: t{floor}, ceiling: t{ceiling}}}",
-              "    routing:", "      thresholds: {" + ", ".join(f"t{i + 1}: {t}" for i, t in enumerate(thresholds)) + "}",
+              "    routing:",
+              "      thresholds: {" + ", ".join(f"t{i + 1}: {t}" for i, t in enumerate(thresholds)) + "}",
               f"      allow_pinning: {str(draw(st.booleans())).lower()}"]
     if pinnable is not None:
         lines.append(f"      pinnable_models: [{', '.join(pinnable)}]")

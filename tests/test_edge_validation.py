@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
-
 from conftest import DEMO_KEYS
 from fuzz_harness import FuzzApp, deep_value, encode, nested_json
+
 from proxy.body import MAX_DEPTH, MAX_N, MAX_TAG_VALUE_CHARS, MAX_TAGS
 from upstream.base import Endpoint, UpstreamReply
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, start_process
 from langchain_openai import OpenAIEmbeddings
 
-from conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, start_process
 from metering.money import format_usd
 from metering.prices import lookup
 

@@ -9,15 +9,15 @@ import hashlib
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-
 from conftest import ROOT
+from test_shadow_e2e import _rows, _wait_for
+
 from metering.evidence import percent
 from metering.money import format_usd
-from test_shadow_e2e import _rows, _wait_for
 
 N = 8  # non-streamed requests, plus one streamed
 KEYS = {"t": "sk-ev-t", "u": "sk-ev-u", "admin": "sk-ev-admin"}
@@ -77,7 +77,7 @@ def test_evidence_matches_the_ledger(tmp_path: Path, start_proxy) -> None:
     assert [o["routed_tier"] for o in outcomes if o["request_id"] == streamed_id] == ["small"]
     assert len(_wait_for(db, f"SELECT * FROM records WHERE request_id = '{streamed_id}.judge'", 1)) == 1
 
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     period = {"start": today.isoformat(), "end": (today + timedelta(days=1)).isoformat()}
     answer = _get(proxy, "admin", team="t", **period)
     assert answer.status_code == 200, answer.text
@@ -85,7 +85,8 @@ def test_evidence_matches_the_ledger(tmp_path: Path, start_proxy) -> None:
 
     # X: the ledger's chat records, exact nano-dollars
     (cost, counterfactual), = [tuple(r) for r in _rows(
-        db, "SELECT SUM(cost_nanos), SUM(counterfactual_cost_nanos) FROM records WHERE team = 't' AND purpose = 'chat'")]
+        db, "SELECT SUM(cost_nanos), SUM(counterfactual_cost_nanos) FROM records "
+            "WHERE team = 't' AND purpose = 'chat'")]
     (measuring,), = [tuple(r) for r in _rows(
         db, "SELECT SUM(cost_nanos) FROM records WHERE team = 't' AND purpose IN ('shadow', 'judge')")]
     assert 0 < cost < counterfactual and measuring > 0

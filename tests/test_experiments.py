@@ -7,13 +7,15 @@ projects spend at expiry. The served path (Redis, two workers, SQLite and Postgr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from metering_fixtures import make_record
 
 from metering.alerts import crossings, payload
 from metering.budgets.base import BudgetExceeded, CapState
@@ -22,7 +24,6 @@ from metering.budgets.policy import caps_for
 from metering.finops.experiments import experiment_report, experiment_rows, project
 from metering.ledger import open_ledger
 from metering.service import ledger_seeder
-from metering_fixtures import make_record
 from pipeline.budget import budget_policy
 from pipeline.errors import TiergateError
 from pipeline.experiments import experiment_tags
@@ -31,7 +32,7 @@ from router.config_loader import ConfigError, parse_policy
 from router.experiments import Experiments
 from router.policy import Policy, Principal
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 BASE = """\
 tiers:
   - name: small
@@ -126,12 +127,13 @@ def test_manifests_that_would_be_ambiguous_are_refused() -> None:
 
 def test_demo_config_experiments_stay_valid() -> None:
     from conftest import ROOT
+
     from router.config_loader import load_policy
 
     policy = load_policy(ROOT / "configs" / "demo.yaml")
     assert [m.name for m in policy.experiments.manifests] == ["summarizer-v2"]
     # a production experiment joined by tag: the demo keys' untagged requests stay outside it, and it never expires
-    far = datetime(2099, 1, 1, tzinfo=timezone.utc)
+    far = datetime(2099, 1, 1, tzinfo=UTC)
     assert _tags(policy, "research-demo", {"prompt": "summarizer-v2"}, team="research", at=far) == {
         "prompt": "summarizer-v2", "experiment": "summarizer-v2"}
     assert _tags(policy, "research-demo", {}, team="research", at=far) == {}
@@ -303,7 +305,8 @@ def test_a_manifest_without_spend_is_projected_from_the_traffic_it_will_attribut
     """What a CI gate on a new manifest needs: its keys' and tags' recent spend, over its window."""
     start = _iso(NOW + timedelta(days=1))
     policy = _policy(f"""\
-  - {{name: new-key, owner: o, purpose: p, team: lab, starts_at: {start}, ttl: 2d, keys: [lab-a], budget_usd: "0.000001"}}
+  - {{name: new-key, owner: o, purpose: p, team: lab, starts_at: {start}, ttl: 2d, keys: [lab-a],
+     budget_usd: "0.000001"}}
   - {{name: new-tags, owner: o, purpose: p, team: lab, starts_at: {start}, ttl: 3d, tags: {{project: churn, env: dev}}}}
   - {{name: opt-in, owner: o, purpose: p, team: lab, starts_at: {start}}}
 """)
@@ -333,7 +336,7 @@ def test_a_manifest_without_spend_is_projected_from_the_traffic_it_will_attribut
 
 
 def test_projection_at_expiry() -> None:
-    start = datetime(2026, 11, 2, tzinfo=timezone.utc)  # a Monday
+    start = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
     now = start + timedelta(hours=6)
     # run rate from the experiment's start: 6 h spent 600, 18 h left
     assert project({start.date(): 600}, 600, start, start + timedelta(hours=24), now).nanos == pytest.approx(2_400)

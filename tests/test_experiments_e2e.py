@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,22 @@ import openai
 import orjson
 import pytest
 import yaml
-
 from conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
-from metering.money import usd_to_nanos
 from metering_fixtures import pg_schema  # noqa: F401  (fixture)
-from proxy_metering_helpers import (ADMIN_AUTH, drop_redis_state, new_team, postgres_up, redis_up, sha,
-                                    tiergate, write_config)
+from proxy_metering_helpers import (
+    ADMIN_AUTH,
+    drop_redis_state,
+    new_team,
+    postgres_up,
+    redis_up,
+    sha,
+    tiergate,
+    write_config,
+)
 from test_alerts_e2e import _stored  # the alerts table as the crossing test reads it
 from webhook_receiver import Webhook
+
+from metering.money import usd_to_nanos
 
 BUDGETS = {"spend": Decimal("0.0002"), "tagged": Decimal("0.00005")}
 TAGS = {"project": "churn", "env": "dev"}
@@ -57,11 +65,11 @@ class Setup:
         if schema is not None:
             data["metering"]["ledger_schema"] = schema
         data["teams"][self.spender.name]["keys"].append({"id": "exp-key", "sha256": sha(self.exp_key)})
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         data["experiments"] = [
             {"name": self.names["spend"], "owner": "ana@example.com", "purpose": "prompt v2 against v1",
-             "team": self.spender.name, "budget_usd": str(BUDGETS["spend"]), "starts_at": _iso(now - timedelta(minutes=5)),
-             "ttl": "2h", "keys": ["exp-key"]},
+             "team": self.spender.name, "budget_usd": str(BUDGETS["spend"]),
+             "starts_at": _iso(now - timedelta(minutes=5)), "ttl": "2h", "keys": ["exp-key"]},
             {"name": self.names["tagged"], "owner": "bo@example.com", "purpose": "churn eval",
              "team": self.rejecter.name, "budget_usd": str(BUDGETS["tagged"]),
              "starts_at": _iso(now - timedelta(minutes=5)), "ttl": "1h", "tags": TAGS},
@@ -180,12 +188,12 @@ def _check_api(s: Setup, spent: dict[str, Any], tagged: dict[str, Any]) -> None:
                 team=s.spender.name).status_code == 403
     # the report by experiment: the experiment's row and the rest of the team, summing to the team's total
     report = _get(s, "/v1/spend/report", team=s.spender.name, group_by="team,experiment",
-                  start=(datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat())
+                  start=(datetime.now(UTC) - timedelta(days=1)).date().isoformat())
     assert report.status_code == 200, report.text
     got = {r["experiment"]: (r["requests"], usd_to_nanos(Decimal(r["cost_usd"]))) for r in report.json()["rows"]}
     assert got == {s.names["spend"]: (len(spent["costs"]), total), None: (3, sum(spent["outside"]))}
     csv = _get(s, "/v1/spend/report", team=s.spender.name, group_by="experiment", format="csv",
-               start=(datetime.now(timezone.utc) - timedelta(days=1)).date().isoformat())
+               start=(datetime.now(UTC) - timedelta(days=1)).date().isoformat())
     assert csv.text.splitlines()[0].startswith("experiment,requests,") and s.names["spend"] in csv.text
     s.api_rows = resp.json()["experiments"]  # type: ignore[attr-defined]
 
@@ -223,7 +231,7 @@ def _check_cli(s: Setup, tmp_path: Path) -> None:
     assert s.names["tagged"] not in text.stdout
 
     bill = tiergate("bill", "--config", str(s.path), "--team", s.spender.name, "--group-by", "experiment",
-                    "--period", datetime.now(timezone.utc).strftime("%Y-%m"))
+                    "--period", datetime.now(UTC).strftime("%Y-%m"))
     assert bill.returncode == 0, bill.stderr
     billed = {r["experiment"]: r["cost_usd"] for r in orjson.loads(bill.stdout)["rows"]}
     assert billed[s.names["spend"]] == cli[s.names["spend"]]["spent_usd"] and None in billed

@@ -17,21 +17,42 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 import yaml
-
 from conftest import ROOT, Process
-from fault_harness import (NANOS_PER_USD, Call, ErrorUpstream, LedgerReader, Load, PrivatePostgres, Result,
-                           Row, SCALE, StreamCutter, Summary, collect, describe, fault_config, kill9, overshoot_cell,
-                           Proxies, private_redis, proxy_errors, send, settled_counter, wait_for,
-                           worker_pids)
+from fault_harness import (
+    NANOS_PER_USD,
+    SCALE,
+    Call,
+    ErrorUpstream,
+    LedgerReader,
+    Load,
+    PrivatePostgres,
+    Proxies,
+    Result,
+    Row,
+    StreamCutter,
+    Summary,
+    collect,
+    describe,
+    fault_config,
+    kill9,
+    overshoot_cell,
+    private_redis,
+    proxy_errors,
+    send,
+    settled_counter,
+    wait_for,
+    worker_pids,
+)
 from metering_fixtures import RedisServer
 from proxy_metering_helpers import ADMIN_AUTH, Procs, TeamSpec, chat, new_team, report
 
@@ -138,8 +159,9 @@ def test_kill9_worker_under_load(tmp_path: Path, proxies: Proxies, mock: Process
                 last=lambda r: r.code == "budget_exceeded")
     with load:
         for k, at in enumerate(kill_at):
-            wait_for(lambda: load.completed() >= at, 30, f"{at} completed responses")
-            wait_for(lambda: len(worker_pids(proxy.proc.pid)) == 2 and startups() >= 2 + k, 45,
+            # wait_for calls these lambdas before the loop moves on: they see this iteration's at and k
+            wait_for(lambda: load.completed() >= at, 30, f"{at} completed responses")  # noqa: B023
+            wait_for(lambda: len(worker_pids(proxy.proc.pid)) == 2 and startups() >= 2 + k, 45,  # noqa: B023
                      "both workers serving")
             load.mark(f"kill{k}")
             kill9(worker_pids(proxy.proc.pid)[k % 2])

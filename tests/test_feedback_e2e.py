@@ -10,7 +10,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,13 @@ import anthropic
 import httpx
 import openai
 import orjson
-
 from conftest import ROOT
+from test_evidence_e2e import _sha
+from test_shadow_e2e import _rows
+
 from metering.feedback import feedback_pairs
 from metering.ledger import open_ledger
 from metering.money import format_usd
-from test_evidence_e2e import _sha
-from test_shadow_e2e import _rows
 
 KEYS = {"t": "sk-fb-t", "u": "sk-fb-u", "admin": "sk-fb-admin"}
 
@@ -156,7 +156,7 @@ def test_feedback_and_cost_per_accepted_output(tmp_path: Path, start_proxy) -> N
     assert httpx.post(proxy.url + "/v1/feedback", content=b"{}").status_code == 401
 
     # -- the value report equals the ledger's own rows
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     period = {"start": today.isoformat(), "end": (today + timedelta(days=1)).isoformat()}
     answered = [r for r in _rows(db, "SELECT * FROM records WHERE team = 't'") if r["purpose"] in ("chat", "embedding")]
     cost = sum(r["cost_nanos"] for r in answered)
@@ -204,7 +204,7 @@ def test_feedback_and_cost_per_accepted_output(tmp_path: Path, start_proxy) -> N
         ledger = open_ledger(f"sqlite:///{db}", spool_dir=None)
         await ledger.start()
         try:
-            return await feedback_pairs(ledger, datetime.now(timezone.utc) - timedelta(hours=1), "t")
+            return await feedback_pairs(ledger, datetime.now(UTC) - timedelta(hours=1), "t")
         finally:
             await ledger.close()
 

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
+
 from metering.feedback import Feedback, accepted, feedback_pairs, per_accepted
 from metering.ledger import Ledger, open_ledger
 
@@ -44,7 +44,7 @@ def test_value_report_and_latest_feedback(ledger_url: tuple[str, str]) -> None:
         make_record(7, cost_nanos=90_000, started_at=T0 - timedelta(days=30)),  # October: out of range
         make_record(8, cost_nanos=16_000, team="team-b", response_id="chatcmpl-8"),
     ]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def fb(request_id: str, at: int, team: str = "team-a", **given: Any) -> Feedback:
         return Feedback(request_id, team, "key-1", now + timedelta(seconds=at), **given)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -69,8 +69,8 @@ def test_a_one_off_spike_barely_moves_the_forecast_but_doubles_the_run_rate() ->
 
 def test_a_growing_series_beats_the_run_rate() -> None:
     start = date(2026, 9, 1)
-    history = {d: int((100 + 2 * i) * M * (0.4 if d.weekday() >= 5 else 1)) for i, d in enumerate(days(start,
-                                                                                                         date(2026, 12, 1)))}
+    history = {d: int((100 + 2 * i) * M * (0.4 if d.weekday() >= 5 else 1))
+               for i, d in enumerate(days(start, date(2026, 12, 1)))}
     truth = sum(v for d, v in history.items() if d >= NOV)
     for as_of in (date(2026, 11, 8), date(2026, 11, 15), date(2026, 11, 22)):
         model = abs(forecast_month(history, as_of).projected - truth)
@@ -118,7 +118,7 @@ def _records() -> list[UsageRecord]:
     out = []
 
     def add(day: date, team: str, key: str, usd_cents: int, model: str, tags: dict[str, str]) -> None:
-        at = datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc) + timedelta(hours=9)
+        at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=9)
         out.append(UsageRecord(request_id=f"f{len(out)}", started_at=at, ended_at=at + timedelta(seconds=1),
                                team=team, key_id=key, requested_model="auto", model=model, status=200, tags=tags,
                                tier="small", prompt_tokens=1000, completion_tokens=100 + len(out) % 7,
@@ -210,7 +210,7 @@ def test_forecast_now_uses_the_hourly_profile(seeded: Path) -> None:
         await ledger.start()
         try:
             # Noon of Nov 14: every request of the past week came at 09:00, so the day's spend is done.
-            now = datetime(2026, 11, 14, 12, tzinfo=timezone.utc)
+            now = datetime(2026, 11, 14, 12, tzinfo=UTC)
             return (await outlook(ledger, "team", {}, team="b", now=now)).to_dict()
         finally:
             await ledger.close()
@@ -226,7 +226,7 @@ async def _reads(ledger: Ledger) -> tuple:
     try:
         start, end = date(2026, 10, 1), date(2026, 11, 15)
         series = {dim: await daily_spend(ledger, dim, start, end) for dim in ("team", "key", "tag", "model")}
-        t0 = datetime(2026, 11, 10, tzinfo=timezone.utc)
+        t0 = datetime(2026, 11, 10, tzinfo=UTC)
         rows = await request_rows(ledger, t0, t0 + timedelta(days=2), team="a")
         return (series, await day_model_totals(ledger, start, end),
                 [(r.request_id, r.started_at, r.tags, r.cost_nanos) for r in rows],
@@ -246,5 +246,5 @@ def test_finops_reads_agree_on_sqlite_and_postgresql(pg_schema: str, tmp_path: P
     assert series["tag"][Scope("tag", "a", "project=x")][date(2026, 11, 2)] == 2_000_000_000
     assert totals[(date(2026, 11, 2), "gpt-4o-mini")] == (1_500_000_000, 2000, 207, 2)
     assert [r[0] for r in rows] == ["f108", "f109", "f111", "f112"]  # team a, Nov 10-11, in order
-    assert rows[0][1] == datetime(2026, 11, 10, 9, tzinfo=timezone.utc) and rows[0][2] == {"project": "x"}
+    assert rows[0][1] == datetime(2026, 11, 10, 9, tzinfo=UTC) and rows[0][2] == {"project": "x"}
     assert profile is not None and profile[8] == 0.0 and profile[9] == profile[23] == 1.0

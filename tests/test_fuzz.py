@@ -6,12 +6,12 @@ Derandomized, so CI runs the same examples every time; benchmarks/fuzz/run.py ru
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-
 from fuzz_harness import FuzzApp, Tally, model_request, spend_request
+from hypothesis import HealthCheck, given, settings
 
 _SETTINGS = settings(derandomize=True, database=None, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

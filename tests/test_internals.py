@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import orjson
-
 from conftest import mock_config
 
 AUTH = {"authorization": "Bearer sk-test"}

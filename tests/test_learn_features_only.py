@@ -64,7 +64,7 @@ def test_features_only_rows_learn_the_planted_structure_deterministically(tmp_pa
     data = read_outcomes(_write(tmp_path / "f.jsonl", rows))
     assert data.features_only and all(m is None for m in data.messages)
     first = learn(data, tmp_path / "a.onnx", seed=1)
-    second = learn(read_outcomes(tmp_path / "f.jsonl"), tmp_path / "b.onnx", seed=1)
+    learn(read_outcomes(tmp_path / "f.jsonl"), tmp_path / "b.onnx", seed=1)  # the same rows read again
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     assert first.vocabulary_size == 0
     assert first.cv_model.apgr > first.prior.apgr + 0.1, (first.cv_model, first.prior)

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
-
 from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
+
 from metering.ledger import open_ledger
 from metering.ledger.rollup import MEASURES, rollup
 from metering.ledger.schema import record_values
@@ -38,7 +38,8 @@ _INTS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tok
 
 
 def old_ddl(backend: str) -> list[str]:
-    """That version's CREATE statements (records, both rollups), as its sqlite.py / postgres.py / schema.py made them."""
+    """That version's CREATE statements (records, both rollups), as its sqlite.py / postgres.py / schema.py made
+    them."""
     if backend == "sqlite":
         types = {"score": "REAL", "usage_estimated": "INTEGER", "status": "INTEGER", **{c: "INTEGER" for c in _INTS}}
         suffix, day, integer = " WITHOUT ROWID", "TEXT", "INTEGER"

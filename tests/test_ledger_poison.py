@@ -15,14 +15,15 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Awaitable, Iterator
+from typing import Any
 
 import pytest
-
 from metering_fixtures import PG_URL, free_port, make_record, pg_schema, unavailable  # noqa: F401  (fixture)
+
 from metering.ledger import Ledger, RecordRefused, WriterOptions, open_ledger
 from metering.ledger.dead_letter import DeadLetterFile
 from metering.record import UsageRecord

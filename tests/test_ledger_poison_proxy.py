@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import secrets
 import signal
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
-
 from conftest import POSTGRES_DSN, require_service
 from metering_fixtures import make_record, pg_schema  # noqa: F401  (fixture)
-from metering.ledger.dead_letter import DeadLetterFile
 from proxy_metering_helpers import chat, new_team, postgres_up, totals, write_config
+
+from metering.ledger.dead_letter import DeadLetterFile
 
 SECRET = "sk-live-" + secrets.token_hex(8)  # in every poison tag; must never reach the proxy's log
 
@@ -35,7 +35,7 @@ def test_poison_records_do_not_stop_the_postgres_ledger(tmp_path: Path, pg_schem
     data["metering"].update(ledger_schema=pg_schema, spool_dir=str(spool))
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     # A dead process's spool: the reproduction's NUL tag between two good records (restart half of the issue).
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     planted = [make_record(i, request_id=f"planted-{i}", team=team.name, started_at=now, ended_at=now,
                            cost_nanos=1_000, tags=tags)
                for i, tags in enumerate([{}, {"owner": f"a\u0000b{SECRET}"}, {}])]

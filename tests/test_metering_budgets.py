@@ -8,14 +8,15 @@ import os
 import subprocess
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
-
 from metering_fixtures import REDIS_URL, make_record, redis_prefix, redis_server  # noqa: F401  (fixtures)
+
 from metering.budgets.base import BudgetExceeded, BudgetStore, BudgetStoreUnavailable, Cap, Hold, Spend
 from metering.budgets.failover import FailoverBudgetStore
 from metering.budgets.memory_store import MemoryBudgetStore
@@ -26,7 +27,7 @@ from metering.service import Meter, ledger_seeder
 
 HERE = Path(__file__).resolve().parent
 # Counters expire a few days after their period ends, so budget tests run in the current period.
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 DAY = NOW.date()
 
 

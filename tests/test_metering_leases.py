@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import redis as redis_sync
-
 from metering_fixtures import REDIS_URL, redis_prefix  # noqa: F401  (fixture)
+
 from metering.budgets.base import BudgetExceeded, Cap, CapState
 from metering.budgets.leases import LeasedBudgetStore
 from metering.budgets.redis_store import RedisBudgetStore
 
-DAY = datetime.now(timezone.utc).date()
+DAY = datetime.now(UTC).date()
 
 
 def _cap(limit: int) -> Cap:

@@ -13,14 +13,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
-
 from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
+
 from metering.ledger import Ledger, open_ledger
 from metering.ledger.base import month_bounds
 from metering.ledger.spool import Spool
@@ -318,10 +319,10 @@ def test_kill9_loses_no_acknowledged_record(backend: Backend, tmp_path: Path) ->
 
 
 def test_report_bounds_are_days() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from metering.ledger.report import as_day
 
-    assert as_day(datetime(2026, 11, 1, tzinfo=timezone.utc)) == date(2026, 11, 1)
+    assert as_day(datetime(2026, 11, 1, tzinfo=UTC)) == date(2026, 11, 1)
     with pytest.raises(ValueError):
-        as_day(datetime(2026, 11, 1, 5, tzinfo=timezone.utc))
+        as_day(datetime(2026, 11, 1, 5, tzinfo=UTC))

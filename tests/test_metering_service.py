@@ -4,23 +4,24 @@ alerter (whose own tests are tests/test_alerts.py)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
-
 from metering_fixtures import make_record
+from webhook_receiver import Webhook
+
 from metering.alerts import Alerter
 from metering.budgets.base import BudgetExceeded
 from metering.budgets.memory_store import MemoryBudgetStore
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.ledger.sqlite import SqliteLedger
 from metering.service import Meter
-from webhook_receiver import Webhook
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 DAY = NOW.date()
 
 
@@ -29,7 +30,8 @@ def run(fn: Callable[[], Awaitable[Any]]) -> Any:
 
 
 def test_settle_writes_record_releases_hold_and_alerts(tmp_path: Path) -> None:
-    policy = BudgetPolicy(team=BudgetLimits(daily_usd=Decimal("0.000010")), redis_failure="closed")  # 10 000 nano-dollars
+    # 10 000 nano-dollars
+    policy = BudgetPolicy(team=BudgetLimits(daily_usd=Decimal("0.000010")), redis_failure="closed")
 
     async def go() -> None:
         async with Webhook() as hook:

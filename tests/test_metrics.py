@@ -12,24 +12,24 @@ import re
 import shutil
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from conftest import DEMO_KEYS, ROOT, Process, demo_config
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DEMO_KEYS, ROOT, Process, demo_config
 from metering.record import UsageRecord
 from pipeline.errors import TiergateError
 from proxy.errors import wire
 from proxy.metrics import MULTIPROC_ENV, Metrics, check_access
+from proxy.server import _prepare_metrics_dir
 from router.config_loader import ConfigError, parse_policy
 from router.policy import Policy
-from proxy.server import _prepare_metrics_dir
 
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
 SAMPLE_LINE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
@@ -152,7 +152,7 @@ def test_counters_equal_the_ledger_with_two_workers(start_proxy: Any, tmp_path: 
 
 
 def _record(**fields: Any) -> UsageRecord:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     base: dict[str, Any] = dict(request_id="r", started_at=now, ended_at=now, team="t", key_id="k",
                                 requested_model="auto", model="m", status=200, tier="small", latency_ms=120)
     return UsageRecord(**{**base, **fields})

@@ -8,7 +8,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-
 from conftest import DEMO_KEYS, Process
 
 

@@ -5,7 +5,8 @@ usage chunk held until settled so it can carry the billed cost (``x_tiergate``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 

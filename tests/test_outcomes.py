@@ -8,18 +8,18 @@ import asyncio
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
-from classifiers.features import FEATURE_NAMES, featurize
 from conftest import ROOT, mock_config
-from metering.ledger import open_ledger
-from metering.outcomes import Outcome
 from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (fixture)
 
-T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+from classifiers.features import FEATURE_NAMES, featurize
+from metering.ledger import open_ledger
+from metering.outcomes import Outcome
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 def judged(i: int, team: str = "t", at: datetime = T0, messages: list | None = None) -> Outcome:
@@ -29,9 +29,10 @@ def judged(i: int, team: str = "t", at: datetime = T0, messages: list | None = N
     features = featurize([{"role": "user", "content": content}])
     weak, strong = (0.0, 1.0) if i % 2 else (0.5, 0.5)
     return Outcome(request_id=f"req-{team}-{i}", team=team, created_at=at + timedelta(seconds=i),
-                   features=tuple(float(x) for x in features), feature_names=FEATURE_NAMES, prior_score=0.1 + i % 5 / 10,
-                   model_id="default", weak_tier="small", strong_tier="frontier", routed_tier="small",
-                   ceiling_tier="frontier", weak_score=weak, strong_score=strong, judge="judge-sim", messages=messages)
+                   features=tuple(float(x) for x in features), feature_names=FEATURE_NAMES,
+                   prior_score=0.1 + i % 5 / 10, model_id="default", weak_tier="small", strong_tier="frontier",
+                   routed_tier="small", ceiling_tier="frontier", weak_score=weak, strong_score=strong,
+                   judge="judge-sim", messages=messages)
 
 
 def _store(url: str, schema: str, outcomes: list[Outcome]) -> list[Outcome]:
@@ -99,7 +100,8 @@ def test_export_rows_are_learnable_and_filtered(tmp_path: Path) -> None:
     assert len(rows) == 60 and rows[0] == judged(0).export_row()
     for row in rows:  # the shared format's required fields; features-only
         assert row["messages"] is None and {"id", "weak_score", "strong_score", "meta"} <= set(row)
-        assert row["meta"]["feature_names"] == list(FEATURE_NAMES) and len(row["meta"]["features"]) == len(FEATURE_NAMES)
+        assert row["meta"]["feature_names"] == list(FEATURE_NAMES)
+        assert len(row["meta"]["features"]) == len(FEATURE_NAMES)
     every = tmp_path / "all.jsonl"
     assert _tiergate("outcomes", "export", "--config", str(config), "--out", str(every)).returncode == 0
     assert len(every.read_text().splitlines()) == 61  # no --team, no --since: every team, every day

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import pytest
+from test_pipeline import HELLO, harness, policy_text, run
 
 from pipeline.budget import BudgetPolicies
 from pipeline.errors import TiergateError
 from pipeline.result import Served
-from test_pipeline import HELLO, harness, policy_text, run
 
 
 def gone(answer: bool, asked: list[bool]) -> Callable[[], Awaitable[bool]]:

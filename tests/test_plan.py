@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 from metering.ledger import group_commit, open_ledger
 from metering.outcomes import Outcome
 from metering.record import UsageRecord
-from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from pipeline.plan import Repriced, parse_window, reprice
 from pipeline.plan_report import build_plan, plan
 from router.config_loader import ConfigError, parse_policy
 
-T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SINCE, UNTIL = T0 - timedelta(days=1), T0 + timedelta(days=1)
 # $ per 1M tokens -> nano-dollars per token: small 1000 in / 2000 out, mid 5000 / 10000, frontier 20000 / 40000
 NANOS = {"small": (1000, 2000), "mid": (5000, 10000), "frontier": (20000, 40000)}
@@ -57,7 +57,8 @@ def cost(tier: str, prompt: int, completion: int) -> int:
     return prompt * inp + completion * out
 
 
-def rec(i: int, tier: str, score: float | None = 0.1, prompt: int = 100, completion: int = 50, **fields: Any) -> UsageRecord:
+def rec(i: int, tier: str, score: float | None = 0.1, prompt: int = 100, completion: int = 50,
+        **fields: Any) -> UsageRecord:
     values: dict[str, Any] = dict(
         request_id=f"r{i}", started_at=T0 + timedelta(seconds=i), ended_at=T0 + timedelta(seconds=i, milliseconds=5),
         team="t", key_id="t-key", requested_model="auto", model="m", status=200, tier=tier,
@@ -143,8 +144,8 @@ def test_each_kind_of_record_is_treated_as_documented() -> None:
 
     result = build_plan(new, [pinned, forced, by_name, hit, summary, shadow, failed, other_team], [], SINCE, UNTIL)
     doc = result.to_dict()
-    assert doc["treatments"] == {"scored": 1, "client_tier": 2, "unscored": 0, "pinned": 1, "embedding": 0, "cache_hit": 1,
-                                 "summary": 1, "measuring": 1, "failed": 1}
+    assert doc["treatments"] == {"scored": 1, "client_tier": 2, "unscored": 0, "pinned": 1, "embedding": 0,
+                                 "cache_hit": 1, "summary": 1, "measuring": 1, "failed": 1}
     assert doc["refusals"] == {"team_missing": 1, "tier_forbidden": 1}
     team_t = next(t for t in doc["teams"] if t["team"] == "t")
     # client requests only: the summary and the shadow call are costs, the failure is left out
@@ -184,7 +185,7 @@ def test_a_bad_candidate_names_its_line_and_field() -> None:
     text = policy_text().replace("routing: {thresholds:", "routing: {treshold: 1, thresholds:")
     with pytest.raises(ConfigError) as err:
         parse_policy(text, "candidate.yaml")
-    line = text.splitlines().index(next(l for l in text.splitlines() if "treshold" in l)) + 1
+    line = text.splitlines().index(next(s for s in text.splitlines() if "treshold" in s)) + 1
     assert f"candidate.yaml:{line}: teams.t.routing.treshold" in str(err.value)
     with pytest.raises(ConfigError) as err:
         parse_policy(policy_text().replace("name: mid", "name: [mid"), "candidate.yaml")

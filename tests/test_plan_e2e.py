@@ -13,18 +13,18 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from conftest import ROOT
+from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from openai import OpenAI
 
-from conftest import ROOT
 from metering.ledger import open_ledger
 from metering.record import UsageRecord
-from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 KEYS = {"t": "sk-plan-t", "u": "sk-plan-u", "admin": "sk-plan-admin"}
 PRICES = {"small": (1, 2), "mid": (5, 10), "frontier": (20, 40), "judge": (3, 6)}  # $ per 1M in / out
@@ -101,7 +101,7 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
     serving = tmp_path / "serving.yaml"
     serving.write_text(_policy(ledger_url, schema, tmp_path / "spool", mock.url, "{mid: 0.321, frontier: 0.416}"))
     proxy = start_proxy(serving)
-    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    since = datetime.now(UTC) - timedelta(seconds=5)
 
     clients = {team: OpenAI(base_url=proxy.url + "/v1", api_key=KEYS[team], max_retries=0) for team in ("t", "u")}
     for i, prompt in enumerate(PROMPTS):
@@ -117,7 +117,7 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
 
     # Wait until t's shadow and judge calls are in the database (the CLI reads it, not the proxy's memory).
     scored_t = sum(1 for i in range(len(PROMPTS)) if i % 2 == 0)
-    until = datetime.now(timezone.utc) + timedelta(seconds=60)
+    until = datetime.now(UTC) + timedelta(seconds=60)
     deadline = time.monotonic() + 60
     while True:
         records, judged = _records(ledger_url, schema, since, until)
@@ -184,7 +184,7 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
                          json={"config_yaml": candidate_text}, timeout=30)
     assert as_team.status_code == 403 and as_team.json()["error"]["code"] == "admin_key_required"
     bad_text = candidate_text.replace("allow_pinning: true", "allow_pining: true", 1)
-    bad_line = bad_text.splitlines().index(next(l for l in bad_text.splitlines() if "allow_pining" in l)) + 1
+    bad_line = bad_text.splitlines().index(next(s for s in bad_text.splitlines() if "allow_pining" in s)) + 1
     bad = httpx.post(proxy.url + "/v1/spend/plan", headers=admin, json={"config_yaml": bad_text}, timeout=30)
     assert bad.status_code == 400, bad.text
     assert f"config_yaml:{bad_line}: teams.t.routing.allow_pining" in bad.json()["error"]["message"]
@@ -200,7 +200,7 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
     assert backwards.status_code == 400 and "forwards" in backwards.json()["error"]["message"]
 
     # Forecasts: the CLI's document; an admin sees both teams, a team key its own.
-    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
 
     def forecast(key: str, **params: str) -> httpx.Response:
         return httpx.get(proxy.url + "/v1/spend/forecast", params=params, timeout=30,
@@ -227,11 +227,11 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
 
 def test_plan_and_forecast_answer_any_input_in_the_error_shape(tmp_path: Path) -> None:
     """Any body or query: a plan, a forecast, or an OpenAI-shaped 4xx naming the parameter; never a 500."""
+    from fuzz_harness import fuzz_config, junk
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
     from starlette.testclient import TestClient
 
-    from fuzz_harness import fuzz_config, junk
     from proxy.app import create_app
 
     good = (ROOT / "configs" / "demo.yaml").read_text()

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from conftest import DEMO_KEYS, ROOT, Process, free_port, start_process
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DEMO_KEYS, ROOT, Process, free_port, start_process
 from metering.money import NANOS_PER_USD
 from metering.prices import Price
 from router.config_loader import parse_policy

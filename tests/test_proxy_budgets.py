@@ -8,19 +8,35 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
-
-from conftest import Process, REDIS_URL, free_port, require_service
-from proxy_metering_helpers import (ADMIN_AUTH, MINI_INPUT, MINI_OUTPUT, Procs, TeamSpec, Webhook, chat, cost_of,
-                                    drop_redis_state, new_team, open_holds, redis_up, report, sqlite_records, today,
-                                    totals, usd, write_config)
+from conftest import REDIS_URL, Process, free_port, require_service
+from proxy_metering_helpers import (
+    ADMIN_AUTH,
+    MINI_INPUT,
+    MINI_OUTPUT,
+    Procs,
+    TeamSpec,
+    Webhook,
+    chat,
+    cost_of,
+    drop_redis_state,
+    new_team,
+    open_holds,
+    redis_up,
+    report,
+    sqlite_records,
+    today,
+    totals,
+    usd,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")

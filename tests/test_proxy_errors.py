@@ -11,16 +11,16 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import httpx
 import pytest
 import uvicorn
+from conftest import DEMO_KEYS, Process, demo_config, free_port
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from conftest import DEMO_KEYS, Process, demo_config, free_port
 from proxy.app import create_app
 
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}

@@ -15,18 +15,36 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import orjson
 import pytest
-
 from conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
-from proxy_metering_helpers import (ADMIN_AUTH, Procs, TeamSpec, chat, cost_of, drop_redis_state, new_team, open_holds,
-                                    parse_sse, postgres_up, redis_up, report, sqlite_records, tiergate, today, tomorrow,
-                                    totals, usd, write_config)
+from proxy_metering_helpers import (
+    ADMIN_AUTH,
+    Procs,
+    TeamSpec,
+    chat,
+    cost_of,
+    drop_redis_state,
+    new_team,
+    open_holds,
+    parse_sse,
+    postgres_up,
+    redis_up,
+    report,
+    sqlite_records,
+    tiergate,
+    today,
+    tomorrow,
+    totals,
+    usd,
+    write_config,
+)
 
 LONG_PROMPT = " ".join(f"token{i}" for i in range(1600))  # ~3,800 tokens: well over the 1,024 caching minimum
 
@@ -296,7 +314,8 @@ def test_reused_client_request_id_is_billed_per_request(shared: Shared) -> None:
     key = f"tg:budget:team:{team.name}::{today()}"
     try:
         # budget leases report to Redis when they close (within a second), not per request
-        state = _wait_for(lambda: (h := r.hgetall(key)) and h.get(b"reserved") == b"0" and h, timeout=5) or r.hgetall(key)
+        state = (_wait_for(lambda: (h := r.hgetall(key)) and h.get(b"reserved") == b"0" and h, timeout=5)
+                 or r.hgetall(key))
         tot = totals(proxy.url, team.name)
         assert (tot["requests"], usd(tot["cost_usd"])) == (3, charged), "served requests missing from the bill"
         assert state.get(b"reserved") == b"0" and not open_holds(state), f"reservations leaked: {state}"

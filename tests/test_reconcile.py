@@ -12,7 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -47,7 +47,7 @@ RECORDS = [
 
 def _record(i: int, day: int, model: str, prompt: int, cached: int, written: int, completion: int,
             cost: int) -> UsageRecord:
-    started = datetime(2026, 11, day, 9, tzinfo=timezone.utc) + timedelta(minutes=i)
+    started = datetime(2026, 11, day, 9, tzinfo=UTC) + timedelta(minutes=i)
     return UsageRecord(request_id=f"rc-{i}", started_at=started, ended_at=started + timedelta(seconds=2),
                        team="t", key_id="k", requested_model="auto", model=model, status=200, tier="small",
                        prompt_tokens=prompt, cached_tokens=cached, cache_write_tokens=written,

@@ -14,14 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
 import redis as redis_sync
-
 from metering_fixtures import RedisServer, make_record, redis_server  # noqa: F401  (fixture)
+
 from metering.budgets.base import BudgetExceeded, BudgetStoreUnavailable, Cap
 from metering.budgets.failover import FailoverBudgetStore
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
@@ -30,7 +30,7 @@ from metering.ledger.sqlite import SqliteLedger
 from metering.service import Meter
 
 HERE = Path(__file__).resolve().parent
-NOW = datetime.now(timezone.utc)  # counters expire a few days after their period: tests run in the current one
+NOW = datetime.now(UTC)  # counters expire a few days after their period: tests run in the current one
 DAY = NOW.date()
 
 

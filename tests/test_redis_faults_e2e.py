@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import redis as redis_sync
-
 from metering_fixtures import DeadOnRestartRelay, RedisServer, redis_server  # noqa: F401  (fixture)
 from proxy_metering_helpers import Procs, TeamSpec, chat, new_team, today, totals, write_config
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
-
 from conftest import DEMO_KEYS, demo_config, mock_config
+
 from proxy.runtime import PolicyStore, apply_server_settings, changed_settings
 from upstream.base import Upstream
 from upstream.dispatch import Dispatcher

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metering.usage import Usage, cost_nanos, worst_case_nanos
 from metering.record import UsageRecord
+from metering.usage import Usage, cost_nanos, worst_case_nanos
 from pipeline import records
 from pipeline.request import Request, RequestState
 from pipeline.upstream_call import apply_max_tokens

@@ -11,21 +11,30 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from conftest import DEMO_KEYS, demo_config
+from metering_fixtures import PG_URL, RedisServer, free_port, pg_schema, redis_server, unique  # noqa: F401
 from pydantic import ValidationError
 
-from conftest import DEMO_KEYS, demo_config
-from kvcache.responses import (MAX_HISTORY_BYTES, MAX_STORED_BYTES, HistoryTooLarge, ResponseStore,
-                               ResponseStoreUnavailable, StoredResponse, check_history, open_response_store)
+from kvcache.responses import (
+    MAX_HISTORY_BYTES,
+    MAX_STORED_BYTES,
+    HistoryTooLarge,
+    ResponseStore,
+    ResponseStoreUnavailable,
+    StoredResponse,
+    check_history,
+    open_response_store,
+)
 from kvcache.responses_redis import RedisResponseStore
 from kvcache.responses_sql import SWEEP_BATCH, PostgresResponseStore, SqliteResponseStore
-from metering_fixtures import PG_URL, RedisServer, free_port, pg_schema, redis_server, unique  # noqa: F401
 from router.config import Team
 
 DAY_S = 86_400
@@ -39,7 +48,8 @@ class Clock:
         return self.now
 
 
-def response_item(response_id: str = "resp_1", team: str = "alpha", turns: int = 1, text: str = "hello") -> StoredResponse:
+def response_item(response_id: str = "resp_1", team: str = "alpha", turns: int = 1,
+                  text: str = "hello") -> StoredResponse:
     """A stored response whose history is ``turns`` user/assistant exchanges; the last assistant message is the
     response's output."""
     items: list[dict[str, Any]] = []

@@ -20,7 +20,8 @@ from proxy_metering_helpers import sqlite_records
 from pydantic import BaseModel
 
 # A conversation opener past STICKY_MIN_TOKENS (1,024) on its own: prose the tokenizer counts ~1 token a word.
-LONG_OPENER = " ".join(f"The lighthouse keeper wrote entry {i} about the tide, the fog and the ships." for i in range(90))
+LONG_OPENER = " ".join(f"The lighthouse keeper wrote entry {i} about the tide, the fog and the ships."
+                       for i in range(90))
 
 
 @pytest.fixture
@@ -223,7 +224,8 @@ def test_errors_are_the_sdks_exception_classes(client: openai.OpenAI, demo_proxy
         ({"input": [{"role": "user", "content": [{"type": "input_video"}]}]}, "input[0].content[0].type"),
         ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role"),
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
-        # hosted tools: research drops them (responses.hosted_tools), support gets this 400 (test_responses_codex_shapes)
+        # hosted tools: research drops them (responses.hosted_tools), support gets this 400
+        # (test_responses_codex_shapes)
         ({"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}, "text.format.schema"),
         ({"input": "x", "background": True}, "background"),
         ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
@@ -255,7 +257,8 @@ def test_errors_are_the_sdks_exception_classes(client: openai.OpenAI, demo_proxy
 
 
 def test_image_input_is_translated_and_served(client: openai.OpenAI) -> None:
-    pixel = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+    pixel = ("data:image/png;base64,"
+             "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=")
     raw = client.responses.with_raw_response.create(model="auto", input=[{"role": "user", "content": [
         {"type": "input_text", "text": "What is in this image?"},
         {"type": "input_image", "image_url": pixel, "detail": "low"}]}])
@@ -349,7 +352,8 @@ def _demo_variant(tmp: Path, edits: list[tuple[str, str]]) -> Process:
 def sticky_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """The demo policy with research's stickiness margin at its maximum (a conversation never leaves its tier)."""
     process = _demo_variant(tmp_path_factory.mktemp("sticky"), [
-        ("      provider_prefix_caching: true\n", "      provider_prefix_caching: true\n      stickiness_margin: 1.0\n")])
+        ("      provider_prefix_caching: true\n",
+         "      provider_prefix_caching: true\n      stickiness_margin: 1.0\n")])
     yield process
     process.stop()
 
@@ -458,7 +462,8 @@ def test_stream_cut_upstream_ends_with_error_and_response_failed(tmp_path: Path,
     rows = []
     deadline = time.monotonic() + 10
     while not rows and time.monotonic() < deadline:
-        rows = [r for r in sqlite_records(tmp_path / "ledger.db", "t") if r["request_id"] == raw.headers["x-request-id"]]
+        rows = [r for r in sqlite_records(tmp_path / "ledger.db", "t")
+                if r["request_id"] == raw.headers["x-request-id"]]
         time.sleep(0.05)
     (row,) = rows
     assert row["status"] == 502 and row["api"] == "responses" and row["response_id"] == failed.id

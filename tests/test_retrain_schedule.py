@@ -11,24 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from metering_fixtures import pg_schema  # noqa: F401  (fixture of ledger_url)
+from test_learn_features_only import _features_only, _rows
+from test_team_models import ledger_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 from classifiers.gate import DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT
 from classifiers.scorer import ComplexityScorer
 from metering.ledger import Ledger, open_ledger
 from metering.outcomes import Outcome
-from metering_fixtures import pg_schema  # noqa: F401  (fixture of ledger_url)
 from pipeline.retrain_schedule import RetrainSchedule, slot_of, training_path
 from router.config import LearningSettings
 from router.config_loader import ConfigError, load_policy
 from router.policy import Policy
 from router.scoring import TeamScorers
-from test_learn_features_only import _features_only, _rows
-from test_team_models import ledger_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 HOUR = 3600.0
 
@@ -61,7 +61,7 @@ async def _open(url: tuple[str, str], spool: Path) -> Ledger:
 
 async def _judged(ledger: Ledger, rows: list[dict[str, Any]], team: str = "t") -> None:
     """Store rows as the shadow path does: oldest first, a distinct instant each (the gate holds out by time)."""
-    start = datetime.now(timezone.utc) - timedelta(milliseconds=len(rows))
+    start = datetime.now(UTC) - timedelta(milliseconds=len(rows))
     for i, row in enumerate(rows):
         meta = row["meta"]
         await ledger.add_outcome(Outcome(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from conftest import mock_config
 
 from classifiers.scorer import ComplexityScorer
-from conftest import mock_config
 
 AUTH = {"authorization": "Bearer sk-test"}
 SIMPLE = "Thanks, that's all!"
@@ -31,10 +31,12 @@ def test_simple_goes_small_hard_goes_frontier_tools_need_a_capable_tier(tmp_path
     frontier_threshold = simple + 2 * (hard - simple) / 3
     mock = start_mock()
     config = mock_config(tmp_path, {"small": [mock.url], "mid": [mock.url], "frontier": [mock.url]},
-                         team_extra=f"    routing: {{thresholds: {{mid: {mid_threshold}, frontier: {frontier_threshold}}}}}")
+                         team_extra=f"    routing: {{thresholds: {{mid: {mid_threshold}, "
+                                    f"frontier: {frontier_threshold}}}}}")
     # the small tier cannot call tools in this policy
     config.write_text(config.read_text().replace(
-        "        model: openai/gpt-4o-mini\n", "        model: openai/gpt-4o-mini\n        capabilities: [json_schema]\n"))
+        "        model: openai/gpt-4o-mini\n",
+        "        model: openai/gpt-4o-mini\n        capabilities: [json_schema]\n"))
     proxy = start_proxy(config)
 
     low = _chat(proxy, SIMPLE)
@@ -61,7 +63,7 @@ def test_simple_goes_small_hard_goes_frontier_tools_need_a_capable_tier(tmp_path
 def test_expired_experiment_key_is_refused(tmp_path: Path, start_mock, start_proxy) -> None:
     mock = start_mock()
     config = mock_config(tmp_path, {"small": [mock.url]})
-    past = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     digest = hashlib.sha256(b"sk-experiment").hexdigest()
     config.write_text(config.read_text().replace(
         "    keys:\n", f"    keys:\n      - id: exp-1\n        sha256: '{digest}'\n        expires_at: '{past}'\n"))

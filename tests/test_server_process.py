@@ -13,12 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
-
 from conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, mock_config, start_process
 
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}

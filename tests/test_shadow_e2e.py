@@ -34,7 +34,8 @@ def _config(tmp_path: Path) -> Path:
         # the shadowed answer is slow, so a client that waited for it could not have its answer first
         "        simulator: {latency_ms: 300}",
         "  - name: judge", "    deployments:", "      - id: judge-sim", "        model: simulated/o1",
-        "      - id: broken-judge", "        model: simulated/o1", "        simulator: {fail_rate: 1.0, fail_kind: '500'}",
+        "      - id: broken-judge", "        model: simulated/o1",
+        "        simulator: {fail_rate: 1.0, fail_kind: '500'}",
         "teams:",
     ]
     for team, (key, learning) in TEAMS.items():

@@ -7,14 +7,14 @@ import json
 import math
 import struct
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 import tiktoken
-
 from helpers_simulator import MockServer, running
+
 from text.tokens import configure
 
 configure()  # tiktoken's offline files, before the encoding below

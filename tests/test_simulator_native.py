@@ -5,7 +5,8 @@ with cache fields, tool calls, and each format's stream events."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import httpx

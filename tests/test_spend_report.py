@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
-
 from conftest import DEMO_KEYS, POSTGRES_DSN, Process, require_service
 from metering_fixtures import pg_schema  # noqa: F401  (fixture)
 from proxy_metering_helpers import ADMIN_AUTH, chat, new_team, postgres_up, write_config
@@ -84,7 +83,7 @@ def test_report_days_are_start_inclusive_end_exclusive(demo_proxy: Process) -> N
     research = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
     assert httpx.post(demo_proxy.url + "/v1/chat/completions", headers=research, timeout=30,
                       json={"model": "small", "messages": [{"role": "user", "content": "one day"}]}).status_code == 200
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     day = {"start": str(today), "end": str(today + timedelta(days=1)), "team": "research"}
     one_day = _get(demo_proxy, "/v1/spend/report", **day).json()
     assert one_day["totals"]["requests"] >= 1 and (one_day["start"], one_day["end"]) == (day["start"], day["end"])

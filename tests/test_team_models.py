@@ -8,20 +8,21 @@ and rows whose grades are coin flips give the gate nothing to promote.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
+from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (fixture)
+from test_learn_features_only import _features_only, _rows, _write
 
 from classifiers.learn import LearnError, Outcomes
 from classifiers.promotion import subset
 from classifiers.scorer import DEFAULT_MODEL, ComplexityScorer
 from metering.ledger import Ledger, open_ledger
-from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (fixture)
-from router.scoring import TeamScorers
 from pipeline.team_models import retrain, rollback, team_outcomes
-from test_learn_features_only import _features_only, _rows, _write
+from router.scoring import TeamScorers
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -126,7 +127,8 @@ def test_a_team_without_rows_or_with_too_few_is_a_one_line_error(tmp_path: Path)
         try:
             with pytest.raises(LearnError, match="no judged rows for team 'x'"):
                 await team_outcomes(ledger, "x")
-            few = await team_outcomes(ledger, "t", _write(tmp_path / "few.jsonl", [_features_only(r) for r in _rows(40)]))
+            few_rows = [_features_only(r) for r in _rows(40)]
+            few = await team_outcomes(ledger, "t", _write(tmp_path / "few.jsonl", few_rows))
             with pytest.raises(LearnError, match="at least 50"):
                 await retrain(ledger, "t", few)
             assert await ledger.routing_models("t") == []

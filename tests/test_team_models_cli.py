@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import demo_config
+from test_learn_features_only import _features_only, _rows, _write
 
 from classifiers.learn import read_outcomes
 from classifiers.promotion import model_inputs
 from classifiers.scorer import ComplexityScorer
-from conftest import demo_config
 from metering.ledger import open_ledger
 from proxy.cli import main
-from test_learn_features_only import _features_only, _rows, _write
 
 
 def _rows_of(team: str, n: int) -> list[dict]:
@@ -41,7 +41,8 @@ def test_learn_team_promotes_and_calibrate_team_meets_the_target(tmp_path: Path,
         ledger = open_ledger(f"sqlite:///{tmp_path}/ledger.db", spool_dir=None)
         await ledger.start()
         try:
-            return {"active": await ledger.active_routing_models(), "bytes": await ledger.routing_model_bytes("research", 1)}
+            return {"active": await ledger.active_routing_models(),
+                    "bytes": await ledger.routing_model_bytes("research", 1)}
         finally:
             await ledger.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-
 from conftest import mock_config
 
 AUTH = {"authorization": "Bearer sk-test"}
@@ -64,7 +63,8 @@ def test_summarizer_failure_falls_back_to_truncation(tmp_path: Path, start_mock,
                          team_extra="    context: {history_budget_tokens: 2500, keep_last_turns: 2}")
     proxy = start_proxy(config)
     messages = [SYSTEM] + [m for n in range(8) for m in (
-        {"role": "user", "content": f"q{n} " + "words " * 100}, {"role": "assistant", "content": f"a{n} " + "text " * 100})]
+        {"role": "user", "content": f"q{n} " + "words " * 100},
+        {"role": "assistant", "content": f"a{n} " + "text " * 100})]
     messages.append({"role": "user", "content": "final question"})
     resp = _chat(proxy, {"model": "mid", "messages": messages})
     assert resp.headers["x-tiergate-context"].startswith("trimmed;truncated=")

@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 import uvicorn
+from conftest import free_port, mock_config
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-from conftest import free_port, mock_config
 
 AUTH = {"authorization": "Bearer sk-test"}
 EXPORTER = InMemorySpanExporter()

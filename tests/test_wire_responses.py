@@ -90,8 +90,8 @@ def test_parallel_tool_calls_only_with_tools_and_allowed_tools_choice() -> None:
 def test_items_to_messages_join_tool_calls_and_drop_what_chat_cannot_carry() -> None:
     items = [
         {"role": "developer", "content": "rules"},
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "look"},
-                                                        {"type": "input_image", "image_url": "data:x", "detail": "low"}]},
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": "data:x", "detail": "low"}]},
         {"type": "reasoning", "id": "rs_1", "summary": []},
         {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Calling.",
                                                               "annotations": []}]},

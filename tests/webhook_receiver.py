@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from aiohttp import web
 
@@ -30,7 +31,7 @@ class Webhook:
         self.bodies.append(await request.json())
         return web.Response(text="ok")
 
-    async def __aenter__(self) -> "Webhook":
+    async def __aenter__(self) -> Webhook:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
         self._runner = web.AppRunner(app)
@@ -47,7 +48,7 @@ class Webhook:
 
     @classmethod
     @contextmanager
-    def in_thread(cls, failures: int = 0) -> Iterator["Webhook"]:
+    def in_thread(cls, failures: int = 0) -> Iterator[Webhook]:
         hook = cls(failures)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, daemon=True)

@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 import yaml
-
 from conftest import DEMO_KEYS, ROOT, require_service
 from proxy_metering_helpers import TeamSpec
 

@@ -213,7 +213,7 @@ class NetnsPostgres(PrivatePostgres):
         subprocess.run(["ip", "netns", "exec", self.link.ns, "runuser", "-u", "postgres", "--", *args], check=True,
                        capture_output=True, timeout=timeout_s, cwd=self.dir)
 
-    def start(self) -> "NetnsPostgres":
+    def start(self) -> NetnsPostgres:
         hba = self.data / "pg_hba.conf"
         if "10.0.0.0/8" not in hba.read_text():
             with hba.open("a") as out:

@@ -64,7 +64,7 @@ class SentinelGroup:
         """What tiergate is configured with (``metering.redis_client``)."""
         return f"redis+sentinel://{','.join(s.address for s in self.sentinels)}/{SERVICE}/0"
 
-    def start(self, timeout_s: float = 30.0) -> "SentinelGroup":
+    def start(self, timeout_s: float = 30.0) -> SentinelGroup:
         require_sentinel()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._server(self.master)

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from fault_harness import Call, Load, describe, proxy_errors
 from fleet_harness import ADMIN, RESEARCH, SUPPORT, Fleet, Replica, running_fleet, sha256_of
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from fleet_harness import FLEET_CONFIG
 
@@ -123,7 +122,7 @@ def test_the_deployment_runs_a_command_tiergate_accepts_with_probes_on_its_route
 
     # Resources from the measured ~160 MB per worker: the request covers it, the limit leaves room.
     assert args.workers == 1
-    memory = {k: int(v.removesuffix("Mi")) for k, v in ((k, c["resources"][k]["memory"]) for k in ("requests", "limits"))}
+    memory = {k: int(c["resources"][k]["memory"].removesuffix("Mi")) for k in ("requests", "limits")}
     assert 160 < memory["requests"] < memory["limits"]
     annotations = one("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == "/metrics" and "/metrics" in routes

@@ -20,12 +20,12 @@ Skipped, with the reason, where the machine cannot make network namespaces (not 
 from __future__ import annotations
 
 import contextlib
-import time
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +34,21 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from conftest import ROOT, require_service
-from fault_harness import (Call, LedgerReader, Load, Result, budget_counter, collect, describe, fault_config,
-                           kill9, overshoot_cell, proxy_errors, settled_counter, wait_for)
+from fault_harness import (
+    Call,
+    LedgerReader,
+    Load,
+    Result,
+    budget_counter,
+    collect,
+    describe,
+    fault_config,
+    kill9,
+    overshoot_cell,
+    proxy_errors,
+    settled_counter,
+    wait_for,
+)
 from fault_table import FaultTable, Row, fault_table_fixture, in_leases  # noqa: F401 - a fixture
 from netns import DelayRelay, Link, NetnsPostgres, Topology, leftovers, unavailable
 from proxy_metering_helpers import TeamSpec, chat, new_team
@@ -243,8 +256,9 @@ class Outcome:
 
 def run_case(world: World, case: str, fault: Callable[[Load], None], fault_s: float = 5.0,
              heal: Callable[[Load], None] | None = None, targets: Targets | None = None) -> Outcome:
-    """Load on ``targets`` (every replica; a third of the open team's requests streamed): 1.5 s healthy, ``fault`` then ``fault_s`` s, ``heal`` then 2 s, then
-    until the capped team has been refused by its cap (its clients stop there)."""
+    """Load on ``targets`` (every replica; a third of the open team's requests streamed): 1.5 s healthy, ``fault``
+    then ``fault_s`` s, ``heal`` then 2 s, then until the capped team has been refused by its cap (its clients stop
+    there)."""
     teams = world.teams[case]
     targets = targets or Targets(world.replicas)
 

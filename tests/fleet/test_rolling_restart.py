@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fault_harness import Call, LedgerReader, Load, collect, describe, proxy_errors
 from fleet_harness import RESEARCH, SUPPORT, running_fleet
 

@@ -19,8 +19,20 @@ from pathlib import Path
 
 import pytest
 from conftest import Process, free_port
-from fault_harness import (Call, LedgerReader, Load, Proxies, Result, collect, describe, fault_config,
-                           overshoot_cell, proxy_errors, settled_counter, wait_for)
+from fault_harness import (
+    Call,
+    LedgerReader,
+    Load,
+    Proxies,
+    Result,
+    collect,
+    describe,
+    fault_config,
+    overshoot_cell,
+    proxy_errors,
+    settled_counter,
+    wait_for,
+)
 from fault_table import FaultTable, Row, fault_table_fixture, in_leases, usd  # noqa: F401 - a fixture
 from proxy_metering_helpers import Procs, chat, new_team
 from redis_ha import Node, SentinelGroup, require_sentinel
@@ -28,7 +40,6 @@ from test_faults import approximate_reservation, lease_of, reservation
 
 from metering.redis_client import open_redis, parse_sentinel_url
 from router.config import MeteringSettings
-
 
 # ---- the URL forms -------------------------------------------------------------------------------------------------
 
