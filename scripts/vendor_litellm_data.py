@@ -93,13 +93,16 @@ def main() -> None:
 
     (data_dir / "SOURCE.md").write_text(
         "# Data vendored from litellm\n\n"
-        f"Copied from litellm {version} (MIT licence, Copyright (c) 2023 Berri AI: `LICENSE-litellm` beside this file)\n"
+        f"Copied from litellm {version} (MIT licence, Copyright (c) 2023 Berri AI: "
+        "`LICENSE-litellm` beside this file)\n"
         "by `scripts/vendor_litellm_data.py`, so that the runtime install carries no litellm (~300 MB with its\n"
-        "dependencies) and reads prices and tokenizers offline. Refresh after bumping litellm: run the script, commit.\n\n"
+        "dependencies) and reads prices and tokenizers offline. "
+        "Refresh after bumping litellm: run the script, commit.\n\n"
         "- `model_prices_and_context_window.json`: litellm's bundled `model_prices_and_context_window_backup.json`,\n"
         "  byte for byte (`metering.prices` reads it; prices are parsed as Decimal).\n"
         "- tiktoken BPE files that litellm bundles (OpenAI's published encodings; tiktoken is MIT, Copyright (c) 2022\n"
-        "  OpenAI), named as tiktoken names its cache files (sha1 of the URL) so that `text.tokens.configure()` can point\n"
+        "  OpenAI), named as tiktoken names its cache files (sha1 of the URL) "
+        "so that `text.tokens.configure()` can point\n"
         "  `TIKTOKEN_CACHE_DIR` at them; tiktoken checks each against the sha256 below before use:\n\n"
         "| file | encoding | URL tiktoken would download | sha256 |\n| --- | --- | --- | --- |\n"
         + "\n".join(lines) + "\n",
