@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from router.config_loader import ConfigError, load_policy
 from text.tokens import configure as configure_text
@@ -18,7 +18,8 @@ def _check_config(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return 1
-    tiers = ", ".join(f"{t.name} ({len(t.deployments)} deployment{'s' if len(t.deployments) != 1 else ''})" for t in policy.tiers)
+    tiers = ", ".join(f"{t.name} ({len(t.deployments)} deployment{'s' if len(t.deployments) != 1 else ''})"
+                      for t in policy.tiers)
     print(f"{args.path}: ok (sha256 {policy.sha256[:12]}): tiers {tiers}; teams {', '.join(policy.teams)}")
     for warning in policy.warnings:
         print(f"  warning: {warning}")
@@ -60,7 +61,7 @@ def _number(kind: type[int] | type[float], low: float, high: float = float("inf"
     return parse
 
 
-def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run the proxy",
                            description="Run the proxy. SIGHUP or a change of the file reloads the policy; "
                                        "SIGTERM or SIGINT drains and stops.")
@@ -96,10 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from classifiers.cli import add_commands as classifier_commands
     from metering.cli import add_commands as metering_commands
-    from proxy.models_cli import add_team_options as team_model_options
     from proxy.audit_cli import add_commands as audit_commands
-    from proxy.plan_cli import add_commands as plan_commands
     from proxy.experiments_cli import add_commands as experiment_commands
+    from proxy.models_cli import add_team_options as team_model_options
+    from proxy.plan_cli import add_commands as plan_commands
     from simulator.cli import add_commands as simulator_commands
 
     simulator_commands(sub)
@@ -107,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     team_model_options(sub)
     metering_commands(sub)
     audit_commands(sub)
-    plan_commands(sub)
     experiment_commands(sub)
+    plan_commands(sub)
     return parser
 
 
