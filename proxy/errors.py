@@ -86,17 +86,6 @@ def wire(error: TiergateError) -> Wire:
                 rejection.code if rejection.relayed else spec.code)
 
 
-# Anthropic's error type for each status (https://docs.anthropic.com/en/api/errors): the Messages routes render the
-# same taxonomy, with the same statuses, in Anthropic's shape.
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
-                    529: "overloaded_error"}
-
-
-def anthropic_type(status: int) -> str:
-    return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-
-
 def status_of(ending: Ending | TiergateError) -> int:
     """The status a client gets for a request that ended this way: what the ledger records as its status."""
     if isinstance(ending, TiergateError):

@@ -24,8 +24,9 @@ from proxy import (
 )
 from proxy.auth import authenticate
 from proxy.body import check_chat, header_tags, parse_json
-from proxy.errors import anthropic_type, headers_of, wire
+from proxy.errors import headers_of, wire
 from proxy.render import json_response, respond_as
+from wire.messages.errors import anthropic_type
 from wire.messages.events import ChatToMessages, passed_through, translated
 from wire.messages.request import native_body, stop_sequences, to_chat
 from wire.messages.response import to_message

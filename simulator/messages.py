@@ -24,6 +24,7 @@ from simulator.errors import SimulatedError
 from simulator.prefix_cache import PrefixCache
 from simulator.text import groups
 from text.tokens import encoding_for
+from wire.messages.errors import anthropic_type
 from wire.messages.request import to_chat as to_chat_body
 
 MIN_CACHEABLE_TOKENS = 1024  # Anthropic's minimum for Sonnet and Opus (Haiku's is 2,048)
@@ -156,6 +157,4 @@ def events(gen: Generation) -> Iterator[tuple[bytes, int]]:
 
 def error_body(exc: SimulatedError) -> dict[str, Any]:
     """An error in Anthropic's shape, whatever raised it (validation or an injected failure)."""
-    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             429: "rate_limit_error", 529: "overloaded_error"}
-    return {"type": "error", "error": {"type": kinds.get(exc.status, "api_error"), "message": exc.message}}
+    return {"type": "error", "error": {"type": anthropic_type(exc.status), "message": exc.message}}
