@@ -10,6 +10,12 @@ Status: ``candidate`` (registered, not serving: the gate refused it, ``reason`` 
 one per team, enforced by the transactions below, never by two workers guessing), ``retired`` (replaced or
 rolled back). ``parent_version`` is the version that was active when this one was fitted (None = the default
 prior), which is what a rollback returns to.
+
+A rolled-back version's ``reason`` starts with ``rollback_reason``'s words: when and by whom (``the watch``, which
+reverts a promoted model that judged rows after its promotion show worse than the one it replaced, or ``an
+admin``), then why. Parsing them back (``RoutingModel.rollback``) is how the schedule knows a team's latest rollback
+without a column of its own (no retrain from the rows that condemned a model) and how ``/metrics`` counts rollbacks
+from the shared history rather than per process.
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ import orjson
 
 ModelStatus = Literal["active", "candidate", "retired"]
 STATUSES: tuple[ModelStatus, ...] = ("active", "candidate", "retired")
+RolledBackBy = Literal["watch", "admin"]
+_BY: dict[RolledBackBy, str] = {"watch": "the watch", "admin": "an admin"}
+_ROLLED_BACK = "rolled back"
+
+
+def rollback_reason(at: datetime, by: RolledBackBy, why: str = "") -> str:
+    """The reason a rolled-back version keeps: ``rolled back at <ISO instant> by <who>[: why]``."""
+    return f"{_ROLLED_BACK} at {at.astimezone(UTC).isoformat()} by {_BY[by]}" + (f": {why}" if why else "")
 
 # Listing columns (no bytes: a listing must stay cheap however many versions a team has).
 LIST_COLUMNS: tuple[str, ...] = (
@@ -60,10 +74,31 @@ class RoutingModel:
                    parent_version=None if v["parent_version"] is None else int(v["parent_version"]),
                    reason=v["reason"])
 
+    @property
+    def rollback(self) -> tuple[datetime | None, RolledBackBy] | None:
+        """(when, by whom) this version was rolled back, None if it never was. A bare ``rolled back`` (written
+        before rollbacks were dated) is an admin's at an unknown instant."""
+        if not self.reason.startswith(_ROLLED_BACK):
+            return None
+        rest = self.reason[len(_ROLLED_BACK):]
+        if not rest.startswith(" at "):
+            return None, "admin"
+        stamp, _, tail = rest[4:].partition(" by ")
+        by: RolledBackBy = next((b for b, words in _BY.items() if tail.startswith(words)), "admin")
+        try:
+            return datetime.fromisoformat(stamp).astimezone(UTC), by
+        except ValueError:
+            return None, by
+
     def to_dict(self) -> dict[str, Any]:
         return {"team": self.team, "version": self.version, "created_at": self.created_at.isoformat(),
                 "model_id": self.model_id, "metrics": dict(self.metrics), "status": self.status,
                 "parent_version": self.parent_version, "reason": self.reason}
+
+
+def latest_rollback(models: Sequence[RoutingModel]) -> datetime | None:
+    """The instant of the latest dated rollback among a team's versions (None: none)."""
+    return max((r[0] for r in (m.rollback for m in models) if r is not None and r[0] is not None), default=None)
 
 
 Statement = tuple[str, Sequence[Any]]

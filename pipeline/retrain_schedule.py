@@ -5,8 +5,13 @@ Why a claim in the ledger's database: every worker of every replica runs this lo
 so exactly one of them must do each slot's work. Time is cut into slots of ``retrain_every_h`` hours since the epoch
 (``slot = floor(epoch_hours / retrain_every_h)``); the process whose ``retrain_claims`` INSERT wins a (team, slot)
 fits, the others see the conflict and skip. A slot is only claimed when judged rows came in after the team's last
-registered model (a refused candidate counts: refitting the same rows gives the same verdict), so an idle team
-costs one small read per slot and no claim.
+registered model (a refused candidate counts: refitting the same rows gives the same verdict) and after the team's
+latest rollback, so an idle team costs one small read per slot and no claim.
+
+The watch (``pipeline.team_models.watch``) runs first in a claimed slot: the team's promoted model against the
+version it replaced, on the judged rows that came after its promotion, with the gate's bootstrap. When it rolls the
+model back, the slot ends there (action ``rolled_back``): the rows that condemned the model are the newest, and a
+refit on them next to the rollback is what flapping looks like; the next slot with rows after the rollback fits.
 
 CPU: a process fits one team at a time, in a thread (``retrain`` hands the fit to ``asyncio.to_thread``), so the
 event loop keeps serving. The training path (onnx export) belongs to the ``train`` install layer: without it the
@@ -30,6 +35,7 @@ from typing import Literal
 
 from classifiers.learn import LearnError
 from metering.ledger.base import Ledger
+from metering.routing_models import latest_rollback
 from router.config import LearningSettings
 from router.policy import Policy
 from router.scoring import TeamScorers
@@ -37,7 +43,7 @@ from router.scoring import TeamScorers
 log = logging.getLogger("tiergate.retrain")
 
 Clock = Callable[[], float]  # epoch seconds
-Action = Literal["retrained", "no_new_rows", "claimed_elsewhere", "no_training", "unfit", "failed"]
+Action = Literal["retrained", "rolled_back", "no_new_rows", "claimed_elsewhere", "no_training", "unfit", "failed"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TICK_S = 60.0  # how late a slot may start at most; shorter schedules are checked 10 times per slot
 MIN_TICK_S = 1.0
@@ -66,7 +72,7 @@ class Pass:
     slot: int
     action: Action
     promoted: bool = False
-    version: int | None = None
+    version: int | None = None  # the version registered (retrained) or rolled back (rolled_back)
     reason: str = ""
 
 
@@ -81,7 +87,7 @@ class RetrainSchedule:
         self._clock = clock
         self._training = training
         self._handled: dict[str, int] = {}  # team -> the last slot this process dealt with
-        self._quiet: dict[str, int | None] = {}  # team -> last model version of the last "no new rows" log line
+        self._quiet: dict[str, str] = {}  # team -> what the last "no new rows" log line counted from
         self._warned: set[str] = set()
 
     def _scheduled(self) -> list[tuple[str, LearningSettings]]:
@@ -127,25 +133,35 @@ class RetrainSchedule:
         models = await self._ledger.routing_models(team)
         last = models[0] if models else None
         since = last.created_at if last is not None else _EPOCH
+        what = f"model v{last.version}" if last is not None else "the epoch"
+        rolled = latest_rollback(models)  # no refit from the rows that condemned a model
+        if rolled is not None and rolled > since:
+            since, what = rolled, f"the rollback at {rolled.isoformat(timespec='seconds')}"
         if not any(o.created_at > since for o in await self._ledger.outcomes(since, team)):
-            version = last.version if last is not None else None
-            if self._quiet.get(team, -1) != version:
-                self._quiet[team] = version
-                log.info("team %s: no judged rows since %s; scheduled retraining skipped until there are", team,
-                         f"model v{version}" if version is not None else "the epoch")
+            if self._quiet.get(team) != what:
+                self._quiet[team] = what
+                log.info("team %s: no judged rows since %s; scheduled retraining skipped until there are", team, what)
             return Pass(team, slot, "no_new_rows")
         if not await self._ledger.claim_retrain(team, slot):
             return Pass(team, slot, "claimed_elsewhere")
         try:
+            watched = await training.watch(self._ledger, team, margin=learning.promote_margin,
+                                           min_holdout=learning.min_holdout, confidence=learning.promote_confidence)
+            if watched is not None and watched.rolled_back:  # logged (WARNING) by the watch
+                if self._scorers is not None:
+                    await self._scorers.refresh(self._ledger)
+                return Pass(team, slot, "rolled_back", version=watched.version, reason=watched.reason)
             data = await training.team_outcomes(self._ledger, team)
             done = await training.retrain(self._ledger, team, data, margin=learning.promote_margin,
-                                          min_holdout=learning.min_holdout)
+                                          min_holdout=learning.min_holdout, confidence=learning.promote_confidence)
         except LearnError as exc:
             log.info("team %s: scheduled retraining fitted nothing: %s", team, exc)
             return Pass(team, slot, "unfit", reason=str(exc))
         except Exception as exc:  # noqa: BLE001 -- this slot is lost (claimed); the next one retries
             log.warning("team %s: scheduled retraining failed (%s)", team, type(exc).__name__)
             return Pass(team, slot, "failed", reason=type(exc).__name__)
+        if watched is not None:
+            log.info("team %s: watch of v%d: %s", team, watched.version, watched.reason)
         log.info("team %s: retrained v%d, %s: %s", team, done.model.version,
                  "promoted" if done.promoted else "kept as a candidate", done.reason)
         if done.promoted and self._scorers is not None:

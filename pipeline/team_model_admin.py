@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from classifiers.gate import DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT
+from classifiers.gate import DEFAULT_CONFIDENCE, DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT
 from classifiers.learn import LearnError
 from metering.ledger.base import Ledger
 from metering.routing_models import RoutingModel
@@ -53,21 +53,37 @@ class TeamModelAdmin:
         return TeamModels(team, await self._ledger.routing_models(team), self._scorers.for_team(team).model_id)
 
     async def retrain(self, team: str, seed: int, learning: LearningSettings | None) -> Retrained:
-        """Fit a candidate on the team's judged rows with the team's gate thresholds (as its schedule uses),
-        register it and promote it if it passes (``pipeline.team_models.Retrained``)."""
+        """Watch the team's promoted model (roll it back if the rows since its promotion show it worse), then fit
+        a candidate on the team's judged rows with the team's gate thresholds (as its schedule uses), register it
+        and promote it if it passes (``pipeline.team_models.Retrained``, whose ``watched`` says what the watch
+        did)."""
         training = training_path()
         if isinstance(training, str):
             raise _unavailable(training)
         margin = learning.promote_margin if learning is not None else DEFAULT_MARGIN
         min_holdout = learning.min_holdout if learning is not None else DEFAULT_MIN_HOLDOUT
+        confidence = learning.promote_confidence if learning is not None else DEFAULT_CONFIDENCE
         try:  # training is the lazily imported train-layer module (attributes untyped): name the result's type
             outcomes = await training.team_outcomes(self._ledger, team)
             done: Retrained = await training.retrain(self._ledger, team, outcomes, seed=seed, margin=margin,
-                                                     min_holdout=min_holdout)
+                                                     min_holdout=min_holdout, confidence=confidence,
+                                                     watch_first=True)
         except LearnError as exc:
             raise TiergateError("invalid_request.invalid_value", f"cannot retrain {team}: {exc}") from None
         await self._scorers.refresh(self._ledger)
         return done
+
+    async def rollbacks(self, teams: list[str]) -> dict[tuple[str, str], int]:
+        """(team, by) -> how many of the team's versions were rolled back, by the watch or an admin: read from the
+        shared version history at each ``/metrics`` scrape, so every worker and replica answers the same count
+        and it survives restarts (a per-process counter would need the worker that rolled back to answer)."""
+        out: dict[tuple[str, str], int] = {}
+        for team in teams:
+            for model in await self._ledger.routing_models(team):
+                rolled = model.rollback
+                if rolled is not None:
+                    out[(team, rolled[1])] = out.get((team, rolled[1]), 0) + 1
+        return out
 
     async def rollback(self, team: str) -> int | None:
         """Make the version the active one replaced active again; the restored version (None: the default)."""

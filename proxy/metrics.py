@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -236,6 +236,19 @@ def config_gauges(sha256: str, reload_rejected: bool) -> list[Metric]:
     return [info, rejected]
 
 
+def rollback_counters(counts: Mapping[tuple[str, str], int]) -> list[Metric]:
+    """``tiergate_routing_model_rollbacks_total{team, by}``: a team's routing-model versions rolled back, by the
+    watch (a promoted model worse than the one it replaced on later judged rows) or an admin. Counted from the
+    version history in the ledger (``pipeline.team_model_admin.TeamModelAdmin.rollbacks``), so every worker and
+    replica shows the fleet's count; alert on ``increase(...{by="watch"}[1d]) > 0``."""
+    counter = CounterMetricFamily("tiergate_routing_model_rollbacks",
+                                  "Routing-model versions rolled back, by the watch or an admin (version history).",
+                                  labels=("team", "by"))
+    for (team, by), n in sorted(counts.items()):
+        counter.add_metric((team, by), n)
+    return [counter]
+
+
 def check_access(access: MetricsAccess, policy: Policy, headers: Mapping[str, str]) -> None:
     """Raises the OpenAI-shaped 401/403 a scraper without the configured credential gets."""
     if access.auth == "none":
@@ -263,6 +276,8 @@ async def endpoint(request: Request) -> Response:
     check_access(policy.config.server.metrics, policy, request.headers)
     today = datetime.now(UTC).date()
     spent = await rt.spend.committed_by_team(today)
+    learning = [name for name, team in policy.teams.items() if team.settings.learning is not None]
     gauges = [*budget_gauges(spent, rt.budgets.of(policy)),
-              *config_gauges(policy.sha256, rt.store.last_error is not None)]
+              *config_gauges(policy.sha256, rt.store.last_error is not None),
+              *rollback_counters(await rt.team_models.rollbacks(learning))]
     return Response(rt.metrics.render(gauges), media_type=CONTENT_TYPE_LATEST)

@@ -2,8 +2,10 @@
 
 - ``GET /v1/routing/models/{team}``: the team's versions (newest first, metrics and the gate's reason), the active
   one, and the model this worker serves the team with.
-- ``POST /v1/routing/models/{team}/retrain``: fit a candidate on the team's judged rows in the outcome store, register
-  it, promote it if it passes the gate (body, optional: ``{"seed": int}``).
+- ``POST /v1/routing/models/{team}/retrain``: first the watch (the team's promoted model against the version it
+  replaced, on judged rows newer than its promotion: rolled back if worse beyond noise; ``watch`` in the answer),
+  then fit a candidate on the team's judged rows in the outcome store, register it, promote it if it passes the
+  gate (body, optional: ``{"seed": int}``).
 - ``POST /v1/routing/models/{team}/rollback``: make the version the active one replaced active again (or the
   default model).
 
@@ -54,8 +56,9 @@ async def retrain(request: Request) -> Response:
         raise bad_request(f"'seed' must be an integer, got {shown(str(seed))}", param="seed")
     rt = runtime(request)
     done = await rt.team_models.retrain(team, seed, rt.store.policy.teams[team].settings.learning)
+    watched = done.watched.to_dict() if done.watched is not None else None
     return json_response({"promoted": done.promoted, "reason": done.reason, "model": done.model.to_dict(),
-                          **(await rt.team_models.state(team)).to_dict()})
+                          "watch": watched, **(await rt.team_models.state(team)).to_dict()})
 
 
 async def rollback(request: Request) -> Response:

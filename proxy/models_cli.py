@@ -2,9 +2,11 @@
 of the classifier commands, added to their parsers here because they need the ledger and the router (which the
 classifiers package, below both, must not import).
 
-``learn --team`` retrains from the team's judged rows (the ledger's outcome store, else ``--outcomes``), registers
-the candidate and promotes it if the gate says so. ``calibrate --team`` prints the highest threshold (fewest calls
-to the ceiling tier) at which the team's serving model keeps judged quality at the target share of the ceiling's.
+``learn --team`` first runs the watch (the team's promoted model against the version it replaced on judged rows
+newer than its promotion; rolled back if worse beyond noise), then retrains from the team's judged rows (the
+ledger's outcome store, else ``--outcomes``), registers the candidate and promotes it if the gate says so.
+``calibrate --team`` prints the highest threshold (fewest calls to the ceiling tier) at which the team's serving
+model keeps judged quality at the target share of the ceiling's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from classifiers import calibrate
 from classifiers.learn import LearnError
-from classifiers.promotion import DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT, model_inputs
+from classifiers.promotion import DEFAULT_CONFIDENCE, DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT, model_inputs
 from classifiers.scorer import ComplexityScorer
 from metering.ledger import Ledger, open_ledger
 from pipeline.team_models import retrain, serving_bytes, team_outcomes
@@ -44,9 +46,11 @@ async def _with_ledger(config: str, action: Callable[[Ledger], Any]) -> Any:
 def _learn_team(args: argparse.Namespace) -> int:
     async def go(ledger: Ledger) -> str:
         data = await team_outcomes(ledger, args.team, args.outcomes)
-        done = await retrain(ledger, args.team, data, seed=args.seed, margin=args.margin, min_holdout=args.min_holdout)
+        done = await retrain(ledger, args.team, data, seed=args.seed, margin=args.margin, min_holdout=args.min_holdout,
+                             confidence=args.confidence, watch_first=True)
         held = done.model.metrics["holdout_apgr"]
-        return (f"team {args.team}: registered v{done.model.version} (model id {done.model.model_id}), "
+        watched = "" if done.watched is None else f"watch of v{done.watched.version}: {done.watched.reason}\n"
+        return (f"{watched}team {args.team}: registered v{done.model.version} (model id {done.model.model_id}), "
                 f"{'PROMOTED' if done.promoted else 'kept as candidate'}: {done.reason}\n"
                 f"held-out APGR candidate {held['candidate']:.4f}, current {held['current']:.4f} "
                 f"on {done.model.metrics['n_holdout']} newest of {done.model.metrics['n_rows']} rows")
@@ -108,5 +112,7 @@ def add_team_options(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
                        help="held-out APGR the candidate must gain over the serving model to be promoted")
     learn.add_argument("--min-holdout", type=int, default=DEFAULT_MIN_HOLDOUT,
                        help="held-out rows (newest 25%%) needed to promote")
+    learn.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                       help="paired-bootstrap interval whose lower bound must be above 0 to promote (0: margin only)")
     learn.set_defaults(func=_team_or(learn.get_default("func"), _learn_team, ("outcomes", "out"), "learn"))
     cal.set_defaults(func=_team_or(cal.get_default("func"), _calibrate_team, ("data",), "calibrate"))

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from classifiers.gate import DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT
+from classifiers.gate import DEFAULT_CONFIDENCE, DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT
 
 Capability = Literal["tools", "json_schema", "vision", "reasoning"]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -263,6 +263,10 @@ class LearningSettings(_Model):
         "held-out APGR a retrained model must add to the serving one's to be promoted"))
     min_holdout: int = Field(default=DEFAULT_MIN_HOLDOUT, ge=1, description=(
         "held-out judged rows the gate needs before it promotes anything"))
+    promote_confidence: float = Field(default=DEFAULT_CONFIDENCE, ge=0, lt=1, description=(
+        "confidence of the paired-bootstrap interval of the held-out APGR difference: a retrained model is promoted "
+        "only when the interval's lower bound is above 0, and a promoted one is rolled back when, on the judged rows "
+        "that arrived after its promotion (at least min_holdout), the upper bound is below 0; 0: the margin alone"))
 
 
 class ResponsesSettings(_Model):
