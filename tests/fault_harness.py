@@ -35,9 +35,10 @@ from typing import Any
 import httpx
 import orjson
 import yaml
-from conftest import ROOT, Process, free_port, require_service, start_process
-from metering_fixtures import RedisServer
-from proxy_metering_helpers import TeamSpec, parse_sse, write_config
+
+from tests.conftest import ROOT, Process, free_port, require_service, start_process
+from tests.metering_fixtures import RedisServer
+from tests.proxy_metering_helpers import TeamSpec, parse_sse, write_config
 
 NANOS_PER_USD = 10**9
 # The long run (benchmarks/faults/run.sh) sets this: each scenario repeats its fault, or runs, SCALE times over.

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from conftest import DEMO_KEYS, demo_config
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from proxy.app import create_app
 from proxy.body import MAX_DEPTH, MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS, MAX_TAGS
+from tests.conftest import DEMO_KEYS, demo_config
 
 MODEL_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/route")
 SPEND_PATHS = ("/v1/spend/report", "/v1/spend/teams", "/v1/spend/percentiles", "/v1/spend/requests",

@@ -56,13 +56,12 @@ async def lease(redis_url: str, ledger_url: str, spool_dir: str, team: str, dail
     from datetime import datetime
     from decimal import Decimal
 
-    from metering_fixtures import make_record
-
     from metering.budgets.failover import FailoverBudgetStore
     from metering.budgets.leases import LeasedBudgetStore
     from metering.budgets.policy import BudgetLimits, BudgetPolicy
     from metering.ledger import open_ledger
     from metering.service import Meter, ledger_seeder
+    from tests.metering_fixtures import make_record
 
     ledger = open_ledger(ledger_url, spool_dir=spool_dir)
     await ledger.start()

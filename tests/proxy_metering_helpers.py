@@ -215,7 +215,7 @@ def postgres_up(dsn: str) -> bool:
 def spawn(args: list[str], log: Path, ready_path: str, cwd: Path = ROOT, timeout_s: float = 45.0):
     """``tiergate <args>`` as a subprocess in ``cwd`` (the PostgreSQL ledger's spool directory is relative to it),
     ready when ``ready_path`` answers 200; ``--port`` must be in ``args``. Usable from module-scoped fixtures."""
-    from conftest import start_process
+    from tests.conftest import start_process
 
     port = int(args[args.index("--port") + 1])
     return start_process(args, port, log, ready_path, cwd=cwd, timeout_s=timeout_s)

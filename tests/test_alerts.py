@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_fixtures import PG_URL, REDIS_URL, make_record, pg_schema, redis_prefix  # noqa: F401  (fixtures)
-from webhook_receiver import Webhook
 
 from metering.alerts import Alerter, crossings
 from metering.budgets.base import BudgetExceeded, Cap, CapState
@@ -23,6 +21,8 @@ from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.ledger import Ledger, open_ledger
 from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.service import Meter
+from tests.metering_fixtures import PG_URL, REDIS_URL, make_record, pg_schema, redis_prefix  # noqa: F401  (fixtures)
+from tests.webhook_receiver import Webhook
 
 NOW = datetime.now(UTC)
 DAY = NOW.date()

@@ -19,9 +19,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
-from metering_fixtures import pg_schema  # noqa: F401  (fixture)
-from proxy_metering_helpers import (
+
+from metering.ledger import open_ledger
+from metering.ledger.alert_log import AlertEvent, AlertQuery
+from metering.money import usd_to_nanos
+from tests.conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
+from tests.metering_fixtures import pg_schema  # noqa: F401  (fixture)
+from tests.proxy_metering_helpers import (
     ADMIN_AUTH,
     TeamSpec,
     chat,
@@ -31,11 +35,7 @@ from proxy_metering_helpers import (
     redis_up,
     write_config,
 )
-from webhook_receiver import Webhook
-
-from metering.ledger import open_ledger
-from metering.ledger.alert_log import AlertEvent, AlertQuery
-from metering.money import usd_to_nanos
+from tests.webhook_receiver import Webhook
 
 CAPS = {"team": Decimal("0.0004"), "key": Decimal("0.0003"), "tag": Decimal("0.0002")}  # USD per day
 TAG = {"exp": "e1"}

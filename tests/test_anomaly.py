@@ -18,8 +18,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from finops_helpers import policy_file, tiergate
 
 from metering.finops.anomaly import Episode, Rules, detect
 from metering.finops.hourly import RequestRow
@@ -33,6 +31,8 @@ from metering.finops.scan import scan
 from metering.finops.scopes import Scope
 from metering.ledger.sqlite import SqliteLedger
 from metering.record import UsageRecord
+from tests.conftest import ROOT
+from tests.finops_helpers import policy_file, tiergate
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday; the scan covers day 8 (after a week of baseline)
 SCAN = T0 + timedelta(days=8)

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, demo_config
-from metering_fixtures import PG_URL, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 from metering.audit import AuditReport, TeamRules, audit, monthly, nearest_rank, render_text
 from metering.ledger import open_ledger
 from metering.record import UsageRecord
+from tests.conftest import ROOT, demo_config
+from tests.metering_fixtures import PG_URL, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 END = START + timedelta(days=3)

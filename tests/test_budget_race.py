@@ -22,8 +22,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import POSTGRES_DSN, REDIS_URL, require_service
-from proxy_metering_helpers import (
+
+from tests.conftest import POSTGRES_DSN, REDIS_URL, require_service
+from tests.proxy_metering_helpers import (
     NANO,
     Procs,
     chat,

@@ -8,9 +8,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from router.config_loader import ConfigError, load_policy, parse_policy
+from tests.conftest import ROOT
 
 VALID = """\
 tiers:

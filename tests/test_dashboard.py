@@ -26,14 +26,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import DEMO_KEYS, Process, demo_config, free_port, mock_config, require_service, start_process
-from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from openai import OpenAI, RateLimitError
 
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.finops.caps import cap_spend
 from metering.ledger import open_ledger
 from metering.outcomes import Outcome
+from tests.conftest import DEMO_KEYS, Process, demo_config, free_port, mock_config, require_service, start_process
+from tests.metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from upstream.health import LATENCY_WINDOW, RECENT_FAILURES, HealthBook
 
 CHROMIUM = Path(os.environ.get("TIERGATE_TEST_CHROMIUM", "/usr/bin/chromium"))

@@ -23,13 +23,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, Process, free_port, start_process
 from openai import OpenAI
-from test_dashboard import _assert_usd, _open, _shown_matches, _wait_for_refreshes, _wait_for_view, browser  # noqa: F401
-from test_evidence_e2e import _sha
-from test_learn_features_only import _features_only, _write
-from test_learn_features_only import _rows as _learn_rows
-from test_shadow_e2e import _rows, _wait_for
+
+from tests.conftest import ROOT, Process, free_port, start_process
+from tests.test_dashboard import _assert_usd, _open, _shown_matches, _wait_for_refreshes, _wait_for_view, browser  # noqa: F401
+from tests.test_evidence_e2e import _sha
+from tests.test_learn_features_only import _features_only, _write
+from tests.test_learn_features_only import _rows as _learn_rows
+from tests.test_shadow_e2e import _rows, _wait_for
 
 KEYS = {"t": "sk-evd-t", "m": "sk-evd-m", "quiet": "sk-evd-quiet", "admin": "sk-evd-admin"}
 LEARNING = "    learning: {shadow_share: 1.0, shadow_daily_usd: 100, judge: judge-sim}"

@@ -7,7 +7,7 @@ import re
 import subprocess
 import tomllib
 
-from conftest import ROOT
+from tests.conftest import ROOT
 
 
 def _instructions() -> list[tuple[str, str]]:

@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import DEMO_KEYS
-from fuzz_harness import FuzzApp, deep_value, encode, nested_json
 
 from proxy.body import MAX_DEPTH, MAX_N, MAX_TAG_VALUE_CHARS, MAX_TAGS
+from tests.conftest import DEMO_KEYS
+from tests.fuzz_harness import FuzzApp, deep_value, encode, nested_json
 from upstream.base import Endpoint, UpstreamReply
 
 RESEARCH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}

@@ -12,11 +12,11 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, start_process
 from langchain_openai import OpenAIEmbeddings
 
 from metering.money import format_usd
 from metering.prices import lookup
+from tests.conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, start_process
 
 # text-embedding-3-small's price in litellm's table, per token, in integer nano-dollars ($0.02 / 1M tokens)
 NANOS_PER_TOKEN = int(lookup("text-embedding-3-small").price.input * 1_000_000_000)  # type: ignore[union-attr]

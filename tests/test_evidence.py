@@ -8,10 +8,9 @@ from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 
-from test_outcomes import judged
-
 from metering.evidence import evidence, percent, ratio_interval, wilson
 from metering.ledger.report import ReportRow, Totals
+from tests.test_outcomes import judged
 
 START, END = date(2026, 11, 1), date(2026, 12, 1)
 

@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from conftest import ROOT
-from test_shadow_e2e import _rows, _wait_for
 
 from metering.evidence import percent
 from metering.money import format_usd
+from tests.conftest import ROOT
+from tests.test_shadow_e2e import _rows, _wait_for
 
 N = 8  # non-streamed requests, plus one streamed
 KEYS = {"t": "sk-ev-t", "u": "sk-ev-u", "admin": "sk-ev-admin"}

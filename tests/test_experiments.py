@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_fixtures import make_record
 
 from metering.alerts import crossings, payload
 from metering.budgets.base import BudgetExceeded, CapState
@@ -31,6 +30,7 @@ from proxy.errors import ERRORS
 from router.config_loader import ConfigError, parse_policy
 from router.experiments import Experiments
 from router.policy import Policy, Principal
+from tests.metering_fixtures import make_record
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 BASE = """\
@@ -126,9 +126,8 @@ def test_manifests_that_would_be_ambiguous_are_refused() -> None:
 
 
 def test_demo_config_experiments_stay_valid() -> None:
-    from conftest import ROOT
-
     from router.config_loader import load_policy
+    from tests.conftest import ROOT
 
     policy = load_policy(ROOT / "configs" / "demo.yaml")
     assert [m.name for m in policy.experiments.manifests] == ["summarizer-v2"]

@@ -27,9 +27,11 @@ import openai
 import orjson
 import pytest
 import yaml
-from conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
-from metering_fixtures import pg_schema  # noqa: F401  (fixture)
-from proxy_metering_helpers import (
+
+from metering.money import usd_to_nanos
+from tests.conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
+from tests.metering_fixtures import pg_schema  # noqa: F401  (fixture)
+from tests.proxy_metering_helpers import (
     ADMIN_AUTH,
     drop_redis_state,
     new_team,
@@ -39,10 +41,8 @@ from proxy_metering_helpers import (
     tiergate,
     write_config,
 )
-from test_alerts_e2e import _stored  # the alerts table as the crossing test reads it
-from webhook_receiver import Webhook
-
-from metering.money import usd_to_nanos
+from tests.test_alerts_e2e import _stored  # the alerts table as the crossing test reads it
+from tests.webhook_receiver import Webhook
 
 BUDGETS = {"spend": Decimal("0.0002"), "tagged": Decimal("0.00005")}
 TAGS = {"project": "churn", "env": "dev"}

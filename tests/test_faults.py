@@ -27,8 +27,9 @@ import httpx
 import orjson
 import pytest
 import yaml
-from conftest import ROOT, Process
-from fault_harness import (
+
+from tests.conftest import ROOT, Process
+from tests.fault_harness import (
     NANOS_PER_USD,
     SCALE,
     Call,
@@ -53,8 +54,8 @@ from fault_harness import (
     wait_for,
     worker_pids,
 )
-from metering_fixtures import RedisServer
-from proxy_metering_helpers import ADMIN_AUTH, Procs, TeamSpec, chat, new_team, report
+from tests.metering_fixtures import RedisServer
+from tests.proxy_metering_helpers import ADMIN_AUTH, Procs, TeamSpec, chat, new_team, report
 
 # ---- shared fixtures -----------------------------------------------------------------------------------------------
 

@@ -18,13 +18,13 @@ import anthropic
 import httpx
 import openai
 import orjson
-from conftest import ROOT
-from test_evidence_e2e import _sha
-from test_shadow_e2e import _rows
 
 from metering.feedback import feedback_pairs
 from metering.ledger import open_ledger
 from metering.money import format_usd
+from tests.conftest import ROOT
+from tests.test_evidence_e2e import _sha
+from tests.test_shadow_e2e import _rows
 
 KEYS = {"t": "sk-fb-t", "u": "sk-fb-u", "admin": "sk-fb-admin"}
 

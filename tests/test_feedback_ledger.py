@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 from metering.feedback import Feedback, accepted, feedback_pairs, per_accepted
 from metering.ledger import Ledger, open_ledger
+from tests.metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 NOV = (date(2026, 11, 1), date(2026, 12, 1))
 

@@ -14,9 +14,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from finops_helpers import policy_file, tiergate
-from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 from metering.finops.daily import daily_spend, day_model_totals
 from metering.finops.forecast import (
@@ -32,6 +29,9 @@ from metering.finops.scopes import Scope
 from metering.ledger import Ledger, open_ledger
 from metering.ledger.sqlite import SqliteLedger
 from metering.record import UsageRecord
+from tests.conftest import ROOT
+from tests.finops_helpers import policy_file, tiergate
+from tests.metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 NOV = date(2026, 11, 1)
 M = 1_000_000  # a million nano-dollars: $0.001

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fuzz_harness import FuzzApp, Tally, model_request, spend_request
 from hypothesis import HealthCheck, given, settings
+
+from tests.fuzz_harness import FuzzApp, Tally, model_request, spend_request
 
 _SETTINGS = settings(derandomize=True, database=None, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import orjson
-from conftest import mock_config
+
+from tests.conftest import mock_config
 
 AUTH = {"authorization": "Bearer sk-test"}
 CHAT = {"model": "small", "messages": [{"role": "user", "content": "hello"}]}

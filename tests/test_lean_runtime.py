@@ -21,10 +21,10 @@ import httpx
 import openai
 import pytest
 import yaml
-from conftest import DEMO_KEYS, ROOT, demo_config
 
 from metering.prices import TABLE_PATH, lookup
 from metering.usage import Usage, cost_nanos
+from tests.conftest import DEMO_KEYS, ROOT, demo_config
 from text.tokens import ENCODINGS_DIR, SHIPPED_ENCODINGS
 
 _FRESH_MACHINE = '''

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import require_service
-from metering_fixtures import REDIS_URL
-from test_pipeline import policy_text
 
 from pipeline.budget import budget_policy
 from proxy.runtime import open_meter
 from router.config_loader import ConfigError, parse_policy
+from tests.conftest import require_service
+from tests.metering_fixtures import REDIS_URL
+from tests.test_pipeline import policy_text
 
 
 def policy(team: str, ttl: str | None, tmp_ledger: str) -> str:

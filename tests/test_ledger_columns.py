@@ -17,12 +17,12 @@ from typing import Any
 
 import orjson
 import pytest
-from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 from metering.ledger import open_ledger
 from metering.ledger.rollup import MEASURES, rollup
 from metering.ledger.schema import record_values
 from metering.record import UsageRecord
+from tests.metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 NOV = (date(2026, 11, 1), date(2026, 12, 1))
 # The record columns of the version before this change (commit 446a424), in its table order.

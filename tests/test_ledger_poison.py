@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_fixtures import PG_URL, free_port, make_record, pg_schema, unavailable  # noqa: F401  (fixture)
 
 from metering.ledger import Ledger, RecordRefused, WriterOptions, open_ledger
 from metering.ledger.dead_letter import DeadLetterFile
 from metering.record import UsageRecord
+from tests.metering_fixtures import PG_URL, free_port, make_record, pg_schema, unavailable  # noqa: F401  (fixture)
 
 NOV = (date(2026, 11, 1), date(2026, 12, 1))
 SECRET = "sk-live-" + secrets.token_hex(8)  # a tag value that must never reach a log line

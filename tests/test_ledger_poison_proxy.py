@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import yaml
-from conftest import POSTGRES_DSN, require_service
-from metering_fixtures import make_record, pg_schema  # noqa: F401  (fixture)
-from proxy_metering_helpers import chat, new_team, postgres_up, totals, write_config
 
 from metering.ledger.dead_letter import DeadLetterFile
+from tests.conftest import POSTGRES_DSN, require_service
+from tests.metering_fixtures import make_record, pg_schema  # noqa: F401  (fixture)
+from tests.proxy_metering_helpers import chat, new_team, postgres_up, totals, write_config
 
 SECRET = "sk-live-" + secrets.token_hex(8)  # in every poison tag; must never reach the proxy's log
 

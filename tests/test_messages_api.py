@@ -13,8 +13,9 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from conftest import Process, free_port, start_process
-from proxy_metering_helpers import sqlite_records, usd
+
+from tests.conftest import Process, free_port, start_process
+from tests.proxy_metering_helpers import sqlite_records, usd
 
 KEY, TIGHT_KEY = "sk-messages-cc", "sk-messages-tight"
 SONNET, HAIKU = "claude-sonnet-4-6", "claude-haiku-4-5-20251001"

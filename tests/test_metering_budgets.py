@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_fixtures import REDIS_URL, make_record, redis_prefix, redis_server  # noqa: F401  (fixtures)
 
 from metering.budgets.base import BudgetExceeded, BudgetStore, BudgetStoreUnavailable, Cap, Hold, Spend
 from metering.budgets.failover import FailoverBudgetStore
@@ -24,6 +23,7 @@ from metering.budgets.policy import BudgetLimits, BudgetPolicy, caps_for
 from metering.budgets.redis_store import RedisBudgetStore
 from metering.ledger.sqlite import SqliteLedger
 from metering.service import Meter, ledger_seeder
+from tests.metering_fixtures import REDIS_URL, make_record, redis_prefix, redis_server  # noqa: F401  (fixtures)
 
 HERE = Path(__file__).resolve().parent
 # Counters expire a few days after their period ends, so budget tests run in the current period.

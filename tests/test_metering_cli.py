@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, demo_config
-from metering_fixtures import T0, make_record
 
 from metering.ledger.sqlite import SqliteLedger
 from proxy.cli import build_parser
+from tests.conftest import ROOT, demo_config
+from tests.metering_fixtures import T0, make_record
 
 
 def _seed(db: Path) -> None:

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis as redis_sync
-from metering_fixtures import REDIS_URL, redis_prefix  # noqa: F401  (fixture)
 
 from metering.budgets.base import BudgetExceeded, Cap, CapState
 from metering.budgets.leases import LeasedBudgetStore
 from metering.budgets.redis_store import RedisBudgetStore
+from tests.metering_fixtures import REDIS_URL, redis_prefix  # noqa: F401  (fixture)
 
 DAY = datetime.now(UTC).date()
 

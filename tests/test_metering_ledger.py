@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 from metering.ledger import Ledger, open_ledger
 from metering.ledger.base import month_bounds
 from metering.ledger.spool import Spool
 from metering.record import UsageRecord
+from tests.metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 HERE = Path(__file__).resolve().parent
 NOV = (date(2026, 11, 1), date(2026, 12, 1))

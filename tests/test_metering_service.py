@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_fixtures import make_record
-from webhook_receiver import Webhook
 
 from metering.alerts import Alerter
 from metering.budgets.base import BudgetExceeded
@@ -20,6 +18,8 @@ from metering.budgets.memory_store import MemoryBudgetStore
 from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.ledger.sqlite import SqliteLedger
 from metering.service import Meter
+from tests.metering_fixtures import make_record
+from tests.webhook_receiver import Webhook
 
 NOW = datetime.now(UTC)
 DAY = NOW.date()

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import DEMO_KEYS, ROOT, Process, demo_config
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +29,7 @@ from proxy.metrics import MULTIPROC_ENV, Metrics, check_access
 from proxy.server import _prepare_metrics_dir
 from router.config_loader import ConfigError, parse_policy
 from router.policy import Policy
+from tests.conftest import DEMO_KEYS, ROOT, Process, demo_config
 
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
 SAMPLE_LINE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")

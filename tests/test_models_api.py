@@ -8,7 +8,8 @@ import anthropic
 import httpx
 import openai
 import pytest
-from conftest import DEMO_KEYS, Process
+
+from tests.conftest import DEMO_KEYS, Process
 
 
 def _openai(proxy: Process, who: str) -> openai.OpenAI:

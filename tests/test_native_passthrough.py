@@ -19,9 +19,10 @@ import anthropic
 import httpx
 import openai
 import pytest
-from conftest import Process, free_port, start_process
-from helpers_simulator import MockServer
-from proxy_metering_helpers import sqlite_records
+
+from tests.conftest import Process, free_port, start_process
+from tests.helpers_simulator import MockServer
+from tests.proxy_metering_helpers import sqlite_records
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, mock_config
-from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (fixture)
 
 from classifiers.features import FEATURE_NAMES, featurize
 from metering.ledger import open_ledger
 from metering.outcomes import Outcome
+from tests.conftest import ROOT, mock_config
+from tests.metering_fixtures import PG_URL, pg_schema  # noqa: F401  (fixture)
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

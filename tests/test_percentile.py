@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 from metering.ledger import open_ledger
 from metering.percentile import nearest_rank, rank
+from tests.metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 
 def test_nearest_rank_is_the_value_at_rank_ceil_p_n() -> None:

@@ -15,11 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_pipeline import HELLO, harness, policy_text, run
 
 from pipeline.budget import BudgetPolicies
 from pipeline.errors import TiergateError
 from pipeline.result import Served
+from tests.test_pipeline import HELLO, harness, policy_text, run
 
 
 def gone(answer: bool, asked: list[bool]) -> Callable[[], Awaitable[bool]]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 from metering.ledger import group_commit, open_ledger
 from metering.outcomes import Outcome
@@ -21,6 +20,7 @@ from metering.record import UsageRecord
 from pipeline.plan import Repriced, parse_window, reprice
 from pipeline.plan_report import build_plan, plan
 from router.config_loader import ConfigError, parse_policy
+from tests.metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SINCE, UNTIL = T0 - timedelta(days=1), T0 + timedelta(days=1)

@@ -19,12 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT
-from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from openai import OpenAI
 
 from metering.ledger import open_ledger
 from metering.record import UsageRecord
+from tests.conftest import ROOT
+from tests.metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 KEYS = {"t": "sk-plan-t", "u": "sk-plan-u", "admin": "sk-plan-admin"}
 PRICES = {"small": (1, 2), "mid": (5, 10), "frontier": (20, 40), "judge": (3, 6)}  # $ per 1M in / out
@@ -227,12 +227,12 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
 
 def test_plan_and_forecast_answer_any_input_in_the_error_shape(tmp_path: Path) -> None:
     """Any body or query: a plan, a forecast, or an OpenAI-shaped 4xx naming the parameter; never a 500."""
-    from fuzz_harness import fuzz_config, junk
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
     from starlette.testclient import TestClient
 
     from proxy.app import create_app
+    from tests.fuzz_harness import fuzz_config, junk
 
     good = (ROOT / "configs" / "demo.yaml").read_text()
     admin, team = {"authorization": "Bearer sk-demo-admin"}, {"authorization": "Bearer sk-demo-research"}

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from conftest import DEMO_KEYS, ROOT, Process, free_port, start_process
 from prometheus_client.parser import text_string_to_metric_families
 
 from metering.money import NANOS_PER_USD
@@ -25,6 +24,7 @@ from router.features import RequestFeatures
 from router.health_snapshot import HealthSnapshot
 from router.policy import Policy
 from router.scoring import load_scorer
+from tests.conftest import DEMO_KEYS, ROOT, Process, free_port, start_process
 from text.tokens import count_text
 
 KEY = "        sha256: '" + "0" * 64 + "'"

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REDIS_URL, Process, free_port, require_service
-from proxy_metering_helpers import (
+
+from tests.conftest import REDIS_URL, Process, free_port, require_service
+from tests.proxy_metering_helpers import (
     ADMIN_AUTH,
     MINI_INPUT,
     MINI_OUTPUT,

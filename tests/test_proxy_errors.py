@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from conftest import DEMO_KEYS, Process, demo_config, free_port
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from proxy.app import create_app
+from tests.conftest import DEMO_KEYS, Process, demo_config, free_port
 
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
 

@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
-from proxy_metering_helpers import (
+
+from tests.conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
+from tests.proxy_metering_helpers import (
     ADMIN_AUTH,
     Procs,
     TeamSpec,

@@ -7,7 +7,8 @@ import json
 import httpx
 import openai
 import pytest
-from conftest import DEMO_KEYS, Process
+
+from tests.conftest import DEMO_KEYS, Process
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import mock_config
+
+from tests.conftest import mock_config
 
 AUTH = {"authorization": "Bearer sk-test"}
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}

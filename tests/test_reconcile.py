@@ -17,13 +17,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from finops_helpers import policy_file, tiergate
 
 from metering.finops.invoices import InvoiceError, read_invoice
 from metering.finops.reconcile import LedgerCell, Tolerance, match_models, reconcile
 from metering.ledger.sqlite import SqliteLedger
 from metering.record import UsageRecord
+from tests.conftest import ROOT
+from tests.finops_helpers import policy_file, tiergate
 
 FIXTURES = ROOT / "tests" / "fixtures" / "invoices"
 OPENAI_COSTS = FIXTURES / "openai_costs.json"

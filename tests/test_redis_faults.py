@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal
 
 import redis as redis_sync
-from metering_fixtures import RedisServer, make_record, redis_server  # noqa: F401  (fixture)
 
 from metering.budgets.base import BudgetExceeded, BudgetStoreUnavailable, Cap
 from metering.budgets.failover import FailoverBudgetStore
@@ -28,6 +27,7 @@ from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.budgets.redis_store import RedisBudgetStore
 from metering.ledger.sqlite import SqliteLedger
 from metering.service import Meter
+from tests.metering_fixtures import RedisServer, make_record, redis_server  # noqa: F401  (fixture)
 
 HERE = Path(__file__).resolve().parent
 NOW = datetime.now(UTC)  # counters expire a few days after their period: tests run in the current one

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import httpx
 import redis as redis_sync
-from metering_fixtures import DeadOnRestartRelay, RedisServer, redis_server  # noqa: F401  (fixture)
-from proxy_metering_helpers import Procs, TeamSpec, chat, new_team, today, totals, write_config
+
+from tests.metering_fixtures import DeadOnRestartRelay, RedisServer, redis_server  # noqa: F401  (fixture)
+from tests.proxy_metering_helpers import Procs, TeamSpec, chat, new_team, today, totals, write_config
 
 LEASE_MAX_AGE_S = 1.0  # metering.budgets.leases: a lease retires this old, so the next request asks Redis again
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import DEMO_KEYS, demo_config, mock_config
 
 from proxy.runtime import PolicyStore, apply_server_settings, changed_settings
+from tests.conftest import DEMO_KEYS, demo_config, mock_config
 from upstream.base import Upstream
 from upstream.dispatch import Dispatcher
 from upstream.health import HealthBook

@@ -19,8 +19,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import DEMO_KEYS, demo_config
-from metering_fixtures import PG_URL, RedisServer, free_port, pg_schema, redis_server, unique  # noqa: F401
 from pydantic import ValidationError
 
 from kvcache.responses import (
@@ -36,6 +34,8 @@ from kvcache.responses import (
 from kvcache.responses_redis import RedisResponseStore
 from kvcache.responses_sql import SWEEP_BATCH, PostgresResponseStore, SqliteResponseStore
 from router.config import Team
+from tests.conftest import DEMO_KEYS, demo_config
+from tests.metering_fixtures import PG_URL, RedisServer, free_port, pg_schema, redis_server, unique  # noqa: F401
 
 DAY_S = 86_400
 

@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import DEMO_KEYS, ROOT, Process, free_port, mock_config, start_process
-from proxy_metering_helpers import sqlite_records
 from pydantic import BaseModel
+
+from tests.conftest import DEMO_KEYS, ROOT, Process, free_port, mock_config, start_process
+from tests.proxy_metering_helpers import sqlite_records
 
 # A conversation opener past STICKY_MIN_TOKENS (1,024) on its own: prose the tokenizer counts ~1 token a word.
 LONG_OPENER = " ".join(f"The lighthouse keeper wrote entry {i} about the tide, the fog and the ships."
@@ -439,7 +440,7 @@ def test_native_stream_passes_through_with_our_id_and_cost(native_proxy: Process
 def test_stream_cut_upstream_ends_with_error_and_response_failed(tmp_path: Path, start_mock, start_proxy) -> None:
     """An upstream that drops the connection half way: the client gets ``error`` then ``response.failed`` (parsed
     by the SDK), the ledger records the cut with what was relayed, and nothing is stored to continue from."""
-    from fault_harness import StreamCutter
+    from tests.fault_harness import StreamCutter
 
     mock = start_mock()
     cutter = StreamCutter(mock.port, cut_bytes=1500)
@@ -476,7 +477,7 @@ def test_store_outage_keeps_the_paid_answer_and_says_it_was_not_stored(tmp_path:
     """Redis (the response store here) goes away: the answer, already paid for, is still delivered, with
     ``store: false`` (what happened); continuing from any stored response is a 503, never a 500 or a silent
     conversation without its history."""
-    from fault_harness import private_redis
+    from tests.fault_harness import private_redis
 
     redis_server = private_redis()
     try:

@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_fixtures import pg_schema  # noqa: F401  (fixture of ledger_url)
-from test_learn_features_only import _features_only, _rows
-from test_team_models import ledger_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 from classifiers.gate import DEFAULT_MARGIN, DEFAULT_MIN_HOLDOUT
 from classifiers.scorer import ComplexityScorer
@@ -29,6 +26,9 @@ from router.config import LearningSettings
 from router.config_loader import ConfigError, load_policy
 from router.policy import Policy
 from router.scoring import TeamScorers
+from tests.metering_fixtures import pg_schema  # noqa: F401  (fixture of ledger_url)
+from tests.test_learn_features_only import _features_only, _rows
+from tests.test_team_models import ledger_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 HOUR = 3600.0
 

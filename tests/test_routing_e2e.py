@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from conftest import mock_config
 
 from classifiers.scorer import ComplexityScorer
+from tests.conftest import mock_config
 
 AUTH = {"authorization": "Bearer sk-test"}
 SIMPLE = "Thanks, that's all!"

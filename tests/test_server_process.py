@@ -18,7 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, mock_config, start_process
+
+from tests.conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, mock_config, start_process
 
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
 CHAT = {"model": "auto", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello!"}]}

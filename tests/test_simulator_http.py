@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 import tiktoken
-from helpers_simulator import MockServer, running
 
+from tests.helpers_simulator import MockServer, running
 from text.tokens import configure
 
 configure()  # tiktoken's offline files, before the encoding below

@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 import yaml
-from conftest import DEMO_KEYS, POSTGRES_DSN, Process, require_service
-from metering_fixtures import pg_schema  # noqa: F401  (fixture)
-from proxy_metering_helpers import ADMIN_AUTH, chat, new_team, postgres_up, write_config
+
+from tests.conftest import DEMO_KEYS, POSTGRES_DSN, Process, require_service
+from tests.metering_fixtures import pg_schema  # noqa: F401  (fixture)
+from tests.proxy_metering_helpers import ADMIN_AUTH, chat, new_team, postgres_up, write_config
 
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
 

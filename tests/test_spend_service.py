@@ -12,13 +12,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from metering_fixtures import T0, make_record
 
 from metering.budgets.memory_store import MemoryBudgetStore
 from metering.ledger import open_ledger
 from metering.service import Meter
 from pipeline.errors import TiergateError
 from pipeline.spend import Spend
+from tests.metering_fixtures import T0, make_record
 
 DAY = T0.date()
 

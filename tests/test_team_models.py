@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from metering_fixtures import PG_URL, pg_schema  # noqa: F401  (fixture)
-from test_learn_features_only import _features_only, _rows, _write
 
 from classifiers.learn import LearnError, Outcomes
 from classifiers.promotion import subset
@@ -23,6 +21,8 @@ from classifiers.scorer import DEFAULT_MODEL, ComplexityScorer
 from metering.ledger import Ledger, open_ledger
 from pipeline.team_models import retrain, rollback, team_outcomes
 from router.scoring import TeamScorers
+from tests.metering_fixtures import PG_URL, pg_schema  # noqa: F401  (fixture)
+from tests.test_learn_features_only import _features_only, _rows, _write
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:

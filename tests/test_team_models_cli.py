@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import demo_config
-from test_learn_features_only import _features_only, _rows, _write
 
 from classifiers.learn import read_outcomes
 from classifiers.promotion import model_inputs
 from classifiers.scorer import ComplexityScorer
 from metering.ledger import open_ledger
 from proxy.cli import main
+from tests.conftest import demo_config
+from tests.test_learn_features_only import _features_only, _rows, _write
 
 
 def _rows_of(team: str, n: int) -> list[dict]:

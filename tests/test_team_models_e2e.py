@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import demo_config
-from test_learn_features_only import _features_only, _rows, _write
 
 from proxy.cli import main
+from tests.conftest import demo_config
+from tests.test_learn_features_only import _features_only, _rows, _write
 
 RESEARCH = {"Authorization": "Bearer sk-demo-research"}
 SUPPORT = {"Authorization": "Bearer sk-demo-support"}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from conftest import mock_config
+
+from tests.conftest import mock_config
 
 AUTH = {"authorization": "Bearer sk-test"}
 SYSTEM = {"role": "system", "content": "You are the support agent of a large online shop. " * 120}

@@ -12,11 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from conftest import free_port, mock_config
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.conftest import free_port, mock_config
 
 AUTH = {"authorization": "Bearer sk-test"}
 EXPORTER = InMemorySpanExporter()

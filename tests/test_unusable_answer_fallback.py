@@ -8,10 +8,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from test_pipeline import HELLO, answering, harness, policy_text
 
 from pipeline.result import Served
 from router.config_loader import parse_policy
+from tests.test_pipeline import HELLO, answering, harness, policy_text
 from upstream.dispatch import Dispatcher
 from upstream.health import HealthBook
 from upstream.pool import UpstreamPool

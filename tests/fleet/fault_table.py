@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import fault_harness as harness
 import pytest
-from conftest import ROOT
-from fault_harness import NANOS_PER_USD
+
+import tests.fault_harness as harness
+from tests.conftest import ROOT
+from tests.fault_harness import NANOS_PER_USD
 
 PATH = ROOT / "test-artifacts" / "fleet-faults.md"
 

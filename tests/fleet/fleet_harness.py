@@ -23,8 +23,9 @@ from typing import Any
 
 import httpx
 import yaml
-from conftest import DEMO_KEYS, ROOT, require_service
-from proxy_metering_helpers import TeamSpec
+
+from tests.conftest import DEMO_KEYS, ROOT, require_service
+from tests.proxy_metering_helpers import TeamSpec
 
 FLEET_SH = ROOT / "scripts" / "fleet.sh"
 FLEET_CONFIG = ROOT / "configs" / "fleet.yaml"

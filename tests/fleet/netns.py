@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fault_harness import PrivatePostgres
+from tests.fault_harness import PrivatePostgres
 
 NFT_TABLE = "tgfault"
 

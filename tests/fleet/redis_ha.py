@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from conftest import require_service
-from fault_harness import wait_for
+
+from tests.conftest import require_service
+from tests.fault_harness import wait_for
 
 SERVICE = "mymaster"
 

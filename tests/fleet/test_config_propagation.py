@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fault_harness import Call, Load, describe, proxy_errors
-from fleet_harness import ADMIN, RESEARCH, SUPPORT, Fleet, Replica, running_fleet, sha256_of
+
+from tests.fault_harness import Call, Load, describe, proxy_errors
+from tests.fleet.fleet_harness import ADMIN, RESEARCH, SUPPORT, Fleet, Replica, running_fleet, sha256_of
 
 PROPAGATION_S = 5.0  # the bound: replicas poll their file every second
 HELLO = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello!"}]}

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT
-from fleet_harness import FLEET_CONFIG
+
+from tests.conftest import ROOT
+from tests.fleet.fleet_harness import FLEET_CONFIG
 
 K8S = ROOT / "deploy" / "kubernetes"
 COMPOSE = ROOT / "deploy" / "compose" / "docker-compose.yaml"

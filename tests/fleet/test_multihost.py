@@ -33,8 +33,9 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from conftest import ROOT, require_service
-from fault_harness import (
+
+from tests.conftest import ROOT, require_service
+from tests.fault_harness import (
     Call,
     LedgerReader,
     Load,
@@ -49,11 +50,11 @@ from fault_harness import (
     settled_counter,
     wait_for,
 )
-from fault_table import FaultTable, Row, fault_table_fixture, in_leases  # noqa: F401 - a fixture
-from netns import DelayRelay, Link, NetnsPostgres, Topology, leftovers, unavailable
-from proxy_metering_helpers import TeamSpec, chat, new_team
-from redis_ha import Node, SentinelGroup, require_sentinel
-from test_faults import approximate_reservation, lease_of
+from tests.fleet.fault_table import FaultTable, Row, fault_table_fixture, in_leases  # noqa: F401 - a fixture
+from tests.fleet.netns import DelayRelay, Link, NetnsPostgres, Topology, leftovers, unavailable
+from tests.fleet.redis_ha import Node, SentinelGroup, require_sentinel
+from tests.proxy_metering_helpers import TeamSpec, chat, new_team
+from tests.test_faults import approximate_reservation, lease_of
 
 REPLICAS = 2
 CAPPED_CLIENTS, OPEN_CLIENTS, RATE = 2, 4, 8.0  # per client and second

@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fault_harness import Call, LedgerReader, Load, collect, describe, proxy_errors
-from fleet_harness import RESEARCH, SUPPORT, running_fleet
+
+from tests.fault_harness import Call, LedgerReader, Load, collect, describe, proxy_errors
+from tests.fleet.fleet_harness import RESEARCH, SUPPORT, running_fleet
 
 
 def plan(client: int, i: int) -> Call:

@@ -18,8 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Process, free_port
-from fault_harness import (
+
+from metering.redis_client import open_redis, parse_sentinel_url
+from router.config import MeteringSettings
+from tests.conftest import Process, free_port
+from tests.fault_harness import (
     Call,
     LedgerReader,
     Load,
@@ -33,13 +36,10 @@ from fault_harness import (
     settled_counter,
     wait_for,
 )
-from fault_table import FaultTable, Row, fault_table_fixture, in_leases, usd  # noqa: F401 - a fixture
-from proxy_metering_helpers import Procs, chat, new_team
-from redis_ha import Node, SentinelGroup, require_sentinel
-from test_faults import approximate_reservation, lease_of, reservation
-
-from metering.redis_client import open_redis, parse_sentinel_url
-from router.config import MeteringSettings
+from tests.fleet.fault_table import FaultTable, Row, fault_table_fixture, in_leases, usd  # noqa: F401 - a fixture
+from tests.fleet.redis_ha import Node, SentinelGroup, require_sentinel
+from tests.proxy_metering_helpers import Procs, chat, new_team
+from tests.test_faults import approximate_reservation, lease_of, reservation
 
 # ---- the URL forms -------------------------------------------------------------------------------------------------
 
