@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.inprocess import ThreadServer, in_process_server
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TIERGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("TIERGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -83,17 +85,35 @@ def start_process(args: list[str], port: int, log: Path, ready_path: str, env: d
     raise RuntimeError(f"{args[0]} did not become ready in {timeout_s}s:\n{log.read_text(errors='replace')}")
 
 
+Server = Process | ThreadServer
+
+
+def start_server(args: list[str], port: int, log: Path, ready_path: str, env: dict[str, str] | None = None,
+                 process: bool = False, timeout_s: float = 45.0) -> Server:
+    """``tiergate <args>`` in a thread of this process when nothing needs a process (see ``tests.inprocess``), else
+    as a subprocess. ``process=True`` (signals, pids, exit statuses, one server's own log) or an ``env`` forces one."""
+    if not process and env is None:
+        server = in_process_server(args, port, log, timeout_s)
+        if server is not None:
+            if httpx.get(server.url + ready_path, timeout=5.0).status_code != 200:
+                server.stop()
+                raise RuntimeError(f"{args[0]} started but {ready_path} is not 200:\n{server.output()}")
+            return server
+    return start_process(args, port, log, ready_path, env, timeout_s=timeout_s)
+
+
 @pytest.fixture
 def start_proxy(tmp_path: Path) -> Iterator:
-    """``start_proxy(config_path, workers=1, env=None) -> Process`` running ``tiergate serve``."""
-    started: list[Process] = []
+    """``start_proxy(config_path, workers=1, env=None, process=False)`` running ``tiergate serve`` (in this process
+    unless it needs its own: ``start_server``)."""
+    started: list[Server] = []
 
-    def start(config: Path, workers: int = 1, env: dict[str, str] | None = None) -> Process:
+    def start(config: Path, workers: int = 1, env: dict[str, str] | None = None, process: bool = False) -> Server:
         port = free_port()
         args = ["serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
-        process = start_process(args, port, tmp_path / f"proxy-{port}.log", "/readyz", env)
-        started.append(process)
-        return process
+        server = start_server(args, port, tmp_path / f"proxy-{port}.log", "/readyz", env, process)
+        started.append(server)
+        return server
 
     yield start
     for process in started:
@@ -102,15 +122,16 @@ def start_proxy(tmp_path: Path) -> Iterator:
 
 @pytest.fixture
 def start_mock(tmp_path: Path) -> Iterator:
-    """``start_mock(*flags) -> Process`` running ``tiergate mock-upstream``."""
-    started: list[Process] = []
+    """``start_mock(*flags, process=False)`` running ``tiergate mock-upstream`` (``process=True``: a subprocess the
+    test can kill)."""
+    started: list[Server] = []
 
-    def start(*flags: str) -> Process:
+    def start(*flags: str, process: bool = False) -> Server:
         port = free_port()
-        process = start_process(["mock-upstream", "--port", str(port), *flags], port, tmp_path / f"mock-{port}.log",
-                                "/healthz")
-        started.append(process)
-        return process
+        server = start_server(["mock-upstream", "--port", str(port), *flags], port, tmp_path / f"mock-{port}.log",
+                              "/healthz", process=process)
+        started.append(server)
+        return server
 
     yield start
     for process in started:
@@ -130,14 +151,14 @@ def demo_config(tmp_path: Path, classifier: str = "default", extra_research: str
 
 
 @pytest.fixture(scope="module")
-def demo_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    """One demo proxy per test module (start-up is the slow part); tests must not depend on its ledger state."""
+def demo_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One demo proxy per test module; tests must not depend on its ledger state."""
     tmp = tmp_path_factory.mktemp("demo")
     port = free_port()
     args = ["serve", "--config", str(demo_config(tmp)), "--port", str(port)]
-    process = start_process(args, port, tmp / "proxy.log", "/readyz")
-    yield process
-    process.stop()
+    server = start_server(args, port, tmp / "proxy.log", "/readyz")
+    yield server
+    server.stop()
 
 
 def mock_config(tmp_path: Path, tiers: dict[str, list[str]], team_extra: str = "", server_extra: str = "",

@@ -213,11 +213,14 @@ def postgres_up(dsn: str) -> bool:
 
 
 def spawn(args: list[str], log: Path, ready_path: str, cwd: Path = ROOT, timeout_s: float = 45.0):
-    """``tiergate <args>`` as a subprocess in ``cwd`` (the PostgreSQL ledger's spool directory is relative to it),
-    ready when ``ready_path`` answers 200; ``--port`` must be in ``args``. Usable from module-scoped fixtures."""
-    from tests.conftest import start_process
+    """``tiergate <args>`` ready when ``ready_path`` answers 200; ``--port`` must be in ``args``. Usable from
+    module-scoped fixtures. In this process (``tests.conftest.start_server``) unless ``cwd`` is not the repository
+    (the PostgreSQL ledger's spool directory is relative to it: such tests kill and restart the process)."""
+    from tests.conftest import start_process, start_server
 
     port = int(args[args.index("--port") + 1])
+    if cwd == ROOT:
+        return start_server(args, port, log, ready_path, timeout_s=timeout_s)
     return start_process(args, port, log, ready_path, cwd=cwd, timeout_s=timeout_s)
 
 

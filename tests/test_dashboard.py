@@ -32,7 +32,7 @@ from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.finops.caps import cap_spend
 from metering.ledger import open_ledger
 from metering.outcomes import Outcome
-from tests.conftest import DEMO_KEYS, Process, demo_config, free_port, mock_config, require_service, start_process
+from tests.conftest import DEMO_KEYS, Server, demo_config, free_port, mock_config, require_service, start_server
 from tests.metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 from upstream.health import LATENCY_WINDOW, RECENT_FAILURES, HealthBook
 
@@ -49,11 +49,11 @@ PROMPTS = [
 ]
 
 
-def _client(proxy: Process, team: str) -> OpenAI:
+def _client(proxy: Server, team: str) -> OpenAI:
     return OpenAI(base_url=f"{proxy.url}/v1", api_key=DEMO_KEYS[team], max_retries=0, timeout=60)
 
 
-def _chat(proxy: Process, team: str, prompt: str, model: str = "auto", stream: bool = False,
+def _chat(proxy: Server, team: str, prompt: str, model: str = "auto", stream: bool = False,
           feature: str | None = "search", max_tokens: int | None = None, tags: dict[str, str] | None = None) -> str:
     """One request through the openai SDK; its request id (the x-request-id header)."""
     headers = {f"x-tiergate-tag-{k}": v for k, v in {"feature": feature, **(tags or {})}.items() if v is not None}
@@ -68,21 +68,21 @@ def _chat(proxy: Process, team: str, prompt: str, model: str = "auto", stream: b
     return raw.headers["x-request-id"]
 
 
-def _traffic(proxy: Process, rounds: int) -> None:
+def _traffic(proxy: Server, rounds: int) -> None:
     for i in range(rounds):
         _chat(proxy, "research", PROMPTS[i % len(PROMPTS)], feature="search")
         _chat(proxy, "research", PROMPTS[(i + 2) % len(PROMPTS)], model=("mid", "frontier")[i % 2], feature="agent")
         _chat(proxy, "support", PROMPTS[i % 2], stream=i % 2 == 0, feature="helpdesk")
 
 
-def _get(proxy: Process, path: str, key: str = "admin", **params: Any) -> dict[str, Any]:
+def _get(proxy: Server, path: str, key: str = "admin", **params: Any) -> dict[str, Any]:
     response = httpx.get(proxy.url + path, params=params, headers={"authorization": f"Bearer {DEMO_KEYS[key]}"},
                          timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def _report(proxy: Process, **params: str) -> dict[str, Any]:
+def _report(proxy: Server, **params: str) -> dict[str, Any]:
     return _get(proxy, "/v1/spend/report", **params)
 
 
@@ -108,7 +108,7 @@ def browser() -> Iterator[Any]:
         instance.close()
 
 
-def _open(browser: Any, proxy: Process, key: str, external: list[str] | None = None) -> Any:
+def _open(browser: Any, proxy: Server, key: str, external: list[str] | None = None) -> Any:
     """A 1280x800 page logged in with ``key`` after its first refresh; URLs outside the proxy go to ``external``."""
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     if external is not None:
@@ -216,7 +216,7 @@ def _judged_history(today: date) -> list[Outcome]:
 
 
 @pytest.fixture(scope="module")
-def finops_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def finops_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("finops")
     config = demo_config(tmp)
     text = config.read_text()
@@ -224,12 +224,12 @@ def finops_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     config.write_text(text.replace(TEAM_CAPS, TEAM_CAPS + MORE_CAPS))
     _seed_history(f"sqlite:///{tmp}/ledger.db")
     port = free_port()
-    process = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
+    process = start_server(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
     yield process
     process.stop()
 
 
-def _cross(proxy: Process, feature: str, most: int = 80) -> int:
+def _cross(proxy: Server, feature: str, most: int = 80) -> int:
     """Short frontier answers tagged ``feature`` until its cap refuses one (429); how many were served."""
     for served in range(most):
         try:
@@ -241,7 +241,7 @@ def _cross(proxy: Process, feature: str, most: int = 80) -> int:
     raise AssertionError(f"{most} requests tagged {feature} were all served: the cap never refused one")
 
 
-def _finance_traffic(proxy: Process) -> None:
+def _finance_traffic(proxy: Server) -> None:
     """Every panel gets something: both teams, tags and untagged requests, the experiment, feedback, a crossing."""
     _traffic(proxy, 2)
     _chat(proxy, "support", PROMPTS[0], feature=None)  # untagged
@@ -254,7 +254,7 @@ def _finance_traffic(proxy: Process) -> None:
     _cross(proxy, "nightly")
 
 
-def _assert_finance_panels(page: Any, proxy: Process, team: str | None = None) -> None:
+def _assert_finance_panels(page: Any, proxy: Server, team: str | None = None) -> None:
     """Every finance panel shows the API's numbers (``team``: the filter in use)."""
     scope = {"team": team} if team else {}
     forecast = _get(proxy, "/v1/spend/forecast", group_by="team", **scope)
@@ -319,7 +319,7 @@ def _assert_finance_panels(page: Any, proxy: Process, team: str | None = None) -
     assert shown == [1] * len(alerts[:8])  # the newest, in the API's order
 
 
-def test_dashboard_shows_the_spend_report(finops_proxy: Process, browser: Any, tmp_path: Path) -> None:
+def test_dashboard_shows_the_spend_report(finops_proxy: Server, browser: Any, tmp_path: Path) -> None:
     """Also the test ``scripts/screenshot.sh`` runs for ``docs/dashboard.png``: it makes every panel show something."""
     proxy = finops_proxy
     _finance_traffic(proxy)
@@ -378,7 +378,7 @@ def test_dashboard_shows_the_spend_report(finops_proxy: Process, browser: Any, t
     page.close()
 
 
-def test_team_filter_date_range_and_csv(finops_proxy: Process, browser: Any, tmp_path: Path) -> None:
+def test_team_filter_date_range_and_csv(finops_proxy: Server, browser: Any, tmp_path: Path) -> None:
     proxy = finops_proxy
     _traffic(proxy, 1)
     page = _open(browser, proxy, DEMO_KEYS["admin"])
@@ -433,7 +433,7 @@ def test_team_filter_date_range_and_csv(finops_proxy: Process, browser: Any, tmp
     page.close()
 
 
-def test_alerts_appear_after_a_crossing(finops_proxy: Process, browser: Any) -> None:
+def test_alerts_appear_after_a_crossing(finops_proxy: Server, browser: Any) -> None:
     proxy = finops_proxy
     page = _open(browser, proxy, DEMO_KEYS["admin"])
     name = "feature=batch"
@@ -460,7 +460,7 @@ def test_alerts_appear_after_a_crossing(finops_proxy: Process, browser: Any) -> 
     page.close()
 
 
-def test_team_key_sees_only_its_team(finops_proxy: Process, browser: Any) -> None:
+def test_team_key_sees_only_its_team(finops_proxy: Server, browser: Any) -> None:
     _traffic(finops_proxy, 1)
     page = _open(browser, finops_proxy, DEMO_KEYS["support"])
     assert page.get_by_test_id("scope").inner_text() == "Team support"
@@ -475,7 +475,7 @@ def test_team_key_sees_only_its_team(finops_proxy: Process, browser: Any) -> Non
     page.close()
 
 
-def test_budgets_and_upstreams_endpoints(finops_proxy: Process) -> None:
+def test_budgets_and_upstreams_endpoints(finops_proxy: Server) -> None:
     proxy = finops_proxy
     _traffic(proxy, 1)
     caps = _get(proxy, "/v1/spend/budgets")["caps"]
@@ -542,7 +542,7 @@ def test_health_book_window() -> None:
     assert nearest_rank([], 50) is None
 
 
-def test_bad_key_returns_to_the_prompt(demo_proxy: Process, browser: Any) -> None:
+def test_bad_key_returns_to_the_prompt(demo_proxy: Server, browser: Any) -> None:
     page = browser.new_page()
     page.goto(demo_proxy.url + "/dashboard")
     page.get_by_test_id("key-input").fill("sk-not-a-key")
@@ -552,7 +552,7 @@ def test_bad_key_returns_to_the_prompt(demo_proxy: Process, browser: Any) -> Non
     page.close()
 
 
-def test_page_is_static_and_self_contained(demo_proxy: Process) -> None:
+def test_page_is_static_and_self_contained(demo_proxy: Server) -> None:
     page = httpx.get(demo_proxy.url + "/dashboard", timeout=10)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
@@ -561,7 +561,7 @@ def test_page_is_static_and_self_contained(demo_proxy: Process) -> None:
     assert httpx.get(demo_proxy.url + "/dashboard/..%2Fapp.py", timeout=10).status_code == 404
 
 
-def test_insights_endpoints(demo_proxy: Process) -> None:
+def test_insights_endpoints(demo_proxy: Server) -> None:
     _traffic(demo_proxy, 2)
     today = datetime.now(UTC).date().isoformat()
     tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()  # the API's end is exclusive

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import ROOT, Process, free_port, start_process
+from tests.conftest import ROOT, Server, free_port, start_server
 from tests.test_dashboard import _assert_usd, _open, _shown_matches, _wait_for_refreshes, _wait_for_view, browser  # noqa: F401
 from tests.test_evidence_e2e import _sha
 from tests.test_learn_features_only import _features_only, _write
@@ -63,7 +63,7 @@ def _config(tmp: Path) -> Path:
     return path
 
 
-def _send(proxy: Process, team: str, count: int) -> None:
+def _send(proxy: Server, team: str, count: int) -> None:
     client = OpenAI(base_url=f"{proxy.url}/v1", api_key=KEYS[team], max_retries=0, timeout=60)
     for i in range(count):
         content = f"{team} question {i}: " + "explain why the sky is blue " * (1 + i % 3)
@@ -80,7 +80,7 @@ def _settled(db: Path, team: str, count: int) -> None:
         assert len(_wait_for(db, sql, count)) == count, sql
 
 
-def _get(proxy: Process, path: str, key: str = "admin", **params: str) -> dict[str, Any]:
+def _get(proxy: Server, path: str, key: str = "admin", **params: str) -> dict[str, Any]:
     response = httpx.get(proxy.url + path, params=params, headers={"authorization": f"Bearer {KEYS[key]}"},
                          timeout=30)
     assert response.status_code == 200, response.text
@@ -88,11 +88,11 @@ def _get(proxy: Process, path: str, key: str = "admin", **params: str) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def evidence_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def evidence_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("evidence")
     config = _config(tmp)
     port = free_port()
-    process = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
+    process = start_server(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
     try:
         for team, count in SENT.items():
             _send(process, team, count)
@@ -159,7 +159,7 @@ def _assert_evidence(page: Any, found: dict[str, Any]) -> None:
         _assert_usd(page, f"evidence-counterfactual-{team}-{c['tier']}", c["counterfactual_cost_usd"])
 
 
-def _assert_model(page: Any, proxy: Process, team: str) -> None:
+def _assert_model(page: Any, proxy: Server, team: str) -> None:
     state = _get(proxy, f"/v1/routing/models/{team}")
     assert page.get_by_test_id(f"evidence-model-id-{team}").inner_text() == state["serving_model_id"]
     status = page.get_by_test_id(f"evidence-model-status-{team}").inner_text()
@@ -167,7 +167,7 @@ def _assert_model(page: Any, proxy: Process, team: str) -> None:
     assert status == ("default model" if active is None else f"v{active} promoted")
 
 
-def test_admin_sees_every_teams_evidence_and_model(evidence_proxy: Process, browser: Any,
+def test_admin_sees_every_teams_evidence_and_model(evidence_proxy: Server, browser: Any,
                                                     tmp_path: Path) -> None:
     proxy = evidence_proxy
     external: list[str] = []
@@ -222,7 +222,7 @@ def test_admin_sees_every_teams_evidence_and_model(evidence_proxy: Process, brow
     page.close()
 
 
-def test_team_key_sees_its_own_evidence(evidence_proxy: Process, browser: Any) -> None:
+def test_team_key_sees_its_own_evidence(evidence_proxy: Server, browser: Any) -> None:
     proxy = evidence_proxy
     page = _open(browser, proxy, KEYS["t"])
     _wait_for_refreshes(page, 1)  # the first refresh learns the key is not an admin's

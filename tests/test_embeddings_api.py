@@ -16,25 +16,25 @@ from langchain_openai import OpenAIEmbeddings
 
 from metering.money import format_usd
 from metering.prices import lookup
-from tests.conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, start_process
+from tests.conftest import DEMO_KEYS, ROOT, Server, demo_config, free_port, start_server
 
 # text-embedding-3-small's price in litellm's table, per token, in integer nano-dollars ($0.02 / 1M tokens)
 NANOS_PER_TOKEN = int(lookup("text-embedding-3-small").price.input * 1_000_000_000)  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Path]]:
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
     """The demo policy as shipped, its ledger in the test's directory."""
     tmp = tmp_path_factory.mktemp("embeddings")
     port = free_port()
-    process = start_process(["serve", "--config", str(demo_config(tmp)), "--port", str(port)], port,
+    process = start_server(["serve", "--config", str(demo_config(tmp)), "--port", str(port)], port,
                             tmp / "proxy.log", "/readyz")
     yield process, tmp / "ledger.db"
     process.stop()
 
 
 @pytest.fixture
-def client(demo: tuple[Process, Path]) -> openai.OpenAI:
+def client(demo: tuple[Server, Path]) -> openai.OpenAI:
     return openai.OpenAI(base_url=demo[0].url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
 
 
@@ -52,7 +52,7 @@ def ledger_row(ledger: Path, request_id: str, timeout_s: float = 10.0) -> dict[s
 
 
 def test_sdk_embeds_with_the_real_model_name_billed_at_the_embedding_price(client: openai.OpenAI,
-                                                                           demo: tuple[Process, Path]) -> None:
+                                                                           demo: tuple[Server, Path]) -> None:
     raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small",
                                                      input=["The quick brown fox", "jumps over the lazy dog"])
     result = raw.parse()
@@ -72,7 +72,7 @@ def test_sdk_embeds_with_the_real_model_name_billed_at_the_embedding_price(clien
 
 
 def test_auto_embeds_with_the_teams_default_and_is_never_scored(client: openai.OpenAI,
-                                                               demo: tuple[Process, Path]) -> None:
+                                                               demo: tuple[Server, Path]) -> None:
     raw = client.embeddings.with_raw_response.create(model="auto", input="route me to embeddings, not a chat tier")
     result = raw.parse()
     assert result.model == "text-embedding-3-small" and len(result.data[0].embedding) == 1536
@@ -83,13 +83,13 @@ def test_auto_embeds_with_the_teams_default_and_is_never_scored(client: openai.O
     assert row["cost_nanos"] == row["prompt_tokens"] * NANOS_PER_TOKEN
 
 
-def test_a_team_without_pinning_still_names_its_embedding_model(demo: tuple[Process, Path]) -> None:
+def test_a_team_without_pinning_still_names_its_embedding_model(demo: tuple[Server, Path]) -> None:
     support = openai.OpenAI(base_url=demo[0].url + "/v1", api_key=DEMO_KEYS["support"], max_retries=0)
     result = support.embeddings.create(model="text-embedding-3-small", input="support may embed", dimensions=256)
     assert len(result.data[0].embedding) == 256
 
 
-def test_langchain_embeddings(demo: tuple[Process, Path]) -> None:
+def test_langchain_embeddings(demo: tuple[Server, Path]) -> None:
     embedder = OpenAIEmbeddings(model="text-embedding-3-small", base_url=demo[0].url + "/v1",
                                 api_key=DEMO_KEYS["research"], check_embedding_ctx_length=False, max_retries=0)
     vectors = embedder.embed_documents(["first document", "second document", "third"])
@@ -141,21 +141,21 @@ teams:
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, Path]]:
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
     import hashlib
 
     tmp = tmp_path_factory.mktemp("embeddings-own")
     config = tmp / "policy.yaml"
     config.write_text(POLICY.format(ledger=tmp / "ledger.db", sha=hashlib.sha256(b"sk-embed").hexdigest()))
     port = free_port()
-    process = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log",
+    process = start_server(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log",
                             "/readyz", cwd=ROOT)
     yield process, tmp / "ledger.db"
     process.stop()
 
 
 def test_fallback_to_another_deployment_of_the_same_model_and_budget_at_the_embedding_price(
-        own: tuple[Process, Path]) -> None:
+        own: tuple[Server, Path]) -> None:
     """The team's cap is $0.000001 (1000 nano-dollars): 30 tokens fit at $0.02 / 1M (600) but not at its chat
     tier's $0.15 / 1M (4500), so the reservation itself shows the embedding price."""
     process, ledger = own

@@ -57,7 +57,7 @@ def test_failed_attempts_name_deployments_not_urls_and_readyz_details_need_an_ad
 
 
 def test_stream_cut_names_the_deployment_not_its_url(tmp_path: Path, start_mock, start_proxy) -> None:
-    upstream = start_mock("--tokens-per-s", "20")
+    upstream = start_mock("--tokens-per-s", "20", process=True)  # killed mid-stream below
     proxy = start_proxy(_length_scored(mock_config(tmp_path, {"small": [upstream.url]})))
     body = {**CHAT, "stream": True, "max_tokens": 400}
     with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30) as resp:

@@ -43,7 +43,8 @@ def test_poison_records_do_not_stop_the_postgres_ledger(tmp_path: Path, pg_schem
     (spool / "1-dead-0000000001.spool").write_bytes(
         b"".join(f"dead-{i} ".encode() + r.to_json() + b"\n" for i, r in enumerate(planted)))
 
-    proxy = start_proxy(config)  # ready only once start-up (with its bounded replay) is done
+    # A process: its exit status is checked. Ready only once start-up (with its bounded replay) is done.
+    proxy = start_proxy(config, process=True)
 
     def post(body: dict, **headers: str) -> httpx.Response:
         return httpx.post(proxy.url + "/v1/chat/completions", json=body, headers={**team.auth, **headers},

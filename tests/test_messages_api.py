@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Process, free_port, start_process
+from tests.conftest import Server, free_port, start_server
 from tests.proxy_metering_helpers import sqlite_records, usd
 
 KEY, TIGHT_KEY = "sk-messages-cc", "sk-messages-tight"
@@ -77,10 +77,10 @@ teams:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("messages")
     port = free_port()
-    process = start_process(["serve", "--config", str(_config(directory)), "--port", str(port)], port,
+    process = start_server(["serve", "--config", str(_config(directory)), "--port", str(port)], port,
                             directory / "proxy.log", "/readyz")
     process.db = directory / "ledger.db"  # type: ignore[attr-defined]
     yield process
@@ -88,11 +88,11 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
 
 
 @pytest.fixture
-def client(proxy: Process) -> anthropic.Anthropic:
+def client(proxy: Server) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=proxy.url, api_key=KEY, max_retries=0)
 
 
-def ledger_row(proxy: Process, request_id: str, team: str = "cc") -> dict[str, Any]:
+def ledger_row(proxy: Server, request_id: str, team: str = "cc") -> dict[str, Any]:
     """The request's ledger record, once the writer has committed it (records are written in batches)."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -115,7 +115,7 @@ def assert_usage_is_billed(usage: Any, row: dict[str, Any]) -> None:
     assert not row["usage_estimated"]
 
 
-def test_create_routes_an_aliased_model_and_the_ledger_matches(client: anthropic.Anthropic, proxy: Process) -> None:
+def test_create_routes_an_aliased_model_and_the_ledger_matches(client: anthropic.Anthropic, proxy: Server) -> None:
     raw = client.messages.with_raw_response.create(
         model=SONNET, max_tokens=64, system="You are terse.",
         messages=[{"role": "user", "content": "What is the capital of France?"}])
@@ -133,7 +133,7 @@ def test_create_routes_an_aliased_model_and_the_ledger_matches(client: anthropic
     assert message._request_id == raw.headers["x-request-id"]  # Anthropic's request-id header, as the SDK reads it
 
 
-def test_stream_helpers_and_the_ledger(client: anthropic.Anthropic, proxy: Process) -> None:
+def test_stream_helpers_and_the_ledger(client: anthropic.Anthropic, proxy: Server) -> None:
     with client.messages.stream(model=HAIKU, max_tokens=80,
                                 messages=[{"role": "user", "content": "Tell me a short story."}]) as stream:
         text = "".join(stream.text_stream)
@@ -147,7 +147,7 @@ def test_stream_helpers_and_the_ledger(client: anthropic.Anthropic, proxy: Proce
     assert row["response_id"] == final.id
 
 
-def test_raw_stream_events_carry_the_cost(client: anthropic.Anthropic, proxy: Process) -> None:
+def test_raw_stream_events_carry_the_cost(client: anthropic.Anthropic, proxy: Server) -> None:
     response = client.messages.with_raw_response.create(
         model=HAIKU, max_tokens=30, stream=True, messages=[{"role": "user", "content": "Count to five."}])
     events = list(response.parse())
@@ -189,7 +189,7 @@ def test_count_tokens(client: anthropic.Anthropic) -> None:
     assert 0 < short.input_tokens < 20 and longer.input_tokens > 1000
 
 
-def test_errors_are_the_sdk_exception_classes(client: anthropic.Anthropic, proxy: Process) -> None:
+def test_errors_are_the_sdk_exception_classes(client: anthropic.Anthropic, proxy: Server) -> None:
     with pytest.raises(anthropic.BadRequestError) as missing:  # the SDK checks max_tokens itself: post the body
         client.post("/v1/messages", cast_to=httpx.Response,
                     body={"model": SONNET, "messages": [{"role": "user", "content": "hi"}]})
@@ -216,7 +216,7 @@ def test_errors_are_the_sdk_exception_classes(client: anthropic.Anthropic, proxy
     assert time.monotonic() - started < 2
 
 
-def claude_code_client(proxy: Process, session: str) -> anthropic.Anthropic:
+def claude_code_client(proxy: Server, session: str) -> anthropic.Anthropic:
     """The headers Claude Code sends (its key as x-api-key, its version and betas, its session id)."""
     return anthropic.Anthropic(base_url=proxy.url, api_key=KEY, max_retries=0, default_headers={
         "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,prompt-caching-scope-2026-01-05",
@@ -231,7 +231,7 @@ def claude_code_system(suffix: str, cch: str) -> list[dict[str, Any]]:
             {"type": "text", "text": CLAUDE_CODE_PROMPT, "cache_control": {"type": "ephemeral"}}]
 
 
-def test_claude_code_shaped_requests(proxy: Process) -> None:
+def test_claude_code_shaped_requests(proxy: Server) -> None:
     cc = claude_code_client(proxy, "0b6c2f43-6f0b-4bd6-9d1c-1f5b8c3f6a10")
     # the quota probe Claude Code sends at start-up: max_tokens=1 on its small model, served cheaply
     probe = cc.messages.with_raw_response.create(model=HAIKU, max_tokens=1, messages=[
@@ -258,7 +258,7 @@ def test_claude_code_shaped_requests(proxy: Process) -> None:
     assert_usage_is_billed(final.usage, row)
 
 
-def test_attribution_line_does_not_defeat_cache_affinity(proxy: Process) -> None:
+def test_attribution_line_does_not_defeat_cache_affinity(proxy: Server) -> None:
     """Eight Claude Code sessions, each request with its own attribution line (cch differs per request), the same
     system prompt otherwise: all land on one deployment of the three, and every request after the first reads
     the prompt from that deployment's prefix cache. Control: the same prompts with an unknown first line that
@@ -287,9 +287,9 @@ def test_attribution_line_does_not_defeat_cache_affinity(proxy: Process) -> None
     assert len(set(control_deployments)) > 1 and not any(control_cached)
 
 
-def test_stream_cut_ends_with_an_error_event(tmp_path: Path, start_mock: Callable[..., Process],
-                                             start_proxy: Callable[..., Process]) -> None:
-    upstream = start_mock("--tokens-per-s", "20")
+def test_stream_cut_ends_with_an_error_event(tmp_path: Path, start_mock: Callable[..., Server],
+                                             start_proxy: Callable[..., Server]) -> None:
+    upstream = start_mock("--tokens-per-s", "20", process=True)  # killed mid-stream below
     config = tmp_path / "cut.yaml"
     config.write_text(f"""
 metering:

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Process, free_port, start_process
+from tests.conftest import Server, free_port, start_server
 from tests.helpers_simulator import MockServer
 from tests.proxy_metering_helpers import sqlite_records
 
@@ -78,10 +78,10 @@ def mock() -> Iterator[MockServer]:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, mock: MockServer) -> Iterator[Process]:
+def proxy(tmp_path_factory: pytest.TempPathFactory, mock: MockServer) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("natives")
     port = free_port()
-    process = start_process(["serve", "--config", str(_config(directory, mock)), "--port", str(port)], port,
+    process = start_server(["serve", "--config", str(_config(directory, mock)), "--port", str(port)], port,
                             directory / "proxy.log", "/readyz", env={"TG_TEST_ANTHROPIC_KEY": "sk-ant-upstream"})
     process.db = directory / "ledger.db"  # type: ignore[attr-defined]
     yield process
@@ -96,7 +96,7 @@ def _forget(mock: MockServer) -> None:
     httpx.delete(mock.root + "/_mock/requests")
 
 
-def _row(proxy: Process, request_id: str) -> dict[str, Any]:
+def _row(proxy: Server, request_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         rows = [r for r in sqlite_records(proxy.db, TEAM) if r["request_id"] == request_id]  # type: ignore[attr-defined]
@@ -114,15 +114,15 @@ def _nanos(prompt: int, cached: int, written: int, output: int) -> int:
     return int((dollars * 10**9).to_integral_value())
 
 
-def _oai(proxy: Process) -> openai.OpenAI:
+def _oai(proxy: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEY, max_retries=0)
 
 
-def _claude(proxy: Process, **headers: str) -> anthropic.Anthropic:
+def _claude(proxy: Server, **headers: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=proxy.url, api_key=KEY, max_retries=0, default_headers=headers)
 
 
-def test_responses_pass_through_natively(proxy: Process, mock: MockServer) -> None:
+def test_responses_pass_through_natively(proxy: Server, mock: MockServer) -> None:
     _forget(mock)
     raw = _oai(proxy).responses.with_raw_response.create(
         model="native", instructions="Be brief.", input="Where is Rotterdam?", max_output_tokens=1000,
@@ -149,7 +149,7 @@ def test_responses_pass_through_natively(proxy: Process, mock: MockServer) -> No
                                        usage.output_tokens)
 
 
-def test_responses_stream_passes_through_and_is_metered(proxy: Process, mock: MockServer) -> None:
+def test_responses_stream_passes_through_and_is_metered(proxy: Server, mock: MockServer) -> None:
     _forget(mock)
     with _oai(proxy).responses.with_streaming_response.create(model="native", input="Name three ports.",
                                                               stream=True) as raw:
@@ -165,7 +165,7 @@ def test_responses_stream_passes_through_and_is_metered(proxy: Process, mock: Mo
     assert (row["prompt_tokens"], row["completion_tokens"]) == (usage.input_tokens, usage.output_tokens)
 
 
-def test_messages_keep_cache_control_and_bill_the_cache_write(proxy: Process, mock: MockServer) -> None:
+def test_messages_keep_cache_control_and_bill_the_cache_write(proxy: Server, mock: MockServer) -> None:
     _forget(mock)
     client = _claude(proxy, **{"anthropic-beta": "prompt-caching-2024-07-31"})
     request: dict[str, Any] = {
@@ -196,7 +196,7 @@ def test_messages_keep_cache_control_and_bill_the_cache_write(proxy: Process, mo
         assert row["cost_nanos"] == _nanos(prompt, cached, created, usage.output_tokens)
 
 
-def test_messages_stream_is_metered_from_its_events(proxy: Process, mock: MockServer) -> None:
+def test_messages_stream_is_metered_from_its_events(proxy: Server, mock: MockServer) -> None:
     client = _claude(proxy)
     request: dict[str, Any] = {
         "model": "native", "max_tokens": 2000,
@@ -221,7 +221,7 @@ def test_messages_stream_is_metered_from_its_events(proxy: Process, mock: MockSe
                                          first["completion_tokens"])
 
 
-def test_fallback_from_a_native_deployment_answers_in_the_clients_format(proxy: Process) -> None:
+def test_fallback_from_a_native_deployment_answers_in_the_clients_format(proxy: Server) -> None:
     claude = _claude(proxy).messages.with_raw_response.create(
         model="flaky", max_tokens=50, messages=[{"role": "user", "content": "Is the container released?"}])
     message = claude.parse()
@@ -241,7 +241,7 @@ def test_fallback_from_a_native_deployment_answers_in_the_clients_format(proxy: 
     assert final.output_text and final.usage is not None and final.usage.output_tokens > 0
 
 
-def test_chat_stream_usage_chunk_carries_the_billed_cost(proxy: Process) -> None:
+def test_chat_stream_usage_chunk_carries_the_billed_cost(proxy: Server) -> None:
     client = _oai(proxy)
     with client.chat.completions.with_streaming_response.create(
             model="steady", messages=[{"role": "user", "content": "Hello"}], stream=True,

@@ -24,7 +24,7 @@ from router.features import RequestFeatures
 from router.health_snapshot import HealthSnapshot
 from router.policy import Policy
 from router.scoring import load_scorer
-from tests.conftest import DEMO_KEYS, ROOT, Process, free_port, start_process
+from tests.conftest import DEMO_KEYS, ROOT, Server, free_port, start_server
 from text.tokens import count_text
 
 KEY = "        sha256: '" + "0" * 64 + "'"
@@ -135,7 +135,7 @@ def scores() -> tuple[float, float]:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, scores: tuple[float, float]) -> Iterator[Process]:
+def proxy(tmp_path_factory: pytest.TempPathFactory, scores: tuple[float, float]) -> Iterator[Server]:
     """The demo policy with research's and support's mid threshold between the two scores; research holds a warm
     prefix by a margin above the gap, support has prefix affinity off (the control)."""
     low, high = scores
@@ -155,12 +155,12 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, scores: tuple[float, float])
     config = tmp / "demo.yaml"
     config.write_text(text)
     port = free_port()
-    process = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
+    process = start_server(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
     yield process
     process.stop()
 
 
-def _ask(proxy: Process, team: str, question: str) -> tuple[str, str | None, int]:
+def _ask(proxy: Server, team: str, question: str) -> tuple[str, str | None, int]:
     """(tier, x-tiergate-sticky, cached prompt tokens) of one chat completion through the openai SDK."""
     client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=DEMO_KEYS[team], max_retries=0)
     raw = client.chat.completions.with_raw_response.create(model="auto", messages=_messages(question))  # type: ignore[arg-type]
@@ -171,7 +171,7 @@ def _ask(proxy: Process, team: str, question: str) -> tuple[str, str | None, int
     return raw.headers["x-tiergate-tier"], raw.headers.get("x-tiergate-sticky"), cached
 
 
-def _prefix_metrics(proxy: Process) -> dict[tuple[str, str], float]:
+def _prefix_metrics(proxy: Server) -> dict[tuple[str, str], float]:
     response = httpx.get(proxy.url + "/metrics", headers=ADMIN, timeout=10)
     assert response.status_code == 200
     return {(sample.name, sample.labels.get("team", "")): sample.value
@@ -179,7 +179,7 @@ def _prefix_metrics(proxy: Process) -> dict[tuple[str, str], float]:
             if sample.name.startswith("tiergate_prefix_held_") and sample.name.endswith("_total")}
 
 
-def test_two_questions_behind_one_system_prompt_share_a_tier_and_its_cache(proxy: Process) -> None:
+def test_two_questions_behind_one_system_prompt_share_a_tier_and_its_cache(proxy: Server) -> None:
     assert _ask(proxy, "research", LOW) == ("small", None, 0)  # first sight of the prefix: nothing cached
     tier, sticky, cached = _ask(proxy, "research", HIGH)  # scores mid, within the margin: held on warm small
     assert (tier, sticky) == ("small", "prefix")

@@ -39,7 +39,7 @@ def _config(url: str, headers: dict[str, str] = ADMIN) -> dict:
 
 def test_bad_reload_keeps_serving_and_good_reload_applies(tmp_path: Path, start_proxy) -> None:
     config = demo_config(tmp_path, classifier="length")
-    proxy = start_proxy(config)
+    proxy = start_proxy(config, process=True)  # reloaded by SIGHUP
     original = config.read_bytes()
     running = hashlib.sha256(original).hexdigest()
     assert _config(proxy.url)["sha256"] == running

@@ -17,7 +17,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import DEMO_KEYS, ROOT, Process, free_port, mock_config, start_process
+from tests.conftest import DEMO_KEYS, ROOT, Server, free_port, mock_config, start_server
 from tests.proxy_metering_helpers import sqlite_records
 
 # A conversation opener past STICKY_MIN_TOKENS (1,024) on its own: prose the tokenizer counts ~1 token a word.
@@ -26,11 +26,11 @@ LONG_OPENER = " ".join(f"The lighthouse keeper wrote entry {i} about the tide, t
 
 
 @pytest.fixture
-def client(demo_proxy: Process) -> openai.OpenAI:
+def client(demo_proxy: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=demo_proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
 
 
-def _ledger_row(proxy: Process, request_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+def _ledger_row(proxy: Server, request_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """The ledger record of one request (the demo proxy's SQLite ledger sits next to its log); streams settle
     after their last byte and the ledger commits in batches, so wait for it."""
     deadline = time.monotonic() + timeout_s
@@ -46,7 +46,7 @@ def _nanos(usd: str) -> int:
     return int(Decimal(usd) * 10**9)
 
 
-def test_create_plain_usage_and_cost_match_the_ledger(client: openai.OpenAI, demo_proxy: Process) -> None:
+def test_create_plain_usage_and_cost_match_the_ledger(client: openai.OpenAI, demo_proxy: Server) -> None:
     raw = client.responses.with_raw_response.create(model="auto", input="What is the capital of France?",
                                                     instructions="Answer briefly.", metadata={"feature": "faq"})
     response = raw.parse()
@@ -69,7 +69,7 @@ def test_create_plain_usage_and_cost_match_the_ledger(client: openai.OpenAI, dem
     assert row["response_id"] == response.id  # support finds the request by the id the client has
 
 
-def test_stream_events_in_order_with_usage_and_cost(client: openai.OpenAI, demo_proxy: Process) -> None:
+def test_stream_events_in_order_with_usage_and_cost(client: openai.OpenAI, demo_proxy: Server) -> None:
     with client.responses.stream(model="auto", input="Tell me a short story.") as stream:
         events = list(stream)
         final = stream.get_final_response()
@@ -87,7 +87,7 @@ def test_stream_events_in_order_with_usage_and_cost(client: openai.OpenAI, demo_
     assert final.usage is not None and final.usage.output_tokens > 0
 
 
-def test_stream_usage_and_cost_match_the_ledger(client: openai.OpenAI, demo_proxy: Process) -> None:
+def test_stream_usage_and_cost_match_the_ledger(client: openai.OpenAI, demo_proxy: Server) -> None:
     raw = client.responses.with_raw_response.create(model="auto", input="Tell me a story.", stream=True)
     events = list(raw.parse())
     done = events[-1]
@@ -105,7 +105,7 @@ def test_stream_usage_and_cost_match_the_ledger(client: openai.OpenAI, demo_prox
     assert follow.usage.input_tokens > usage.input_tokens + usage.output_tokens
 
 
-def test_stream_true_raw_sse_framing(demo_proxy: Process) -> None:
+def test_stream_true_raw_sse_framing(demo_proxy: Server) -> None:
     body = {"model": "small", "input": "hi", "stream": True, "max_output_tokens": 5}
     with httpx.stream("POST", demo_proxy.url + "/v1/responses", json=body, timeout=30,
                       headers={"authorization": f"Bearer {DEMO_KEYS['research']}"}) as resp:
@@ -217,7 +217,7 @@ def test_json_schema_output(client: openai.OpenAI) -> None:
     assert isinstance(parsed.output_parsed, Person)
 
 
-def test_errors_are_the_sdks_exception_classes(client: openai.OpenAI, demo_proxy: Process) -> None:
+def test_errors_are_the_sdks_exception_classes(client: openai.OpenAI, demo_proxy: Server) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
         ({"input": "x", "extra_body": {"frobnicate": 1}}, "frobnicate"),
         ({"input": 42}, "input"),
@@ -266,7 +266,7 @@ def test_image_input_is_translated_and_served(client: openai.OpenAI) -> None:
     assert raw.parse().output_text and raw.headers["x-tiergate-tier"]
 
 
-def test_openai_agents_runner_with_a_function_tool(demo_proxy: Process) -> None:
+def test_openai_agents_runner_with_a_function_tool(demo_proxy: Server) -> None:
     from agents import (
         Agent,
         Runner,
@@ -302,7 +302,7 @@ def test_openai_agents_runner_with_a_function_tool(demo_proxy: Process) -> None:
     assert "raw_response_event" in kinds and "run_item_stream_event" in kinds and final
 
 
-def test_langchain_chat_openai_use_responses_api(demo_proxy: Process) -> None:
+def test_langchain_chat_openai_use_responses_api(demo_proxy: Server) -> None:
     from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
@@ -337,7 +337,7 @@ def test_langchain_chat_openai_use_responses_api(demo_proxy: Process) -> None:
 
 # ---- a continued conversation keeps its tier and deployment ----------------------------------------------------
 
-def _demo_variant(tmp: Path, edits: list[tuple[str, str]]) -> Process:
+def _demo_variant(tmp: Path, edits: list[tuple[str, str]]) -> Server:
     """A proxy on configs/demo.yaml with its ledger in ``tmp`` and each ``(old, new)`` edit applied once."""
     text = (ROOT / "configs" / "demo.yaml").read_text()
     for old, new in [("sqlite:///var/tiergate-demo.db", f"sqlite:///{tmp}/ledger.db"), *edits]:
@@ -346,11 +346,11 @@ def _demo_variant(tmp: Path, edits: list[tuple[str, str]]) -> Process:
     config = tmp / "demo.yaml"
     config.write_text(text)
     port = free_port()
-    return start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
+    return start_server(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
 
 
 @pytest.fixture(scope="module")
-def sticky_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def sticky_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The demo policy with research's stickiness margin at its maximum (a conversation never leaves its tier)."""
     process = _demo_variant(tmp_path_factory.mktemp("sticky"), [
         ("      provider_prefix_caching: true\n",
@@ -359,7 +359,7 @@ def sticky_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     process.stop()
 
 
-def test_continued_conversation_keeps_its_tier_and_deployment(sticky_proxy: Process) -> None:
+def test_continued_conversation_keeps_its_tier_and_deployment(sticky_proxy: Server) -> None:
     client = openai.OpenAI(base_url=sticky_proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
     # turn 1 is forced to the frontier tier; the follow-ups are routed by score, and stickiness keeps them there
     first = client.responses.with_raw_response.create(model="auto", input=LONG_OPENER,
@@ -382,7 +382,7 @@ def test_continued_conversation_keeps_its_tier_and_deployment(sticky_proxy: Proc
 # ---- a deployment that speaks the Responses API natively: passed through, with our id ----------------------------
 
 @pytest.fixture(scope="module")
-def native_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def native_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The demo policy with every simulated deployment declared Responses-native (``apis: [chat, responses]``)."""
     process = _demo_variant(tmp_path_factory.mktemp("native"), [
         (f"        model: simulated/{model}\n", f"        model: simulated/{model}\n        apis: [chat, responses]\n")
@@ -395,7 +395,7 @@ def _translated_item_id(response_id: str, prefix: str, index: int) -> str:
     return f"{prefix}_{response_id.removeprefix('resp_')}{index:04x}"  # what wire.responses names its items
 
 
-def test_native_deployment_answers_pass_through_with_our_id(native_proxy: Process) -> None:
+def test_native_deployment_answers_pass_through_with_our_id(native_proxy: Server) -> None:
     client = openai.OpenAI(base_url=native_proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
     raw = client.responses.with_raw_response.create(model="auto", input="What is the capital of France?")
     one = raw.parse()
@@ -417,7 +417,7 @@ def test_native_deployment_answers_pass_through_with_our_id(native_proxy: Proces
     assert hosted.status == "completed"
 
 
-def test_native_stream_passes_through_with_our_id_and_cost(native_proxy: Process) -> None:
+def test_native_stream_passes_through_with_our_id_and_cost(native_proxy: Server) -> None:
     client = openai.OpenAI(base_url=native_proxy.url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
     raw = client.responses.with_raw_response.create(model="auto", input="Tell me a story.", stream=True)
     events = list(raw.parse())

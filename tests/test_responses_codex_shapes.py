@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from pipeline.errors import TiergateError
 from proxy.body import check_chat
 from router.config import ResponsesSettings
-from tests.conftest import DEMO_KEYS, Process, free_port, start_process
+from tests.conftest import DEMO_KEYS, Server, free_port, start_server
 from wire.responses.events import ChatToResponses
 from wire.responses.request import (
     chat_body,
@@ -244,7 +244,7 @@ def test_a_codex_turn_translates_to_a_chat_body_the_pipeline_accepts() -> None:
 
 # ---- over HTTP: the demo's policy ----------------------------------------------------------------------------------
 
-def test_the_demo_research_team_drops_web_search_and_support_refuses_it(demo_proxy: Process) -> None:
+def test_the_demo_research_team_drops_web_search_and_support_refuses_it(demo_proxy: Server) -> None:
     body = {"model": "auto", "input": "Say hi.", "tools": [WEB, EXEC], "tool_choice": "none"}
     research = httpx.post(demo_proxy.url + "/v1/responses", json=body, timeout=60,
                           headers={"Authorization": f"Bearer {DEMO_KEYS['research']}"})
@@ -278,7 +278,7 @@ teams:
       - {{id: t-key, sha256: {hashlib.sha256(b"sk-native").hexdigest()}}}
 """)
     port = free_port()
-    proxy = start_process(["serve", "--config", str(config), "--port", str(port)], port, tmp_path / "proxy.log",
+    proxy = start_server(["serve", "--config", str(config), "--port", str(port)], port, tmp_path / "proxy.log",
                           "/readyz")
     try:
         client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-native", max_retries=0)

@@ -32,7 +32,7 @@ def _score(url: str, headers: dict) -> str:
 
 def test_promoted_model_is_served_without_restart_and_rollback_restores(tmp_path: Path, start_proxy) -> None:
     config = demo_config(tmp_path)
-    proxy = start_proxy(config)
+    proxy = start_proxy(config, process=True)  # the pid must stay the same across the swap
     pid = proxy.proc.pid
     before, other_before = _score(proxy.url, RESEARCH), _score(proxy.url, SUPPORT)
 
