@@ -17,6 +17,7 @@ WIDTH = 50
 def table(run: dict[str, Any]) -> str:
     out = [f"### {run['file']}: {run['requests']} requests, checkpoint every {run['every']}, "
            f"shadow share {run['shadow_share']}, min_holdout {run['min_holdout']}, margin {run['margin']}, "
+           + (f"bootstrap confidence {run['confidence']}, " if "confidence" in run else "") +
            f"calibrated to {run['target_quality']:.0%} judged quality ({run['wall_s']:.0f} s)",
            "",
            f"Always-weak quality is {run['weak_mean'] / run['strong_mean']:.1%} of always-frontier's on these "
@@ -30,7 +31,11 @@ def table(run: dict[str, Any]) -> str:
            "|---:|---:|---|---|---:|---:|---|---:|---:|---|"]
     for c in run["checkpoints"]:
         gate = c.get("gate_holdout_apgr") or {}
-        verdict = c["retrain"] + (f" ({gate['candidate']:.3f} / {gate['current']:.3f})" if gate else "")
+        interval = c.get("gate_interval")
+        ci = f", interval {interval[0]:+.3f} .. {interval[1]:+.3f}" if interval else ""
+        verdict = c["retrain"] + (f" ({gate['candidate']:.3f} / {gate['current']:.3f}{ci})" if gate else "")
+        if c.get("watch", "-") != "-":
+            verdict = f"watch: {c['watch']}; " + verdict
         apgr = c["apgr_unseen"]
         candidate = c["retrain"].split()[1] if c["retrain"].startswith(("kept", "promoted")) else None
         serving = apgr.get(c["serving"])

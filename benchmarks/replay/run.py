@@ -88,7 +88,7 @@ def free_port() -> int:
 
 
 def policy_yaml(tmp: Path, traffic: Path, name: str, threshold: float, shadow_share: float, min_holdout: int,
-                margin: float) -> str:
+                margin: float, confidence: float) -> str:
     (w_in, w_out), (s_in, s_out) = PAIRS[name]
     sha = lambda key: hashlib.sha256(key.encode()).hexdigest()  # noqa: E731
     return f"""# written by benchmarks/replay/run.py
@@ -113,7 +113,7 @@ teams:
     tiers: {{floor: small, ceiling: frontier}}
     routing: {{thresholds: {{frontier: {threshold:.6f}}}}}
     learning: {{shadow_share: {shadow_share}, shadow_daily_usd: 1000, judge: judge-sim, store_prompts: true,
-               promote_margin: {margin}, min_holdout: {min_holdout}}}
+               promote_margin: {margin}, min_holdout: {min_holdout}, promote_confidence: {confidence}}}
 """
 
 
@@ -132,6 +132,9 @@ class Checkpoint:
     learning_cost: float  # cumulative shadow + judge spend / always-frontier cost
     apgr_unseen: dict[str, float] = field(default_factory=dict)  # serving model, new candidate, prior, length
     gate_holdout_apgr: dict[str, float] = field(default_factory=dict)  # the gate's verdict: candidate vs current
+    gate_interval: list[float] | None = None  # the gate's bootstrap interval of the difference (None: off)
+    watch: str = "-"  # what the watch did before the retrain ("rolled back v1", "kept v1", "-")
+    watch_detail: dict[str, Any] | None = None  # the admin API's "watch" object
 
 
 class Proxy:
@@ -233,7 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def write_policy() -> None:
         config.write_text(policy_yaml(tmp, traffic, args.file, threshold, args.shadow_share, args.min_holdout,
-                                      args.margin))
+                                      args.margin, args.confidence))
 
     write_policy()
     db = tmp / "ledger.db"
@@ -266,7 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if i % args.every and i != len(rows):
                 continue
             judged = settle(db)
-            retrain, gate, candidate = "-", {}, None
+            retrain, gate, candidate, interval, watched, watch_detail = "-", {}, None, None, "-", None
             if judged >= 4 * args.min_holdout:  # fewer: the gate (newest 25% held out) could not promote anything
                 done = proxy.client.post(f"/v1/routing/models/{TEAM}/retrain", headers=admin, json={"seed": 0})
                 body = done.json()
@@ -274,7 +277,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     version = body["model"]["version"]
                     retrain = ("promoted v%d" if body["promoted"] else "kept v%d as candidate") % version
                     gate = body["model"]["metrics"]["holdout_apgr"]
+                    interval = (body["model"]["metrics"].get("bootstrap") or {}).get("interval")
                     candidate = (f"v{version}", model_bytes(db, version))
+                    watch_detail = body.get("watch")
+                    if watch_detail is not None:
+                        watched = watch_summary(watch_detail)
                 else:
                     retrain = f"no fit ({done.status_code})"
             serving, model = active_model(db)
@@ -304,18 +311,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 quality=float(routed_q / frontier_q), cost_window=float(window_cost[0] / window_cost[1]),
                 cost=float(routed_cost / frontier_cost),
                 learning_cost=float(learning / frontier_cost), apgr_unseen={k: round(v, 4) for k, v in apgr.items()},
-                gate_holdout_apgr=gate)
+                gate_holdout_apgr=gate, gate_interval=interval, watch=watched, watch_detail=watch_detail)
             checkpoints.append(point)
             window, window_cost = [], [Decimal(0), Decimal(0)]
             print(line(point), flush=True)
+        scraped = proxy.client.get("/metrics", headers=admin).text
+        rollbacks = sum(float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                        if line.startswith("tiergate_routing_model_rollbacks_total{"))
     finally:
         proxy.stop()
     return {"file": args.file, "requests": len(rows), "every": args.every, "seed": args.seed,
             "shadow_share": args.shadow_share, "min_holdout": args.min_holdout, "margin": args.margin,
+            "confidence": args.confidence, "rollbacks_metric": rollbacks,
             "target_quality": args.target_quality, "wall_s": round(time.monotonic() - started, 1),
             "always_frontier_usd": float(frontier_cost), "routed_usd": float(routed_cost),
             "weak_mean": float(weak.mean()), "strong_mean": float(strong.mean()),
             "checkpoints": [asdict(c) for c in checkpoints], "ledger": str(db)}
+
+
+def watch_summary(w: dict[str, Any]) -> str:
+    """One cell: what the watch did to the serving model before this checkpoint's retrain."""
+    if w["difference"] is None:
+        return f"v{w['version']}: {w['n_rows']} rows since promotion"
+    d = w["difference"]
+    interval = f" [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]" if d["interval"] else ""
+    verb = "rolled back" if w["rolled_back"] else "kept"
+    return f"{verb} v{w['version']} ({d['difference']:+.3f}{interval} on {w['n_rows']} rows)"
 
 
 def learning_spend(db: Path) -> Decimal:
@@ -326,7 +347,10 @@ def learning_spend(db: Path) -> Decimal:
 def line(c: Checkpoint) -> str:
     apgr = " ".join(f"{k}={v:.3f}" for k, v in c.apgr_unseen.items())
     if c.gate_holdout_apgr:
-        apgr += f"  (gate: candidate {c.gate_holdout_apgr['candidate']:.3f} vs {c.gate_holdout_apgr['current']:.3f})"
+        apgr += f"  (gate: candidate {c.gate_holdout_apgr['candidate']:.3f} vs {c.gate_holdout_apgr['current']:.3f}"
+        apgr += f", interval [{c.gate_interval[0]:+.3f}, {c.gate_interval[1]:+.3f}])" if c.gate_interval else ")"
+    if c.watch != "-":
+        apgr += f"  watch: {c.watch}"
     return (f"{c.requests:5d} req  judged {c.judged:4d}  serving {c.serving:6s} thr {c.threshold:.4f}  "
             f"frontier {c.frontier_share:5.1%}  quality {c.quality_window:6.1%} (cum {c.quality:6.1%})  "
             f"cost {c.cost_window:6.1%} (cum {c.cost:6.1%}) +learning {c.learning_cost:5.1%}  {c.retrain:24s} "
@@ -341,6 +365,8 @@ def main() -> None:
     p.add_argument("--shadow-share", type=float, default=0.5)
     p.add_argument("--min-holdout", type=int, default=50, help="the team's learning.min_holdout")
     p.add_argument("--margin", type=float, default=0.01, help="the team's learning.promote_margin")
+    p.add_argument("--confidence", type=float, default=0.8,
+                   help="the team's learning.promote_confidence (0: the margin alone, the gate before the bootstrap)")
     p.add_argument("--target-quality", type=float, default=0.95, help="tiergate calibrate --target-quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the run as JSON here")
