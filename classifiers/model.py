@@ -14,11 +14,6 @@ Features that the training data cannot teach keep weight zero instead of whateve
 them: ``features.CONTEXT_FEATURES`` (every training row is a single user turn without tools) and any
 feature that differs from its most common value in under 1% of the rows (``MIN_SUPPORT``).
 
-Round 6 (RESULTS.md section 13): the shipped score is that ridge logit and log prompt length averaged with
-fixed weights, ``z(ridge logit) + LENGTH_WEIGHT * z(log_chars)`` (z-scoring constants from the training rows,
-nothing fitted per domain): length holds up on tasks where the difficulty fit falls below random (math word
-problems, logic puzzles). It is still one clipped linear map of the features.
-
 Inputs are clipped to the training range before the linear step (a linear model extrapolates without
 limit: an empty request or a 1 MB prompt must not get an extreme score). After the fit, a
 one-dimensional Platt step maps the score onto P(strong beats weak) using out-of-fold scores; it is
@@ -42,9 +37,6 @@ MIN_SUPPORT = 0.01
 # type adds nothing across domains (exam questions are nearly all "which ..."/"what ..."). A model
 # learned on a deployment's traffic may still weight them.
 DEFAULT_DROP = ("ask_fact", "ask_explain", "ask_produce")
-# Weight of z-scored log prompt length next to the z-scored ridge logit (round 6's grouped-CV selection).
-LENGTH_WEIGHT = 0.25
-LENGTH_FEATURE = "log_chars"
 
 
 @dataclass(frozen=True)
@@ -66,23 +58,6 @@ class LinearScore:
     def calibrated(self, a: float, b: float) -> LinearScore:
         """The same map followed by ``a * logit + b`` (a > 0 keeps the ranking)."""
         return LinearScore(self.coef * a, self.intercept * a + b, self.lo, self.hi, self.center)
-
-
-def with_length(score: LinearScore, X: np.ndarray, weight: float = LENGTH_WEIGHT) -> LinearScore:
-    """``z(score) + weight * z(clipped log length)`` as one linear map; z-scoring constants from the rows ``X``.
-
-    Plain (unweighted) means and sds over the training rows, the length clipped to the training range as
-    the graph clips it, so the exported model computes exactly this.
-    """
-    j = FEATURE_NAMES.index(LENGTH_FEATURE)
-    logit = score.decision(X)
-    length = np.clip(np.asarray(X, np.float64)[:, j], score.lo[j], score.hi[j])
-    mp, sp, ml, sl = float(logit.mean()), float(logit.std()), float(length.mean()), float(length.std())
-    sp, sl = sp if sp > 0 else 1.0, sl if sl > 0 else 1.0  # a constant column (tiny data): no rescaling
-    coef = score.coef / sp
-    coef[j] += weight / sl
-    intercept = (score.intercept - mp) / sp + weight * (float(score.center[j]) - ml) / sl
-    return LinearScore(coef, intercept, score.lo, score.hi, score.center)
 
 
 def balanced_weights(groups: np.ndarray, collections: np.ndarray | None = None) -> np.ndarray:

@@ -59,11 +59,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def fit(data: dataset.OutcomeData, X: np.ndarray) -> model.LinearScore:
-    """The default recipe on these rows: labels computed from them only, the ridge fit, then the fixed-weight
-    average with log prompt length (``model.with_length``; RESULTS.md section 13)."""
-    ridge = model.fit_linear(X, model.target(data, model.LABEL), model.balanced_weights(data.groups), model.ALPHA,
-                             drop=model.DEFAULT_DROP)
-    return model.with_length(ridge, X)
+    """The default recipe on these rows: labels computed from them only, then the ridge fit."""
+    return model.fit_linear(X, model.target(data, model.LABEL), model.balanced_weights(data.groups), model.ALPHA,
+                            drop=model.DEFAULT_DROP)
 
 
 def out_of_fold(data: dataset.OutcomeData, X: np.ndarray,
@@ -102,8 +100,7 @@ def train(data_dir: str | Path, out: str | Path, seed: int = 0, show_progress: b
     data_sha = hashlib.sha256("\n".join(data.ids).encode()).hexdigest()[:12]
     meta = {"kind": "default", "trained_on": f"{len(data)} rows, ids sha256 {data_sha}", "seed": str(seed),
             "label": f"{model.LABEL} difficulty, z-scored per collection; ridge alpha {model.ALPHA:g}, "
-                     f"domain-balanced; z(logit) + {model.LENGTH_WEIGHT:g} z({model.LENGTH_FEATURE}); "
-                     "Platt-calibrated to P(strong beats weak)"}
+                     "domain-balanced; Platt-calibrated to P(strong beats weak)"}
     onnx_bytes = export.linear_model(final, out, meta)
     from classifiers.scorer import ComplexityScorer
 
