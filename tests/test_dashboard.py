@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import sqlite3
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
@@ -32,13 +32,25 @@ from metering.budgets.policy import BudgetLimits, BudgetPolicy
 from metering.finops.caps import cap_spend
 from metering.ledger import open_ledger
 from metering.outcomes import Outcome
-from tests.conftest import DEMO_KEYS, Server, demo_config, free_port, mock_config, require_service, start_server
+from tests.conftest import (
+    DEMO_KEYS,
+    ROOT,
+    Server,
+    demo_config,
+    free_port,
+    mock_config,
+    require_service,
+    start_server,
+)
 from tests.metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
+from tests.waiting import eventually
 from upstream.health import LATENCY_WINDOW, RECENT_FAILURES, HealthBook
 
 CHROMIUM = Path(os.environ.get("TIERGATE_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# The page's refresh period, read from its script: a wait for the next refresh fast-forwards the page's clock by it.
+REFRESH_MS = int(re.search(r"const REFRESH_MS = (\d+);", (ROOT / "proxy/static/dashboard.js").read_text())[1])
 SCREENSHOT = os.environ.get("TIERGATE_SCREENSHOT")  # unset: the test's temp dir, so a run rewrites no tracked file
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
 PROMPTS = [
@@ -109,14 +121,18 @@ def browser() -> Iterator[Any]:
 
 
 def _open(browser: Any, proxy: Server, key: str, external: list[str] | None = None) -> Any:
-    """A 1280x800 page logged in with ``key`` after its first refresh; URLs outside the proxy go to ``external``."""
+    """A 1280x800 page logged in with ``key`` after its first refresh; URLs outside the proxy go to ``external``.
+
+    The page's timers run on Playwright's clock (installed before the page loads; it runs in real time too), so a
+    test that waits for the next refresh fires the page's own interval at once instead of waiting it out."""
     page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.clock.install()
     if external is not None:
         page.on("request", lambda r: None if r.url.startswith(proxy.url) else external.append(r.url))
     page.goto(proxy.url + "/dashboard")
     page.get_by_test_id("key-input").fill(key)
     page.get_by_test_id("key-submit").click()
-    _wait_for_refreshes(page, 1)
+    _wait_for_refreshes(page, 1, under_way=True)  # logging in starts the first refresh
     return page
 
 
@@ -124,13 +140,24 @@ def _refreshes(page: Any) -> int:
     return int(page.get_attribute("body", "data-refreshes") or 0)
 
 
-def _wait_for_refreshes(page: Any, more: int, timeout_s: float = 20.0) -> None:
-    """Polled from here: the page's CSP (no eval) rules out Playwright's in-page ``wait_for_function``."""
+def _wait_for_refreshes(page: Any, more: int, under_way: bool = False) -> None:
+    """Until ``more`` more refreshes have been drawn. Each is started by the page's interval timer, fast-forwarded
+    by one period whenever the last one asked for has been drawn (``under_way``: one is running already). A tick
+    during a refresh queues one more (the page's ``again``), so a refresh begun after this call is always among
+    them. Polled from here: the page's CSP (no eval) rules out Playwright's in-page ``wait_for_function``."""
     target = _refreshes(page) + more
-    deadline = time.monotonic() + timeout_s
-    while _refreshes(page) < target:
-        assert time.monotonic() < deadline, f"the dashboard did not refresh {more} more time(s) in {timeout_s}s"
-        page.wait_for_timeout(100)
+    asked = [_refreshes(page) if under_way else -1]
+
+    def drawn() -> bool:
+        now = _refreshes(page)
+        if now >= target:
+            return True
+        if now != asked[0]:
+            page.clock.fast_forward(REFRESH_MS)  # the interval's next tick, now
+            asked[0] = now
+        return False
+
+    eventually(drawn, f"{more} more dashboard refresh(es)")
 
 
 def _usd(page: Any, testid: str) -> tuple[str, str]:
@@ -145,13 +172,10 @@ def _assert_usd(page: Any, testid: str, exact: str) -> None:
     assert _shown_matches(text, exact), (testid, text, exact)
 
 
-def _wait_for_view(page: Any, start: str, end: str, team: str = "", timeout_s: float = 20.0) -> None:
+def _wait_for_view(page: Any, start: str, end: str, team: str = "") -> None:
     """Until a refresh that began after the change (range, team) has been drawn."""
     want = f"{start}/{end}/{team}"
-    deadline = time.monotonic() + timeout_s
-    while page.get_attribute("body", "data-view") != want:
-        assert time.monotonic() < deadline, f"the dashboard never showed {want}"
-        page.wait_for_timeout(100)
+    eventually(lambda: page.get_attribute("body", "data-view") == want, f"the dashboard showing {want}")
     _wait_for_refreshes(page, 1)  # and one more, begun after the last traffic, so no refresh is stale
 
 

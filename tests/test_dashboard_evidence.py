@@ -1,21 +1,19 @@
 """The dashboard's routing-evidence panel in a real browser (headless Chromium via Playwright, as
-``tests/test_dashboard.py``) against a real proxy process: simulated tiers, shadow share 1.0, the simulator's judge,
-a SQLite ledger, traffic through the openai SDK, so the judged samples come through the real path (shadow call,
-judge call, outcome store).
+``tests/test_dashboard.py``) against a real proxy (served in the test process, over loopback HTTP): simulated
+tiers, shadow share 1.0, the simulator's judge, a SQLite ledger, traffic through the openai SDK, so the judged
+samples come through the real path (shadow call, judge call, outcome store).
 
 Per team the panel must show exactly what ``GET /v1/routing/evidence`` says for the range in view: its summary
 sentence, saved percents, chat, counterfactual and measuring money (``data-usd``, to the nano-dollar), the quality
 ratio and its bootstrap interval, and per tier the judged count, mean grade, Wilson interval and spend; a team
 without judged samples gets the empty state naming the ``learning:`` block. For an admin key, each team's serving
 routing model from ``GET /v1/routing/models/{team}``: the default for two teams, a version promoted by
-``tiergate learn --team`` (a separate process) for the third. A team key sees its own team and no model line.
+``tiergate learn --team`` (outside the serving worker: it reaches the worker through the ledger) for the third. A
+team key sees its own team and no model line.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,12 +23,15 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import ROOT, Server, free_port, start_server
+from proxy import runtime
+from tests.conftest import Server, free_port, start_server
+from tests.finops_helpers import tiergate
 from tests.test_dashboard import _assert_usd, _open, _shown_matches, _wait_for_refreshes, _wait_for_view, browser  # noqa: F401
 from tests.test_evidence_e2e import _sha
 from tests.test_learn_features_only import _features_only, _write
 from tests.test_learn_features_only import _rows as _learn_rows
 from tests.test_shadow_e2e import _rows, _wait_for
+from tests.waiting import eventually
 
 KEYS = {"t": "sk-evd-t", "m": "sk-evd-m", "quiet": "sk-evd-quiet", "admin": "sk-evd-admin"}
 LEARNING = "    learning: {shadow_share: 1.0, shadow_daily_usd: 100, judge: judge-sim}"
@@ -91,6 +92,10 @@ def _get(proxy: Server, path: str, key: str = "admin", **params: str) -> dict[st
 def evidence_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("evidence")
     config = _config(tmp)
+    # The proxy runs in this process: its worker's poll of the ledger for promoted team models (every 10 s) runs
+    # every 0.2 s here, so the promotion by `tiergate learn` is seen without waiting out the period.
+    patch = pytest.MonkeyPatch()
+    patch.setattr(runtime, "TEAM_MODELS_POLL_S", 0.2)
     port = free_port()
     process = start_server(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log", "/readyz")
     try:
@@ -104,20 +109,20 @@ def evidence_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         rows = [_features_only(r) for r in _learn_rows(480)]
         for r in rows:
             r["meta"]["team"] = "quiet"
-        learn = ["learn", "--team", "quiet", "--config", str(config), "--outcomes", str(_write(tmp / "q.jsonl", rows))]
-        learned = subprocess.run([sys.executable, "-m", "proxy.cli", *learn], capture_output=True, text=True, cwd=ROOT,
-                                 timeout=300, check=False)
+        # the CLI's own main in this process, not in the serving worker: the promotion reaches the worker only
+        # through the ledger, as from another host (a fresh interpreter would add seconds of imports, nothing else)
+        learned = tiergate("learn", "--team", "quiet", "--config", config, "--outcomes", _write(tmp / "q.jsonl", rows))
         assert learned.returncode == 0 and "PROMOTED" in learned.stdout, learned.stdout + learned.stderr
-        deadline = time.monotonic() + 60  # the worker polls the ledger every 10 s
-        while True:
+
+        def served() -> bool:
             state = _get(process, "/v1/routing/models/quiet")
-            if state["serving_model_id"] == state["models"][0]["model_id"]:
-                break
-            assert time.monotonic() < deadline, f"the promoted model was never served: {state}"
-            time.sleep(1)
+            return state["serving_model_id"] == state["models"][0]["model_id"]
+
+        eventually(served, "the worker serving the model `tiergate learn` promoted")
         yield process
     finally:
         process.stop()
+        patch.undo()
 
 
 def _assert_evidence(page: Any, found: dict[str, Any]) -> None:

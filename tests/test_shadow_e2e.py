@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import time
 from pathlib import Path
 
 import httpx
 import orjson
 
 from classifiers.features import FEATURE_NAMES
+from tests.waiting import eventually
 
 TEAMS = {  # team -> (key, learning block)
     "t": ("sk-t", "{shadow_share: 1.0, shadow_daily_usd: 100, judge: judge-sim}"),
@@ -67,12 +67,13 @@ def _rows(db: Path, sql: str) -> list[sqlite3.Row]:
 
 
 def _wait_for(db: Path, sql: str, count: int) -> list[sqlite3.Row]:
-    deadline = time.monotonic() + 30
-    while True:
+    """The query's rows once there are at least ``count``: shadow and judge calls run after the client's answer and
+    the ledger commits in groups, so they arrive a little later."""
+    def enough() -> list[sqlite3.Row] | None:
         rows = _rows(db, sql)
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
+        return rows if len(rows) >= count else None
+
+    return eventually(enough, f"{count} row(s) of {sql}")
 
 
 def test_shadow_judge_outcomes_and_caps(tmp_path: Path, start_proxy) -> None:
