@@ -1,16 +1,23 @@
-"""Starting ``tiergate mock-upstream`` in a real subprocess for tests (``python -m simulator``, same flags)."""
+"""``tiergate mock-upstream`` for tests that drive the simulator directly (same flags as ``python -m simulator``).
+
+It runs in a thread of the test process (``tests.inprocess``: real HTTP on loopback, ~0.1 s to start instead of an
+interpreter's ~2-3 s); ``process=True`` starts ``python -m simulator`` as a subprocess for a test that needs one.
+"""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from tests.inprocess import ThreadServer, serve_app
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,30 +29,45 @@ def free_port() -> int:
 
 
 class MockServer:
-    """A running mock upstream; ``url`` is its base URL with ``/v1``."""
+    """A running mock upstream; ``url`` is its base URL with ``/v1``, ``root`` without."""
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, *flags: str, process: bool = False) -> None:
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = self.root + "/v1"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "simulator", "--port", str(self.port), *flags],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.server: ThreadServer | None = None
+        if process:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "simulator", "--port", str(self.port), *flags],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            return
+        from proxy.cli import build_parser
+        from simulator.cli import options_from_args
+        from simulator.server import create_app
+
+        args = build_parser().parse_args(["mock-upstream", "--port", str(self.port), *flags])
+        self._logs = tempfile.TemporaryDirectory(prefix="mock-upstream-")
+        log = Path(self._logs.name) / "mock.log"
+        self.server = serve_app(create_app(options_from_args(args)), self.port, log, lifespan="off")
 
     def wait_ready(self, timeout: float = 15.0) -> MockServer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mock-upstream exited: {self.process.stderr.read().decode()}")  # type: ignore[union-attr]
+        def answers() -> bool:
             try:
-                if httpx.get(self.root + "/healthz", timeout=0.5).status_code == 200:
-                    return self
+                return httpx.get(self.root + "/healthz", timeout=0.5).status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.05)
-        raise TimeoutError("mock-upstream did not answer /healthz")
+                return False
+
+        eventually(answers, "mock-upstream answering /healthz", timeout, proc=self.process)
+        return self
 
     def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self._logs.cleanup()
+            return
+        assert self.process is not None
         self.process.terminate()
         try:
             self.process.wait(5)
@@ -56,7 +78,7 @@ class MockServer:
 
 @contextmanager
 def running(*servers: MockServer) -> Iterator[None]:
-    """Wait for servers started together (so their start-ups overlap), yield, and stop them."""
+    """Wait for servers started together (so subprocess start-ups overlap), yield, and stop them."""
     try:
         for server in servers:
             server.wait_ready()

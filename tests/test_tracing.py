@@ -1,23 +1,21 @@
 """Traces: the proxy runs in this process (uvicorn in a thread) with an in-memory span exporter, against real
-mock-upstream processes, and the span tree and GenAI attributes are asserted."""
+mock-upstream servers, and the span tree and GenAI attributes are asserted."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.conftest import free_port, mock_config
+from tests.inprocess import serve_app
+from tests.waiting import eventually
 
 AUTH = {"authorization": "Bearer sk-test"}
 EXPORTER = InMemorySpanExporter()
@@ -41,31 +39,23 @@ def inprocess_proxy(tmp_path: Path, start_mock) -> Iterator[str]:
     healthy = start_mock()
     config = mock_config(tmp_path, {"small": [broken.url], "mid": [healthy.url]})
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(str(config)), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not server.started:
-        time.sleep(0.05)
-    assert server.started
+    server = serve_app(create_app(str(config)), port, tmp_path / "proxy.log")  # returns once started
     EXPORTER.clear()
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield server.url
+    server.stop()
 
 
 def _spans_of(request_id: str) -> tuple[object, list]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    """The request's root span and its children, once the root has ended (it ends after the response's last byte)."""
+    def ended() -> tuple[object, list] | None:
         spans = EXPORTER.get_finished_spans()
         roots = [s for s in spans if s.attributes.get("tiergate.request_id") == request_id]
-        if roots:
-            root = roots[0]
-            children = [s for s in spans if s.parent is not None and s.parent.span_id == root.context.span_id]
-            return root, children
-        time.sleep(0.05)
-    raise AssertionError(f"no span for {request_id}")
+        if not roots:
+            return None
+        root = roots[0]
+        return root, [s for s in spans if s.parent is not None and s.parent.span_id == root.context.span_id]
+
+    return eventually(ended, f"the root span of {request_id}")
 
 
 def test_routed_and_fallen_back_request_spans(inprocess_proxy: str) -> None:
