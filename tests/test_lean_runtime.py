@@ -24,6 +24,7 @@ import yaml
 
 from metering.prices import TABLE_PATH, lookup
 from metering.usage import Usage, cost_nanos
+from proxy.cli import main
 from tests.conftest import DEMO_KEYS, ROOT, demo_config
 from text.tokens import ENCODINGS_DIR, SHIPPED_ENCODINGS
 
@@ -110,11 +111,13 @@ def test_a_policy_needing_litellm_is_a_config_error_naming_the_deployment(fresh_
     assert "deployment 'claude'" in serve.stdout + serve.stderr and "Traceback" not in serve.stderr
 
 
-def test_the_same_policy_loads_where_litellm_is_installed(tmp_path: Path) -> None:
+def test_the_same_policy_loads_where_litellm_is_installed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process, which has the dev layer (litellm included): no fresh interpreter is needed to show it."""
     policy = tmp_path / "anthropic.yaml"
     policy.write_text(_ANTHROPIC_POLICY)
-    check = _tiergate(["check-config", str(policy)], {"PYTHONPATH": str(ROOT)}, tmp_path)
-    assert check.returncode == 0, check.stdout + check.stderr
+    status = main(["check-config", str(policy)])
+    out = capsys.readouterr()
+    assert status == 0, out.out + out.err
 
 
 def test_the_demo_serves_without_litellm_or_network(fresh_env: dict[str, str], start_proxy, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The Responses API conversation store (kvcache.responses) on its three real backends (a private redis-server,
 a SQLite file, PostgreSQL in a private schema), and GET/DELETE /v1/responses/{id} and .../input_items through a
-real proxy process with the openai SDK.
+real proxy (one per backend, served in the test process) with the openai SDK.
 
 Expiry is driven by an injected clock (30 days pass in no time); one Redis test also waits out a real TTL, since
 Redis expires keys by its own clock.
@@ -9,9 +9,10 @@ Redis expires keys by its own clock.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,17 @@ from kvcache.responses import (
 from kvcache.responses_redis import RedisResponseStore
 from kvcache.responses_sql import SWEEP_BATCH, PostgresResponseStore, SqliteResponseStore
 from router.config import Team
-from tests.conftest import DEMO_KEYS, demo_config
-from tests.metering_fixtures import PG_URL, RedisServer, free_port, pg_schema, redis_server, unique  # noqa: F401
+from tests.conftest import DEMO_KEYS, demo_config, start_server
+from tests.metering_fixtures import (  # noqa: F401  (pg_schema, redis_server: fixtures)
+    PG_URL,
+    RedisServer,
+    free_port,
+    pg_schema,
+    redis_server,
+    unavailable,
+    unique,
+)
+from tests.waiting import eventually
 
 DAY_S = 86_400
 
@@ -76,6 +86,19 @@ class Backend:
     rows: Callable[[], int] | None  # rows in the responses table (SQL backends)
 
 
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[RedisServer]:
+    """One private redis-server for the module's tests that do not stop it; each test keeps to its own keys."""
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server binary")
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
@@ -106,7 +129,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
                 return int(conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
         return Backend("postgres", open_pg, pg_rows)
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: RedisServer = request.getfixturevalue("module_redis")
     prefix = unique("tgresp") + ":"
 
     async def open_redis_store(clock: Clock) -> ResponseStore:
@@ -213,25 +236,27 @@ def test_entries_expire_after_their_ttl(backend: Backend) -> None:
     run(scenario)
 
 
-def test_redis_expires_the_key_itself(redis_server: RedisServer) -> None:
-    """The TTL reaches Redis (PX), so nothing lingers in its memory once a conversation expires."""
+def test_redis_expires_the_key_itself(module_redis: RedisServer) -> None:
+    """The TTL reaches Redis (PX), so nothing lingers in its memory once a conversation expires (by Redis's own
+    clock: waited for, ~0.3 s)."""
     import redis
 
     prefix = unique("tgresp") + ":"
 
     async def scenario() -> None:
-        store = RedisResponseStore(redis_server.url, prefix=prefix)
+        store = RedisResponseStore(module_redis.url, prefix=prefix)
         try:
             await store.put(response_item(), 0.3)
             assert await store.get("resp_1", "alpha") is not None
-            await asyncio.sleep(0.5)
         finally:
             await store.close()
 
     run(scenario)
-    client = redis.Redis.from_url(redis_server.url)
-    assert list(client.scan_iter(match=prefix + "*")) == []
-    client.close()
+    client = redis.Redis.from_url(module_redis.url)
+    try:
+        eventually(lambda: list(client.scan_iter(match=prefix + "*")) == [], "Redis expiring the stored keys")
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
@@ -247,8 +272,9 @@ def test_sweep_deletes_expired_rows_in_batches(dialect: str, tmp_path: Path, req
         await store.open()
         try:
             small = response_item()
-            for n in range(SWEEP_BATCH + 5):  # more than one batch
-                await store.put(StoredResponse(f"resp_old{n}", "alpha", 1, [], {"output": []}), DAY_S)
+            # more than one batch, stored concurrently (PostgreSQL: over the store's pool)
+            await asyncio.gather(*(store.put(StoredResponse(f"resp_old{n}", "alpha", 1, [], {"output": []}), DAY_S)
+                                   for n in range(SWEEP_BATCH + 5)))
             await store.put(small, 3 * DAY_S)
             assert await store.sweep() == 0
             clock.now += 2 * DAY_S
@@ -305,17 +331,22 @@ def test_team_ttl_setting() -> None:
             Team.model_validate({"keys": [key], "responses": {"store_ttl_days": bad}})
 
 
-# --- HTTP: a real proxy process; the store is seeded through the interface (as POST /v1/responses stores). ---
+# --- HTTP: a real proxy; the store is seeded through the interface (as POST /v1/responses stores). ---
 
-@pytest.fixture(params=["sqlite", "redis"])
-def proxy_and_store(request: pytest.FixtureRequest, tmp_path: Path, start_proxy: Any) -> tuple[Any, Callable]:
-    """(the proxy, ``seed(item)`` storing an item in the very store the proxy reads)."""
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def proxy_and_store(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Callable]]:
+    """(the proxy, ``seed(item)`` storing an item in the very store the proxy reads): one per backend for the
+    module, since every test seeds and creates responses of its own ids."""
+    tmp_path = tmp_path_factory.mktemp(f"responses-{request.param}")
     config = demo_config(tmp_path)
     redis_url = None
     if request.param == "redis":
-        redis_url = request.getfixturevalue("redis_server").url
+        redis_url = request.getfixturevalue("module_redis").url
         config.write_text(config.read_text().replace("  redis: null", f"  redis: {redis_url}"))
-    proxy = start_proxy(config)
+    port = free_port()
+    proxy = start_server(["serve", "--config", str(config), "--port", str(port)], port, tmp_path / "proxy.log",
+                         "/readyz")
     ledger_url = f"sqlite:///{tmp_path}/ledger.db"
 
     def seed(*items: StoredResponse) -> None:
@@ -329,7 +360,8 @@ def proxy_and_store(request: pytest.FixtureRequest, tmp_path: Path, start_proxy:
 
         run(put)
 
-    return proxy, seed
+    yield proxy, seed
+    proxy.stop()
 
 
 def client(proxy: Any, team: str = "research") -> openai.OpenAI:

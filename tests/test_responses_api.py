@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic import BaseModel
 
 from tests.conftest import DEMO_KEYS, ROOT, Server, free_port, mock_config, start_server
 from tests.proxy_metering_helpers import sqlite_records
+from tests.waiting import eventually
 
 # A conversation opener past STICKY_MIN_TOKENS (1,024) on its own: prose the tokenizer counts ~1 token a word.
 LONG_OPENER = " ".join(f"The lighthouse keeper wrote entry {i} about the tide, the fog and the ships."
@@ -33,13 +33,10 @@ def client(demo_proxy: Server) -> openai.OpenAI:
 def _ledger_row(proxy: Server, request_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """The ledger record of one request (the demo proxy's SQLite ledger sits next to its log); streams settle
     after their last byte and the ledger commits in batches, so wait for it."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        rows = [r for r in sqlite_records(proxy.log.parent / "ledger.db", "research") if r["request_id"] == request_id]
-        if rows:
-            return rows[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no ledger record for {request_id}")
+    def recorded() -> list[dict[str, Any]]:
+        return [r for r in sqlite_records(proxy.log.parent / "ledger.db", "research") if r["request_id"] == request_id]
+
+    return eventually(recorded, f"the ledger record of {request_id}", timeout_s)[0]
 
 
 def _nanos(usd: str) -> int:
@@ -460,13 +457,9 @@ def test_stream_cut_upstream_ends_with_error_and_response_failed(tmp_path: Path,
     assert failed.status == "failed" and failed.error.code == "server_error"
     assert failed.output and failed.output[0].status == "incomplete"
     assert [e.sequence_number for e in events] == list(range(len(events)))
-    rows = []
-    deadline = time.monotonic() + 10
-    while not rows and time.monotonic() < deadline:
-        rows = [r for r in sqlite_records(tmp_path / "ledger.db", "t")
-                if r["request_id"] == raw.headers["x-request-id"]]
-        time.sleep(0.05)
-    (row,) = rows
+    request_id = raw.headers["x-request-id"]
+    (row,) = eventually(lambda: [r for r in sqlite_records(tmp_path / "ledger.db", "t")
+                                 if r["request_id"] == request_id], "the failed stream's ledger record")
     assert row["status"] == 502 and row["api"] == "responses" and row["response_id"] == failed.id
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="small", input="go on", previous_response_id=failed.id)
