@@ -21,7 +21,8 @@ def policy_file(path: Path, db: Path, teams: str, metering_extra: str = "") -> P
 
 def tiergate(*args: object) -> subprocess.CompletedProcess[str]:
     """``tiergate ARGS`` run by the CLI's own ``main`` in this process (a subprocess per call costs seconds of
-    imports); exit code, stdout and stderr as a subprocess would give them."""
+    imports); exit code, stdout and stderr as a subprocess would give them (``python -m proxy.cli`` is
+    ``raise SystemExit(main())``: the same code path). Log records go to the test's log capture, not to ``stderr``."""
     from proxy.cli import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -29,5 +30,9 @@ def tiergate(*args: object) -> subprocess.CompletedProcess[str]:
         try:
             code = main([str(a) for a in args])
         except SystemExit as exc:  # argparse rejecting an argument
-            code = exc.code if isinstance(exc.code, int) else 1
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:  # SystemExit("message"): Python prints the message and exits 1
+                print(exc.code, file=err)
+                code = 1
     return subprocess.CompletedProcess([str(a) for a in args], code, out.getvalue(), err.getvalue())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,13 +62,13 @@ ADMIN_AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 def write_config(path: Path, tiers: dict[str, list[str]], teams: list[TeamSpec], ledger: str,
                  redis: str | None = None, models: list[str] | None = None, server: dict[str, Any] | None = None,
-                 alert_webhook: str | None = None) -> Path:
+                 alert_webhook: str | None = None, metering: dict[str, Any] | None = None) -> Path:
     """A policy with mock-upstream-served tiers (cheapest first, priced gpt-4o-mini / gpt-4o / o1 by position)."""
     models = models or ["gpt-4o-mini", "gpt-4o", "o1"]
     config: dict[str, Any] = {
         "server": {"upstream_timeout_s": 10, "cooldown_s": 30, **(server or {})},
         "metering": {"ledger": ledger, **({"redis": redis} if redis else {}),
-                     **({"alert_webhook": alert_webhook} if alert_webhook else {})},
+                     **({"alert_webhook": alert_webhook} if alert_webhook else {}), **(metering or {})},
         "classifier": {"model": "length"},
         "admin_keys": [{"id": "admin", "sha256": sha(ADMIN_KEY)}],
         "tiers": [
@@ -158,9 +157,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def tiergate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+def tiergate(*args: str) -> subprocess.CompletedProcess[str]:
+    """``tiergate ARGS`` in this process (``tests.finops_helpers.tiergate``): the CLI's exit code and output without
+    seconds of interpreter start-up per call."""
+    from tests.finops_helpers import tiergate as run
+
+    return run(*args)
 
 
 def sqlite_records(db: Path, team: str) -> list[dict[str, Any]]:
@@ -212,15 +214,16 @@ def postgres_up(dsn: str) -> bool:
         return False
 
 
-def spawn(args: list[str], log: Path, ready_path: str, cwd: Path = ROOT, timeout_s: float = 45.0):
+def spawn(args: list[str], log: Path, ready_path: str, cwd: Path = ROOT, timeout_s: float = 45.0,
+          process: bool = False):
     """``tiergate <args>`` ready when ``ready_path`` answers 200; ``--port`` must be in ``args``. Usable from
-    module-scoped fixtures. In this process (``tests.conftest.start_server``) unless ``cwd`` is not the repository
-    (the PostgreSQL ledger's spool directory is relative to it: such tests kill and restart the process)."""
+    module-scoped fixtures. In this process (``tests.conftest.start_server``) unless ``process`` (a test that kills
+    it) or ``cwd`` is not the repository (relative paths in the policy resolve against the process's directory)."""
     from tests.conftest import start_process, start_server
 
     port = int(args[args.index("--port") + 1])
     if cwd == ROOT:
-        return start_server(args, port, log, ready_path, timeout_s=timeout_s)
+        return start_server(args, port, log, ready_path, process=process, timeout_s=timeout_s)
     return start_process(args, port, log, ready_path, cwd=cwd, timeout_s=timeout_s)
 
 
@@ -237,10 +240,10 @@ class Procs:
         self.started.append(proc)
         return proc
 
-    def proxy(self, config: Path, cwd: Path = ROOT, port: int | None = None):
+    def proxy(self, config: Path, cwd: Path = ROOT, port: int | None = None, process: bool = False):
         port = port or free_port()
         proc = spawn(["serve", "--config", str(config), "--port", str(port)], self.directory / f"proxy-{port}.log",
-                     "/readyz", cwd=cwd)
+                     "/readyz", cwd=cwd, process=process)
         self.started.append(proc)
         return proc
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,7 +29,6 @@ from metering.finops.scan import scan
 from metering.finops.scopes import Scope
 from metering.ledger.sqlite import SqliteLedger
 from metering.record import UsageRecord
-from tests.conftest import ROOT
 from tests.finops_helpers import policy_file, tiergate
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday; the scan covers day 8 (after a week of baseline)
@@ -268,8 +265,8 @@ def test_cli_reports_and_notifies(tmp_path: Path, webhook: _Webhook) -> None:
     config = policy_file(tmp_path / "policy.yaml", db, f'  t:\n    keys: [{{id: k1, sha256: "{"0" * 64}"}}]\n',
                          f"  alert_webhook: {webhook.url}\n")
     base = ["anomalies", "--config", str(config), "--until", (SCAN + timedelta(days=1)).isoformat()]
-    out = subprocess.run([sys.executable, "-m", "proxy.cli", *base, "--json"], capture_output=True, text=True,
-                         cwd=ROOT, check=True)
+    out = tiergate(*base, "--json")
+    assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert {(e["dimension"], e["metric"], e["started_at"]) for e in doc["episodes"]} == {
         (d, m, at.isoformat()) for d in ("team", "key", "tag", "model") for m in ("spend", "requests")}

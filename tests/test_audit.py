@@ -1,5 +1,5 @@
 """``tiergate audit`` against hand-made ledgers (SQLite and PostgreSQL) with hand-computed answers, and once as a
-subprocess on the demo config.
+command (the CLI's ``main``, exit code and output) on the demo config.
 
 Prices (litellm's table, nano-dollars per token): gpt-4o-mini input 150, cached 75, output 600; gpt-4o input 2500,
 cached 1250, output 10000. The window is 3 days, so a monthly projection is exactly 10x the window's amount.
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +19,8 @@ import pytest
 from metering.audit import AuditReport, TeamRules, audit, monthly, nearest_rank, render_text
 from metering.ledger import open_ledger
 from metering.record import UsageRecord
-from tests.conftest import ROOT, demo_config
+from tests.conftest import demo_config
+from tests.finops_helpers import tiergate
 from tests.metering_fixtures import PG_URL, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -167,9 +166,7 @@ def test_audit_cli_on_the_demo_config(tmp_path: Path) -> None:
         await ledger.close()
 
     asyncio.run(seed())
-    out = subprocess.run([sys.executable, "-m", "proxy.cli", "audit", "--config", str(demo_config(tmp_path)),
-                          "--since", "1d", "--format", "json"], capture_output=True, text=True, cwd=ROOT,
-                         timeout=60)
+    out = tiergate("audit", "--config", demo_config(tmp_path), "--since", "1d", "--format", "json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     rows = {(r["team"], r["key_id"]): r for r in report["system_prompts"]["rows"]}

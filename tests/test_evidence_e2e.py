@@ -1,4 +1,4 @@
-"""``GET /v1/routing/evidence`` and ``tiergate evidence`` against a real proxy process: simulated tiers, shadow
+"""``GET /v1/routing/evidence`` and ``tiergate evidence`` against a real proxy on loopback HTTP: simulated tiers, shadow
 share 1.0, the simulator's judge, a SQLite ledger. The API's savings equal a direct computation over the ledger's
 records (exact nano-dollars), its quality ratio equals the outcome rows' sums, a streamed request is shadowed and
 judged too, and access and dates behave as on the spend endpoints."""
@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import httpx
 
 from metering.evidence import percent
 from metering.money import format_usd
-from tests.conftest import ROOT
+from tests.finops_helpers import tiergate
 from tests.test_shadow_e2e import _rows, _wait_for
 
 N = 8  # non-streamed requests, plus one streamed
@@ -109,13 +107,11 @@ def test_evidence_matches_the_ledger(tmp_path: Path, start_proxy) -> None:
     assert small["n"] == N + 1 and small["mean_grade"] == routed / (N + 1)
 
     # the CLI reads the same ledger the same way
-    cli = subprocess.run([sys.executable, "-m", "proxy.cli", "evidence", "--config", str(config), "--team", "t",
-                          "--start", period["start"], "--end", period["end"], "--json"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    cli = tiergate("evidence", "--config", config, "--team", "t", "--start", period["start"], "--end", period["end"],
+                   "--json")
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == found
-    unknown = subprocess.run([sys.executable, "-m", "proxy.cli", "evidence", "--config", str(config), "--team",
-                              "nope"], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    unknown = tiergate("evidence", "--config", config, "--team", "nope")
     assert unknown.returncode == 2 and "known teams: t, u" in unknown.stderr
 
     # access and dates, as on the spend endpoints

@@ -1,15 +1,12 @@
-"""Cost per valuable output against a real proxy process (simulated tiers, SQLite ledger): the official SDKs make
-chat (plain and streamed), Responses and Messages requests; their records carry the wire format, the id the client
-saw and the routing model's id; feedback names requests by that id or by the request id over HTTP; another team's
-request is a 404 like an unknown one; bad bodies are 400s naming the field; and the value report (API, CSV and
+"""Cost per valuable output against a real proxy on loopback HTTP (simulated tiers, SQLite ledger): the official SDKs
+make chat (plain and streamed), Responses and Messages requests; their records carry the wire format, the id the
+client saw and the routing model's id; feedback names requests by that id or by the request id over HTTP; another
+team's request is a 404 like an unknown one; bad bodies are 400s naming the field; and the value report (API, CSV and
 ``tiergate value``) equals a computation over the ledger's own rows, to the nano-dollar."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +19,10 @@ import orjson
 from metering.feedback import feedback_pairs
 from metering.ledger import open_ledger
 from metering.money import format_usd
-from tests.conftest import ROOT
+from tests.finops_helpers import tiergate
 from tests.test_evidence_e2e import _sha
 from tests.test_shadow_e2e import _rows
+from tests.waiting import eventually
 
 KEYS = {"t": "sk-fb-t", "u": "sk-fb-u", "admin": "sk-fb-admin"}
 
@@ -53,13 +51,11 @@ def _post(proxy: Any, key: str, body: Any) -> httpx.Response:
 
 def _records(db: Path, request_ids: list[str]) -> dict[str, dict[str, Any]]:
     """The requests' records, once the group-commit writer has them (it lingers up to 50 ms)."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def committed() -> dict[str, dict[str, Any]] | None:
         found = {r["request_id"]: r for r in _rows(db, "SELECT * FROM records")}
-        if all(rid in found for rid in request_ids):
-            return found
-        time.sleep(0.1)
-    raise AssertionError("records were not committed")
+        return found if all(rid in found for rid in request_ids) else None
+
+    return eventually(committed, f"the records of {request_ids}")
 
 
 def test_feedback_and_cost_per_accepted_output(tmp_path: Path, start_proxy) -> None:
@@ -181,12 +177,11 @@ def test_feedback_and_cost_per_accepted_output(tmp_path: Path, start_proxy) -> N
         assert httpx.get(proxy.url + "/v1/spend/value", params=params,
                          headers={"authorization": f"Bearer {KEYS['t']}"}).status_code == status
 
-    cli = [sys.executable, "-m", "proxy.cli", "value", "--config", str(config), "--team", "t",
-           "--start", period["start"], "--end", period["end"]]
-    done = subprocess.run([*cli, "--format", "json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    cli = ["value", "--config", str(config), "--team", "t", "--start", period["start"], "--end", period["end"]]
+    done = tiergate(*cli, "--format", "json")
     assert done.returncode == 0, done.stderr
     assert orjson.loads(done.stdout) == value
-    table = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    table = tiergate(*cli)
     assert table.returncode == 0, table.stderr
     assert f"t      6         6              4         {format_usd(cost)}  {format_usd(each)}" in table.stdout
 

@@ -1,4 +1,5 @@
-"""``tiergate bill`` end to end in a subprocess against a SQLite ledger, JSON and CSV agreeing."""
+"""``tiergate bill`` end to end (the CLI's ``main`` with its exit code and output) against a SQLite ledger, JSON and
+CSV agreeing."""
 
 from __future__ import annotations
 
@@ -6,15 +7,14 @@ import asyncio
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from metering.ledger.sqlite import SqliteLedger
 from proxy.cli import build_parser
-from tests.conftest import ROOT, demo_config
+from tests.conftest import demo_config
+from tests.finops_helpers import tiergate
 from tests.metering_fixtures import T0, make_record
 
 
@@ -31,8 +31,8 @@ def _seed(db: Path) -> None:
 
 
 def _bill(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "proxy.cli", "bill", *args], capture_output=True, text=True,
-                         check=True, cwd=ROOT)
+    out = tiergate("bill", *args)
+    assert out.returncode == 0, out.stderr
     return out.stdout
 
 
@@ -58,8 +58,7 @@ def test_bill_rejects_bad_period() -> None:
 def test_bill_names_an_invalid_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("tiers: []\nteams: {}\n")
-    run = subprocess.run([sys.executable, "-m", "proxy.cli", "bill", "--config", str(bad), "--team", "a",
-                          "--period", "2026-11"], capture_output=True, text=True, cwd=ROOT)
+    run = tiergate("bill", "--config", bad, "--team", "a", "--period", "2026-11")
     assert run.returncode == 2 and str(bad) in run.stderr and "tiers" in run.stderr
 
 
@@ -70,12 +69,10 @@ def test_bill_for_an_unknown_team_names_the_known_ones(tmp_path: Path) -> None:
     _seed(db)
     config = demo_config(tmp_path)
     config.write_text(config.read_text().replace(f"sqlite:///{tmp_path}/ledger.db", f"sqlite:///{db}"))
-    typo = subprocess.run([sys.executable, "-m", "proxy.cli", "bill", "--ledger", f"sqlite:///{db}", "--team", "nosuch",
-                           "--period", "2026-11"], capture_output=True, text=True, cwd=ROOT)
+    typo = tiergate("bill", "--ledger", f"sqlite:///{db}", "--team", "nosuch", "--period", "2026-11")
     assert typo.returncode == 2 and typo.stdout == ""
     assert "unknown team 'nosuch'; known teams: a, b" in typo.stderr
-    from_config = subprocess.run([sys.executable, "-m", "proxy.cli", "bill", "--config", str(config), "--team",
-                                  "nosuch", "--period", "2026-11"], capture_output=True, text=True, cwd=ROOT)
+    from_config = tiergate("bill", "--config", config, "--team", "nosuch", "--period", "2026-11")
     assert from_config.returncode == 2 and "known teams: a, b, research, support" in from_config.stderr
     idle = json.loads(_bill("--config", str(config), "--team", "support", "--period", "2026-11"))
     assert idle["totals"]["cost_usd"] == "0.000000000" and idle["rows"] == []

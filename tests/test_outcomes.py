@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import pytest
 from classifiers.features import FEATURE_NAMES, featurize
 from metering.ledger import open_ledger
 from metering.outcomes import Outcome
-from tests.conftest import ROOT, mock_config
+from tests.conftest import mock_config
+from tests.finops_helpers import tiergate
 from tests.metering_fixtures import PG_URL, pg_schema  # noqa: F401  (fixture)
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -80,8 +80,8 @@ def test_outcomes_table_add_and_query(ledger_url: tuple[str, str]) -> None:
 
 
 def _tiergate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    """``tiergate ARGS``: exit code, stdout and stderr (run by the CLI's ``main`` in this process)."""
+    return tiergate(*args)
 
 
 def _config(tmp_path: Path) -> Path:

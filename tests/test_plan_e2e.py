@@ -1,4 +1,4 @@
-"""``tiergate plan`` and ``POST /v1/spend/plan`` against a real proxy process whose tiers are ``tiergate
+"""``tiergate plan`` and ``POST /v1/spend/plan`` against a real proxy (loopback HTTP) whose tiers are ``tiergate
 mock-upstream`` over HTTP, with the SQLite and the PostgreSQL ledger: after real traffic (scored, pinned, shadowed
 and judged), a candidate with other thresholds and a max_tokens cap gives the same plan from the CLI and the API,
 and its after-cost equals a computation over the ledger's records made here with the candidate's prices; a bad
@@ -11,8 +11,6 @@ import asyncio
 import hashlib
 import json
 import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,9 @@ from openai import OpenAI
 from metering.ledger import open_ledger
 from metering.record import UsageRecord
 from tests.conftest import ROOT
+from tests.finops_helpers import tiergate
 from tests.metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
+from tests.waiting import eventually
 
 KEYS = {"t": "sk-plan-t", "u": "sk-plan-u", "admin": "sk-plan-admin"}
 PRICES = {"small": (1, 2), "mid": (5, 10), "frontier": (20, 40), "judge": (3, 6)}  # $ per 1M in / out
@@ -86,8 +86,8 @@ def _cost(tier: str, prompt: int, completion: int) -> int:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    """``tiergate ARGS``: exit code, stdout and stderr (run by the CLI's ``main`` in this process)."""
+    return tiergate(*args)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -118,14 +118,15 @@ def test_plan_cli_and_api_agree_with_the_ledger_and_forecast_scopes(
     # Wait until t's shadow and judge calls are in the database (the CLI reads it, not the proxy's memory).
     scored_t = sum(1 for i in range(len(PROMPTS)) if i % 2 == 0)
     until = datetime.now(UTC) + timedelta(seconds=60)
-    deadline = time.monotonic() + 60
-    while True:
+
+    def stored() -> tuple[list[UsageRecord], int] | None:
         records, judged = _records(ledger_url, schema, since, until)
         chats = sum(r.purpose == "chat" for r in records)
-        if (judged >= scored_t and sum(r.purpose == "judge" for r in records) >= scored_t
-                and chats >= len(PROMPTS) + 2) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        done = (judged >= scored_t and sum(r.purpose == "judge" for r in records) >= scored_t
+                and chats >= len(PROMPTS) + 2)
+        return (records, judged) if done else None
+
+    records, judged = eventually(stored, "the shadow and judge records in the ledger", timeout_s=60)
     assert judged == scored_t and len([r for r in records if r.purpose == "chat"]) == len(PROMPTS) + 2
 
     # A candidate that places the observed scores differently: thresholds between recorded scores.
