@@ -102,7 +102,7 @@ def test_spend_stays_within_one_reservation_of_the_cap(procs: Procs, tmp_path: P
     require_service("PostgreSQL", postgres_up(POSTGRES_DSN), POSTGRES_DSN)
     team = new_team("racewc", budgets={"team": {"daily_usd": str(CAP)}})
     schema = "race_" + uuid.uuid4().hex[:12]
-    with ThreadPoolExecutor(max_workers=2) as starter:  # processes start in parallel: start-up is the slow part
+    with ThreadPoolExecutor(max_workers=2) as starter:  # started in parallel: start-up is the slow part
         flaky, mid = starter.map(lambda flags: procs.mock(*flags),
                                  [("--fail-rate", "0.5", "--fail-kind", "500", "--fail-seed", "11"), ()])
         configs = []
@@ -113,7 +113,10 @@ def test_spend_stays_within_one_reservation_of_the_cap(procs: Procs, tmp_path: P
             config["metering"].update(ledger_schema=schema, spool_dir=str(tmp_path / f"spool-{name}"))
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             configs.append(path)
-        proxies = list(starter.map(procs.proxy, configs))
+        # Proxy processes, not threads of this one: each has its own interpreter and event loop, as two deployed
+        # proxies do (50 client threads in one interpreter can starve an in-process proxy's loop past its 0.5 s Redis
+        # timeout, and a fail-closed budget then answers 503).
+        proxies = list(starter.map(lambda config: procs.proxy(config, process=True), configs))
     work = shapes()
     reservation = max(worst_case(mid.url, path, body) for path, body in work)
     assert CAP / reservation > 50  # the cap takes many requests of each shape: a real race

@@ -1,4 +1,5 @@
-"""Metering end to end through real processes: proxy + mock-upstream subprocesses, real Redis and PostgreSQL.
+"""Metering end to end through real servers on loopback HTTP (proxy and mock-upstream; a proxy process where a test
+kills it with SIGKILL), real Redis and PostgreSQL.
 
 Every expected cost is computed by hand here (Decimal, litellm's gpt-4o-mini prices) from the usage block the mock
 returned, and compared to what the proxy said (``x-tiergate-cost-usd``), what it reported (``/v1/spend/report``),
@@ -13,7 +14,6 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from tests.conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
+from tests.metering_fixtures import pg_schema  # noqa: F401  (fixture)
 from tests.proxy_metering_helpers import (
     ADMIN_AUTH,
     Procs,
@@ -46,6 +47,7 @@ from tests.proxy_metering_helpers import (
     usd,
     write_config,
 )
+from tests.waiting import eventually
 
 LONG_PROMPT = " ".join(f"token{i}" for i in range(1600))  # ~3,800 tokens: well over the 1,024 caching minimum
 
@@ -99,13 +101,13 @@ def _post(proxy: Process, team: TeamSpec, body: dict[str, Any], **headers: str) 
     return httpx.post(proxy.url + "/v1/chat/completions", json=body, headers={**team.auth, **headers}, timeout=30)
 
 
-def _wait_for(predicate, timeout: float = 10.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+def _settled(r: Any, key: str) -> dict[bytes, bytes]:
+    """The budget hash once ``reserved`` is back to 0 (leases report to Redis when they close, within a second);
+    on time-out its current state, for the caller's assertion to show."""
+    try:
+        return eventually(lambda: (h := r.hgetall(key)) and h.get(b"reserved") == b"0" and h, f"{key} settled")
+    except AssertionError:
+        return r.hgetall(key)
 
 
 # ---- 1. exact cost, cached tokens ----------------------------------------------------------------------------------
@@ -191,7 +193,8 @@ def test_streams_metered_with_and_without_client_usage(shared: Shared) -> None:
     assert text1 == text2 and text1
 
     # a stream settles after its last byte and the ledger commits in batches: wait for the writer, don't race it
-    rows = _wait_for(lambda: (found := sqlite_records(shared.db, team.name)) and len(found) >= 2 and found) or []
+    rows = eventually(lambda: (found := sqlite_records(shared.db, team.name)) and len(found) >= 2 and found,
+                      "both streams' records")
     assert len(rows) == 2
     for row in rows:
         assert row["usage_estimated"] == 0, "a stream whose upstream sent usage must not be estimated"
@@ -230,7 +233,7 @@ def test_client_disconnect_mid_stream_is_metered_and_releases_hold(shared: Share
         rows = [r for r in sqlite_records(shared.dir / "redis-ledger.db", team.name) if r["request_id"] == rid]
         return rows[0] if rows else None
 
-    row = _wait_for(recorded, timeout=10)
+    row = eventually(recorded, "the disconnected stream's record")
     assert row is not None, "a disconnected stream left no usage record"
     assert row["status"] == 499
     assert row["usage_estimated"] == 1
@@ -243,15 +246,16 @@ def test_client_disconnect_mid_stream_is_metered_and_releases_hold(shared: Share
     assert after["requests"] == 1 and usd(after["cost_usd"]) == expected
 
     # the upstream call was cancelled, not left running to completion
-    stats = _wait_for(lambda: (s := httpx.get(mock.url + "/_mock/stats").json()).get("streams_aborted") and s, 5)
+    stats = eventually(lambda: (s := httpx.get(mock.url + "/_mock/stats").json()).get("streams_aborted") and s,
+                       "the upstream stream aborted")
     assert stats and stats["streams_aborted"] == stats["streams_started"]
 
     # the reservation was released: no hold left, reserved back to 0, spent equals the settled cost
     r = redis.Redis.from_url(REDIS_URL)
     key = f"tg:budget:team:{team.name}::{today()}"
     try:
-        state = _wait_for(lambda: (h := r.hgetall(key)) and h.get(b"reserved") == b"0" and h, timeout=5)
-        assert state, f"hold still open: {r.hgetall(key)}"
+        state = _settled(r, key)
+        assert state.get(b"reserved") == b"0", f"hold still open: {state}"
         assert not open_holds(state)
         assert int(state[b"spent"]) == row["cost_nanos"]
         teams = httpx.get(proxy.url + "/v1/spend/teams", headers=team.auth).json()["teams"]
@@ -314,9 +318,7 @@ def test_reused_client_request_id_is_billed_per_request(shared: Shared) -> None:
     r = redis.Redis.from_url(REDIS_URL)
     key = f"tg:budget:team:{team.name}::{today()}"
     try:
-        # budget leases report to Redis when they close (within a second), not per request
-        state = (_wait_for(lambda: (h := r.hgetall(key)) and h.get(b"reserved") == b"0" and h, timeout=5)
-                 or r.hgetall(key))
+        state = _settled(r, key)  # budget leases report to Redis when they close, not per request
         tot = totals(proxy.url, team.name)
         assert (tot["requests"], usd(tot["cost_usd"])) == (3, charged), "served requests missing from the bill"
         assert state.get(b"reserved") == b"0" and not open_holds(state), f"reservations leaked: {state}"
@@ -402,10 +404,11 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 def _load_and_kill(proxy: Process, team: TeamSpec, block_commits: Callable[[], None], threads: int = 8,
-                   run_s: float = 2.0) -> tuple[set[str], int]:
+                   before_block: int = 20, after_block: int = 16) -> tuple[set[str], int]:
     """Drive concurrent requests, SIGKILL the proxy mid-load; returns the ids of completed responses and the
-    number of requests sent. Half way through, ``block_commits`` holds a lock on the ledger so that the records
-    of the last responses before the kill are in the spool only: the restart must replay them."""
+    number of requests sent. Once ``before_block`` responses completed, ``block_commits`` holds a lock on the ledger
+    so that the records of the ``after_block`` or more responses completed next are in the spool only: the restart
+    must replay them. (Counts, not fixed sleeps: the same load on a fast or a busy machine.)"""
     completed: set[str] = set()
     sent = [0]
     lock = threading.Lock()
@@ -432,9 +435,11 @@ def _load_and_kill(proxy: Process, team: TeamSpec, block_commits: Callable[[], N
     pool = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(threads)]
     for t in pool:
         t.start()
-    time.sleep(run_s / 2)
+    eventually(lambda: len(completed) >= before_block, f"{before_block} completed responses", proc=proxy.proc)
     block_commits()
-    time.sleep(run_s / 2)
+    at_block = len(completed)
+    eventually(lambda: len(completed) >= at_block + after_block, "responses completed with commits blocked",
+               proc=proxy.proc)
     os.kill(proxy.proc.pid, signal.SIGKILL)
     proxy.proc.wait()
     stop.set()
@@ -447,7 +452,7 @@ def test_kill9_durability_sqlite(tmp_path: Path, shared: Shared, procs: Procs) -
     team = new_team("k9s")
     db = tmp_path / "ledger.db"
     config = write_config(tmp_path / "c.yaml", {"small": [shared.mock.url]}, [team], f"sqlite:///{db}")
-    proxy = procs.proxy(config, cwd=tmp_path)
+    proxy = procs.proxy(config, process=True)  # killed with SIGKILL below
     blocker = sqlite3.connect(db, isolation_level=None, timeout=10)
     try:
         completed, sent = _load_and_kill(proxy, team, lambda: blocker.execute("BEGIN IMMEDIATE"))
@@ -459,7 +464,9 @@ def test_kill9_durability_sqlite(tmp_path: Path, shared: Shared, procs: Procs) -
     committed = {r["request_id"] for r in sqlite_records(db, team.name)}
     assert completed - committed, "every record was committed before the kill: the spool replay went untested"
 
-    restarted = procs.proxy(config, cwd=tmp_path)  # replays the dead process's spool before it is ready
+    # A new server on the same policy (spool beside the SQLite file) replays the dead process's spool before it is
+    # ready; the dead process's segment locks died with it, so this one may be served in the test's process.
+    restarted = procs.proxy(config)
     ids = {r["request_id"] for r in sqlite_records(db, team.name)}
     missing = completed - ids
     assert not missing, f"{len(missing)} of {len(completed)} completed responses have no record: {sorted(missing)[:5]}"
@@ -468,41 +475,32 @@ def test_kill9_durability_sqlite(tmp_path: Path, shared: Shared, procs: Procs) -
     assert tot["requests"] == len(ids)  # rollups replayed with the records, nothing double counted
 
 
-def test_kill9_durability_postgres(tmp_path: Path, shared: Shared, procs: Procs) -> None:
+def test_kill9_durability_postgres(tmp_path: Path, shared: Shared, procs: Procs, pg_schema: str) -> None:
     require_service("PostgreSQL", postgres_up(POSTGRES_DSN), POSTGRES_DSN)
     import psycopg
 
-    # The ledger's schema cannot be chosen from the YAML (proxy.runtime.open_meter never passes ledger_schema, and
-    # PostgresLedger's own search_path option overrides one in the URL), so each run gets its own database.
-    # The proxy runs in tmp_path: the PostgreSQL spool directory (var/spool/pg-<hash>) is relative to the CWD.
-    dbname = "tg_e2e_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {dbname}")
-    dsn = f"{POSTGRES_DSN.rpartition('/')[0]}/{dbname}"
-    try:
-        team = new_team("k9p")
-        config = write_config(tmp_path / "c.yaml", {"small": [shared.mock.url]}, [team], dsn)
-        proxy = procs.proxy(config, cwd=tmp_path)
-        query = "SELECT request_id FROM records WHERE team = %s"
-        with psycopg.connect(dsn) as blocker:  # EXCLUSIVE blocks the proxy's INSERTs, not our SELECTs
-            completed, sent = _load_and_kill(proxy, team,
-                                             lambda: blocker.execute("LOCK TABLE records IN EXCLUSIVE MODE"))
-            blocker.rollback()
-        assert len(completed) >= 20, f"too little load before the kill ({len(completed)} of {sent})"
-        with psycopg.connect(dsn) as conn:
-            committed = {r[0] for r in conn.execute(query, (team.name,))}
-        assert completed - committed, "every record was committed before the kill: the spool replay went untested"
-        assert list((tmp_path / "var" / "spool").glob("pg-*/*.spool")), "no spool left by the killed proxy"
+    # The ledger in a schema of its own (dropped by the fixture), the spool in the test's directory.
+    spool = tmp_path / "spool"
+    team = new_team("k9p")
+    config = write_config(tmp_path / "c.yaml", {"small": [shared.mock.url]}, [team], POSTGRES_DSN,
+                          metering={"ledger_schema": pg_schema, "spool_dir": str(spool)})
+    proxy = procs.proxy(config, process=True)  # killed with SIGKILL below
+    query = f"SELECT request_id FROM {pg_schema}.records WHERE team = %s"
+    with psycopg.connect(POSTGRES_DSN) as blocker:  # EXCLUSIVE blocks the proxy's INSERTs, not our SELECTs
+        completed, sent = _load_and_kill(
+            proxy, team, lambda: blocker.execute(f"LOCK TABLE {pg_schema}.records IN EXCLUSIVE MODE"))
+        blocker.rollback()
+    assert len(completed) >= 20, f"too little load before the kill ({len(completed)} of {sent})"
+    with psycopg.connect(POSTGRES_DSN) as conn:
+        committed = {r[0] for r in conn.execute(query, (team.name,))}
+    assert completed - committed, "every record was committed before the kill: the spool replay went untested"
+    assert list(spool.glob("*.spool")), "no spool left by the killed proxy"
 
-        restarted = procs.proxy(config, cwd=tmp_path)
-        with psycopg.connect(dsn) as conn:
-            ids = {r[0] for r in conn.execute(query, (team.name,))}
-        missing = completed - ids
-        assert not missing, f"{len(missing)} of {len(completed)} completed have no record: {sorted(missing)[:5]}"
-        assert len(ids) <= sent
-        tot = totals(restarted.url, team.name)
-        assert tot["requests"] == len(ids)
-    finally:
-        procs.close()
-        with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+    restarted = procs.proxy(config)  # replays the spool before it is ready (in this process: see the SQLite test)
+    with psycopg.connect(POSTGRES_DSN) as conn:
+        ids = {r[0] for r in conn.execute(query, (team.name,))}
+    missing = completed - ids
+    assert not missing, f"{len(missing)} of {len(completed)} completed have no record: {sorted(missing)[:5]}"
+    assert len(ids) <= sent
+    tot = totals(restarted.url, team.name)
+    assert tot["requests"] == len(ids)
