@@ -8,9 +8,7 @@ webhook receives exactly those; ``GET /v1/alerts`` lists them; refusals (429) ar
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -35,18 +33,11 @@ from tests.proxy_metering_helpers import (
     redis_up,
     write_config,
 )
+from tests.waiting import eventually
 from tests.webhook_receiver import Webhook
 
 CAPS = {"team": Decimal("0.0004"), "key": Decimal("0.0003"), "tag": Decimal("0.0002")}  # USD per day
 TAG = {"exp": "e1"}
-
-
-def _wait(what: str, done: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.2)
 
 
 def _config(tmp_path: Path, mock: Process, ledger: str, schema: str | None, hook: Webhook,
@@ -125,14 +116,14 @@ def _check(proxy: Process, hook: Webhook, spender: TeamSpec, refused: TeamSpec, 
            ledger: str, schema: str) -> None:
     costs: dict[str, int] = spent["costs"]
     # 3 scopes x 3 thresholds; settles reach Redis when the workers' budget leases close (within a second)
-    _wait("nine threshold alerts", lambda: len(_alerts(proxy, team=spender.name, kind="threshold")) >= 9)
-    _wait("the refused team's alert", lambda: len(_alerts(proxy, team=refused.name, kind="threshold")) >= 1)
+    eventually(lambda: len(_alerts(proxy, team=spender.name, kind="threshold")) >= 9, "nine threshold alerts")
+    eventually(lambda: len(_alerts(proxy, team=refused.name, kind="threshold")) >= 1, "the refused team's alert")
     refusals = _alerts(proxy, team=refused.name, kind="refusal")
     assert len(refusals) == spent["refusals"] == 3  # each 429 is a row ...
     assert {(r["scope"], r["team"], r["key_id"], r["limit_usd"]) for r in refusals} == {
         ("team", refused.name, f"{refused.name}-key", "0.000030000")}
     assert all(Decimal(r["amount_usd"]) > 0 and Decimal(r["spent_usd"]) <= Decimal("0.00003") for r in refusals)
-    _wait("the refusal counter", lambda: _refusal_counter(proxy, refused.name) == 3)  # ... and counted
+    eventually(lambda: _refusal_counter(proxy, refused.name) == 3, "the refusal counter")  # ... and counted
     # a team key sees its own alerts only; bad parameters are 400s in the OpenAI error shape
     assert {a["team"] for a in _alerts(proxy, refused.auth)} == {refused.name}
     bad = httpx.get(proxy.url + "/v1/alerts", params={"kind": "bogus"}, headers=ADMIN_AUTH, timeout=30)

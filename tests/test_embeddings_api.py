@@ -1,11 +1,10 @@
 """``/v1/embeddings`` on embedding deployments of their own, through the official openai SDK and LangChain against
-a real proxy process (the demo policy's simulated ``text-embedding-3-small``, no keys): routed by model name or
-``auto`` without the chat classifier or tiers, billed at the embedding price, recorded with purpose and api."""
+a real proxy over loopback HTTP (the demo policy's simulated ``text-embedding-3-small``, no keys): routed by model
+name or ``auto`` without the chat classifier or tiers, billed at the embedding price, recorded with purpose and api."""
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ from langchain_openai import OpenAIEmbeddings
 
 from metering.money import format_usd
 from metering.prices import lookup
-from tests.conftest import DEMO_KEYS, ROOT, Server, demo_config, free_port, start_server
+from tests.conftest import DEMO_KEYS, Server, demo_config, free_port, start_server
+from tests.waiting import eventually
 
 # text-embedding-3-small's price in litellm's table, per token, in integer nano-dollars ($0.02 / 1M tokens)
 NANOS_PER_TOKEN = int(lookup("text-embedding-3-small").price.input * 1_000_000_000)  # type: ignore[union-attr]
@@ -38,17 +38,16 @@ def client(demo: tuple[Server, Path]) -> openai.OpenAI:
     return openai.OpenAI(base_url=demo[0].url + "/v1", api_key=DEMO_KEYS["research"], max_retries=0)
 
 
-def ledger_row(ledger: Path, request_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+def ledger_row(ledger: Path, request_id: str) -> dict[str, Any]:
     """The request's one usage record, once the ledger has committed it (writes are batched)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def rows() -> list[sqlite3.Row]:
         with sqlite3.connect(ledger) as conn:
             conn.row_factory = sqlite3.Row
-            rows = conn.execute("SELECT * FROM records WHERE request_id = ?", (request_id,)).fetchall()
-        if rows or time.monotonic() > deadline:
-            assert len(rows) == 1, f"{len(rows)} records for {request_id}"
-            return dict(rows[0])
-        time.sleep(0.05)
+            return conn.execute("SELECT * FROM records WHERE request_id = ?", (request_id,)).fetchall()
+
+    found = eventually(rows, f"the usage record of {request_id}")
+    assert len(found) == 1, f"{len(found)} records for {request_id}"
+    return dict(found[0])
 
 
 def test_sdk_embeds_with_the_real_model_name_billed_at_the_embedding_price(client: openai.OpenAI,
@@ -149,7 +148,7 @@ def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path
     config.write_text(POLICY.format(ledger=tmp / "ledger.db", sha=hashlib.sha256(b"sk-embed").hexdigest()))
     port = free_port()
     process = start_server(["serve", "--config", str(config), "--port", str(port)], port, tmp / "proxy.log",
-                            "/readyz", cwd=ROOT)
+                            "/readyz")
     yield process, tmp / "ledger.db"
     process.stop()
 

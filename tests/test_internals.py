@@ -1,6 +1,6 @@
 """Internals stay out of client-facing answers: failed upstreams are named by deployment id with a generic reason
-(the proxy's log keeps their URLs), and /readyz details need an admin key. Real proxy and mock-upstream processes.
-(/metrics access: tests/test_metrics.py.)"""
+(the proxy's log keeps their URLs), and /readyz details need an admin key. A real proxy and mock upstreams on
+loopback HTTP (a mock process where a test kills it). (/metrics access: tests/test_metrics.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import httpx
 import orjson
 
 from tests.conftest import mock_config
+from tests.helpers_simulator import MockServer
 
 AUTH = {"authorization": "Bearer sk-test"}
 CHAT = {"model": "small", "messages": [{"role": "user", "content": "hello"}]}
@@ -56,18 +57,23 @@ def test_failed_attempts_name_deployments_not_urls_and_readyz_details_need_an_ad
     assert _host(broken.url) in log and _host(hanging.url) in log  # the operator still sees which URL failed
 
 
-def test_stream_cut_names_the_deployment_not_its_url(tmp_path: Path, start_mock, start_proxy) -> None:
-    upstream = start_mock("--tokens-per-s", "20", process=True)  # killed mid-stream below
-    proxy = start_proxy(_length_scored(mock_config(tmp_path, {"small": [upstream.url]})))
-    body = {**CHAT, "stream": True, "max_tokens": 400}
-    with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30) as resp:
-        assert resp.status_code == 200
-        lines = resp.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))
-        upstream.proc.kill()  # the upstream dies mid-stream
-        upstream.proc.wait()
-        events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+def test_stream_cut_names_the_deployment_not_its_url(tmp_path: Path, start_proxy) -> None:
+    # a process, killed mid-stream below (``python -m simulator``: the mock without the CLI's imports)
+    upstream = MockServer("--tokens-per-s", "20", process=True).wait_ready()
+    try:
+        proxy = start_proxy(_length_scored(mock_config(tmp_path, {"small": [upstream.root]})))
+        body = {**CHAT, "stream": True, "max_tokens": 400}
+        with httpx.stream("POST", proxy.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30) as resp:
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+            assert upstream.process is not None
+            upstream.process.kill()  # the upstream dies mid-stream
+            upstream.process.wait()
+            events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    finally:
+        upstream.stop()
     error = orjson.loads(events[-1])["error"]
     assert error["code"] == "upstream_stream_error"
     assert error["message"] == "upstream stream from deployment small-0 ended early: connection failed"
-    assert _host(upstream.url) in proxy.output()
+    assert _host(upstream.root) in proxy.output()

@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from tests.conftest import Server, free_port, start_server
+from tests.helpers_simulator import MockServer
 from tests.proxy_metering_helpers import sqlite_records, usd
+from tests.waiting import eventually
 
 KEY, TIGHT_KEY = "sk-messages-cc", "sk-messages-tight"
 SONNET, HAIKU = "claude-sonnet-4-6", "claude-haiku-4-5-20251001"
@@ -94,15 +96,12 @@ def client(proxy: Server) -> anthropic.Anthropic:
 
 def ledger_row(proxy: Server, request_id: str, team: str = "cc") -> dict[str, Any]:
     """The request's ledger record, once the writer has committed it (records are written in batches)."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        db = proxy.db  # type: ignore[attr-defined]
-        rows = [r for r in sqlite_records(db, team) if r["request_id"] == request_id]
-        if rows:
-            assert len(rows) == 1
-            return rows[0]
-        time.sleep(0.1)
-    raise AssertionError(f"no ledger record for {request_id}")
+    def rows() -> list[dict[str, Any]]:
+        return [r for r in sqlite_records(proxy.db, team) if r["request_id"] == request_id]  # type: ignore[attr-defined]
+
+    found = eventually(rows, f"the ledger record of {request_id}")
+    assert len(found) == 1
+    return found[0]
 
 
 def assert_usage_is_billed(usage: Any, row: dict[str, Any]) -> None:
@@ -287,9 +286,9 @@ def test_attribution_line_does_not_defeat_cache_affinity(proxy: Server) -> None:
     assert len(set(control_deployments)) > 1 and not any(control_cached)
 
 
-def test_stream_cut_ends_with_an_error_event(tmp_path: Path, start_mock: Callable[..., Server],
-                                             start_proxy: Callable[..., Server]) -> None:
-    upstream = start_mock("--tokens-per-s", "20", process=True)  # killed mid-stream below
+def test_stream_cut_ends_with_an_error_event(tmp_path: Path, start_proxy: Callable[..., Server]) -> None:
+    # a process, killed mid-stream below (``python -m simulator``: the mock without the CLI's imports)
+    upstream = MockServer("--tokens-per-s", "20", process=True).wait_ready()
     config = tmp_path / "cut.yaml"
     config.write_text(f"""
 metering:
@@ -299,19 +298,23 @@ classifier:
 tiers:
   - name: small
     deployments:
-      - {{id: small-0, model: openai/gpt-4o-mini, api_base: {upstream.url}/v1}}
+      - {{id: small-0, model: openai/gpt-4o-mini, api_base: {upstream.url}}}
 teams:
   t:
     keys:
       - {{id: t-key, sha256: {_sha(KEY)}}}
 """)
-    proxy = start_proxy(config)
-    client = anthropic.Anthropic(base_url=proxy.url, api_key=KEY, max_retries=0)
-    with pytest.raises(anthropic.APIStatusError) as cut, client.messages.stream(
-            model="small", max_tokens=400, messages=[{"role": "user", "content": "Write a long essay."}]) as stream:
-        for n, _ in enumerate(stream.text_stream):
-            if n == 1:
-                upstream.proc.kill()  # the upstream dies mid-stream
-                upstream.proc.wait()
+    try:
+        proxy = start_proxy(config)
+        client = anthropic.Anthropic(base_url=proxy.url, api_key=KEY, max_retries=0)
+        with pytest.raises(anthropic.APIStatusError) as cut, client.messages.stream(
+                model="small", max_tokens=400, messages=[{"role": "user", "content": "Write a long essay."}]) as stream:
+            for n, _ in enumerate(stream.text_stream):
+                if n == 1:
+                    assert upstream.process is not None
+                    upstream.process.kill()  # the upstream dies mid-stream
+                    upstream.process.wait()
+    finally:
+        upstream.stop()
     assert cut.value.body == {"type": "error", "error": {
         "type": "api_error", "message": "upstream stream from deployment small-0 ended early: connection failed"}}

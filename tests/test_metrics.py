@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,6 +29,7 @@ from proxy.server import _prepare_metrics_dir
 from router.config_loader import ConfigError, parse_policy
 from router.policy import Policy
 from tests.conftest import DEMO_KEYS, ROOT, Process, demo_config
+from tests.waiting import eventually
 
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
 SAMPLE_LINE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
@@ -111,14 +111,14 @@ def test_counters_equal_the_ledger_with_two_workers(start_proxy: Any, tmp_path: 
     proxy = start_proxy(demo_config(tmp_path), workers=2)
     sent = _traffic(proxy)
 
-    deadline = time.monotonic() + 15
-    while True:  # streams settle just after their last byte: wait until ledger and counters have every request
+    def complete() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         report = httpx.get(proxy.url + "/v1/spend/report", headers=ADMIN, timeout=30).json()
         scrapes = [_scrape(proxy) for _ in range(6)]
         counted = [sum(s["tiergate_requests_total"].values()) for s in scrapes]
-        if report["totals"]["requests"] == sent and counted == [sent] * len(scrapes):
-            break
-        assert time.monotonic() < deadline, (report["totals"], counted)
+        return (report, scrapes) if report["totals"]["requests"] == sent and counted == [sent] * len(scrapes) else None
+
+    # streams settle just after their last byte: wait until ledger and counters have every request
+    report, scrapes = eventually(complete, f"{sent} requests in the ledger and in every scrape", proc=proxy.proc)
 
     rows = {row["team"]: row for row in report["rows"]}
     assert set(rows) == {"research", "support"}

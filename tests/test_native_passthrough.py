@@ -8,7 +8,6 @@ cache writes at the write price. Also: a chat stream's usage chunk carries ``x_t
 from __future__ import annotations
 
 import hashlib
-import time
 import warnings
 from collections.abc import Iterator
 from decimal import Decimal
@@ -23,6 +22,7 @@ import pytest
 from tests.conftest import Server, free_port, start_server
 from tests.helpers_simulator import MockServer
 from tests.proxy_metering_helpers import sqlite_records
+from tests.waiting import eventually
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -81,11 +81,14 @@ def mock() -> Iterator[MockServer]:
 def proxy(tmp_path_factory: pytest.TempPathFactory, mock: MockServer) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("natives")
     port = free_port()
-    process = start_server(["serve", "--config", str(_config(directory, mock)), "--port", str(port)], port,
-                            directory / "proxy.log", "/readyz", env={"TG_TEST_ANTHROPIC_KEY": "sk-ant-upstream"})
-    process.db = directory / "ledger.db"  # type: ignore[attr-defined]
-    yield process
-    process.stop()
+    with pytest.MonkeyPatch.context() as env:
+        # the policy reads its upstream key from this process's environment: the proxy can run in a thread of it
+        env.setenv("TG_TEST_ANTHROPIC_KEY", "sk-ant-upstream")
+        process = start_server(["serve", "--config", str(_config(directory, mock)), "--port", str(port)], port,
+                                directory / "proxy.log", "/readyz")
+        process.db = directory / "ledger.db"  # type: ignore[attr-defined]
+        yield process
+        process.stop()
 
 
 def _received(mock: MockServer, path: str) -> list[dict[str, Any]]:
@@ -97,14 +100,12 @@ def _forget(mock: MockServer) -> None:
 
 
 def _row(proxy: Server, request_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        rows = [r for r in sqlite_records(proxy.db, TEAM) if r["request_id"] == request_id]  # type: ignore[attr-defined]
-        if rows:
-            assert len(rows) == 1  # one record per request, whatever the format
-            return rows[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no ledger record for {request_id}")
+    def rows() -> list[dict[str, Any]]:
+        return [r for r in sqlite_records(proxy.db, TEAM) if r["request_id"] == request_id]  # type: ignore[attr-defined]
+
+    found = eventually(rows, f"the ledger record of {request_id}")
+    assert len(found) == 1  # one record per request, whatever the format
+    return found[0]
 
 
 def _nanos(prompt: int, cached: int, written: int, output: int) -> int:

@@ -2,7 +2,7 @@
 static prefix and score near a threshold stay on the cheaper tier where that prefix is cached, unless the score
 passes the threshold by ``context.prefix_affinity_margin``.
 
-Pure ``decide()`` tests, then one end to end: a real proxy subprocess on the demo policy with its in-process
+Pure ``decide()`` tests, then one end to end: a real proxy on loopback HTTP, the demo policy with its in-process
 simulator, which reports cached tokens per prompt prefix the way OpenAI does (``simulator.prefix_cache``).
 """
 

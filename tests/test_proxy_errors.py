@@ -10,7 +10,6 @@ import asyncio
 import logging
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 
 from proxy.app import create_app
 from tests.conftest import DEMO_KEYS, Process, demo_config, free_port
+from tests.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
 
@@ -135,10 +135,7 @@ def faulty_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                            log_config=None, log_level="info", timeout_keep_alive=30))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not server.started:
-        time.sleep(0.05)
-    assert server.started
+    eventually(lambda: server.started, "the faulty proxy started")
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
@@ -184,9 +181,7 @@ def test_client_gone_mid_upload_is_info(faulty_proxy: str, caplog: pytest.LogCap
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: tiergate\r\nx-request-id: upload-gone\r\n"
                      b"authorization: Bearer " + DEMO_KEYS["research"].encode() + b"\r\n"
                      b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n{\"model\": \"auto\", ")
-    deadline = time.monotonic() + 10
-    while not any("upload-gone" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: any("upload-gone" in r.getMessage() for r in caplog.records), "the upload-gone log line")
     mine = [r for r in caplog.records if "upload-gone" in r.getMessage()]
     assert [r.levelno for r in mine] == [logging.INFO], [r.getMessage() for r in mine]
     assert "disconnected" in mine[0].getMessage() and mine[0].exc_info is None

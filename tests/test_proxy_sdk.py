@@ -1,4 +1,4 @@
-"""The official openai SDK, unchanged, against a running proxy on the demo config (real HTTP, real processes)."""
+"""The official openai SDK, unchanged, against a running proxy on the demo config (real HTTP on loopback)."""
 
 from __future__ import annotations
 
