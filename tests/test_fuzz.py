@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.fuzz_harness import FuzzApp, Tally, model_request, spend_request
 
+# One worker runs the module in order: the last test reads the tally the fuzz tests filled (module-scoped state).
+pytestmark = pytest.mark.xdist_group("fuzz")
+
 _SETTINGS = settings(derandomize=True, database=None, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
