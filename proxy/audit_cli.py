@@ -19,7 +19,7 @@ import orjson
 from metering.audit import AuditReport, TeamRules, audit, price_from_table, render_text
 from metering.ledger import open_ledger
 from metering.prices import Price
-from router.config_loader import ConfigError, load_policy
+from proxy.policy_file import load_or_report
 from router.policy import Policy
 
 _SINCE = re.compile(r"^([1-9][0-9]*)([dh])$")
@@ -67,10 +67,8 @@ async def _run(url: str, schema: str, policy: Policy, since: timedelta) -> Audit
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(args.config)
-    except ConfigError as exc:
-        print(f"tiergate audit: {args.config}: invalid config\n{exc}", file=sys.stderr)
+    policy = load_or_report(args.config, "tiergate audit")
+    if policy is None:
         return 2
     metering = policy.config.metering
     report = asyncio.run(_run(metering.ledger, metering.ledger_schema, policy, args.since))

@@ -6,17 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from router.config_loader import ConfigError, load_policy
+from proxy.policy_file import load_or_report
 from text.tokens import configure as configure_text
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(args.path)
-    except ConfigError as exc:
-        print(f"{args.path}: invalid ({len(exc.issues)} error{'s' if len(exc.issues) != 1 else ''})", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
+    policy = load_or_report(args.path, "tiergate check-config")
+    if policy is None:
         return 1
     tiers = ", ".join(f"{t.name} ({len(t.deployments)} deployment{'s' if len(t.deployments) != 1 else ''})"
                       for t in policy.tiers)
@@ -33,10 +29,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from proxy.server import PortInUse, ServeOptions, serve
 
-    try:
-        load_policy(args.config)  # fail fast, with file/line/field, before any worker starts
-    except ConfigError as exc:
-        print(f"{args.config}: invalid config\n{exc}", file=sys.stderr)
+    if load_or_report(args.config, "tiergate serve") is None:  # fail fast, before any worker starts
         return 1
     options = ServeOptions(config_path=args.config, host=args.host, port=args.port, workers=args.workers,
                            log_level=args.log_level, shutdown_grace_s=args.shutdown_grace_s)

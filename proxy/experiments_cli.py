@@ -20,7 +20,7 @@ import orjson
 
 from metering.finops.experiments import ExperimentRow, Projection, experiment_rows, render_text, status_of
 from metering.ledger import open_ledger
-from router.config_loader import ConfigError, load_policy
+from proxy.policy_file import load_or_report
 from router.policy import Policy
 
 
@@ -55,10 +55,8 @@ def over_budget(rows: list[ExperimentRow]) -> list[ExperimentRow]:
 
 
 def _experiments(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(args.config)
-    except ConfigError as exc:
-        print(f"tiergate experiments: {args.config}: invalid config\n{exc}", file=sys.stderr)
+    policy = load_or_report(args.config, "tiergate experiments")
+    if policy is None:
         return 2
     if args.team is not None and args.team not in policy.teams:
         print(f"tiergate experiments: unknown team {args.team!r}; teams: {', '.join(policy.teams)}", file=sys.stderr)

@@ -18,7 +18,7 @@ import orjson
 from metering.ledger import open_ledger
 from pipeline.plan import parse_window
 from pipeline.plan_report import Plan, plan
-from router.config_loader import ConfigError, load_policy
+from proxy.policy_file import load_or_report
 from router.policy import Policy
 
 
@@ -43,12 +43,8 @@ async def _plan(policy: Policy, args: argparse.Namespace, since: datetime, until
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(args.config)
-    except ConfigError as exc:
-        print(f"tiergate plan: {args.config}: invalid candidate policy", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
+    policy = load_or_report(args.config, "tiergate plan")
+    if policy is None:
         return 2
     try:
         since, until = parse_window(args.since, args.until, datetime.now(UTC))
