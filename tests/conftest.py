@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +25,29 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TIERGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("TIERGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 DEMO_KEYS = {"research": "sk-demo-research", "support": "sk-demo-support", "admin": "sk-demo-admin"}
+
+
+def _share_default_ssl_context() -> None:
+    """Every httpx client (each ``httpx.get``, each SDK client) loads the CA bundle into a new SSL context: 30-70 ms
+    per client on this machine, hundreds of times a run, although tests speak plain HTTP on loopback. Clients built
+    with the default verify/cert share one context instead (an SSLContext is safe to share; none is modified).
+    httpx exposes no hook for this, so its transport module's reference is replaced (test process only)."""
+    from httpx._transports import default
+
+    original = default.create_ssl_context
+    shared: dict[bool, Any] = {}
+
+    def create(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return original(verify=verify, cert=cert, trust_env=trust_env)
+        if trust_env not in shared:
+            shared[trust_env] = original(verify=verify, cert=cert, trust_env=trust_env)
+        return shared[trust_env]
+
+    default.create_ssl_context = create
+
+
+_share_default_ssl_context()
 
 
 def require_service(name: str, reachable: bool, detail: str = "") -> None:
