@@ -39,6 +39,7 @@ import yaml
 from tests.conftest import ROOT, Process, free_port, require_service, start_process
 from tests.metering_fixtures import RedisServer
 from tests.proxy_metering_helpers import TeamSpec, parse_sse, write_config
+from tests.waiting import eventually
 
 NANOS_PER_USD = 10**9
 # The long run (benchmarks/faults/run.sh) sets this: each scenario repeats its fault, or runs, SCALE times over.
@@ -284,18 +285,24 @@ def budget_counter(redis_url: str, team: str) -> Counter:
 def settled_counter(redis_url: str, team: str, timeout_s: float = 12.0,
                     nudge: Callable[[], Any] | None = None) -> Counter:
     """The counter once leases have closed (each closes within about a second of its last use): no open hold,
-    or, if one never goes away (a leaked hold), the state at ``timeout_s``. ``nudge`` (a request) is sent every
-    second meanwhile: expired holds are dropped, and stale counters re-seeded, by the next reservation."""
-    deadline = time.monotonic() + timeout_s
-    nudged = time.monotonic()
-    while True:
+    or, if one never goes away (a leaked hold), the state at ``timeout_s`` (the caller's assertions then say what
+    leaked). ``nudge`` (a request) is sent every second meanwhile: expired holds are dropped, and stale counters
+    re-seeded, by the next reservation."""
+    nudged = [time.monotonic()]
+
+    def settled() -> Counter | None:
         state = budget_counter(redis_url, team)
-        if (state.holds == 0 and state.reserved == 0) or time.monotonic() > deadline:
+        if state.holds == 0 and state.reserved == 0:
             return state
-        if nudge is not None and time.monotonic() - nudged >= 1.0:
+        if nudge is not None and time.monotonic() - nudged[0] >= 1.0:
             nudge()
-            nudged = time.monotonic()
-        time.sleep(0.2)
+            nudged[0] = time.monotonic()
+        return None
+
+    try:
+        return eventually(settled, f"{team}'s budget holds to close", timeout_s=timeout_s)
+    except AssertionError:
+        return budget_counter(redis_url, team)
 
 
 # ---- the four questions ---------------------------------------------------------------------------------------------
@@ -345,14 +352,18 @@ class Books:
 def collect(results: list[Result], reader: LedgerReader, timeout_s: float = 20.0,
             must_record: Callable[[Result], bool] = lambda r: r.done) -> Books:
     """The books once every completed response's (every ``must_record``) record is in the ledger, or as they are at
-    ``timeout_s`` (records are committed in batches, and after a fault from the spool, so they may lag)."""
+    ``timeout_s`` (records are committed in batches, and after a fault from the spool, so they may lag; the
+    caller's assertions then name what is missing)."""
     teams = {r.team for r in results}
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def complete() -> Books | None:
         books = Books(results, reader.by_request(teams))
-        if not books.unrecorded(must_record) or time.monotonic() > deadline:
-            return books
-        time.sleep(0.25)
+        return None if books.unrecorded(must_record) else books
+
+    try:
+        return eventually(complete, "every record in the ledger", timeout_s=timeout_s)
+    except AssertionError:
+        return Books(results, reader.by_request(teams))
 
 
 def proxy_errors(results: list[Result], expected: Callable[[Result], bool] = lambda r: False) -> list[Result]:
@@ -406,17 +417,33 @@ class Summary:
         print("\n" + row.line())
         return row
 
-    def markdown(self) -> str:
+    def markdown(self, earlier: list[str] | None = None) -> str:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip()
+        run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
         lines = [f"# Fault suite ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, HEAD {commit or '?'})", "",
-                 self.HEADER, *(row.line() for row in self.rows), ""]
+                 *([f"<!-- run {run} -->", ""] if run else []),
+                 self.HEADER, *(earlier or []), *(row.line() for row in self.rows), ""]
         return "\n".join(lines)
 
     def write(self, path: Path) -> None:
-        if self.rows:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.markdown())
+        """Under pytest-xdist every worker writes (at each module's or its session's end): a worker keeps the rows
+        the other workers of the same run wrote before it (the file names the run), one writer at a time (a lock
+        file); its own earlier rows are in ``self.rows`` already."""
+        if not self.rows:
+            return
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            earlier: list[str] = []
+            run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+            if run and path.exists() and f"<!-- run {run} -->" in (text := path.read_text()):
+                own = {row.line() for row in self.rows}
+                earlier = [line for line in text.split(self.HEADER, 1)[1].splitlines()
+                           if line.startswith("| ") and line not in own]
+            path.write_text(self.markdown(earlier))
 
     # pytest hook, registered as a plugin by the suite's session fixture
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -446,6 +473,11 @@ def fault_config(path: Path, tiers: dict[str, list[str]], teams: list[TeamSpec],
     return path
 
 
+# Hang protection only (no test asserts how fast a proxy starts): two workers booting on two cores shared with
+# other pytest-xdist workers took over 45 s.
+START_TIMEOUT_S = 120.0
+
+
 class Proxies:
     """``tiergate serve`` processes of one test, run in its directory (the PostgreSQL spool is relative to the
     working directory), every one stopped at ``close()``: supervisors get SIGTERM and stop their workers."""
@@ -454,7 +486,7 @@ class Proxies:
         self.directory = directory
         self.started: list[Process] = []
 
-    def start(self, config: Path, workers: int = 1, timeout_s: float = 45.0,
+    def start(self, config: Path, workers: int = 1, timeout_s: float = START_TIMEOUT_S,
               signal_while_starting: int | None = None) -> Process:
         """Returns once ``/readyz`` answers. ``signal_while_starting``: sent to the supervisor as soon as it has
         spawned its workers, i.e. while they are still booting (an operator's reload does not wait for a deploy)."""
@@ -482,7 +514,6 @@ class Proxies:
                 raise
         self.started.append(proxy)
         assert signalled, "the proxy was ready before its workers could be signalled"
-        self.started.append(proxy)
         return proxy
 
     def close(self) -> None:
@@ -524,17 +555,6 @@ def kill9(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def require_binary(name: str, path: str | None) -> str:

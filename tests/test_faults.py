@@ -51,11 +51,11 @@ from tests.fault_harness import (
     proxy_errors,
     send,
     settled_counter,
-    wait_for,
     worker_pids,
 )
 from tests.metering_fixtures import RedisServer
 from tests.proxy_metering_helpers import ADMIN_AUTH, Procs, TeamSpec, chat, new_team, report
+from tests.waiting import eventually
 
 # ---- shared fixtures -----------------------------------------------------------------------------------------------
 
@@ -160,15 +160,15 @@ def test_kill9_worker_under_load(tmp_path: Path, proxies: Proxies, mock: Process
                 last=lambda r: r.code == "budget_exceeded")
     with load:
         for k, at in enumerate(kill_at):
-            # wait_for calls these lambdas before the loop moves on: they see this iteration's at and k
-            wait_for(lambda: load.completed() >= at, 30, f"{at} completed responses")  # noqa: B023
-            wait_for(lambda: len(worker_pids(proxy.proc.pid)) == 2 and startups() >= 2 + k, 45,  # noqa: B023
-                     "both workers serving")
+            # eventually calls these lambdas before the loop moves on: they see this iteration's at and k
+            eventually(lambda: load.completed() >= at, f"{at} completed responses", 30, proxy.proc)  # noqa: B023
+            eventually(lambda: len(worker_pids(proxy.proc.pid)) == 2 and startups() >= 2 + k,  # noqa: B023
+                       "both workers serving", 45, proxy.proc)
             load.mark(f"kill{k}")
             kill9(worker_pids(proxy.proc.pid)[k % 2])
-        wait_for(lambda: load.finished == clients, 60, "every client refused by the cap")
+        eventually(lambda: load.finished == clients, "every client refused by the cap", 60, proxy.proc)
     results = load.results
-    wait_for(lambda: startups() >= 2 + kills, 45, "the last restarted worker")
+    eventually(lambda: startups() >= 2 + kills, "the last restarted worker", 45, proxy.proc)
 
     books = collect(results, LedgerReader(f"sqlite:///{db}"))
     # A killed worker's lease holds budget until its hold expires; the next reservation after that drops it and
@@ -552,7 +552,8 @@ def test_reload_mid_load(tmp_path: Path, proxies: Proxies, mock: Process, summar
     proxy = proxies.start(config, workers=2, signal_while_starting=signal.SIGHUP)
     # Both workers serving before the edits: readiness probes must reach each of them (a worker still booting
     # takes the file as it finds it when its watcher starts).
-    wait_for(lambda: proxy.output().count("Application startup complete") >= 2, 60, "both workers serving")
+    eventually(lambda: proxy.output().count("Application startup complete") >= 2, "both workers serving", 60,
+               proxy.proc)
     body = {"model": "small", "messages": [{"role": "user", "content": "Which policy served me?"}]}
 
     def rewrite(text: str) -> None:
@@ -576,22 +577,23 @@ def test_reload_mid_load(tmp_path: Path, proxies: Proxies, mock: Process, summar
         load.run_for(1.0)
         load.mark("write-changed")
         rewrite(changed)
-        wait_for(lambda: everywhere(lambda c: c["sha256"] == sha["changed"]), 20, "the valid change on both workers")
+        eventually(lambda: everywhere(lambda c: c["sha256"] == sha["changed"]), "the valid change on both workers",
+                   20)
         load.mark("changed")
         load.run_for(1.0 * SCALE)
         rewrite(invalid)
-        wait_for(lambda: everywhere(lambda c: c["last_reload_error"]), 20, "the invalid file reported")
+        eventually(lambda: everywhere(lambda c: c["last_reload_error"]), "the invalid file reported", 20)
         assert everywhere(lambda c: c["sha256"] == sha["changed"]), "the invalid file replaced the running policy"
         load.run_for(1.0 * SCALE)
         rewrite(changed)
         cleared = True
         try:
-            wait_for(lambda: everywhere(lambda c: not c["last_reload_error"]), 10, "the report cleared")
+            eventually(lambda: everywhere(lambda c: not c["last_reload_error"]), "the report cleared", 10)
         except AssertionError:
             cleared = False
         load.mark("write-original")
         rewrite(original)
-        wait_for(lambda: everywhere(lambda c: c["sha256"] == sha["original"]), 20, "the original on both workers")
+        eventually(lambda: everywhere(lambda c: c["sha256"] == sha["original"]), "the original on both workers", 20)
         load.mark("original")
         load.run_for(1.0 * SCALE)
     results = load.results

@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 
 from tests.conftest import require_service
-from tests.fault_harness import wait_for
+from tests.waiting import eventually
 
 SERVICE = "mymaster"
 
@@ -66,6 +66,13 @@ class SentinelGroup:
         return f"redis+sentinel://{','.join(s.address for s in self.sentinels)}/{SERVICE}/0"
 
     def start(self, timeout_s: float = 30.0) -> SentinelGroup:
+        """``launch()`` then ``wait_healthy()``."""
+        return self.launch().wait_healthy(timeout_s)
+
+    def launch(self) -> SentinelGroup:
+        """Start every server without waiting for them to find each other (each listens within milliseconds;
+        the replica's sync and the sentinels' discovery take seconds, which a caller may spend starting
+        something else before ``wait_healthy()``)."""
         require_sentinel()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._server(self.master)
@@ -78,7 +85,10 @@ class SentinelGroup:
                 f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}",
                 f"sentinel failover-timeout {SERVICE} 5000", f"sentinel parallel-syncs {SERVICE} 1", ""]))
             self.procs[node] = node.popen(["redis-sentinel", str(conf)], self.directory / f"sentinel-{n}.log")
-        wait_for(self._healthy, timeout_s, "the replica in sync and every sentinel seeing it and its peers")
+        return self
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> SentinelGroup:
+        eventually(self._healthy, "the replica in sync and every sentinel seeing it and its peers", timeout_s)
         return self
 
     def _server(self, node: Node, *extra: str) -> None:
@@ -140,7 +150,7 @@ class SentinelGroup:
             except redis.RedisError:
                 return None
 
-        return wait_for(promoted, timeout_s, "Sentinel to promote the replica")
+        return eventually(promoted, "Sentinel to promote the replica", timeout_s)
 
     def close(self) -> None:
         for proc in self.procs.values():

@@ -20,6 +20,12 @@ import pytest
 
 from tests.fault_harness import Call, Load, describe, proxy_errors
 from tests.fleet.fleet_harness import ADMIN, RESEARCH, SUPPORT, Fleet, Replica, running_fleet, sha256_of
+from tests.waiting import eventually
+
+# Serial with the other fleets (pytest-xdist --dist loadgroup): HAProxy and two replicas under load, a propagation
+# bound of 5 s that a competing fleet could stretch, and every fleet shares Redis database 3 with the fixed team
+# names research / support (configs/fleet.yaml has no key prefix).
+pytestmark = pytest.mark.xdist_group("serial-fleet")
 
 PROPAGATION_S = 5.0  # the issue's bound: replicas poll their file every second
 HELLO = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello!"}]}
@@ -41,15 +47,19 @@ def converge(replicas: list[Replica], sha: str, tier: str, since: float) -> None
     """Every replica serves ``sha`` (and routes accordingly) within PROPAGATION_S of ``since``, the write."""
     pending = {r.name: r for r in replicas}
     seen: dict[str, tuple[str, str]] = {}
-    while pending:
+
+    def converged() -> bool:
         for name, replica in list(pending.items()):
             seen[name] = served(replica)
             if seen[name] == (sha, tier):
                 del pending[name]
-        if pending and time.monotonic() - since > PROPAGATION_S:
-            raise AssertionError(f"after {PROPAGATION_S:g}s {sorted(pending)} still serve {seen} instead of "
-                                 f"({sha[:12]}, {tier})")
-        time.sleep(0.1)
+        return not pending
+
+    try:
+        eventually(converged, "the fleet to converge", max(0.0, PROPAGATION_S - (time.monotonic() - since)))
+    except AssertionError:
+        raise AssertionError(f"after {PROPAGATION_S:g}s {sorted(pending)} still serve {seen} instead of "
+                             f"({sha[:12]}, {tier})") from None
 
 
 def drift(fleet: Fleet) -> dict[str, str]:
@@ -89,9 +99,8 @@ def test_policy_edits_reach_every_replica_and_a_rejected_file_shows_as_drift(tmp
         # One replica's copy goes bad: it keeps serving its last good policy and says why.
         bad, good = replicas[-1], replicas[:-1]
         fleet.write_text(fleet.config.read_text() + "unknown_setting: 1\n", path=bad.policy_file)
-        deadline = time.monotonic() + PROPAGATION_S
-        while not (error := bad.readyz()["config"]["last_reload_error"]) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        error = eventually(lambda: bad.readyz()["config"]["last_reload_error"], "the bad copy's rejection reported",
+                           PROPAGATION_S)
         assert error and str(bad.policy_file) in error and "unknown_setting" in error, error
         assert served(bad) == (v1, "mid")
 

@@ -36,6 +36,7 @@ import pytest
 
 from tests.conftest import ROOT, require_service
 from tests.fault_harness import (
+    START_TIMEOUT_S,
     Call,
     LedgerReader,
     Load,
@@ -48,13 +49,20 @@ from tests.fault_harness import (
     overshoot_cell,
     proxy_errors,
     settled_counter,
-    wait_for,
 )
 from tests.fleet.fault_table import FaultTable, Row, fault_table_fixture, in_leases  # noqa: F401 - a fixture
 from tests.fleet.netns import DelayRelay, Link, NetnsPostgres, Topology, leftovers, unavailable
 from tests.fleet.redis_ha import Node, SentinelGroup, require_sentinel
 from tests.proxy_metering_helpers import TeamSpec, chat, new_team
 from tests.test_faults import approximate_reservation, lease_of
+from tests.waiting import eventually
+
+# One pytest-xdist worker for the whole module, in order (--dist loadgroup): its cases share one world (namespaces,
+# bridges on random /24s, five Redis servers, PostgreSQL) built by a module fixture, and the last two change it for
+# good (a killed Redis master, a restarted replica); split across workers it would be built twice and the order lost.
+# A group of its own, not "serial-fleet": nothing here shares a name, address or port with the HAProxy fleets, and
+# one group holding both would keep a single worker busy for well over a minute.
+pytestmark = pytest.mark.xdist_group("serial-netns")
 
 REPLICAS = 2
 CAPPED_CLIENTS, OPEN_CLIENTS, RATE = 2, 4, 8.0  # per client and second
@@ -129,15 +137,16 @@ class World:
         return lease_of(cap, self.reservation)
 
 
-def _http_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> None:
+def _http_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = START_TIMEOUT_S) -> None:
     def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
         with contextlib.suppress(httpx.HTTPError):
             return httpx.get(url, timeout=1.0).status_code == 200
         return False
 
-    wait_for(ready, timeout_s, url)
+    try:
+        eventually(ready, url, timeout_s, proc)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{log.read_text(errors='replace')}") from None
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -180,7 +189,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         group = SentinelGroup(tmp / "redis", Node(redis_links[0].address, 6379, redis_links[0].ns),
                               Node(redis_links[1].address, 6379, redis_links[1].ns),
                               [Node(link.address, 26379, link.ns) for link in redis_links])
-        group.start()
+        group.launch()  # its sync and discovery (seconds) overlap PostgreSQL's initdb; waited for below
         pg = NetnsPostgres(topo, pg_link).init()
         host_dsn = pg.create_database()
         database = host_dsn.rsplit("/", 1)[1]
@@ -194,7 +203,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         else:
             relay = DelayRelay(topo, pg_link.ns, (pg_link.address, 5433), (pg_link.address, pg.port), DELAY_MS,
                                tmp / "delay-relay.log")
-            wait_for(lambda: _port_open(pg_link.address, 5433), 15, "the delay line in front of PostgreSQL")
+            eventually(lambda: _port_open(pg_link.address, 5433), "the delay line in front of PostgreSQL", 15)
             ledger = pg.dsn(database, port=5433)
             mechanism = (f"a {DELAY_MS} ms delay line on PostgreSQL's replies (this kernel has no netem: "
                          "CONFIG_NET_SCH_NETEM is not set)")
@@ -216,7 +225,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         world = World(topo, tmp, config, host_dsn, ledger, group, upstream, replicas, teams, reservation, open_cap,
                       capped_cap, latency, mechanism)
         for replica in replicas:
-            world.start(replica)
+            world.start(replica)  # they reach Redis through the sentinels, which listen from their launch
+        group.wait_healthy()  # the replica's sync and the sentinels' discovery, while the replicas boot
         for replica in replicas:
             world.wait_ready(replica)
         yield world
@@ -278,7 +288,7 @@ def run_case(world: World, case: str, fault: Callable[[Load], None], fault_s: fl
             heal(load)
         load.mark("healed")
         load.run_for(2.0)
-        wait_for(lambda: load.finished >= CAPPED_CLIENTS, 20, "the capped team refused by its cap")
+        eventually(lambda: load.finished >= CAPPED_CLIENTS, "the capped team refused by its cap", 20)
     capped = [r for r in load.results if r.team == teams.capped.name and r.code == "budget_exceeded"]
     return Outcome(load.results, load.marks, min(r.ended for r in capped) if capped else None)
 

@@ -17,6 +17,10 @@ import pytest
 from tests.fault_harness import Call, LedgerReader, Load, collect, describe, proxy_errors
 from tests.fleet.fleet_harness import RESEARCH, SUPPORT, running_fleet
 
+# Serial with the other fleets (pytest-xdist --dist loadgroup): HAProxy and two replicas under load, and every fleet
+# shares Redis database 3 with the fixed team names research / support (configs/fleet.yaml has no key prefix).
+pytestmark = pytest.mark.xdist_group("serial-fleet")
+
 
 def plan(client: int, i: int) -> Call:
     """Mostly short chats; every fourth a stream long enough (~0.3-0.5 s) to be in flight when a replica stops."""

@@ -34,12 +34,12 @@ from tests.fault_harness import (
     overshoot_cell,
     proxy_errors,
     settled_counter,
-    wait_for,
 )
 from tests.fleet.fault_table import FaultTable, Row, fault_table_fixture, in_leases, usd  # noqa: F401 - a fixture
 from tests.fleet.redis_ha import Node, SentinelGroup, require_sentinel
 from tests.proxy_metering_helpers import Procs, chat, new_team
 from tests.test_faults import approximate_reservation, lease_of, reservation
+from tests.waiting import eventually
 
 # ---- the URL forms -------------------------------------------------------------------------------------------------
 
@@ -89,7 +89,7 @@ def test_plain_and_unix_socket_urls_open_the_same_server(tmp_path: Path) -> None
             await unix.aclose()
 
     try:
-        wait_for(sock.exists, 10, "the private redis-server's socket")
+        eventually(sock.exists, "the private redis-server's socket", 10)
         assert asyncio.run(roundtrip()) == b"both"
     finally:
         server.kill()
@@ -100,11 +100,13 @@ def test_plain_and_unix_socket_urls_open_the_same_server(tmp_path: Path) -> None
 
 @pytest.fixture
 def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """Launched, not yet healthy: the test waits for the replica's sync and the sentinels' discovery (seconds)
+    after starting its proxy, so the two overlap (the servers themselves listen within milliseconds)."""
     require_sentinel()
     nodes = [Node("127.0.0.1", free_port()) for _ in range(5)]
     group = SentinelGroup(tmp_path / "redis", nodes[0], nodes[1], nodes[2:])
     try:
-        yield group.start()
+        yield group.launch()
     finally:
         group.close()
 
@@ -135,6 +137,7 @@ def test_master_killed_under_load_tiergate_follows_the_promoted_replica(
                           redis=group.url)
     workers = 2
     proxy = proxies.start(config, workers=workers)
+    group.wait_healthy()  # before any load: the replica in sync, every sentinel aware of it and of its peers
     res = reservation(proxy, opened, body)
 
     # The shared client itself, in process: a connection pooled before the kill must reach the new master after.
