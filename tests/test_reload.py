@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
-import time
 from pathlib import Path
 
 import httpx
 
 from proxy.runtime import PolicyStore, apply_server_settings, changed_settings
 from tests.conftest import DEMO_KEYS, demo_config, mock_config
+from tests.waiting import eventually
 from upstream.base import Upstream
 from upstream.dispatch import Dispatcher
 from upstream.health import HealthBook
@@ -22,15 +22,6 @@ from upstream.pool import UpstreamPool
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
 CHAT = {"model": "mid", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def _wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _config(url: str, headers: dict[str, str] = ADMIN) -> dict:
@@ -46,7 +37,7 @@ def test_bad_reload_keeps_serving_and_good_reload_applies(tmp_path: Path, start_
 
     config.write_text(original.decode() + "\nteams: [this is: not valid\n")
     proxy.proc.send_signal(signal.SIGHUP)
-    assert _wait_for(lambda: _config(proxy.url)["last_reload_error"])
+    eventually(lambda: _config(proxy.url)["last_reload_error"], "the invalid file reported", 10)
     ready = _config(proxy.url)
     assert ready["sha256"] == running
     assert "invalid YAML" in ready["last_reload_error"]
@@ -58,7 +49,7 @@ def test_bad_reload_keeps_serving_and_good_reload_applies(tmp_path: Path, start_
 
     # Restoring the running file (the watcher notices) withdraws the rejection.
     config.write_bytes(original)
-    assert _wait_for(lambda: _config(proxy.url)["last_reload_error"] is None)
+    eventually(lambda: _config(proxy.url)["last_reload_error"] is None, "the rejection withdrawn", 10)
     assert _config(proxy.url)["sha256"] == running
     assert "is the running policy again" in proxy.output()
 
@@ -66,7 +57,7 @@ def test_bad_reload_keeps_serving_and_good_reload_applies(tmp_path: Path, start_
     changed = original.decode().replace("  research:\n", "  research:\n    tiers: {floor: small, ceiling: small}\n", 1)
     config.write_text(changed)
     expected = hashlib.sha256(changed.encode()).hexdigest()
-    assert _wait_for(lambda: _config(proxy.url)["sha256"] == expected)
+    eventually(lambda: _config(proxy.url)["sha256"] == expected, "the valid edit applied", 10)
     resp = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
     assert resp.status_code == 403 and resp.json()["error"]["code"] == "tier_forbidden"
     assert "applied: teams" in proxy.output()
@@ -85,7 +76,7 @@ def test_reload_applies_timeouts_live_and_reports_restart_only_settings(tmp_path
     def reload_to(text: str) -> None:
         config.write_text(text)
         digest = hashlib.sha256(text.encode()).hexdigest()
-        assert _wait_for(lambda: _config(proxy.url, {})["sha256"] == digest)
+        eventually(lambda: _config(proxy.url, {})["sha256"] == digest, "the edit applied", 10)
 
     reload_to(original.replace("upstream_timeout_s: 5", "upstream_timeout_s: 0.5"))
     resp = httpx.post(proxy.url + "/v1/chat/completions", json=chat, headers=admin, timeout=30)

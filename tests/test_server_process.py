@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +19,16 @@ import httpx
 import pytest
 
 from tests.conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, mock_config, start_process
+from tests.fault_harness import START_TIMEOUT_S
+from tests.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
 CHAT = {"model": "auto", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello!"}]}
 TRAIN_ONLY = ("sklearn", "skl2onnx", "onnx", "scipy")
 DEV_ONLY = ("pytest", "hypothesis", "playwright", "mypy", "ruff")
+# The length scorer for servers whose classifier a test does not look at: each worker then starts without importing
+# onnxruntime and loading the ONNX model (about a second of CPU each).
+LIGHT = "length"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -37,19 +41,6 @@ def _tiergate(*args: str, env: dict[str, str] | None = None, log: Path | None = 
     out = log.open("ab") if log is not None else subprocess.PIPE
     return subprocess.Popen([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, env=env or _env(),
                             stdout=out, stderr=subprocess.STDOUT)
-
-
-def _wait_for(predicate, what: str, timeout_s: float = 60.0, proc: subprocess.Popen[bytes] | None = None):
-    """Hang protection only: the value of ``predicate`` once truthy (no assertion is about how fast)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} while waiting for {what}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _ready(url: str) -> bool:
@@ -92,16 +83,18 @@ def _stalling_config(tmp_path: Path, hole: int) -> Path:
 def test_serve_refuses_a_port_that_is_taken(tmp_path: Path, holder_workers: int) -> None:
     """A second server on the port would get part of its traffic, with budgets of its own: it must not start."""
     port = free_port()
+    config = demo_config(tmp_path, classifier=LIGHT)
     holder: Process | socket.socket
     if holder_workers:
-        holder = start_process(["serve", "--config", str(demo_config(tmp_path)), "--port", str(port),
-                                "--workers", str(holder_workers)], port, tmp_path / "holder.log", "/readyz")
+        holder = start_process(["serve", "--config", str(config), "--port", str(port),
+                                "--workers", str(holder_workers)], port, tmp_path / "holder.log", "/readyz",
+                               timeout_s=START_TIMEOUT_S)
     else:
         holder = socket.socket()
         holder.bind(("127.0.0.1", port))
         holder.listen(8)
     try:
-        second = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(demo_config(tmp_path)),
+        second = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
                                  "--port", str(port)], cwd=ROOT, env=_env(), capture_output=True, text=True,
                                 timeout=120)
         assert second.returncode == 1
@@ -116,8 +109,8 @@ def test_serve_refuses_a_port_that_is_taken(tmp_path: Path, holder_workers: int)
 
 def test_a_running_server_keeps_its_port_from_other_programs(tmp_path: Path) -> None:
     port = free_port()
-    proxy = start_process(["serve", "--config", str(demo_config(tmp_path)), "--port", str(port)], port,
-                          tmp_path / "proxy.log", "/readyz")
+    proxy = start_process(["serve", "--config", str(demo_config(tmp_path, classifier=LIGHT)), "--port", str(port)],
+                          port, tmp_path / "proxy.log", "/readyz", timeout_s=START_TIMEOUT_S)
     try:
         for reuse in (False, True):
             with socket.socket() as other:
@@ -144,8 +137,8 @@ def test_workers_still_starting_refuse_connections_and_sigterm_ends_within_the_g
                      "--workers", str(workers), "--shutdown-grace-s", "1", log=log)
     try:
         # Every worker is inside the app's start-up, which waits on the silent database for 10 s.
-        _wait_for(lambda: log.read_text().count("Waiting for application startup.") >= workers,
-                  "the workers to enter start-up", proc=proc)
+        eventually(lambda: log.read_text().count("Waiting for application startup.") >= workers,
+                   "the workers to enter start-up", 60, proc)
         # Bound but not listening: a client is refused at once instead of queueing on a worker that cannot serve.
         assert _refused(port)
         proc.send_signal(signal.SIGTERM)
@@ -164,9 +157,11 @@ def test_workers_still_starting_refuse_connections_and_sigterm_ends_within_the_g
 def test_sigterm_lets_a_stream_in_flight_finish(tmp_path: Path, start_mock) -> None:
     mock = start_mock("--tokens-per-s", "20")
     config = mock_config(tmp_path, {"small": [mock.url]})
+    config.write_text(config.read_text().replace("model: default", f"model: {LIGHT}"))
     port = free_port()
     proxy = start_process(["serve", "--config", str(config), "--port", str(port), "--workers", "2",
-                           "--shutdown-grace-s", "30"], port, tmp_path / "proxy.log", "/readyz")
+                           "--shutdown-grace-s", "30"], port, tmp_path / "proxy.log", "/readyz",
+                          timeout_s=START_TIMEOUT_S)
     body = {"model": "small", "max_tokens": 40, "stream": True,
             "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}]}
     lines: list[str] = []
@@ -224,7 +219,7 @@ def test_the_supervisor_backs_off_restarting_a_worker_that_cannot_start(tmp_path
                      "--workers", "2", log=log)
     pattern = re.compile(r"worker \d+ exited with 3; starting a new one in (\d+)s")
     try:
-        _wait_for(lambda: len(pattern.findall(log.read_text())) >= 5, "five failed starts", timeout_s=180, proc=proc)
+        eventually(lambda: len(pattern.findall(log.read_text())) >= 5, "five failed starts", 180, proc)
         assert _refused(port)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -258,7 +253,7 @@ def test_serving_imports_nothing_from_the_train_or_dev_extras(tmp_path: Path, wi
                      env=_env(prepend=without_extras), log=log)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_for(lambda: _ready(url), "readiness", proc=proc)
+        eventually(lambda: _ready(url), "readiness", START_TIMEOUT_S, proc)
         reply = httpx.post(url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30)
         assert reply.status_code == 200, reply.text
         assert reply.headers["x-tiergate-score"]  # the classifier ran (onnxruntime, not scikit-learn)

@@ -9,7 +9,6 @@ the default model throughout.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ import httpx
 from proxy.cli import main
 from tests.conftest import demo_config
 from tests.test_learn_features_only import _features_only, _rows, _write
+from tests.waiting import eventually
 
 RESEARCH = {"Authorization": "Bearer sk-demo-research"}
 SUPPORT = {"Authorization": "Bearer sk-demo-support"}
@@ -42,11 +42,9 @@ def test_promoted_model_is_served_without_restart_and_rollback_restores(tmp_path
     assert main(["learn", "--team", "research", "--config", str(config),
                  "--outcomes", str(_write(tmp_path / "export.jsonl", rows))]) == 0
 
-    deadline = time.monotonic() + 60  # the worker polls every 10 s; no speed is asserted, only the swap
-    after = before
-    while after == before and time.monotonic() < deadline:
-        time.sleep(1)
-        after = _score(proxy.url, RESEARCH)
+    # The worker polls every 10 s (proxy.runtime.TEAM_MODELS_POLL_S); no speed is asserted, only the swap.
+    after = eventually(lambda: (score := _score(proxy.url, RESEARCH)) != before and score,
+                       "the promoted model's score", 60, proxy.proc)
     assert after != before
     assert proxy.proc.pid == pid and proxy.proc.poll() is None
     assert _score(proxy.url, SUPPORT) == other_before
