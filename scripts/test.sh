@@ -42,4 +42,7 @@ need_pkg npm npm
 npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
 
 export LITELLM_LOCAL_MODEL_COST_MAP=True
-exec .venv/bin/python -m pytest -q "$@"
+# Four pytest-xdist workers on two cores: most of a test's wall time is waiting on servers, sockets and Redis, not
+# CPU. Tests that cannot share the machine with others (network namespaces, fixed fleets) carry an xdist_group mark
+# and run one after another on one worker. TIERGATE_TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -q -n "${TIERGATE_TEST_WORKERS:-4}" --dist loadgroup "$@"
