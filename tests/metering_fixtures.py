@@ -166,8 +166,8 @@ async def _relay(port: int, target_port: int) -> None:
     await server.serve_forever()
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port (tests may stop, restart or flush it), stopped afterwards."""
     if shutil.which("redis-server") is None:
         unavailable("redis-server binary")
     server = RedisServer(free_port())
@@ -176,6 +176,9 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+redis_server = pytest.fixture(private_redis)
 
 
 T0 = datetime(2026, 11, 5, 12, 0, tzinfo=UTC)

@@ -9,7 +9,6 @@ Redis expires keys by its own clock.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -41,8 +40,8 @@ from tests.metering_fixtures import (  # noqa: F401  (pg_schema, redis_server: f
     RedisServer,
     free_port,
     pg_schema,
+    private_redis,
     redis_server,
-    unavailable,
     unique,
 )
 from tests.waiting import eventually
@@ -86,17 +85,8 @@ class Backend:
     rows: Callable[[], int] | None  # rows in the responses table (SQL backends)
 
 
-@pytest.fixture(scope="module")
-def module_redis() -> Iterator[RedisServer]:
-    """One private redis-server for the module's tests that do not stop it; each test keeps to its own keys."""
-    if shutil.which("redis-server") is None:
-        unavailable("redis-server binary")
-    server = RedisServer(free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+# One private redis-server for the module's tests that do not stop it; each test keeps to its own keys.
+module_redis = pytest.fixture(private_redis, scope="module", name="module_redis")
 
 
 @pytest.fixture(params=["sqlite", "postgres", "redis"])
