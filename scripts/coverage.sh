@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf test-artifacts/coverage && mkdir -p test-artifacts/coverage
 export LITELLM_LOCAL_MODEL_COST_MAP=True
+export COVERAGE_FILE="$PWD/test-artifacts/coverage/.coverage"  # absolute: servers some tests start run elsewhere
 status=0
 .venv/bin/python -m coverage run -m pytest -q -n 4 --dist loadgroup "$@" || status=$?
 .venv/bin/python -m coverage combine -q
