@@ -19,6 +19,9 @@ import orjson
 from upstream.base import Endpoint, UpstreamError, UpstreamReply
 
 _DONE = b"[DONE]"
+# How many times a call goes out again after its pooled connection turned out closed by the upstream before any
+# answer (each stale connection is dropped by aiohttp, so a few idle ones in the pool cost a try each).
+STALE_RETRIES = 2
 ANTHROPIC_VERSION = "2023-06-01"  # sent when the client named none: the version every current model accepts
 
 
@@ -71,6 +74,22 @@ class HttpUpstream:
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=timeout_s)
         self._where = f"upstream {self._base}"
 
+    async def _post(self, url: str, data: bytes, headers: Mapping[str, str],
+                    timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """The response (status and headers read) of a POST, sent again on a fresh connection when the pooled one
+        was closed by the upstream before it answered.
+
+        Why: uvicorn-based servers (vLLM, the simulator) close idle keep-alive connections after 5 s while the
+        pool keeps them for 60 s; a request written as the server closes the connection comes back as a disconnect
+        with no response at all, so the upstream never answered it: a failed call only because of our pool.
+        Only a disconnect before any response is retried; refusals, resets mid-answer and timeouts are not."""
+        for _ in range(STALE_RETRIES):
+            try:
+                return await self._session.post(url, data=data, headers=headers, timeout=timeout)
+            except aiohttp.ServerDisconnectedError:
+                continue
+        return await self._session.post(url, data=data, headers=headers, timeout=timeout)
+
     def _target(self, endpoint: Endpoint, extra: Mapping[str, str] | None) -> tuple[str, Mapping[str, str]]:
         """URL and headers of a call; ``extra`` (the client's forwarded headers) win over the defaults."""
         if endpoint == "messages":
@@ -81,7 +100,7 @@ class HttpUpstream:
                    ) -> UpstreamReply:
         url, sent = self._target(endpoint, headers)
         try:
-            async with self._session.post(url, data=orjson.dumps(body), headers=sent, timeout=self._timeout) as resp:
+            async with await self._post(url, orjson.dumps(body), sent, self._timeout) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise _status_error(resp.status, raw, resp.headers, self._where)
@@ -101,8 +120,7 @@ class HttpUpstream:
                      ) -> AsyncIterator[bytes]:
         url, sent = self._target(endpoint, headers)
         try:
-            async with self._session.post(url, data=orjson.dumps(body), headers=sent,
-                                          timeout=self._stream_timeout) as resp:
+            async with await self._post(url, orjson.dumps(body), sent, self._stream_timeout) as resp:
                 if resp.status != 200:
                     raise _status_error(resp.status, await resp.read(), resp.headers, self._where)
                 async for line in resp.content:
