@@ -1,7 +1,7 @@
-"""Tables and ASCII curves of replay runs (``benchmarks/replay/results/*.json`` written by ``run.py --out``), as
+"""Tables and ASCII curves of replay runs (``benchmarks/out/replay/*.json`` written by ``run.py --out``), as
 Markdown for RESULTS.md.
 
-    .venv/bin/python benchmarks/replay/report.py benchmarks/replay/results/*.json
+    .venv/bin/python benchmarks/replay/report.py benchmarks/out/replay/*.json
 """
 
 from __future__ import annotations
