@@ -53,6 +53,13 @@ eligible candidate: nothing ships. A winner is reported to the lead; this script
 (Five candidates selected on the same four folds: optimistic by the spread among close candidates; four
 held-out files is a small sample, so a 0.01 margin is the minimum, not proof.)
 
+Added after the first run (so not candidates, never eligible): ``--diagnostics``, post-hoc rows that vary (B)'s
+reference quantiles and blend weight, to see whether (B)'s pattern is stable or a lucky pick; ``--table NAME``, the
+per-domain LOCO table of length, the round-5 recipe and one row; ``--paired NAME``, a paired bootstrap of that
+row's LOCO criterion minus each baseline's (rows resampled within each held-out domain, 1,000 times, the same
+resamples for every score; ignores between-domain variance, so the interval is too narrow if anything) and the
+names of the domains significantly below 0.5.
+
 Single-threaded; nice it. A few minutes on one core (--grouped: ~3-5 min per row).
 """
 
@@ -127,13 +134,13 @@ def _file_fit(d: dataset.OutcomeData, c: str) -> tuple[np.ndarray, np.ndarray, n
     return rows, Y, b, theta, jw, js
 
 
-def rasch_gain(d: dataset.OutcomeData, reference: str) -> np.ndarray:
+def rasch_gain(d: dataset.OutcomeData, reference: str, quantiles: tuple[float, float] = QUANTILES) -> np.ndarray:
     """Expected gain of a reference pair on each item, z-scored within file (candidates A and B)."""
     raw = np.zeros(len(d))
     for c in np.unique(d.collections):
         rows, Y, b, theta, jw, js = _file_fit(d, c)
         if reference == "quantile" and Y.shape[1] >= MIN_MODELS:
-            tw, ts = np.quantile(theta, QUANTILES)
+            tw, ts = np.quantile(theta, quantiles)
         else:
             tw, ts = theta[jw], theta[js]
         raw[rows] = _sigmoid(ts - b) - _sigmoid(tw - b)
@@ -158,9 +165,9 @@ def empirical_gain(d: dataset.OutcomeData) -> np.ndarray:
     return labels.within_source_z(raw, d.collections)
 
 
-def blend(d: dataset.OutcomeData, gain: np.ndarray) -> np.ndarray:
+def blend(d: dataset.OutcomeData, gain: np.ndarray, weight: float = BLEND) -> np.ndarray:
     irt = model.target(d, "irt")
-    return labels.within_source_z((1 - BLEND) * irt + BLEND * gain, d.collections)
+    return labels.within_source_z((1 - weight) * irt + weight * gain, d.collections)
 
 
 LABELS: dict[str, Callable[[dataset.OutcomeData], np.ndarray]] = {
@@ -169,6 +176,14 @@ LABELS: dict[str, Callable[[dataset.OutcomeData], np.ndarray]] = {
     "(C) empirical mean gain over stronger/weaker model pairs": empirical_gain,
     "(D) blend 0.5 irt + 0.5 (B)": lambda d: blend(d, rasch_gain(d, "quantile")),
     "(E) blend 0.5 irt + 0.5 (A)": lambda d: blend(d, rasch_gain(d, "routed")),
+}
+
+
+# Post hoc (added after the first run): sensitivity of (B) to its reference pair and to the blend weight.
+DIAGNOSTICS: dict[str, Callable[[dataset.OutcomeData], np.ndarray]] = {
+    **{f"diagnostic: (B) with the {int(100 * q[0])}th/{int(100 * q[1])}th-percentile pair":
+       (lambda d, q=q: rasch_gain(d, "quantile", q)) for q in ((0.1, 0.9), (0.25, 0.9), (0.5, 0.9), (0.1, 0.5))},
+    "diagnostic: blend 0.25 irt + 0.75 (B)": lambda d: blend(d, rasch_gain(d, "quantile"), 0.75),
 }
 
 
@@ -229,10 +244,47 @@ def decide(rows: list[dict]) -> str:
     bar = max(length["criterion"], r5["criterion"]) + 0.01
     eligible = [r for r in rows[2:] if r["criterion"] >= bar and r["files_below"] <= r5["files_below"]]
     if not eligible:
-        return f"no eligible candidate (bar: criterion >= {bar:.4f} and files < 0.5 <= {r5['files_below']}): nothing ships"
+        return (f"no eligible candidate (bar: criterion >= {bar:.4f} and files < 0.5 <= {r5['files_below']}): "
+                "nothing ships")
     best = max(r["criterion"] for r in eligible)
     win = next(r for r in eligible if r["criterion"] >= best - 0.001)
     return f"eligible: {[r['name'] for r in eligible]}; winner: {win['name']} ({win['criterion']:.4f})"
+
+
+def paired(rows: list[dict], scores: dict[str, np.ndarray], name: str, data: dataset.OutcomeData,
+           pool: np.ndarray, boot: dict[str, list[np.ndarray]]) -> None:
+    """Paired bootstrap of the criterion difference (``name`` minus each baseline) and significantly-low domains."""
+    from classifiers import metrics
+
+    files = {c: sorted(g for g in boot if g.split(":")[0].split("-")[0] == c) for c in TRAIN_FILES}
+
+    def crit(v: np.ndarray, k: int | None) -> float:
+        vals = []
+        for c in TRAIN_FILES:
+            i = np.concatenate([boot[g][k] if k is not None else np.nonzero((data.groups == g) & pool)[0]
+                                for g in files[c]])
+            vals.append(metrics.evaluate(v[i], data.weak[i], data.strong[i]).apgr)
+        return float(np.mean(vals))
+
+    new = next(n for n in scores if n.startswith(name))
+    for base in ("prompt length (tokens)", "round-5 recipe (classifiers.train.fit)"):
+        point = crit(scores[new], None) - crit(scores[base], None)
+        diffs = [crit(scores[new], k) - crit(scores[base], k) for k in range(BOOT_PAIRED)]
+        lo, hi = np.percentile(diffs, [5, 95])
+        print(f"{new} minus {base}: {point:+.4f}, 90% interval [{lo:+.4f}, {hi:+.4f}], "
+              f"P(diff < 0.01) = {np.mean(np.array(diffs) < 0.01):.2f}", flush=True)
+    for n in (rows[0]["name"], rows[1]["name"], new):
+        low = []
+        for g, samples in boot.items():
+            m = (data.groups == g) & pool
+            if metrics.evaluate(scores[n][m], data.weak[m], data.strong[m]).apgr < 0.5:
+                bs = [metrics.evaluate(scores[n][i], data.weak[i], data.strong[i]).apgr for i in samples]
+                if np.nanpercentile(bs, 95) < 0.5:
+                    low.append(g)
+        print(f"significantly < 0.5, {n}: {low}", flush=True)
+
+
+BOOT_PAIRED = 1000
 
 
 def main() -> None:
@@ -240,6 +292,9 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="run only the candidate whose name starts with this")
     ap.add_argument("--grouped", nargs="*", default=None,
                     help="also round 5's domain-grouped criterion for these rows ('length', 'round5', a letter)")
+    ap.add_argument("--diagnostics", action="store_true", help="also the post-hoc rows (never eligible)")
+    ap.add_argument("--table", default=None, help="per-domain LOCO table of length, round 5 and this row")
+    ap.add_argument("--paired", default=None, help="paired bootstrap of this row's criterion against the baselines")
     args = ap.parse_args()
     np.seterr(all="ignore")
     data, X, length = load_all()
@@ -256,14 +311,35 @@ def main() -> None:
     fits: dict[str, Fit] = {"round-5 recipe (classifiers.train.fit)": round5}
     fits |= {name: label_fit(lab) for name, lab in LABELS.items()}
     rows = [row("prompt length (tokens)", length)]
+    scores = {rows[0]["name"]: length}
     print(HEADER)
     print(fmt(rows[0]), flush=True)
     for name, fit in fits.items():
         if args.only and not (name.startswith(args.only) or name.startswith("round-5")):
             continue
-        rows.append(row(name, loco(fit, data, X, pool)))
+        scores[name] = loco(fit, data, X, pool)
+        rows.append(row(name, scores[name]))
         print(fmt(rows[-1]), flush=True)
     print("\nDecision:", decide(rows), flush=True)
+    if args.paired:
+        paired(rows, scores, args.paired, data, pool, boot)
+    if args.diagnostics:
+        print("\nPost-hoc diagnostics (LOCO; not candidates):")
+        for name, lab in DIAGNOSTICS.items():
+            rows.append(row(name, loco(label_fit(lab), data, X, pool)))
+            print(fmt(rows[-1]), flush=True)
+    if args.table:
+        by = {r["name"]: r for r in rows}
+        cols = ["prompt length (tokens)", "round-5 recipe (classifiers.train.fit)",
+                next(n for n in by if n.startswith(args.table))]
+        print(f"\n| held-out domain (LOCO) | n | prompt length | round-5 recipe | {cols[2]} | new - length "
+              "| new - round 5 |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for g in by[cols[0]]["per_domain"]:
+            v = [by[c]["per_domain"][g] for c in cols]
+            n = int(((data.groups == g) & pool).sum())
+            diffs = f" | {v[2] - v[0]:+.3f} | {v[2] - v[1]:+.3f} |"
+            print(f"| {g} | {n} | " + " | ".join(f"{a:.3f}" for a in v) + diffs)
     if args.grouped is not None:
         print("\nRound 5's domain-grouped protocol (52 folds):")
         print(HEADER.replace(" held out", ""))
