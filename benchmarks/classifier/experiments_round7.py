@@ -20,7 +20,7 @@ Protocol (LOCO):
   excluded from training (``classifiers.cv.train_mask``). Labels (IRT fits, abilities, z-scores) are computed
   from the training rows only; the head is the shipped one (ridge alpha 10000 on standardised features,
   domain-balanced weights, the three ask_* features dropped: ``model.fit_linear`` with ``model.ALPHA`` and
-  ``model.DEFAULT_DROP``), the same 35 hand features, so latency is unchanged. Only the label differs.
+  ``model.DEFAULT_DROP``), the same 36 hand features (``FEATURE_NAMES``); latency unchanged. Only the label differs.
 - Per held-out file: pooled APGR (RouteLLM's, ``classifiers.metrics``; each file's own routed pair; random
   0.5). Criterion = the unweighted mean over the 4 held-out files of that pooled APGR.
 - Also reported (``experiments_round6.summary``): mean APGR over the 49 domains with a defined PGR inside the
