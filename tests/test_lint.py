@@ -1,8 +1,8 @@
 """The dev tools are part of the test command: ``ruff check .`` and ``mypy`` (strict on pipeline/, router/ and
 metering/) exit 0, each with the settings in pyproject.toml, so a lint or type error fails the suite with the tool's
 own report in the message. mypy keeps its incremental cache in .mypy_cache (it writes its own .gitignore): after
-the first run only changed modules are checked again, a few seconds; a cold run (a fresh checkout) takes ~15 s on a quiet
-2-core machine (litellm is not followed: pyproject.toml), longer under load, hence the longer timeout."""
+the first run only changed modules are checked again, a few seconds; a cold run (a fresh checkout) takes ~15 s on a
+quiet 2-core machine (litellm is not followed: pyproject.toml), longer under load, hence the longer timeout."""
 
 from __future__ import annotations
 
