@@ -203,7 +203,10 @@ def _claude_turn(demo_proxy: Process, tap: _Tap, tmp_path: Path, *flags: str) ->
         (start,) = [e for e in events if e["type"] == "message_start"]
         (delta,) = [e for e in events if e["type"] == "message_delta"]
         answers[start["message"]["id"]] = Decimal(delta["x_tiergate"]["cost_usd"])
-    assert len(answers) == len(turns) == result["num_turns"], [e.path for e in exchanges]
+    # A tool the simulated model calls may start one of Claude Code's sub-agents, whose requests are not turns of
+    # this conversation (seen once: 4 requests, num_turns 2); modelUsage counts them, so the billing check below
+    # still covers every request.
+    assert len(answers) == len(turns) >= result["num_turns"], [e.path for e in exchanges]
     records = _check_billed(demo_proxy, answers, "messages")
     # What Claude Code counted (Anthropic's usage: input excludes cache reads and writes) is what was billed.
     counted = result["modelUsage"].values()
