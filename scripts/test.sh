@@ -39,9 +39,19 @@ need_pkg chromium chromium || echo "could not install chromium: tests/test_dashb
 # tests/test_real_clients.py drives the real Claude Code and Codex CLIs (pinned in tests/clients/package-lock.json).
 need_pkg node nodejs
 need_pkg npm npm
-npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
+# npm ci rebuilds node_modules from scratch (~25 s): only when the lock changed since the last install.
+clients_stamp="$(sha256sum tests/clients/package-lock.json | cut -d' ' -f1)"
+if [ "$(cat tests/clients/node_modules/.tiergate-lock 2>/dev/null)" != "$clients_stamp" ]; then
+  npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
+  echo "$clients_stamp" > tests/clients/node_modules/.tiergate-lock
+fi
 
 export LITELLM_LOCAL_MODEL_COST_MAP=True
+# Some images set PYTHONDONTWRITEBYTECODE=1 (this machine's does): then every interpreter the suite starts (the xdist
+# workers, ~150 servers and CLIs) compiles the project from source again, and pytest re-rewrites every test module in
+# every worker: ~0.3 s per server and ~8 s per worker of CPU. Bytecode is cached for this run, written once up front.
+unset PYTHONDONTWRITEBYTECODE
+.venv/bin/python -m compileall -q -j 0 proxy pipeline router upstream metering text wire classifiers kvcache simulator
 # Four pytest-xdist workers on two cores: most of a test's wall time is waiting on servers, sockets and Redis, not
 # CPU. Tests that cannot share the machine with others (network namespaces, fixed fleets) carry an xdist_group mark
 # and run one after another on one worker. TIERGATE_TEST_WORKERS=0 runs everything in this process.
