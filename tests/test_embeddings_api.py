@@ -11,7 +11,6 @@ from typing import Any
 
 import openai
 import pytest
-from langchain_openai import OpenAIEmbeddings
 
 from metering.money import format_usd
 from metering.prices import lookup
@@ -89,6 +88,9 @@ def test_a_team_without_pinning_still_names_its_embedding_model(demo: tuple[Serv
 
 
 def test_langchain_embeddings(demo: tuple[Server, Path]) -> None:
+    # Imported here: langchain costs ~2-3 s of CPU to import, which every xdist worker would pay while collecting.
+    from langchain_openai import OpenAIEmbeddings
+
     embedder = OpenAIEmbeddings(model="text-embedding-3-small", base_url=demo[0].url + "/v1",
                                 api_key=DEMO_KEYS["research"], check_embedding_ctx_length=False, max_retries=0)
     vectors = embedder.embed_documents(["first document", "second document", "third"])
