@@ -292,3 +292,55 @@ def test_counters_follow_the_ledger_without_double_counting(redis_prefix: str) -
         await store.close()
 
     run(go)
+
+
+@pytest.mark.parametrize("counter", ["unfilled", "stale"])
+@pytest.mark.parametrize("action", ["settle", "reconcile"])
+def test_spend_settled_while_a_fill_reads_the_ledger_is_not_lost(redis_prefix: str, counter: str, action: str) -> None:
+    """A fill stamps its seed, then reads the ledger. A record this worker writes after that read, settled (or
+    reconciled after an outage) before the fill stores its seed, would be in neither the seed nor the counter: an
+    unfilled counter skips the settle, and the seed overwrites a stale counter's ``spent``. So a settle of a counter
+    this worker is filling waits for the fill.
+
+    One connection serves the store, so Redis runs commands in the order they were sent; the seeder lets the settle
+    go as far as it can (sent, or waiting for the fill) before the fill goes on."""
+    import redis.asyncio as aioredis
+
+    from metering.budgets.redis_store import RECONCILE, SEED, SETTLE
+
+    c = cap(1_000_000)
+    ledger = {"total": 1_000}
+    clock = {"ms": 5_000}
+    late: list[asyncio.Future[Any]] = []
+    armed = {"on": counter == "unfilled"}
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(REDIS_URL, single_connection_client=True)
+        for script in (SETTLE, SEED, RECONCILE):  # loaded now: a first use would take a second command
+            await client.script_load(script)
+
+        async def seeder(_cap: Cap) -> int:
+            snapshot = ledger["total"]  # what the fill read
+            if not armed["on"]:
+                return snapshot
+            ledger["total"] += 300  # then a record is written, and its spend settled right away
+            spend = Spend(((clock["ms"] + 1, 300),))
+            late.append(asyncio.ensure_future(store.settle(Hold("old", (c,), 0), spend) if action == "settle"
+                                              else store.reconcile("outage", [(c, spend)])))
+            for _ in range(10):
+                await asyncio.sleep(0)
+            return snapshot
+
+        store = RedisBudgetStore(client, prefix=redis_prefix, seeder=seeder, clock_ms=lambda: clock["ms"])
+        held = 100
+        if counter == "stale":
+            await store.reserve("a", [c], 100, ttl_s=60)  # filled: 1,000 seeded at 5,000 ms
+            await client.hset(f"{redis_prefix}:budget:{c.counter_id}", "stale", "1")  # as an expired hold marks it
+            ledger["total"], clock["ms"], held, armed["on"] = 1_500, 7_000, 200, True
+        base = ledger["total"]
+        await store.reserve("b", [c], 100, ttl_s=60)  # fills (see the seeder), then holds
+        await asyncio.gather(*late)
+        assert [(s.spent_nanos, s.reserved_nanos) for s in await store.states([c])] == [(base + 300, held)]
+        await store.close()
+
+    run(go)

@@ -17,9 +17,13 @@ The ledger is the source of truth, and with a ``seeder`` Redis follows it after 
   after its ``seeded`` stamp, because the seed already holds the earlier ones. So a hold taken before a restart and
   settled after it, or spend accounted locally during an outage and reconciled after the counter was re-seeded,
   is not counted twice; and a settle on an unfilled counter is skipped, because the fill will read its record.
+- A fill reads the ledger before it stores its seed, so spend settled in between would be lost (skipped by an
+  unfilled counter, overwritten in a stale one) though its record may be too new for the seed: this worker's
+  settles and reconciliations of a counter it is filling wait for the fill.
 
-What remains: records another worker wrote just before a seed but had not committed yet (one group-commit linger)
-are missed, and records written during the seed's own flush may count twice; both are far below one lease.
+What remains: records another worker wrote just before or during a seed and had not committed when the seed read
+the ledger are missed if their settle reaches Redis before the seed does (one group-commit linger), and records
+written during the seed's own flush may count twice; both are far below one lease.
 
 Every script is safe to re-send after a lost reply (the client retries once on a connection error, which is what a
 stale pooled connection after a Redis restart gives): a reserve whose hold exists returns it, a settled hold leaves
@@ -314,8 +318,18 @@ class RedisBudgetStore(BudgetStore):
             log.info("budgets: %s seeded from the ledger", cap.describe())
         return True
 
+    async def _after_fills(self, caps: Sequence[Cap]) -> None:
+        """Wait for this worker's fills of these counters that are under way. A fill has read the ledger before it
+        stores its seed: spend settled in between would be lost, skipped by the unfilled counter or overwritten by
+        the seed, though its record may have been written after the read (so the seed lacks it too). Settled after
+        the fill, it counts if written at or after the seed's stamp."""
+        fills = {fill for cap in caps if (fill := self._filling.get(cap.counter_id)) is not None}
+        if fills:
+            await asyncio.wait(fills)  # never cancels the fill, which other requests share
+
     async def settle(self, hold: Hold, actual: int | Spend) -> list[CapState]:
         """Raises ``BudgetStoreUnavailable`` on an outage; ``FailoverBudgetStore`` turns that into local accounting."""
+        await self._after_fills(hold.caps)
         args: list[Any] = [hold.id, self._mode, *self._parts(as_spend(actual))]
         args += [str(cap.expires_at) for cap in hold.caps]
         res = await self._call(self._settle, self._keys(hold.caps), args)
@@ -329,6 +343,7 @@ class RedisBudgetStore(BudgetStore):
 
     async def reconcile(self, batch_id: str, deltas: Sequence[tuple[Cap, Spend]]) -> bool:
         """Add locally accounted spend once per ``batch_id``; False if that batch was already applied."""
+        await self._after_fills([cap for cap, _ in deltas])
         keys = [f"{self.prefix}:reconciled:{batch_id}"] + [self._keys([cap])[0] for cap, _ in deltas]
         args: list[Any] = [str(7 * 86400), self._mode]
         for cap, spend in deltas:
