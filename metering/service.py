@@ -52,8 +52,9 @@ def ledger_seeder(ledger: Ledger) -> Seeder:
     """Committed spend of a cap's scope and period, from the rollups: (re)fills Redis counters after a Redis restart
     or a crashed worker's expired lease.
 
-    It flushes the ledger first, so every record this worker wrote before the fill is in the sum; the store stamps
-    the fill with the time before the flush, and settles add only spend written after that stamp (no double count).
+    It flushes the ledger first, so every record this worker (or this server's other workers, through the shared
+    spool) wrote before the fill is in the sum; the store stamps the fill with the time before the flush, and
+    settles add only spend written after that stamp (no double count).
     """
 
     async def seed(cap: Cap) -> int:

@@ -21,9 +21,10 @@ The ledger is the source of truth, and with a ``seeder`` Redis follows it after 
   unfilled counter, overwritten in a stale one) though its record may be too new for the seed: this worker's
   settles and reconciliations of a counter it is filling wait for the fill.
 
-What remains: records another worker wrote just before or during a seed and had not committed when the seed read
-the ledger are missed if their settle reaches Redis before the seed does (one group-commit linger), and records
-written during the seed's own flush may count twice; both are far below one lease.
+What remains: the seed's flush commits what this server's other workers had spooled, but records another host
+wrote just before or during a seed and had not committed when the seed read the ledger (one group-commit linger),
+or another worker wrote after the flush read its spool, are missed if their settle reaches Redis before the seed
+does; and records written during the seed's own flush may count twice. Both are far below one lease.
 
 Every script is safe to re-send after a lost reply (the client retries once on a connection error, which is what a
 stale pooled connection after a Redis restart gives): a reserve whose hold exists returns it, a settled hold leaves

@@ -4,6 +4,9 @@
 task commits everything that accumulated while its previous transaction ran, records and rollups together, so batch
 size grows with load by itself and the request path never waits on the database. Without a spool directory
 ``write()`` waits for the transaction holding its record instead (slower per request; see benchmarks/ledger).
+``flush()`` (flush then read, before every report) also commits what the other processes sharing the spool
+directory, the server's other workers, had spooled: a request answered by one worker is in a report another gives
+right after. A record is stored once whoever commits it (its entry id is the key; rollups add only new records).
 
 Nothing a record contains can stop the writer: a batch the database refuses for its data (``refusal.py``) is split
 in halves until the refused records are alone; the rest are committed and each refused one goes to the dead-letter
@@ -77,6 +80,18 @@ def _record_of(row: Sequence[Any]) -> UsageRecord:
     values["tags"] = orjson.loads(tags) if isinstance(tags, (str, bytes)) else (tags or {})
     values["usage_estimated"] = bool(values["usage_estimated"])
     return UsageRecord(**values)
+
+
+def _entries_of(lines: Sequence[bytes]) -> list[Entry]:
+    """Spool lines as entries; an unreadable one is left to its own process (or the replay of its spool)."""
+    entries: list[Entry] = []
+    for line in lines:
+        try:
+            entry_id, data = line.split(b" ", 1)
+            entries.append((entry_id.decode(), UsageRecord.from_json(data)))
+        except Exception:  # noqa: BLE001 - its writer sets it aside (a torn or poison line)
+            continue
+    return entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +203,15 @@ class GroupCommitLedger(Ledger):
             raise refused
 
     async def flush(self) -> None:
+        """Also commits what the other processes sharing the spool directory (the server's other workers) had
+        spooled by now, unless they have already: a record is stored once by its entry id, whoever commits it. So
+        a report read after a request completed holds it, whichever worker served it."""
         if self._task is None or self._task.done():
             return
+        foreign = await asyncio.to_thread(self._spool.foreign_lines) if self._spool is not None else []
         await self._wait_for_commit()
+        if foreign:
+            await self._commit(_entries_of(foreign), foreign=True)
 
     async def _wait_for_commit(self) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -413,12 +434,14 @@ class GroupCommitLedger(Ledger):
             if not w.done():
                 w.set_exception(RuntimeError(f"ledger stopped before commit: {exc!r}"))
 
-    async def _commit(self, batch: list[Entry]) -> None:
-        """Commit ``batch``; retry while the database is unavailable, set aside the records it refuses."""
+    async def _commit(self, batch: list[Entry], foreign: bool = False) -> None:
+        """Commit ``batch``; retry while the database is unavailable, set aside the records it refuses (``foreign``:
+        records of another process's spool, which sets them aside itself)."""
         todo = [batch[i: i + self._options.max_batch] for i in range(0, len(batch), self._options.max_batch)][::-1]
         while todo:
             chunk = todo.pop()
-            await self._retrying(partial(self._commit_or_split, chunk, todo), f"commit of {len(chunk)} records")
+            await self._retrying(partial(self._commit_or_split, chunk, todo, foreign),
+                                 f"commit of {len(chunk)} records")
 
     async def _retrying(self, action: Callable[[], Awaitable[None]], what: str) -> None:
         delay = _RETRY_MIN_S
@@ -431,19 +454,22 @@ class GroupCommitLedger(Ledger):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
 
-    async def _commit_or_split(self, chunk: list[Entry], todo: list[list[Entry]]) -> None:
+    async def _commit_or_split(self, chunk: list[Entry], todo: list[list[Entry]], foreign: bool = False) -> None:
         """One transaction; if the database refuses its data, push both halves onto ``todo`` (bisection: one
         poison record among n costs about 2 log2(n) extra transactions) or, alone, set the record aside."""
         try:
-            self.committed += await self._insert(chunk)
+            inserted = await self._insert(chunk)
         except Exception as exc:
             if not is_refusal(exc):
                 raise
             if len(chunk) > 1:
                 mid = len(chunk) // 2
                 todo.extend((chunk[mid:], chunk[:mid]))
-            else:
+            elif not foreign:
                 self._set_aside(chunk[0], exc)
+            return
+        if not foreign:
+            self.committed += inserted
 
     def _set_aside(self, entry: Entry, exc: BaseException) -> None:
         # Logged by ids and error class only: the database's message may quote tag values.

@@ -77,6 +77,21 @@ class Spool:
             os.close(self._current.fd)
         self._current = None
 
+    def foreign_lines(self) -> list[bytes]:
+        """The complete lines of every segment other processes (live or dead) have in the directory, each one's in
+        the order written: records they acknowledged and may not have committed yet. Read without locks: a segment
+        is only ever appended to, and its owner deletes it once its records are committed."""
+        lines: list[bytes] = []
+        for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
+            if path.name.startswith(self._prefix + "-"):
+                continue
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # committed meanwhile
+                continue
+            lines += [ln for ln in data.split(b"\n")[: data.count(b"\n")] if ln]
+        return lines
+
     def orphans(self) -> Iterator[tuple[Segment, list[bytes]]]:
         """Segments no live process holds, with their complete lines; caller discards each after committing."""
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
