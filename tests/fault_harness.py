@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import logging
 import os
 import shutil
 import signal
@@ -36,7 +37,8 @@ import httpx
 import orjson
 import yaml
 
-from tests.conftest import ROOT, Process, free_port, require_service, start_process
+from tests.conftest import ROOT, Process, free_port, require_service, start_process, start_server
+from tests.inprocess import ThreadServer
 from tests.metering_fixtures import RedisServer
 from tests.proxy_metering_helpers import TeamSpec, parse_sse, write_config
 from tests.waiting import eventually
@@ -147,7 +149,8 @@ def _read_stream(resp: httpx.Response, call: Call, result: Result) -> None:
 class Load:
     """Closed-loop clients in threads, each sending ``plan(client, i)`` at most ``rate`` times a second until
     ``stop()``, or until it gets a result for which ``last(result)`` is true (e.g. refused by its budget); every
-    result is kept. ``marks`` lets a scenario note when it did something (``time.monotonic()``)."""
+    result is kept. ``marks`` lets a scenario note when it did something (``time.monotonic()``); ``pace(rate)``
+    changes the rate of every client at once (a client waiting for its next turn starts on the new pace)."""
 
     def __init__(self, base_url: str, plan: Callable[[int, int], Call], clients: int, rate: float,
                  prefix: str, last: Callable[[Result], bool] = lambda r: False) -> None:
@@ -162,6 +165,7 @@ class Load:
         self.finished = 0  # clients that stopped on their own (``last``)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._paced = threading.Condition()  # notified on stop() and pace()
         self._threads: list[threading.Thread] = []
 
     def __enter__(self) -> Load:
@@ -190,8 +194,13 @@ class Load:
                         self.finished += 1
                         return
                 i += 1
-                next_at = max(next_at + self.interval, time.monotonic() - self.interval)
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
+                interval = self.interval
+                next_at = max(next_at + interval, time.monotonic() - interval)
+                with self._paced:
+                    self._paced.wait_for(lambda: self._stop.is_set() or self.interval != interval,  # noqa: B023
+                                         max(0.0, next_at - time.monotonic()))
+                if self.interval != interval:
+                    next_at = time.monotonic()
 
     def mark(self, name: str) -> float:
         self.marks[name] = time.monotonic()
@@ -208,8 +217,15 @@ class Load:
     def run_for(self, seconds: float) -> None:
         self._stop.wait(seconds)
 
+    def pace(self, rate: float) -> None:
+        with self._paced:
+            self.interval = 1.0 / rate
+            self._paced.notify_all()
+
     def stop(self) -> list[Result]:
         self._stop.set()
+        with self._paced:
+            self._paced.notify_all()
         for thread in self._threads:
             thread.join(timeout=60)
         return self.snapshot()
@@ -387,6 +403,29 @@ def describe(results: Iterable[Result], limit: int = 5, since: float | None = No
     return "; ".join(one(r) for r in list(results)[:limit])
 
 
+class Tracebacks(logging.Handler):
+    """Counts log records that carry a traceback, from every logger of the test process while installed (on the
+    root logger): for an in-process proxy what its stderr would have shown, asyncio's own reports included
+    (``ThreadServer.output()`` has tiergate's and uvicorn's loggers only). Counts in-process mocks' records too."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info or "Traceback" in record.getMessage():
+            self.count += 1
+            self.first = self.first or f"{record.name}: {record.getMessage()}"
+
+    def __enter__(self) -> Tracebacks:
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger().removeHandler(self)
+
+
 # ---- the summary table ----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -484,7 +523,18 @@ class Proxies:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.started: list[Process] = []
+        self.started: list[Process | ThreadServer] = []
+
+    def start_in_process(self, config: Path, timeout_s: float = START_TIMEOUT_S) -> ThreadServer:
+        """One worker in a thread of the test process (``tests.inprocess``): real HTTP on loopback without ~2 s of
+        CPU for a new interpreter, for a proxy nothing signals, kills or runs several workers of. The policy must
+        not depend on the working directory (a PostgreSQL ledger names its ``spool_dir``)."""
+        port = free_port()
+        server = start_server(["serve", "--config", str(config), "--port", str(port)], port,
+                              self.directory / f"proxy-{port}.log", "/readyz", timeout_s=timeout_s)
+        assert isinstance(server, ThreadServer), "an in-process proxy was started as a process"
+        self.started.append(server)
+        return server
 
     def start(self, config: Path, workers: int = 1, timeout_s: float = START_TIMEOUT_S,
               signal_while_starting: int | None = None) -> Process:
