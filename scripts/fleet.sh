@@ -17,6 +17,8 @@
 #   FLEET_GRACE_S    a replica's --shutdown-grace-s (SIGTERM drains in-flight requests and streams), default 30
 #   FLEET_RUN_DIR    pid files, logs, backend.cfg and each replica's working directory, default var/fleet
 #   FLEET_ADMIN_KEY  admin key `status` shows reload errors with, default the demo's sk-demo-admin
+#   FLEET_INSTALL    1 (default): `up` runs scripts/install.sh first; 0: the caller has installed tiergate (e.g. the
+#                    test suite, which must not reinstall the .venv it runs from); HAProxy and curl are checked anyway
 #
 # Each replica runs in its own directory under FLEET_RUN_DIR (its spool lives there, as a pod's emptyDir) and reads
 # the policy through its own symlink to FLEET_CONFIG (as a pod reads its mounted ConfigMap): an edit of FLEET_CONFIG
@@ -31,6 +33,7 @@ GRACE_S="${FLEET_GRACE_S:-30}"
 RUN="$(realpath -m "${FLEET_RUN_DIR:-$ROOT/var/fleet}")"
 PY="$ROOT/.venv/bin/python"
 ADMIN_KEY="${FLEET_ADMIN_KEY:-sk-demo-admin}"
+INSTALL="${FLEET_INSTALL:-1}"
 SOCK="$RUN/haproxy.sock"
 BACKEND=replicas
 HAPROXY_CFG="$ROOT/deploy/haproxy/haproxy.cfg"
@@ -43,6 +46,19 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 say() { echo "fleet: $*" >&2; }
 die() { say "$*"; exit 1; }
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# The polling loops below start no program per round (a rolling restart polls hundreds of times): bash's /dev/tcp,
+# read and /proc instead of curl, sleep, cat and grep.
+http_ok() {  # http_ok PORT PATH: GET http://127.0.0.1:PORT/PATH answers 200 within 2 s
+  (exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+    printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3 &&
+    IFS= read -r -t 2 line <&3 && [[ "$line" == "HTTP/1."?" 200"* ]]) 2>/dev/null
+}
+NAP_FD=
+nap() {  # nap SECONDS: sleep without starting a program (a read that times out on a pipe nobody writes to)
+  [ -n "$NAP_FD" ] || exec {NAP_FD}<> <(:)
+  read -r -t "$1" -u "$NAP_FD" _ || true
+}
+nap_close() { [ -z "$NAP_FD" ] || exec {NAP_FD}<&-; }  # in a subshell about to exec a server: not its business
 
 apt_ready=0
 need_pkg() {  # need_pkg COMMAND PACKAGE: install PACKAGE with apt when COMMAND is missing
@@ -55,49 +71,57 @@ need_pkg() {  # need_pkg COMMAND PACKAGE: install PACKAGE with apt when COMMAND 
 install() {
   need_pkg haproxy haproxy
   need_pkg curl curl
-  bash "$ROOT/scripts/install.sh"
+  [ "$INSTALL" = 0 ] || bash "$ROOT/scripts/install.sh"
 }
 
 # ---- shared services ------------------------------------------------------------------------------------------
 
-ledger_url() { "$PY" -c 'import sys; from router.config_loader import load_policy
-print(load_policy(sys.argv[1]).config.metering.ledger)' "$CONFIG"; }
-
-ensure_database() {  # the ledger's PostgreSQL database, created when missing (tables are the replicas' job)
-  local url; url="$(ledger_url)"
-  case "$url" in postgres://*|postgresql://*) ;; *) return 0 ;; esac
-  "$PY" - "$url" <<'EOF'
+check_services() {  # the policy is valid, its Redis answers, its PostgreSQL ledger database exists (created when
+  # missing; tables are the replicas' job). One interpreter for all three: each start costs ~0.5 s of CPU.
+  local rc=0
+  "$PY" - "$CONFIG" <<'EOF' || rc=$?
 import sys
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-target = conninfo_to_dict(sys.argv[1])
-name = target["dbname"]
-with psycopg.connect(make_conninfo(sys.argv[1], dbname="postgres"), autocommit=True, connect_timeout=5) as conn:
-    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        print(f"fleet: created PostgreSQL database {name}", file=sys.stderr)
+from proxy.policy_file import load_or_report
+
+policy = load_or_report(sys.argv[1], "fleet.sh")  # as `tiergate check-config`: every issue, with file and line
+if policy is None:
+    sys.exit(2)
+metering = policy.config.metering
+try:
+    if metering.redis:
+        import redis
+
+        redis.Redis.from_url(metering.redis, socket_connect_timeout=3).ping()
+    if metering.ledger.startswith(("postgres://", "postgresql://")):
+        import psycopg
+        from psycopg import sql
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        name = conninfo_to_dict(metering.ledger)["dbname"]
+        with psycopg.connect(make_conninfo(metering.ledger, dbname="postgres"), autocommit=True,
+                             connect_timeout=5) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                print(f"fleet: created PostgreSQL database {name}", file=sys.stderr)
+except Exception as exc:  # noqa: BLE001 - what failed is printed; the script says what it means
+    print(f"fleet: {type(exc).__name__}: {exc}", file=sys.stderr)
+    sys.exit(3)
 EOF
-}
-
-check_services() {
-  "$ROOT/.venv/bin/tiergate" check-config "$CONFIG" >/dev/null || die "$CONFIG is not a valid policy"
-  "$PY" - "$CONFIG" <<'EOF' || die "Redis or PostgreSQL named in $CONFIG does not answer"
-import sys
-import redis
-from router.config_loader import load_policy
-
-metering = load_policy(sys.argv[1]).config.metering
-if metering.redis:
-    redis.Redis.from_url(metering.redis, socket_connect_timeout=3).ping()
-EOF
-  ensure_database
+  case "$rc" in
+    0) ;;
+    2) die "$CONFIG is not a valid policy" ;;
+    *) die "Redis or PostgreSQL named in $CONFIG does not answer" ;;
+  esac
 }
 
 # ---- HAProxy --------------------------------------------------------------------------------------------------
 
 hap() {  # hap "COMMAND": one command on HAProxy's runtime API (the stats socket); prints the answer
+  if command -v socat >/dev/null 2>&1; then  # ~5 ms; a Python interpreter takes ~50 ms of CPU
+    printf '%s\n' "$1" | socat -t 5 - "UNIX-CONNECT:$SOCK"
+    return
+  fi
   "$PY" - "$SOCK" "$1" <<'EOF'
 import socket, sys
 with socket.socket(socket.AF_UNIX) as s:
@@ -110,10 +134,12 @@ sys.stdout.write(b"".join(chunks).decode())
 EOF
 }
 
-server_field() {  # server_field NAME FIELD: one column of `show stat` for one server (status, scur, ...)
-  hap "show stat" | awk -F, -v be="$BACKEND" -v sv="$1" -v field="$2" '
-    NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) col[$i] = i; next }
-    $1 == be && $2 == sv { print $col[field] }'
+server_field() {  # server_field NAME FIELD [STATS]: one column (status, scur, ...) of `show stat` for one server,
+  # from STATS (an earlier answer) or asked now
+  { if [ $# -gt 2 ]; then printf '%s\n' "$3"; else hap "show stat"; fi; } |
+    awk -F, -v be="$BACKEND" -v sv="$1" -v field="$2" '
+      NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) col[$i] = i; next }
+      $1 == be && $2 == sv { print $col[field] }'
 }
 
 write_backend_cfg() {  # write_backend_cfg PORT... : the server list; the rest is deploy/haproxy/haproxy.cfg
@@ -130,22 +156,41 @@ write_backend_cfg() {  # write_backend_cfg PORT... : the server list; the rest i
 }
 
 start_haproxy() {
-  (exec setsid haproxy -db -f "$HAPROXY_CFG" -f "$RUN/backend.cfg" >> "$RUN/haproxy.log" 2>&1 < /dev/null) &
+  local i
+  (nap_close && exec setsid haproxy -db -f "$HAPROXY_CFG" -f "$RUN/backend.cfg" \
+    >> "$RUN/haproxy.log" 2>&1 < /dev/null) &
   echo $! > "$RUN/haproxy.pid"
-  for _ in $(seq 1 100); do
+  for ((i = 0; i < 100; i++)); do
     [ -S "$SOCK" ] && answers "$PORT" && return 0
-    alive haproxy "$RUN/haproxy.pid" || break
-    sleep 0.1
+    started "$RUN/haproxy.pid" || break
+    nap 0.1
   done
   die "HAProxy did not start on 127.0.0.1:$PORT (see $RUN/haproxy.log)"
 }
 
 # ---- replicas -------------------------------------------------------------------------------------------------
 
+running() {  # running PID: the process exists and has not exited. An exited process whose parent is gone stays a
+  # zombie until pid 1 reaps it, which some container inits do only every few seconds: kill -0 still succeeds.
+  local stat=""
+  { read -r stat < "/proc/$1/stat"; } 2>/dev/null || true
+  stat="${stat##*) }"
+  [[ -n "$stat" && "${stat%% *}" != [ZX] ]]
+}
+
 alive() {  # alive NAME PIDFILE: the pid file names a running process whose command line contains NAME
-  local pid
-  pid="$(cat "$2" 2>/dev/null)" || return 1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "$1"
+  local pid="" args=()
+  { read -r pid < "$2"; } 2>/dev/null || true
+  [ -n "$pid" ] && running "$pid" || return 1
+  { mapfile -d '' args < "/proc/$pid/cmdline"; } 2>/dev/null || return 1
+  [[ " ${args[*]} " == *"$1"* ]]
+}
+
+started() {  # started PIDFILE: the process just started from this script still runs (until it execs its program its
+  # command line is this script's: alive NAME would race with it)
+  local pid=""
+  { read -r pid < "$1"; } 2>/dev/null || true
+  [ -n "$pid" ] && running "$pid"
 }
 
 start_replica() {  # start_replica DIR: start the replica described by DIR/port, wait until /readyz answers 200
@@ -153,31 +198,31 @@ start_replica() {  # start_replica DIR: start the replica described by DIR/port,
   port="$(cat "$dir/port")"
   answers "$port" && die "port $port is taken: cannot start $(basename "$dir")"
   # Each replica is its own process tree with its own metrics: never a directory shared through the environment.
-  (cd "$dir" && exec env -u PROMETHEUS_MULTIPROC_DIR setsid "$ROOT/.venv/bin/tiergate" serve \
+  (cd "$dir" && nap_close && exec env -u PROMETHEUS_MULTIPROC_DIR setsid "$ROOT/.venv/bin/tiergate" serve \
     --config "$dir/policy.yaml" --host 127.0.0.1 --port "$port" --workers "$WORKERS" --shutdown-grace-s "$GRACE_S" \
     >> "$dir/replica.log" 2>&1 < /dev/null) &
   echo $! > "$dir/pid"
 }
 
 wait_ready() {  # wait_ready DIR: up to 120 s (several replicas start at once on a small machine)
-  local dir="$1" port
+  local dir="$1" port i
   port="$(cat "$dir/port")"
-  for _ in $(seq 1 1200); do
-    curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port/readyz" 2>/dev/null && return 0
-    alive tiergate "$dir/pid" || die "$(basename "$dir") exited:
+  for ((i = 0; i < 1200; i++)); do
+    http_ok "$port" /readyz && return 0
+    started "$dir/pid" || die "$(basename "$dir") exited:
 $(tail -n 30 "$dir/replica.log")"
-    sleep 0.1
+    nap 0.1
   done
   die "$(basename "$dir") did not become ready on port $port (see $dir/replica.log)"
 }
 
 stop_pid() {  # stop_pid NAME PIDFILE SIGNAL GRACE_S: signal, wait up to GRACE_S, then SIGKILL; removes PIDFILE
-  local pid
+  local pid i
   if alive "$1" "$2"; then
-    pid="$(cat "$2")"
+    read -r pid < "$2" || true
     kill "-$3" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 $(($4 * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
+    for ((i = 0; i < $4 * 20; i++)); do running "$pid" || break; nap 0.05; done
+    if running "$pid"; then
       say "$1 (pid $pid) still running after ${4}s: SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
     fi
@@ -244,14 +289,16 @@ status() {
   # The config column is the sha256 each replica serves; "drift" marks one that does not serve its own file (it
   # rejected it, shown with the reload error, or has not reloaded yet) or whose file is not the fleet's.
   alive haproxy "$RUN/haproxy.pid" || { say "down (no HAProxy in $RUN)"; return 1; }
-  local dir name port fleet_sha
+  local dir name port fleet_sha stats
   fleet_sha="$(sha256sum "$CONFIG" | cut -c1-64)"
+  stats="$(hap "show stat")"
   echo "HAProxy http://127.0.0.1:$PORT; $CONFIG sha256 ${fleet_sha:0:12}"
   printf '%-7s %-6s %-8s %-6s %-8s %-8s %s\n' replica port pid state sessions served config
   for dir in $(replica_dirs); do
     name="$(basename "$dir")"; port="$(cat "$dir/port")"
     printf '%-7s %-6s %-8s %-6s %-8s %-8s %s\n' "$name" "$port" "$(cat "$dir/pid" 2>/dev/null || echo -)" \
-      "$(server_field "$name" status)" "$(server_field "$name" scur)" "$(server_field "$name" stot)" \
+      "$(server_field "$name" status "$stats")" "$(server_field "$name" scur "$stats")" \
+      "$(server_field "$name" stot "$stats")" \
       "$(curl -fsS --max-time 2 -H "Authorization: Bearer $ADMIN_KEY" "http://127.0.0.1:$port/readyz" 2>/dev/null \
          | "$PY" -c 'import json, sys
 config = json.load(sys.stdin)["config"]
@@ -267,16 +314,16 @@ restart() {
   # requests (drain), it finishes what it holds, SIGTERM lets it flush its ledger and release its leases, then it
   # starts again and rejoins once HAProxy's own health checks see it ready.
   alive haproxy "$RUN/haproxy.pid" || die "no fleet is up in $RUN"
-  local dir name
+  local dir name i
   for dir in $(replica_dirs); do
     name="$(basename "$dir")"
     hap "set server $BACKEND/$name state drain" >/dev/null
-    for _ in $(seq 1 300); do [ "$(server_field "$name" scur)" = 0 ] && break; sleep 0.1; done
+    for ((i = 0; i < 300; i++)); do [ "$(server_field "$name" scur)" = 0 ] && break; nap 0.1; done
     stop_pid tiergate "$dir/pid" TERM $((GRACE_S + 15))
     start_replica "$dir"
     wait_ready "$dir"
     hap "set server $BACKEND/$name state ready" >/dev/null
-    for _ in $(seq 1 300); do [ "$(server_field "$name" status)" = UP ] && break; sleep 0.1; done
+    for ((i = 0; i < 300; i++)); do [ "$(server_field "$name" status)" = UP ] && break; nap 0.1; done
     [ "$(server_field "$name" status)" = UP ] || die "$name did not come back UP in HAProxy"
     say "restarted $name (pid $(cat "$dir/pid"))"
   done
