@@ -75,12 +75,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.set_defaults(func=_serve)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tiergate", description="OpenAI-compatible LLM proxy with cost-aware routing")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    _add_serve(sub)
-
+def _add_check_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = sub.add_parser("check-config", help="validate a policy file; errors name file, line and field")
     check.add_argument("path")
     check.add_argument("--fail-over-budget", action="store_true",
@@ -88,15 +83,38 @@ def build_parser() -> argparse.ArgumentParser:
                             "spend) exceeds its budget")
     check.set_defaults(func=_check_config)
 
+
+def _add_mock_upstream(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from simulator.cli import add_commands as simulator_commands
+
+    simulator_commands(sub)
+
+
+# Commands parsed without the others: building every command's parser imports the analysis commands' modules
+# (numpy, onnxruntime, the ledger's readers, aiohttp, ...), ~0.6 s of CPU and ~50 MB that `serve` (above all its
+# supervisor, which never loads the app), `check-config` and `mock-upstream` have no use for.
+_STANDALONE = {"serve": _add_serve, "check-config": _add_check_config, "mock-upstream": _add_mock_upstream}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with ``only`` (a key of ``_STANDALONE``) of that command alone."""
+    parser = argparse.ArgumentParser(prog="tiergate", description="OpenAI-compatible LLM proxy with cost-aware routing")
+    sub = parser.add_subparsers(dest="command", required=True)
+    if only is not None:
+        _STANDALONE[only](sub)
+        return parser
+
+    _add_serve(sub)
+    _add_check_config(sub)
+
     from classifiers.cli import add_commands as classifier_commands
     from metering.cli import add_commands as metering_commands
     from proxy.audit_cli import add_commands as audit_commands
     from proxy.experiments_cli import add_commands as experiment_commands
     from proxy.models_cli import add_team_options as team_model_options
     from proxy.plan_cli import add_commands as plan_commands
-    from simulator.cli import add_commands as simulator_commands
 
-    simulator_commands(sub)
+    _add_mock_upstream(sub)
     classifier_commands(sub)
     team_model_options(sub)
     metering_commands(sub)
@@ -106,12 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed. A standalone command is parsed by its own parser: its help, its usage errors and the
+    namespace are the whole parser's; an argument it leaves over goes to the whole parser, which reports it with
+    the usage that lists every command."""
+    if argv and argv[0] in _STANDALONE:
+        args, rest = build_parser(only=argv[0]).parse_known_args(argv)
+        if not rest:
+            return args
+    return build_parser().parse_args(argv)
+
+
 # Top-level modules only the `train` extra installs (requirements-train.lock); `serve` never imports them.
 TRAIN_ONLY_MODULES = frozenset({"sklearn", "skl2onnx", "onnx", "scipy"})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     configure_text()  # tiktoken's offline files, before any command counts a token
     try:
         return int(args.func(args) or 0)
