@@ -1,8 +1,10 @@
-"""A fleet for one test: ``scripts/fleet.sh`` itself, on private ports and a private run directory, over a copy of
+"""A fleet of tests' own: ``scripts/fleet.sh`` itself, on private ports and a private run directory, over a copy of
 configs/fleet.yaml whose ledger is a schema of its own in the ``tiergate_fleet`` database (dropped afterwards).
 
 The shared Redis and PostgreSQL stay as they are (nothing here flushes, restarts or reconfigures them); replicas
-and HAProxy are the test's own and stopped by ``fleet.sh down`` when the test ends, pass or fail.
+and HAProxy are the tests' own and stopped by ``fleet.sh down`` when the fleet's last test ends, pass or fail.
+``fleet.sh`` runs with FLEET_INSTALL=0: the suite runs from the .venv ``scripts/test.sh`` installed, which a test
+must not reinstall under the other tests' feet.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import yaml
 
 from tests.conftest import DEMO_KEYS, ROOT, require_service
 from tests.proxy_metering_helpers import TeamSpec
+from tests.waiting import eventually
 
 FLEET_SH = ROOT / "scripts" / "fleet.sh"
 FLEET_CONFIG = ROOT / "configs" / "fleet.yaml"
@@ -75,7 +78,7 @@ class Fleet:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "FLEET_CONFIG": str(self.config), "FLEET_RUN_DIR": str(self.run_dir),
-                "FLEET_PORT": str(self.port)}
+                "FLEET_PORT": str(self.port), "FLEET_INSTALL": "0"}
 
     def sh(self, *args: str, timeout_s: float = 240) -> str:
         """``bash scripts/fleet.sh ARGS`` for this fleet; its stdout, or an AssertionError with everything it said."""
@@ -102,6 +105,27 @@ class Fleet:
         staged.write_text(text)
         staged.replace(path)
         return sha256_of(path)
+
+    def reset(self, original: str, replicas: int, timeout_s: float = 10.0) -> None:
+        """Back to a fleet just up: ``replicas`` replicas answering, every one reading the fleet's file (its own link
+        to it, as ``fleet.sh up`` made them) with ``original`` in it, and serving it; ``fleet.sh up`` again if it is
+        down or a replica does not answer (an earlier test stopped it, or failed half way)."""
+        if self.config.read_text() != original:
+            self.write_text(original)
+        want = sha256_of(self.config)
+        try:
+            serving = [r.readyz()["config"] for r in self.replicas()]
+        except (httpx.HTTPError, ValueError, KeyError):
+            serving = []
+        if len(serving) != replicas or not (self.run_dir / "haproxy.pid").exists():
+            self.sh("up", str(replicas))
+            return
+        for replica in self.replicas():
+            if not (replica.policy_file.is_symlink() and replica.policy_file.resolve() == self.config.resolve()):
+                replica.policy_file.unlink(missing_ok=True)
+                replica.policy_file.symlink_to(self.config)
+        eventually(lambda: all((c := r.readyz()["config"])["sha256"] == want and c["last_reload_error"] is None
+                               for r in self.replicas()), "every replica serving the fleet's file", timeout_s)
 
 
 def _free_fleet_port() -> int:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -65,13 +66,20 @@ from tests.waiting import eventually
 pytestmark = pytest.mark.xdist_group("serial-netns")
 
 REPLICAS = 2
-CAPPED_CLIENTS, OPEN_CLIENTS, RATE = 2, 4, 8.0  # per client and second
+# Per client and second. The open team's clients run through the whole case (the capped team's stop at its cap) and
+# send most requests: three keep requests and streams in flight on both replicas at every fault; each request is
+# checked on its own, so more of them add CPU (~7 ms each: client, replica, upstream), not proof.
+CAPPED_CLIENTS, OPEN_CLIENTS, RATE = 2, 3, 8.0
 PORT = 4000  # every replica has an address of its own, so one port for all
 BODY = chat("Where did that packet go?", max_tokens=16)
 STREAM = chat("Stream me where that packet went.", max_tokens=16, stream=True)
 # The upstream takes ~0.1 s per answer (as a fast provider): requests are in flight when something breaks.
 UPSTREAM_PACE = ("--latency-ms", "100", "--ttft-ms", "50", "--tokens-per-s", "200")
 DELAY_MS = 200
+# How long a fault lasts: every fault bites within a second (Redis timeouts are 0.5 s, the delay and the loss apply
+# to the next packet; each case asserts that it bit), and 3 s of it is still ~150 requests on it; a longer fault
+# only added requests, i.e. CPU, to the same checks.
+FAULT_S = 3.0
 
 
 @dataclass
@@ -170,9 +178,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     topo = Topology()
     pg: NetnsPostgres | None = None
     group: SentinelGroup | None = None
+    pool = ThreadPoolExecutor(1)
     try:
         main, back = topo.bridge(), topo.bridge()
         pg_link = topo.attach(topo.namespace("pg"), main, 20)
+        pg = NetnsPostgres(topo, pg_link)
+        pg_ready = pool.submit(pg.init)  # initdb and start (seconds): while the rest of the world is made
         upstream = topo.attach(topo.namespace("up"), main, 30)
         redis_links = [topo.attach(topo.namespace(f"redis{n}"), back, 21 + n) for n in range(3)]
         replicas = []
@@ -190,7 +201,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                               Node(redis_links[1].address, 6379, redis_links[1].ns),
                               [Node(link.address, 26379, link.ns) for link in redis_links])
         group.launch()  # its sync and discovery (seconds) overlap PostgreSQL's initdb; waited for below
-        pg = NetnsPostgres(topo, pg_link).init()
+        pg_ready.result()
         host_dsn = pg.create_database()
         database = host_dsn.rsplit("/", 1)[1]
         if topo.netem_works(pg_link.ns):
@@ -231,6 +242,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             world.wait_ready(replica)
         yield world
     finally:
+        pool.shutdown()  # a failure above may leave initdb running: it ends before PostgreSQL is removed
         if pg is not None:
             with contextlib.suppress(Exception):
                 pg.remove()
@@ -265,11 +277,11 @@ class Outcome:
     capped_done_at: float | None
 
 
-def run_case(world: World, case: str, fault: Callable[[Load], None], fault_s: float = 5.0,
+def run_case(world: World, case: str, fault: Callable[[Load], None], fault_s: float = FAULT_S,
              heal: Callable[[Load], None] | None = None, targets: Targets | None = None) -> Outcome:
-    """Load on ``targets`` (every replica; a third of the open team's requests streamed): 1.5 s healthy, ``fault``
-    then ``fault_s`` s, ``heal`` then 2 s, then until the capped team has been refused by its cap (its clients stop
-    there)."""
+    """Load on ``targets`` (every replica; a third of the open team's requests streamed): 1 s healthy (leases taken,
+    requests in flight), ``fault`` then ``fault_s`` s, ``heal`` then 2 s, then until the capped team has been
+    refused by its cap (its clients stop there)."""
     teams = world.teams[case]
     targets = targets or Targets(world.replicas)
 
@@ -280,7 +292,7 @@ def run_case(world: World, case: str, fault: Callable[[Load], None], fault_s: fl
 
     load = Load("", plan, CAPPED_CLIENTS + OPEN_CLIENTS, RATE, case, last=lambda r: r.code == "budget_exceeded")
     with load:
-        load.run_for(1.5)
+        load.run_for(1.0)
         load.mark("fault")
         fault(load)
         load.run_for(fault_s)
@@ -304,7 +316,9 @@ def check(world: World, table: FaultTable, case: str, title: str, outcome: Outco
     unrecorded = sum(1 for r in results if expected(r) and r.status is not None and r.rid not in books.ledger)
     errors = proxy_errors(results, expected=expected)
     master = world.redis.master_url()
-    counters = {t.name: settled_counter(master, t.name, timeout_s=3 if holds_may_remain else 12)
+    # Both teams' leases close in the same seconds: one wait for the two, not one after the other.
+    settle_by = time.monotonic() + (3 if holds_may_remain else 12)
+    counters = {t.name: settled_counter(master, t.name, timeout_s=max(0.0, settle_by - time.monotonic()))
                 for t in (teams.open, teams.capped)}
     caps = {teams.open.name: world.open_cap, teams.capped.name: world.capped_cap}
     drift = {name: counters[name].spent - books.spend(name) for name in counters}
@@ -345,7 +359,7 @@ def latency_ms(results: list[Result], start: float, end: float) -> str:
 
 def test_replica_partitioned_from_redis(world: World, fault_table: FaultTable) -> None:
     """r1 loses its link to Redis and the sentinels (its veth on that bridge goes down: packets vanish, no reset)
-    for 5 s: its fail-open requests account locally, its fail-closed ones get 503; afterwards it reconciles."""
+    for FAULT_S: its fail-open requests account locally, its fail-closed ones get 503; afterwards it reconciles."""
     cut = world.replicas[0]
     unreachable_before = world.log(cut).count("Redis unreachable")
     outcome = run_case(world, "partition", lambda load: world.topo.set_link(cut.redis, False),
@@ -358,13 +372,13 @@ def test_replica_partitioned_from_redis(world: World, fault_table: FaultTable) -
                 and r.started <= outcome.marks["healed"] + grace_s)
 
     noticed = world.log(cut).count("Redis unreachable") > unreachable_before
-    check(world, fault_table, "partition", "partition r1 from Redis (veth down, 5 s)", outcome, policy_503,
+    check(world, fault_table, "partition", f"partition r1 from Redis (veth down, {FAULT_S:g} s)", outcome, policy_503,
           holds_may_remain=True, notes=f"r1 noticed: {noticed}")
     assert noticed, "r1 never noticed the partition: the fault did not bite"
 
 
 def test_postgres_200ms_slower(world: World, fault_table: FaultTable) -> None:
-    """Every PostgreSQL reply 200 ms late for 5 s: records are written late (group commit), answers are not."""
+    """Every PostgreSQL reply 200 ms late for FAULT_S: records are written late (group commit), answers are not."""
     round_trip: list[float] = []
 
     def fault(load: Load) -> None:
@@ -374,13 +388,13 @@ def test_postgres_200ms_slower(world: World, fault_table: FaultTable) -> None:
     outcome = run_case(world, "pg_latency", fault, heal=lambda load: world.latency(False))
     before = latency_ms(outcome.results, 0, outcome.marks["fault"])
     during = latency_ms(outcome.results, outcome.marks["fault"], outcome.marks["healed"])
-    check(world, fault_table, "pg_latency", f"PostgreSQL +{DELAY_MS} ms (5 s)", outcome,
+    check(world, fault_table, "pg_latency", f"PostgreSQL +{DELAY_MS} ms ({FAULT_S:g} s)", outcome,
           notes=f"{world.latency_mechanism}; a query from a replica's side took {round_trip[0]:.0f} ms; "
                 f"median answer {before} before, {during} during")
 
 
 def test_upstream_loses_5_percent_of_packets(world: World, fault_table: FaultTable) -> None:
-    """5 % of the packets arriving at the upstream dropped (nftables) for 5 s: TCP retransmits, nothing fails."""
+    """5 % of the packets arriving at the upstream dropped (nftables) for FAULT_S: TCP retransmits, nothing fails."""
     dropped: list[int] = []
 
     def heal(load: Load) -> None:
@@ -388,7 +402,7 @@ def test_upstream_loses_5_percent_of_packets(world: World, fault_table: FaultTab
         world.topo.stop_dropping(world.upstream)
 
     outcome = run_case(world, "upstream_loss", lambda load: world.topo.drop_incoming(world.upstream, 5), heal=heal)
-    check(world, fault_table, "upstream_loss", "5 % packet loss to the upstream (5 s)", outcome,
+    check(world, fault_table, "upstream_loss", f"5 % packet loss to the upstream ({FAULT_S:g} s)", outcome,
           notes=f"{dropped[0]} packets dropped (nft numgen)")
     assert dropped[0] > 0, "nothing was dropped: the fault did not bite"
 

@@ -145,7 +145,9 @@ def test_master_killed_under_load_tiergate_follows_the_promoted_replica(
     client = open_redis(group.url)
     loop.run_until_complete(client.set("tg-sentinel-probe", "before"))
 
-    load = Load(proxy.url, lambda n, i: Call(opened if n % 2 else closed, body), 6, 20.0, "sent")
+    # Three clients per team at up to 10 requests a second each: every phase (before the kill, the failover
+    # window, after the promotion) still sees dozens of each team's requests, each one checked.
+    load = Load(proxy.url, lambda n, i: Call(opened if n % 2 else closed, body), 6, 10.0, "sent")
     with load:
         load.run_for(2.0)
         old = group.kill_master()
