@@ -194,6 +194,8 @@ def _config_models() -> set[str]:
     return models
 
 
+# One xdist worker runs every case: each process that imports litellm pays ~4-6 s of CPU for it.
+@pytest.mark.xdist_group("litellm")
 @pytest.mark.parametrize("model", sorted(_config_models()))
 def test_prices_of_the_shipped_configs_equal_litellms_to_the_nano_dollar(model: str) -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

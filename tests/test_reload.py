@@ -65,7 +65,7 @@ def test_bad_reload_keeps_serving_and_good_reload_applies(tmp_path: Path, start_
 
 def test_reload_applies_timeouts_live_and_reports_restart_only_settings(tmp_path: Path, start_mock,
                                                                          start_proxy) -> None:
-    slow = start_mock("--latency-ms", "1500")
+    slow = start_mock("--latency-ms", "1000")  # 4x the reloaded timeout below, a fifth of the first
     config = _length_scored(mock_config(tmp_path, {"small": [slow.url]}))
     original = config.read_text()
     proxy = start_proxy(config)
@@ -78,7 +78,7 @@ def test_reload_applies_timeouts_live_and_reports_restart_only_settings(tmp_path
         digest = hashlib.sha256(text.encode()).hexdigest()
         eventually(lambda: _config(proxy.url, {})["sha256"] == digest, "the edit applied", 10)
 
-    reload_to(original.replace("upstream_timeout_s: 5", "upstream_timeout_s: 0.5"))
+    reload_to(original.replace("upstream_timeout_s: 5", "upstream_timeout_s: 0.25"))
     resp = httpx.post(proxy.url + "/v1/chat/completions", json=chat, headers=admin, timeout=30)
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "upstream_timeout"
     assert "applied: server.upstream_timeout_s" in proxy.output()

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import DEMO_KEYS, ROOT, Process, demo_config, free_port, mock_config, start_process
+from tests.conftest import DEMO_KEYS, ROOT, demo_config, free_port, mock_config, start_process
 from tests.fault_harness import START_TIMEOUT_S
 from tests.waiting import eventually
 
@@ -79,51 +79,42 @@ def _stalling_config(tmp_path: Path, hole: int) -> Path:
 
 # -- one server per port ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("holder_workers", [0, 2], ids=["another-program", "a-tiergate-with-2-workers"])
-def test_serve_refuses_a_port_that_is_taken(tmp_path: Path, holder_workers: int) -> None:
+def _a_second_server_is_refused(config: Path, port: int) -> None:
     """A second server on the port would get part of its traffic, with budgets of its own: it must not start."""
-    port = free_port()
-    config = demo_config(tmp_path, classifier=LIGHT)
-    holder: Process | socket.socket
-    if holder_workers:
-        holder = start_process(["serve", "--config", str(config), "--port", str(port),
-                                "--workers", str(holder_workers)], port, tmp_path / "holder.log", "/readyz",
-                               timeout_s=START_TIMEOUT_S)
-    else:
-        holder = socket.socket()
-        holder.bind(("127.0.0.1", port))
-        holder.listen(8)
-    try:
-        second = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
-                                 "--port", str(port)], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                                timeout=120)
-        assert second.returncode == 1
-        assert second.stderr.strip().splitlines() == [
-            f"tiergate serve: 127.0.0.1:{port} is already in use (another tiergate serve or another program); "
-            f"stop it or choose another --port"]
-        if isinstance(holder, Process):
-            assert httpx.get(holder.url + "/readyz", timeout=10).status_code == 200  # the first one is untouched
-    finally:
-        holder.stop() if isinstance(holder, Process) else holder.close()
+    second = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port)],
+                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"tiergate serve: 127.0.0.1:{port} is already in use (another tiergate serve or another program); "
+        f"stop it or choose another --port"]
 
 
-def test_a_running_server_keeps_its_port_from_other_programs(tmp_path: Path) -> None:
-    port = free_port()
-    proxy = start_process(["serve", "--config", str(demo_config(tmp_path, classifier=LIGHT)), "--port", str(port)],
-                          port, tmp_path / "proxy.log", "/readyz", timeout_s=START_TIMEOUT_S)
-    try:
-        for reuse in (False, True):
-            with socket.socket() as other:
-                if reuse:
-                    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                with pytest.raises(OSError):
-                    other.bind(("127.0.0.1", port))
-    finally:
-        proxy.stop()
-    # Stopped, the port is free for the next start.
+def _other_programs_cannot_bind(port: int) -> None:
+    for reuse in (False, True):
+        with socket.socket() as other:
+            if reuse:
+                other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
+
+
+def _port_is_free(port: int) -> None:
+    """Stopped, the port is free for the next start."""
     with socket.socket() as after:
         after.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         after.bind(("127.0.0.1", port))
+
+
+def test_serve_refuses_a_port_another_program_holds(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(8)
+        _a_second_server_is_refused(demo_config(tmp_path, classifier=LIGHT), holder.getsockname()[1])
+
+
+# A tiergate with 2 workers refusing a second server on its port and keeping it from other programs is checked on the
+# server of ``test_a_2_worker_server_keeps_its_port_and_lets_a_stream_in_flight_finish_on_sigterm``; a 1-worker
+# server keeping its port, on the one of ``test_serving_imports_nothing_from_the_train_or_dev_extras``.
 
 
 # -- no listening before start-up is done; bounded shutdown -------------------------------------------------------
@@ -154,7 +145,8 @@ def test_workers_still_starting_refuse_connections_and_sigterm_ends_within_the_g
     assert code == (1 if workers == 1 else 0)
 
 
-def test_sigterm_lets_a_stream_in_flight_finish(tmp_path: Path, start_mock) -> None:
+def test_a_2_worker_server_keeps_its_port_and_lets_a_stream_in_flight_finish_on_sigterm(tmp_path: Path,
+                                                                                          start_mock) -> None:
     mock = start_mock("--tokens-per-s", "20")
     config = mock_config(tmp_path, {"small": [mock.url]})
     config.write_text(config.read_text().replace("model: default", f"model: {LIGHT}"))
@@ -175,8 +167,11 @@ def test_sigterm_lets_a_stream_in_flight_finish(tmp_path: Path, start_mock) -> N
                 first.set()
 
     reader = threading.Thread(target=consume)
-    reader.start()
     try:
+        _a_second_server_is_refused(config, port)
+        _other_programs_cannot_bind(port)
+        assert httpx.get(proxy.url + "/readyz", timeout=10).status_code == 200  # the first one is untouched
+        reader.start()
         assert first.wait(timeout=60)
         proxy.proc.send_signal(signal.SIGTERM)  # while the stream is still being generated
         reader.join(timeout=60)
@@ -187,6 +182,7 @@ def test_sigterm_lets_a_stream_in_flight_finish(tmp_path: Path, start_mock) -> N
     assert data[-1] == "data: [DONE]"
     assert sum(1 for line in data[:-1] if json.loads(line[6:]).get("choices")) > 2
     assert "still running after" not in proxy.output()
+    _port_is_free(port)
 
 
 # -- start-up failures --------------------------------------------------------------------------------------------
@@ -258,10 +254,12 @@ def test_serving_imports_nothing_from_the_train_or_dev_extras(tmp_path: Path, wi
         assert reply.status_code == 200, reply.text
         assert reply.headers["x-tiergate-score"]  # the classifier ran (onnxruntime, not scikit-learn)
         assert httpx.get(url + "/v1/models", headers=AUTH, timeout=10).status_code == 200
+        _other_programs_cannot_bind(port)  # a running server keeps its port
     finally:
         proc.terminate()
         proc.wait(timeout=60)
     assert "No module named" not in log.read_text()
+    _port_is_free(port)
 
 
 def test_train_without_the_train_extra_is_a_one_line_error(tmp_path: Path, without_extras: str) -> None:
