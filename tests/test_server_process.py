@@ -286,3 +286,11 @@ def test_serve_help_describes_every_flag_with_its_default() -> None:
         assert "(default: %(default)s)" in action.help or (action.required and "required" in action.help)
     text = " ".join(serve.format_help().split())
     assert "(default: 4000)" in text and "(default: 127.0.0.1)" in text and "(default: 10.0)" in text
+
+
+def test_the_supervisor_names_the_metrics_directory_variable_the_workers_read() -> None:
+    """``proxy.server`` names it itself so that a supervisor need not import the metrics module."""
+    from proxy.metrics import MULTIPROC_ENV
+    from proxy.server import MULTIPROC_ENV as SUPERVISOR_MULTIPROC_ENV
+
+    assert SUPERVISOR_MULTIPROC_ENV == MULTIPROC_ENV == "PROMETHEUS_MULTIPROC_DIR"
