@@ -10,6 +10,7 @@ import asyncio
 import ctypes
 import gc
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -179,17 +180,35 @@ async def open_meter(policy: Policy) -> Meter:
 
 
 # How often each worker asks the ledger which team models are active: a promotion or rollback reaches every worker
-# within this, at the cost of one small query per worker per period.
+# within this, at the cost of one small query per worker per period. A deployment sets it with the environment
+# variable TIERGATE_TEAM_MODELS_POLL_S (seconds, > 0; read when a worker starts): shorter for promotions that must
+# reach the workers sooner, longer for fewer queries from many workers.
 TEAM_MODELS_POLL_S = 10.0
+TEAM_MODELS_POLL_ENV = "TIERGATE_TEAM_MODELS_POLL_S"
 
 
-async def _poll_team_models(scorers: TeamScorers, ledger: Ledger) -> None:
+def team_models_poll_s() -> float:
+    """The period of the team-model poll: ``TIERGATE_TEAM_MODELS_POLL_S`` when set, else ``TEAM_MODELS_POLL_S``;
+    raises ``ValueError`` naming the variable when it is not a positive number of seconds."""
+    raw = os.environ.get(TEAM_MODELS_POLL_ENV, "").strip()
+    if not raw:
+        return TEAM_MODELS_POLL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{TEAM_MODELS_POLL_ENV} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
+async def _poll_team_models(scorers: TeamScorers, ledger: Ledger, period_s: float) -> None:
     while True:
         try:
             await scorers.refresh(ledger)
         except Exception as exc:  # noqa: BLE001 -- a database hiccup keeps the models this worker has
             log.warning("team models: refresh failed (%s); keeping the loaded ones", type(exc).__name__)
-        await asyncio.sleep(TEAM_MODELS_POLL_S)
+        await asyncio.sleep(period_s)
 
 
 @dataclass
@@ -215,6 +234,7 @@ class Runtime:
     async def start(cls, config_path: str | Path) -> Runtime:
         store = PolicyStore.open(config_path)
         config = store.policy.config
+        team_models_period_s = team_models_poll_s()  # a bad value stops the start here, before anything is opened
         scorer = load_scorer(config.classifier.model)
         # Load the tokenizer and run the model once now, so the first request does not pay for it.
         scorer.score([{"role": "user", "content": "warm up"}])
@@ -240,7 +260,8 @@ class Runtime:
                       team_models=TeamModelAdmin(meter.ledger, scorers), responses=responses,
                       health=health)
         runtime.tasks.append(asyncio.get_running_loop().create_task(store.watch()))
-        runtime.tasks.append(asyncio.get_running_loop().create_task(_poll_team_models(scorers, meter.ledger)))
+        poll = _poll_team_models(scorers, meter.ledger, team_models_period_s)
+        runtime.tasks.append(asyncio.get_running_loop().create_task(poll))
         # Teams with learning.retrain_every_h: every worker runs the schedule, a claim in the ledger picks one.
         runtime.tasks.append(asyncio.get_running_loop().create_task(
             RetrainSchedule(meter.ledger, lambda: store.policy, scorers).run()))
