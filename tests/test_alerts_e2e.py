@@ -3,23 +3,23 @@ ledger. A team, a key and a tag budget each fire 50 / 80 / 100 % exactly once, a
 crossed the line (previous spend < threshold <= spend, and the difference is that request's cost); a local aiohttp
 webhook receives exactly those; ``GET /v1/alerts`` lists them; refusals (429) are listed and counted in
 ``/metrics``; a team's own ``alert_thresholds`` replace the defaults.
+
+The same proxy serves the experiment manifests of ``tests/test_experiments_e2e.py`` (their own teams, added to this
+policy; that module has their setup and checks): a two-worker proxy costs ~5 s of CPU to start, so the two scenarios
+share one per backend. Each checks only its own teams' alerts, rows and webhook posts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from metering.ledger import open_ledger
-from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.money import usd_to_nanos
 from tests.conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
 from tests.metering_fixtures import pg_schema  # noqa: F401  (fixture)
@@ -31,7 +31,15 @@ from tests.proxy_metering_helpers import (
     new_team,
     postgres_up,
     redis_up,
-    write_config,
+)
+from tests.test_experiments_e2e import (
+    Setup,
+    _check_alerts,
+    _check_api,
+    _check_cli,
+    _spend_by_key,
+    _spend_by_tags,
+    _stored,
 )
 from tests.waiting import eventually
 from tests.webhook_receiver import Webhook
@@ -40,20 +48,12 @@ CAPS = {"team": Decimal("0.0004"), "key": Decimal("0.0003"), "tag": Decimal("0.0
 TAG = {"exp": "e1"}
 
 
-def _config(tmp_path: Path, mock: Process, ledger: str, schema: str | None, hook: Webhook,
-            spender: TeamSpec, refused: TeamSpec) -> Path:
-    path = write_config(tmp_path / "alerts.yaml", {"small": [mock.url]}, [spender, refused], ledger, redis=REDIS_URL,
-                        alert_webhook=hook.url)
-    if schema is not None:
-        data = yaml.safe_load(path.read_text())
-        data["metering"]["ledger_schema"] = schema
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_thresholds_fire_once_at_the_crossing_request_across_two_workers(
+def test_thresholds_and_experiments_fire_once_across_two_workers(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest, start_mock: Any, start_proxy: Any) -> None:
+    """The budget crossings (this module) and the experiment manifests (``tests/test_experiments_e2e``) on one
+    two-worker proxy: both spend, both are checked live, one graceful stop drains the alerters, then both check what
+    was stored and posted, and the experiments' command lines read the ledger."""
     require_service("Redis", redis_up(REDIS_URL), REDIS_URL)
     if backend == "postgres":
         require_service("PostgreSQL", postgres_up(POSTGRES_DSN), POSTGRES_DSN)
@@ -67,12 +67,19 @@ def test_thresholds_fire_once_at_the_crossing_request_across_two_workers(
     # Refused at its cap, with its own thresholds.
     refused = new_team("refused", budgets={"team": {"daily_usd": "0.00003"}, "alert_thresholds": [40]})
     with Webhook.in_thread() as hook:
-        proxy = start_proxy(_config(tmp_path, start_mock(), ledger, schema, hook, spender, refused), workers=2)
+        s = Setup(tmp_path, start_mock(), ledger, schema, hook, others=(spender, refused))
+        proxy = s.proxy = start_proxy(s.path, workers=2)
         try:
             costs = _spend(proxy, spender, refused)
-            _check(proxy, hook, spender, refused, costs, ledger, schema or "public")
+            spent, tagged = _spend_by_key(s), _spend_by_tags(s)
+            _check_live(proxy, spender, refused, costs)
+            _check_api(s, spent, tagged)
+            proxy.stop()  # a graceful stop drains both workers' alerters: nothing may arrive twice after this
+            _check_stored(hook, spender, refused, costs, ledger, schema or "public")
+            _check_alerts(s, hook, spent, ledger, schema or "public")
+            _check_cli(s, tmp_path)
         finally:
-            for team in (spender, refused):
+            for team in (spender, refused, s.spender, s.rejecter):
                 drop_redis_state(REDIS_URL, team.name)
 
 
@@ -112,9 +119,8 @@ def _refusal_counter(proxy: Process, team: str) -> float:
                and 'scope="team"' in row)
 
 
-def _check(proxy: Process, hook: Webhook, spender: TeamSpec, refused: TeamSpec, spent: dict[str, Any],
-           ledger: str, schema: str) -> None:
-    costs: dict[str, int] = spent["costs"]
+def _check_live(proxy: Process, spender: TeamSpec, refused: TeamSpec, spent: dict[str, Any]) -> None:
+    """What the running proxy answers: the alerts, the refusals and their counter, who sees what."""
     # 3 scopes x 3 thresholds; settles reach Redis when the workers' budget leases close (within a second)
     eventually(lambda: len(_alerts(proxy, team=spender.name, kind="threshold")) >= 9, "nine threshold alerts")
     eventually(lambda: len(_alerts(proxy, team=refused.name, kind="threshold")) >= 1, "the refused team's alert")
@@ -129,7 +135,11 @@ def _check(proxy: Process, hook: Webhook, spender: TeamSpec, refused: TeamSpec, 
     bad = httpx.get(proxy.url + "/v1/alerts", params={"kind": "bogus"}, headers=ADMIN_AUTH, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "kind"
 
-    proxy.stop()  # a graceful stop drains both workers' alerters: nothing may arrive twice after this
+
+def _check_stored(hook: Webhook, spender: TeamSpec, refused: TeamSpec, spent: dict[str, Any], ledger: str,
+                  schema: str) -> None:
+    """After the stop: the stored alerts, each fired at its crossing request, and the webhook's posts of them."""
+    costs: dict[str, int] = spent["costs"]
     stored = asyncio.run(_stored(ledger, schema))
     mine = [e for e in stored if e.team == spender.name and e.kind == "threshold"]
     assert sorted((e.scope, e.threshold_pct) for e in mine) == sorted(
@@ -144,8 +154,8 @@ def _check(proxy: Process, hook: Webhook, spender: TeamSpec, refused: TeamSpec, 
     # the refused team: only its configured 40 %, once; never a 100 % for being refused
     theirs = [e for e in stored if e.team == refused.name and e.kind == "threshold"]
     assert [e.threshold_pct for e in theirs] == [40]
-    # the webhook got exactly the stored alerts, each once
-    bodies = [b["alert"] for b in hook.bodies]
+    # the webhook got exactly the stored alerts of these teams, each once
+    bodies = [b["alert"] for b in hook.bodies if b["alert"]["team"] in (spender.name, refused.name)]
     assert sorted(b["id"] for b in bodies) == sorted(e.id for e in mine + theirs)
     by_id = {e.id: e for e in mine}
     for body in bodies:
@@ -156,12 +166,3 @@ def _check(proxy: Process, hook: Webhook, spender: TeamSpec, refused: TeamSpec, 
             assert usd_to_nanos(Decimal(body["spent_usd"])) == e.spent_nanos
             assert usd_to_nanos(Decimal(body["limit_usd"])) == e.limit_nanos
 
-
-async def _stored(url: str, schema: str) -> list[AlertEvent]:
-    ledger = open_ledger(url, spool_dir=None, schema=schema)
-    await ledger.start()
-    try:
-        now = datetime.now(UTC)
-        return await ledger.alerts(AlertQuery(now - timedelta(hours=1), now + timedelta(hours=1), limit=1000))
-    finally:
-        await ledger.close()

@@ -1,5 +1,7 @@
 """Experiment manifests through a served proxy: ``tiergate serve --workers 2`` on real Redis, the simulator's mock
-upstream, the OpenAI SDK as the client, a SQLite and a PostgreSQL ledger.
+upstream, the OpenAI SDK as the client, a SQLite and a PostgreSQL ledger. The scenario runs in
+``tests/test_alerts_e2e.py``, on the same two-worker proxy as the budget-crossing scenario (its own teams, in one
+policy): a proxy start per backend instead of two. Its setup and checks are here:
 
 - An experiment attributed by key, with ``on_exceeded: downgrade``, is spent to 120 % of its lifetime budget: its
   50 / 80 / 100 % alerts fire exactly once each (across both workers), at the request whose settled cost crossed
@@ -33,21 +35,21 @@ import orjson
 import pytest
 import yaml
 
+from metering.ledger import open_ledger
+from metering.ledger.alert_log import AlertEvent, AlertQuery
 from metering.ledger.group_commit import GroupCommitLedger
 from metering.money import usd_to_nanos
 from tests.conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
 from tests.metering_fixtures import T0, make_record, pg_schema  # noqa: F401  (fixture)
 from tests.proxy_metering_helpers import (
     ADMIN_AUTH,
-    drop_redis_state,
+    TeamSpec,
     new_team,
     postgres_up,
-    redis_up,
     sha,
     tiergate,
     write_config,
 )
-from tests.test_alerts_e2e import _stored  # the alerts table as the crossing test reads it
 from tests.webhook_receiver import Webhook
 
 BUDGETS = {"spend": Decimal("0.0002"), "tagged": Decimal("0.00005")}
@@ -59,14 +61,17 @@ def _iso(at: datetime) -> str:
 
 
 class Setup:
-    def __init__(self, tmp_path: Path, mock: Process, ledger: str, schema: str | None, hook: Webhook) -> None:
+    def __init__(self, tmp_path: Path, mock: Process, ledger: str, schema: str | None, hook: Webhook,
+                 others: tuple[TeamSpec, ...] = ()) -> None:
+        """The experiments' policy, with ``others`` (another scenario's teams) served by the same proxy."""
         self.uid = uuid.uuid4().hex[:8]
         self.spender = new_team("expa", budgets={"on_exceeded": "downgrade"})
         self.rejecter = new_team("expb", budgets={"on_exceeded": "reject"})
         self.exp_key = "sk-exp-" + uuid.uuid4().hex  # the spender's second key: the key-attributed experiment's
         self.names = {"spend": f"spend-{self.uid}", "tagged": f"tagged-{self.uid}", "old": f"old-{self.uid}"}
-        self.path = write_config(tmp_path / "experiments.yaml", {"small": [mock.url]}, [self.spender, self.rejecter],
-                                 ledger, redis=REDIS_URL, alert_webhook=hook.url)
+        self.path = write_config(tmp_path / "experiments.yaml", {"small": [mock.url]},
+                                 [self.spender, self.rejecter, *others], ledger, redis=REDIS_URL,
+                                 alert_webhook=hook.url)
         data = yaml.safe_load(self.path.read_text())
         if schema is not None:
             data["metering"]["ledger_schema"] = schema
@@ -89,31 +94,6 @@ class Setup:
         return openai.OpenAI(base_url=self.proxy.url + "/v1", api_key=key, max_retries=0, timeout=30)
 
     proxy: Process
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_experiment_budgets_ttl_alerts_reports_and_ci_gate(backend: str, tmp_path: Path,
-                                                            request: pytest.FixtureRequest, start_mock: Any,
-                                                            start_proxy: Any) -> None:
-    require_service("Redis", redis_up(REDIS_URL), REDIS_URL)
-    if backend == "postgres":
-        require_service("PostgreSQL", postgres_up(POSTGRES_DSN), POSTGRES_DSN)
-        ledger, schema = POSTGRES_DSN, request.getfixturevalue("pg_schema")
-    else:
-        ledger, schema = f"sqlite:///{tmp_path / 'ledger.db'}", None
-    with Webhook.in_thread() as hook:
-        s = Setup(tmp_path, start_mock(), ledger, schema, hook)
-        s.proxy = start_proxy(s.path, workers=2)
-        try:
-            spent = _spend_by_key(s)
-            tagged = _spend_by_tags(s)
-            _check_api(s, spent, tagged)
-            s.proxy.stop()  # both workers drain their alerters: nothing may arrive twice after this
-            _check_alerts(s, hook, spent, ledger, schema or "public")
-            _check_cli(s, tmp_path)
-        finally:
-            for team in (s.spender, s.rejecter):
-                drop_redis_state(REDIS_URL, team.name)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -254,6 +234,17 @@ def _check_api(s: Setup, spent: dict[str, Any], tagged: dict[str, Any]) -> None:
                start=(datetime.now(UTC) - timedelta(days=1)).date().isoformat())
     assert csv.text.splitlines()[0].startswith("experiment,requests,") and s.names["spend"] in csv.text
     s.api_rows = resp.json()["experiments"]  # type: ignore[attr-defined]
+
+
+async def _stored(url: str, schema: str) -> list[AlertEvent]:
+    """Every alert the ledger stored in the last hour (and the next), as the alert checks read them."""
+    ledger = open_ledger(url, spool_dir=None, schema=schema)
+    await ledger.start()
+    try:
+        now = datetime.now(UTC)
+        return await ledger.alerts(AlertQuery(now - timedelta(hours=1), now + timedelta(hours=1), limit=1000))
+    finally:
+        await ledger.close()
 
 
 def _check_alerts(s: Setup, hook: Webhook, spent: dict[str, Any], ledger: str, schema: str) -> None:
