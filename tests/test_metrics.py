@@ -107,8 +107,18 @@ def _parent(proc_dir: Path) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def _listening(port: int) -> int:
+    """Sockets listening on ``port``: a worker listens only once its start-up is done (``proxy.server``), and
+    ``/readyz`` answering means one has."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[1].endswith(f":{port:04X}") and row[3] == "0A")  # 0A: LISTEN
+
+
 def test_counters_equal_the_ledger_with_two_workers(start_proxy: Any, tmp_path: Path) -> None:
-    proxy = start_proxy(demo_config(tmp_path), workers=2)
+    # the length classifier: ~0.2 s less start-up per worker than the ONNX model, and no counter depends on it
+    proxy = start_proxy(demo_config(tmp_path, classifier="length"), workers=2)
+    # both workers must take requests (each is checked below): under load the second may still be starting
+    eventually(lambda: _listening(proxy.port) == 2, "both workers listening", proc=proxy.proc)
     sent = _traffic(proxy)
 
     def complete() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
