@@ -53,7 +53,9 @@ def policies(draw: st.DrawFn) -> tuple[str, int]:
     return "\n".join(lines) + "\n", n
 
 
-@settings(max_examples=300, deadline=None)
+# Example counts: at 150 / 100 / 100 every run reached the same lines of router/ and metering/ as at 300 / 100 / 200
+# (coverage.py, three runs each), at half the CPU; hypothesis replays any failing example from its database.
+@settings(max_examples=150, deadline=None)
 @given(policies(), st.floats(min_value=0, max_value=1), st.lists(st.sampled_from(CAPS), unique=True),
        st.integers(min_value=1, max_value=200_000))
 def test_choice_is_capable_bounded_and_cheapest(spec: tuple[str, int], score: float, needs: list[str],
@@ -104,7 +106,7 @@ def test_tier_requests_outside_the_range_are_refused(spec: tuple[str, int], want
     assert decision.tier.index >= wanted
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(policies())
 def test_listed_models_are_exactly_the_names_decide_accepts(spec: tuple[str, int]) -> None:
     """``/v1/models`` lists ``policy.allowed_models(team)``: every listed name routes, every other name the policy
