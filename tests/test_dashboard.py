@@ -123,10 +123,14 @@ def browser() -> Iterator[Any]:
 def _open(browser: Any, proxy: Server, key: str, external: list[str] | None = None) -> Any:
     """A 1280x800 page logged in with ``key`` after its first refresh; URLs outside the proxy go to ``external``.
 
-    The page's timers run on Playwright's clock (installed before the page loads; it runs in real time too), so a
-    test that waits for the next refresh fires the page's own interval at once instead of waiting it out."""
+    The page's timers run on Playwright's clock, installed before the page loads and paused: a test that waits for
+    the next refresh fires the page's own interval at once instead of waiting it out, and the page never refreshes
+    on its own in between (in real time it would every few seconds, ~0.3 s of CPU each in Chromium and the proxy,
+    while a test is busy elsewhere)."""
     page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.clock.install()
+    now = datetime.now(UTC)
+    page.clock.install(time=now)
+    page.clock.pause_at(now + timedelta(seconds=1))
     if external is not None:
         page.on("request", lambda r: None if r.url.startswith(proxy.url) else external.append(r.url))
     page.goto(proxy.url + "/dashboard")
@@ -140,11 +144,17 @@ def _refreshes(page: Any) -> int:
     return int(page.get_attribute("body", "data-refreshes") or 0)
 
 
+def _status(page: Any) -> str:
+    """The page's status line: "Updated <time> UTC", or "Update failed: <why>" until a refresh succeeds."""
+    return page.get_by_test_id("updated-at").inner_text()
+
+
 def _wait_for_refreshes(page: Any, more: int, under_way: bool = False) -> None:
     """Until ``more`` more refreshes have been drawn. Each is started by the page's interval timer, fast-forwarded
-    by one period whenever the last one asked for has been drawn (``under_way``: one is running already). A tick
-    during a refresh queues one more (the page's ``again``), so a refresh begun after this call is always among
-    them. Polled from here: the page's CSP (no eval) rules out Playwright's in-page ``wait_for_function``."""
+    by one period whenever the last one asked for has been drawn (``under_way``: one is running already), or has
+    failed: the page then tries again at its next tick, as in real time. A tick during a refresh queues one more
+    (the page's ``again``), so a refresh begun after this call is always among them. Polled from here: the page's
+    CSP (no eval) rules out Playwright's in-page ``wait_for_function``."""
     target = _refreshes(page) + more
     asked = [_refreshes(page) if under_way else -1]
 
@@ -152,12 +162,15 @@ def _wait_for_refreshes(page: Any, more: int, under_way: bool = False) -> None:
         now = _refreshes(page)
         if now >= target:
             return True
-        if now != asked[0]:
+        if now != asked[0] or _status(page).startswith("Update failed"):
             page.clock.fast_forward(REFRESH_MS)  # the interval's next tick, now
             asked[0] = now
         return False
 
-    eventually(drawn, f"{more} more dashboard refresh(es)")
+    try:
+        eventually(drawn, f"{more} more dashboard refresh(es)")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the page says {_status(page)!r}") from None
 
 
 def _usd(page: Any, testid: str) -> tuple[str, str]:
@@ -253,6 +266,27 @@ def finops_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     process.stop()
 
 
+@pytest.fixture(scope="module")
+def admin_page(finops_proxy: Server, browser: Any) -> Iterator[tuple[Any, list[str]]]:
+    """One admin page on the finance proxy for the tests that look at it as an admin, and every URL outside the proxy
+    it has asked for. Opening a page costs ~2 s of CPU (a tab, the page, the login and its first refresh in Chromium
+    and the proxy); each test starts from what a login shows (``_default_view``)."""
+    external: list[str] = []
+    page = _open(browser, finops_proxy, DEMO_KEYS["admin"], external)
+    yield page, external
+    page.close()
+
+
+def _default_view(page: Any) -> None:
+    """Back to the view a login starts with, every team and this month, drawn after everything sent so far."""
+    today = datetime.now(UTC).date()
+    start, end = today.replace(day=1).isoformat(), (today + timedelta(days=1)).isoformat()
+    if page.get_attribute("body", "data-view") != f"{start}/{end}/":
+        page.get_by_test_id("team-filter").select_option("")
+        page.get_by_role("tab", name="This month").click()
+    _wait_for_view(page, start, end)
+
+
 def _cross(proxy: Server, feature: str, most: int = 80) -> int:
     """Short frontier answers tagged ``feature`` until its cap refuses one (429); how many were served."""
     for served in range(most):
@@ -343,15 +377,16 @@ def _assert_finance_panels(page: Any, proxy: Server, team: str | None = None) ->
     assert shown == [1] * len(alerts[:8])  # the newest, in the API's order
 
 
-def test_dashboard_shows_the_spend_report(finops_proxy: Server, browser: Any, tmp_path: Path) -> None:
+def test_dashboard_shows_the_spend_report(finops_proxy: Server, admin_page: tuple[Any, list[str]],
+                                          tmp_path: Path) -> None:
     """Also the test ``scripts/screenshot.sh`` runs for ``docs/dashboard.png``: it makes every panel show something."""
     proxy = finops_proxy
+    page, external = admin_page
     _finance_traffic(proxy)
-    external: list[str] = []
-    page = _open(browser, proxy, DEMO_KEYS["admin"], external)
+    _default_view(page)
     assert page.get_by_test_id("scope").inner_text() == "All teams · admin"
 
-    _traffic(proxy, 2)  # more traffic after the page loaded: a later refresh must show it
+    _traffic(proxy, 2)  # more traffic after the page was drawn: a later refresh must show it
     _wait_for_refreshes(page, 2)  # the second one started after the traffic had been settled
     month = _report(proxy)
     today = datetime.now(UTC).date().isoformat()
@@ -399,15 +434,21 @@ def test_dashboard_shows_the_spend_report(finops_proxy: Server, browser: Any, tm
     _wait_for_view(page, today, tomorrow)
     assert _usd(page, "savings")[0] == _report(proxy, start=today, end=tomorrow)["totals"]["savings_usd"]
     assert external == []  # nothing outside the proxy was asked for
-    page.close()
 
 
-def test_team_filter_date_range_and_csv(finops_proxy: Server, browser: Any, tmp_path: Path) -> None:
+def test_team_filter_date_range_and_csv(finops_proxy: Server, admin_page: tuple[Any, list[str]],
+                                        tmp_path: Path) -> None:
     proxy = finops_proxy
+    page, external = admin_page
     _traffic(proxy, 1)
-    page = _open(browser, proxy, DEMO_KEYS["admin"])
+    _default_view(page)
     asked: list[str] = []
-    page.on("request", lambda r: asked.append(r.url) if "/v1/" in r.url else None)
+
+    def ask(request: Any) -> None:
+        if "/v1/" in request.url:
+            asked.append(request.url)
+
+    page.on("request", ask)
     today = datetime.now(UTC).date()
     month_start, tomorrow = today.replace(day=1).isoformat(), (today + timedelta(days=1)).isoformat()
 
@@ -454,12 +495,14 @@ def test_team_filter_date_range_and_csv(finops_proxy: Server, browser: Any, tmp_
         api = httpx.get(proxy.url + "/v1/spend/report", headers=ADMIN, timeout=30,
                         params={"start": start, "end": end, "team": "support", "group_by": group, "format": "csv"})
         assert saved.read_text() == api.text and len(api.text.splitlines()) > 1
-    page.close()
+    page.remove_listener("request", ask)
+    assert external == []
 
 
-def test_alerts_appear_after_a_crossing(finops_proxy: Server, browser: Any) -> None:
+def test_alerts_appear_after_a_crossing(finops_proxy: Server, admin_page: tuple[Any, list[str]]) -> None:
     proxy = finops_proxy
-    page = _open(browser, proxy, DEMO_KEYS["admin"])
+    page, external = admin_page
+    _default_view(page)
     name = "feature=batch"
     before = _get(proxy, "/v1/alerts", team="research", limit=1000)["alerts"]
     assert not [a for a in before if a["scope_name"] == name]
@@ -481,7 +524,7 @@ def test_alerts_appear_after_a_crossing(finops_proxy: Server, browser: Any) -> N
     alerts = _get(proxy, "/v1/alerts", since=month["start"], until=month["end"], limit=1000)["alerts"]
     assert page.get_by_test_id("alert-refusals").inner_text() == str(sum(a["kind"] == "refusal" for a in alerts))
     assert "tag feature=batch" in page.get_by_test_id("alerts").inner_text()
-    page.close()
+    assert external == []
 
 
 def test_team_key_sees_only_its_team(finops_proxy: Server, browser: Any) -> None:
