@@ -19,6 +19,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -135,8 +136,9 @@ def _open(browser: Any, proxy: Server, key: str, external: list[str] | None = No
         page.on("request", lambda r: None if r.url.startswith(proxy.url) else external.append(r.url))
     page.goto(proxy.url + "/dashboard")
     page.get_by_test_id("key-input").fill(key)
+    before = _refreshes(page)
     page.get_by_test_id("key-submit").click()
-    _wait_for_refreshes(page, 1, under_way=True)  # logging in starts the first refresh
+    _wait_for_refreshes(page, 1, since=before)  # logging in starts the first refresh
     return page
 
 
@@ -149,14 +151,16 @@ def _status(page: Any) -> str:
     return page.get_by_test_id("updated-at").inner_text()
 
 
-def _wait_for_refreshes(page: Any, more: int, under_way: bool = False) -> None:
-    """Until ``more`` more refreshes have been drawn. Each is started by the page's interval timer, fast-forwarded
-    by one period whenever the last one asked for has been drawn (``under_way``: one is running already), or has
-    failed: the page then tries again at its next tick, as in real time. A tick during a refresh queues one more
-    (the page's ``again``), so a refresh begun after this call is always among them. Polled from here: the page's
-    CSP (no eval) rules out Playwright's in-page ``wait_for_function``."""
-    target = _refreshes(page) + more
-    asked = [_refreshes(page) if under_way else -1]
+def _wait_for_refreshes(page: Any, more: int, since: int | None = None) -> None:
+    """Until ``more`` more refreshes have been drawn than now, or than ``since``: the count before an action that
+    starts one itself (logging in, loading the page), which may be drawn already or still under way. Each other is
+    started by the page's interval timer, fast-forwarded by one period whenever the last one asked for has been
+    drawn, or has failed: the page then tries again at its next tick, as in real time. A tick during a refresh
+    queues one more (the page's ``again``), so a refresh begun after this call is always among them. Polled from
+    here: the page's CSP (no eval) rules out Playwright's in-page ``wait_for_function``."""
+    start = _refreshes(page) if since is None else since
+    target = start + more
+    asked = [-1 if since is None else since]
 
     def drawn() -> bool:
         now = _refreshes(page)
@@ -266,25 +270,34 @@ def finops_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     process.stop()
 
 
+@dataclass
+class AdminTab:
+    """The admin page of the finance proxy, every URL outside the proxy it has asked for, and how often a test has
+    visited it."""
+
+    page: Any
+    external: list[str]
+    visits: int = 0
+
+    def visit(self) -> Any:
+        """The page as a login leaves it: every team, this month, its first refresh drawn, nothing else under way.
+        The first test gets it as opened; the next ones reload it (the key stays in the tab's session, as on any
+        reload), which is a fresh page's state without a new tab and login."""
+        if self.visits:
+            self.page.reload()
+            _wait_for_refreshes(self.page, 1, since=0)  # a page loaded with a key starts its first refresh
+        self.visits += 1
+        return self.page
+
+
 @pytest.fixture(scope="module")
-def admin_page(finops_proxy: Server, browser: Any) -> Iterator[tuple[Any, list[str]]]:
-    """One admin page on the finance proxy for the tests that look at it as an admin, and every URL outside the proxy
-    it has asked for. Opening a page costs ~2 s of CPU (a tab, the page, the login and its first refresh in Chromium
-    and the proxy); each test starts from what a login shows (``_default_view``)."""
+def admin_page(finops_proxy: Server, browser: Any) -> Iterator[AdminTab]:
+    """One admin page for the tests that look at the finance proxy as an admin: opening a page costs ~2 s of CPU (a
+    tab, the page, the login and its first refresh, in Chromium and the proxy), a reload less than half that."""
     external: list[str] = []
-    page = _open(browser, finops_proxy, DEMO_KEYS["admin"], external)
-    yield page, external
-    page.close()
-
-
-def _default_view(page: Any) -> None:
-    """Back to the view a login starts with, every team and this month, drawn after everything sent so far."""
-    today = datetime.now(UTC).date()
-    start, end = today.replace(day=1).isoformat(), (today + timedelta(days=1)).isoformat()
-    if page.get_attribute("body", "data-view") != f"{start}/{end}/":
-        page.get_by_test_id("team-filter").select_option("")
-        page.get_by_role("tab", name="This month").click()
-    _wait_for_view(page, start, end)
+    tab = AdminTab(_open(browser, finops_proxy, DEMO_KEYS["admin"], external), external)
+    yield tab
+    tab.page.close()
 
 
 def _cross(proxy: Server, feature: str, most: int = 80) -> int:
@@ -377,16 +390,14 @@ def _assert_finance_panels(page: Any, proxy: Server, team: str | None = None) ->
     assert shown == [1] * len(alerts[:8])  # the newest, in the API's order
 
 
-def test_dashboard_shows_the_spend_report(finops_proxy: Server, admin_page: tuple[Any, list[str]],
-                                          tmp_path: Path) -> None:
+def test_dashboard_shows_the_spend_report(finops_proxy: Server, admin_page: AdminTab, tmp_path: Path) -> None:
     """Also the test ``scripts/screenshot.sh`` runs for ``docs/dashboard.png``: it makes every panel show something."""
     proxy = finops_proxy
-    page, external = admin_page
     _finance_traffic(proxy)
-    _default_view(page)
+    page, external = admin_page.visit(), admin_page.external
     assert page.get_by_test_id("scope").inner_text() == "All teams · admin"
 
-    _traffic(proxy, 2)  # more traffic after the page was drawn: a later refresh must show it
+    _traffic(proxy, 2)  # more traffic after the page loaded: a later refresh must show it
     _wait_for_refreshes(page, 2)  # the second one started after the traffic had been settled
     month = _report(proxy)
     today = datetime.now(UTC).date().isoformat()
@@ -436,12 +447,10 @@ def test_dashboard_shows_the_spend_report(finops_proxy: Server, admin_page: tupl
     assert external == []  # nothing outside the proxy was asked for
 
 
-def test_team_filter_date_range_and_csv(finops_proxy: Server, admin_page: tuple[Any, list[str]],
-                                        tmp_path: Path) -> None:
+def test_team_filter_date_range_and_csv(finops_proxy: Server, admin_page: AdminTab, tmp_path: Path) -> None:
     proxy = finops_proxy
-    page, external = admin_page
     _traffic(proxy, 1)
-    _default_view(page)
+    page, external = admin_page.visit(), admin_page.external
     asked: list[str] = []
 
     def ask(request: Any) -> None:
@@ -499,10 +508,9 @@ def test_team_filter_date_range_and_csv(finops_proxy: Server, admin_page: tuple[
     assert external == []
 
 
-def test_alerts_appear_after_a_crossing(finops_proxy: Server, admin_page: tuple[Any, list[str]]) -> None:
+def test_alerts_appear_after_a_crossing(finops_proxy: Server, admin_page: AdminTab) -> None:
     proxy = finops_proxy
-    page, external = admin_page
-    _default_view(page)
+    page, external = admin_page.visit(), admin_page.external
     name = "feature=batch"
     before = _get(proxy, "/v1/alerts", team="research", limit=1000)["alerts"]
     assert not [a for a in before if a["scope_name"] == name]
