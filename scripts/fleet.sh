@@ -46,19 +46,13 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 say() { echo "fleet: $*" >&2; }
 die() { say "$*"; exit 1; }
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-# The polling loops below start no program per round (a rolling restart polls hundreds of times): bash's /dev/tcp,
-# read and /proc instead of curl, sleep, cat and grep.
+# The polling loops below read /readyz and process states with bash's /dev/tcp, read and /proc, not with curl,
+# cat and grep: a rolling restart polls hundreds of times.
 http_ok() {  # http_ok PORT PATH: GET http://127.0.0.1:PORT/PATH answers 200 within 2 s
   (exec 3<>"/dev/tcp/127.0.0.1/$1" &&
     printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3 &&
     IFS= read -r -t 2 line <&3 && [[ "$line" == "HTTP/1."?" 200"* ]]) 2>/dev/null
 }
-NAP_FD=
-nap() {  # nap SECONDS: sleep without starting a program (a read that times out on a pipe nobody writes to)
-  [ -n "$NAP_FD" ] || exec {NAP_FD}<> <(:)
-  read -r -t "$1" -u "$NAP_FD" _ || true
-}
-nap_close() { [ -z "$NAP_FD" ] || exec {NAP_FD}<&-; }  # in a subshell about to exec a server: not its business
 
 apt_ready=0
 need_pkg() {  # need_pkg COMMAND PACKAGE: install PACKAGE with apt when COMMAND is missing
@@ -157,13 +151,13 @@ write_backend_cfg() {  # write_backend_cfg PORT... : the server list; the rest i
 
 start_haproxy() {
   local i
-  (nap_close && exec setsid haproxy -db -f "$HAPROXY_CFG" -f "$RUN/backend.cfg" \
+  (exec setsid haproxy -db -f "$HAPROXY_CFG" -f "$RUN/backend.cfg" \
     >> "$RUN/haproxy.log" 2>&1 < /dev/null) &
   echo $! > "$RUN/haproxy.pid"
   for ((i = 0; i < 100; i++)); do
     [ -S "$SOCK" ] && answers "$PORT" && return 0
     started "$RUN/haproxy.pid" || break
-    nap 0.1
+    sleep 0.1
   done
   die "HAProxy did not start on 127.0.0.1:$PORT (see $RUN/haproxy.log)"
 }
@@ -198,7 +192,7 @@ start_replica() {  # start_replica DIR: start the replica described by DIR/port,
   port="$(cat "$dir/port")"
   answers "$port" && die "port $port is taken: cannot start $(basename "$dir")"
   # Each replica is its own process tree with its own metrics: never a directory shared through the environment.
-  (cd "$dir" && nap_close && exec env -u PROMETHEUS_MULTIPROC_DIR setsid "$ROOT/.venv/bin/tiergate" serve \
+  (cd "$dir" && exec env -u PROMETHEUS_MULTIPROC_DIR setsid "$ROOT/.venv/bin/tiergate" serve \
     --config "$dir/policy.yaml" --host 127.0.0.1 --port "$port" --workers "$WORKERS" --shutdown-grace-s "$GRACE_S" \
     >> "$dir/replica.log" 2>&1 < /dev/null) &
   echo $! > "$dir/pid"
@@ -211,7 +205,7 @@ wait_ready() {  # wait_ready DIR: up to 120 s (several replicas start at once on
     http_ok "$port" /readyz && return 0
     started "$dir/pid" || die "$(basename "$dir") exited:
 $(tail -n 30 "$dir/replica.log")"
-    nap 0.1
+    sleep 0.1
   done
   die "$(basename "$dir") did not become ready on port $port (see $dir/replica.log)"
 }
@@ -221,7 +215,7 @@ stop_pid() {  # stop_pid NAME PIDFILE SIGNAL GRACE_S: signal, wait up to GRACE_S
   if alive "$1" "$2"; then
     read -r pid < "$2" || true
     kill "-$3" "$pid" 2>/dev/null || true
-    for ((i = 0; i < $4 * 20; i++)); do running "$pid" || break; nap 0.05; done
+    for ((i = 0; i < $4 * 20; i++)); do running "$pid" || break; sleep 0.05; done
     if running "$pid"; then
       say "$1 (pid $pid) still running after ${4}s: SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
@@ -318,12 +312,12 @@ restart() {
   for dir in $(replica_dirs); do
     name="$(basename "$dir")"
     hap "set server $BACKEND/$name state drain" >/dev/null
-    for ((i = 0; i < 300; i++)); do [ "$(server_field "$name" scur)" = 0 ] && break; nap 0.1; done
+    for ((i = 0; i < 300; i++)); do [ "$(server_field "$name" scur)" = 0 ] && break; sleep 0.1; done
     stop_pid tiergate "$dir/pid" TERM $((GRACE_S + 15))
     start_replica "$dir"
     wait_ready "$dir"
     hap "set server $BACKEND/$name state ready" >/dev/null
-    for ((i = 0; i < 300; i++)); do [ "$(server_field "$name" status)" = UP ] && break; nap 0.1; done
+    for ((i = 0; i < 300; i++)); do [ "$(server_field "$name" status)" = UP ] && break; sleep 0.1; done
     [ "$(server_field "$name" status)" = UP ] || die "$name did not come back UP in HAProxy"
     say "restarted $name (pid $(cat "$dir/pid"))"
   done
