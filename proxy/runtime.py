@@ -196,8 +196,8 @@ def team_models_poll_s() -> float:
     try:
         value = float(raw)
     except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
+        value = 0.0
+    if not 0 < value < math.inf:  # also false for nan
         raise ValueError(f"{TEAM_MODELS_POLL_ENV} must be a positive number of seconds, not {raw!r}")
     return value
 
