@@ -4,7 +4,7 @@ crossed the line (previous spend < threshold <= spend, and the difference is tha
 webhook receives exactly those; ``GET /v1/alerts`` lists them; refusals (429) are listed and counted in
 ``/metrics``; a team's own ``alert_thresholds`` replace the defaults.
 
-The same proxy serves the experiment manifests of ``tests/test_experiments_e2e.py`` (their own teams, added to this
+The same proxy serves the experiment manifests of ``tests/experiments_scenario.py`` (their own teams, added to this
 policy; that module has their setup and checks): a two-worker proxy costs ~5 s of CPU to start, so the two scenarios
 share one per backend. Each checks only its own teams' alerts, rows and webhook posts.
 """
@@ -22,6 +22,15 @@ import pytest
 
 from metering.money import usd_to_nanos
 from tests.conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
+from tests.experiments_scenario import (
+    Setup,
+    _check_alerts,
+    _check_api,
+    _check_cli,
+    _spend_by_key,
+    _spend_by_tags,
+    _stored,
+)
 from tests.metering_fixtures import pg_schema  # noqa: F401  (fixture)
 from tests.proxy_metering_helpers import (
     ADMIN_AUTH,
@@ -31,15 +40,6 @@ from tests.proxy_metering_helpers import (
     new_team,
     postgres_up,
     redis_up,
-)
-from tests.test_experiments_e2e import (
-    Setup,
-    _check_alerts,
-    _check_api,
-    _check_cli,
-    _spend_by_key,
-    _spend_by_tags,
-    _stored,
 )
 from tests.waiting import eventually
 from tests.webhook_receiver import Webhook
@@ -51,7 +51,7 @@ TAG = {"exp": "e1"}
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_thresholds_and_experiments_fire_once_across_two_workers(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest, start_mock: Any, start_proxy: Any) -> None:
-    """The budget crossings (this module) and the experiment manifests (``tests/test_experiments_e2e``) on one
+    """The budget crossings (this module) and the experiment manifests (``tests/experiments_scenario``) on one
     two-worker proxy: both spend, both are checked live, one graceful stop drains the alerters, then both check what
     was stored and posted, and the experiments' command lines read the ledger."""
     require_service("Redis", redis_up(REDIS_URL), REDIS_URL)

@@ -2,7 +2,7 @@
 lookups compiled at load (key, explicit tag, tag set; first match wins); the window refuses with 403's code; the
 experiment's lifetime cap joins a request's caps and alerts like any scope; the report groups by experiment and
 projects spend at expiry. The served path (Redis, two workers, SQLite and PostgreSQL) is
-``tests/test_experiments_e2e.py``."""
+``tests/experiments_scenario.py``."""
 
 from __future__ import annotations
 

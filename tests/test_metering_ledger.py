@@ -23,6 +23,7 @@ import pytest
 
 from metering.ledger import Ledger, open_ledger
 from metering.ledger.base import month_bounds
+from metering.ledger.group_commit import GroupCommitLedger
 from metering.ledger.spool import Spool
 from metering.record import UsageRecord
 from tests.metering_fixtures import PG_URL, T0, make_record, pg_schema  # noqa: F401  (pg_schema is a fixture)
@@ -326,3 +327,42 @@ def test_report_bounds_are_days() -> None:
     assert as_day(datetime(2026, 11, 1, tzinfo=UTC)) == date(2026, 11, 1)
     with pytest.raises(ValueError):
         as_day(datetime(2026, 11, 1, 5, tzinfo=UTC))
+
+
+def test_a_flush_commits_what_the_other_workers_spooled(backend: Backend, tmp_path: Path) -> None:
+    """Two workers' ledgers on one database and spool directory. Worker A has answered two requests (one refused,
+    at no cost) and spooled their records, but its commit is held up; worker B, asked for a report, flushes: the
+    report holds both, and A's own commit later adds nothing twice (a report another worker gives right after a
+    request completed must not be revised later)."""
+    records = [make_record(1, team="t", tags={"experiment": "e"}),
+               make_record(2, team="t", tags={"experiment": "e"}, status=429, cost_nanos=0, prompt_tokens=0,
+                           completion_tokens=0, counterfactual_cost_nanos=0)]
+
+    async def totals(ledger: Ledger) -> tuple[int, int]:
+        t = (await ledger.report(T0.date(), T0.date() + timedelta(days=1), team="t", group_by=())).totals
+        return t.requests, t.cost_nanos
+
+    async def go() -> None:
+        a, b = backend.ledger(tmp_path / "spool"), backend.ledger(tmp_path / "spool")
+        assert isinstance(a, GroupCommitLedger)
+        await a.start()
+        await b.start()
+        release = asyncio.Event()
+        insert = a._insert
+
+        async def held_up(entries: Any) -> int:  # A's commit waits, as behind a linger or a slow transaction
+            await release.wait()
+            return await insert(entries)
+
+        a._insert = held_up  # type: ignore[method-assign]
+        for record in records:
+            await a.write(record)  # spooled: the client has its answer
+        await b.flush()
+        assert await totals(b) == (2, 27_000)
+        release.set()
+        await a.flush()
+        assert await totals(a) == await totals(b) == (2, 27_000)
+        await a.close()
+        await b.close()
+
+    run(go)

@@ -17,7 +17,8 @@ policy): a proxy start per backend instead of two. Its setup and checks are here
 The API read is answered by either worker while the other may still hold the last requests' records in its
 group-commit buffer (spooled, answered, not yet committed): ``flush`` commits the other workers' spooled records
 too, so the report counts every request that completed before it (a refused, zero-cost one included) and does not
-change afterwards. ``test_a_flush_commits_what_the_other_workers_spooled`` pins that down without a proxy.
+change afterwards. ``tests/test_metering_ledger.py: test_a_flush_commits_what_the_other_workers_spooled`` pins that
+down without a proxy.
 """
 
 from __future__ import annotations
@@ -37,15 +38,12 @@ import yaml
 
 from metering.ledger import open_ledger
 from metering.ledger.alert_log import AlertEvent, AlertQuery
-from metering.ledger.group_commit import GroupCommitLedger
 from metering.money import usd_to_nanos
-from tests.conftest import POSTGRES_DSN, REDIS_URL, Process, require_service
-from tests.metering_fixtures import T0, make_record, pg_schema  # noqa: F401  (fixture)
+from tests.conftest import REDIS_URL, Process
 from tests.proxy_metering_helpers import (
     ADMIN_AUTH,
     TeamSpec,
     new_team,
-    postgres_up,
     sha,
     tiergate,
     write_config,
@@ -94,58 +92,6 @@ class Setup:
         return openai.OpenAI(base_url=self.proxy.url + "/v1", api_key=key, max_retries=0, timeout=30)
 
     proxy: Process
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_a_flush_commits_what_the_other_workers_spooled(backend: str, tmp_path: Path,
-                                                       request: pytest.FixtureRequest) -> None:
-    """Two workers' ledgers on one database and spool directory. Worker A has answered two requests (one refused,
-    at no cost) and spooled their records, but its commit is held up; worker B, asked for a report, flushes: the
-    report holds both, and A's own commit later adds nothing twice."""
-    if backend == "postgres":
-        require_service("PostgreSQL", postgres_up(POSTGRES_DSN), POSTGRES_DSN)
-        schema = request.getfixturevalue("pg_schema")
-
-    def open_worker() -> GroupCommitLedger:
-        if backend == "sqlite":
-            from metering.ledger.sqlite import SqliteLedger
-
-            return SqliteLedger(tmp_path / "ledger.db", spool_dir=tmp_path / "spool")
-        from metering.ledger.postgres import PostgresLedger
-
-        return PostgresLedger(POSTGRES_DSN, spool_dir=tmp_path / "spool", schema=schema)
-
-    records = [make_record(1, team="t", tags={"experiment": "e"}),
-               make_record(2, team="t", tags={"experiment": "e"}, status=429, cost_nanos=0, prompt_tokens=0,
-                           completion_tokens=0, counterfactual_cost_nanos=0)]
-
-    async def totals(ledger: GroupCommitLedger) -> tuple[int, int]:
-        t = (await ledger.report(T0.date(), T0.date() + timedelta(days=1), team="t", group_by=())).totals
-        return t.requests, t.cost_nanos
-
-    async def go() -> None:
-        a, b = open_worker(), open_worker()
-        await a.start()
-        await b.start()
-        release = asyncio.Event()
-        insert = a._insert
-
-        async def held_up(entries: Any) -> int:  # A's commit waits, as behind a linger or a slow transaction
-            await release.wait()
-            return await insert(entries)
-
-        a._insert = held_up  # type: ignore[method-assign]
-        for record in records:
-            await a.write(record)  # spooled: the client has its answer
-        await b.flush()
-        assert await totals(b) == (2, 27_000)
-        release.set()
-        await a.flush()
-        assert await totals(a) == await totals(b) == (2, 27_000)
-        await a.close()
-        await b.close()
-
-    asyncio.run(go())
 
 
 def _chat(client: openai.OpenAI, text: str, **extra: Any) -> tuple[str, int, dict[str, str]]:
