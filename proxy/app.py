@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import orjson
@@ -59,11 +59,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return Response(body, status_code=exc.status_code, media_type="application/json")
 
 
-def create_app(config_path: str) -> Starlette:
+def create_app(config_path: str, after_start: Callable[[], None] | None = None) -> Starlette:
+    """``after_start`` runs once the runtime has started, before the server accepts connections (the server
+    process releases start-up memory there)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = await Runtime.start(config_path)
+        if after_start is not None:
+            after_start()
         alerts_api.connect(runtime)
         app.state.runtime = runtime
         try:

@@ -7,8 +7,6 @@ never changes the rules under an in-flight request.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
 import math
 import os
@@ -150,16 +148,6 @@ class PolicyStore:
                 self.reload()
 
 
-def _return_freed_memory() -> None:
-    """Start-up parses YAML, the price table and model files; hand what they freed back to the OS so a worker's
-    resident size reflects what it keeps (glibc only; elsewhere a no-op)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def apply_server_settings(settings: ServerSettings, pool: UpstreamPool, dispatcher: Dispatcher,
                           health: HealthBook) -> None:
     """The ``server`` settings held by long-lived objects, (re)applied at start-up and on every reload; requests
@@ -265,7 +253,6 @@ class Runtime:
         # Teams with learning.retrain_every_h: every worker runs the schedule, a claim in the ledger picks one.
         runtime.tasks.append(asyncio.get_running_loop().create_task(
             RetrainSchedule(meter.ledger, lambda: store.policy, scorers).run()))
-        _return_freed_memory()
         return runtime
 
     async def stop(self) -> None:
