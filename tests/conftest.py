@@ -6,6 +6,7 @@ a green CI must mean the integration tests really ran.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import subprocess
@@ -27,14 +28,12 @@ POSTGRES_DSN = os.environ.get("TIERGATE_TEST_POSTGRES", "postgresql://postgres@1
 DEMO_KEYS = {"research": "sk-demo-research", "support": "sk-demo-support", "admin": "sk-demo-admin"}
 
 
-def _share_default_ssl_context() -> None:
+def _share_default_ssl_context(transport: Any) -> None:
     """Every httpx client (each ``httpx.get``, each SDK client) loads the CA bundle into a new SSL context: 30-70 ms
     per client on this machine, hundreds of times a run, although tests speak plain HTTP on loopback. Clients built
     with the default verify/cert share one context instead (an SSLContext is safe to share; none is modified).
     httpx exposes no hook for this, so its transport module's reference is replaced (test process only)."""
-    from httpx._transports import default
-
-    original = default.create_ssl_context
+    original = transport.create_ssl_context
     shared: dict[bool, Any] = {}
 
     def create(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
@@ -44,10 +43,12 @@ def _share_default_ssl_context() -> None:
             shared[trust_env] = original(verify=verify, cert=cert, trust_env=trust_env)
         return shared[trust_env]
 
-    default.create_ssl_context = create
+    transport.create_ssl_context = create
 
 
-_share_default_ssl_context()
+# httpx, and httpx2: the fork the openai and anthropic SDKs build their clients on.
+for _transport in ("httpx._transports.default", "httpx2._transports.default"):
+    _share_default_ssl_context(importlib.import_module(_transport))
 
 
 def require_service(name: str, reachable: bool, detail: str = "") -> None:

@@ -165,10 +165,10 @@ def test_webhook_down_never_blocks_and_gives_up() -> None:
         async with Webhook(failures=100) as hook:
             alerter = Alerter(hook.url, base_delay_s=0.01, max_attempts=3)
             await alerter.start()
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
             alerter.observe([CapState(_cap(1_000), 1_000, 0)], [("r", 1_000)])
-            assert loop.time() - t0 < 0.01
+            # observe() handed the crossings over without waiting on the webhook: it has not been called yet (the
+            # receiver runs on this loop, which observe() never yielded to), the deliveries happen in the background.
+            assert hook.attempts == 0
             await alerter.close()
             return hook.attempts
 
