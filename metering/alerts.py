@@ -28,15 +28,17 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from metering.budgets.base import PERIOD_WORDS, BudgetExceeded, Cap, CapState
 from metering.ledger.alert_log import AlertEvent, once_key
 from metering.ledger.base import Ledger
 from metering.money import format_usd
+
+if TYPE_CHECKING:  # redis-py (and the OpenTelemetry SDK it pulls in: ~0.25 s) is imported only when Redis is configured
+    import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
