@@ -18,23 +18,6 @@ import tiktoken_ext.openai_public  # type: ignore[import-untyped]  # tiktoken's 
 from text import tokens
 from text.tokens import ENCODINGS_DIR, SHIPPED_ENCODINGS
 
-_SAMPLES = (
-    "",
-    "hello world",
-    "  leading and trailing spaces  \n\n\ttabs\r\nand CRLF\r\n",
-    "Ünïcödé: naïve café, Straße, ÆØÅ, İstanbul, ǅ titlecase",
-    "日本語のテキストと中文文本，한국어 텍스트, ไทย, हिन्दी, العربية, עברית",
-    "emoji 👩‍👩‍👧‍👦🏳️‍🌈 and combining e\u0301 a\u0308 and a lone surrogate-free \U0001f600",
-    "def f(x: int) -> int:\n    return x ** 2  # squares\n\nprint([f(i) for i in range(10)])\n",
-    '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "n": 1e-9}',
-    "numbers 1234567890 3.14159 -0.5e10 0x1F 1,000,000",
-    "special text <|endoftext|> <|endofprompt|> <|fim_prefix|> <|start|> <|reserved_200013|>",
-    "'s 't 're 've 'm 'll 'd 'S 'LL CamelCaseWords snake_case_words URLs https://example.com/a?b=c",
-    "\x00\x01\x7f control characters and \u00a0 nbsp and \u2028 line separator",
-    "a" * 5000,
-    "word " * 2000,
-)
-
 
 def _tiktokens(name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What ``tiktoken.get_encoding(name)`` constructs the encoding from (its registry caches the result, and
@@ -48,14 +31,10 @@ def _tiktokens(name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 def test_fast_load_is_tiktokens_encoding(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = _tiktokens(name, monkeypatch)
     loaded = tokens._openai_constructors()[name]()
-    # name, pat_str, special tokens, explicit_n_vocab where tiktoken sets one, and every rank, in file order
+    # name, pat_str, special tokens, explicit_n_vocab where tiktoken sets one, and every rank, in file order: the
+    # same arguments to tiktoken.Encoding make the same encoder (building two here would only add ~0.5 s each)
     assert loaded == expected
     assert list(loaded["mergeable_ranks"].items()) == list(expected["mergeable_ranks"].items())
-    ours, theirs = tiktoken.Encoding(**loaded), tiktoken.Encoding(**expected)
-    assert (ours.name, ours.n_vocab, ours.max_token_value) == (theirs.name, theirs.n_vocab, theirs.max_token_value)
-    for text in _SAMPLES:
-        assert ours.encode(text, disallowed_special=()) == theirs.encode(text, disallowed_special=()), text
-        assert ours.encode(text, allowed_special="all") == theirs.encode(text, allowed_special="all"), text
 
 
 def test_encoding_for_shares_tiktokens_registry() -> None:
