@@ -12,8 +12,6 @@ tokens, the unit provider price pages use.
 from __future__ import annotations
 
 import functools
-import json
-import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -71,96 +69,19 @@ class ModelFacts:
     mode: str | None
 
 
-# litellm's file is ``json.dump(..., indent=4)`` touched up by hand: a top-level key may sit at another
-# indentation (one is at column 0) and a nested line at the top level's, but every top-level value is an object
-# whose closing brace, alone among the braces, starts a line indented four spaces. So entries are found from those
-# lines: each is followed by a comma and the next entry's plain key (no escape, no control character) and object,
-# or by the table's closing brace at the end of the text. The empty last branch matches a closing line followed by
-# anything else, which means another layout.
-_WS = rb"[ \t\n\r]*"
-_KEY = rb'"([^"\\\x00-\x1f]*)"' + _WS + rb":" + _WS + rb"(?=\{)"
-_FIRST_ENTRY = re.compile(_WS + rb"\{" + _WS + _KEY)
-_ENTRY_END = re.compile(rb"\n    \}(?:" + _WS + rb"," + _WS + _KEY + rb"|" + _WS + rb"\}" + _WS + rb"\Z|())")
-_DECODER = json.JSONDecoder(parse_float=Decimal)
+@functools.lru_cache(maxsize=1)
+def load_table() -> dict[str, dict[str, Any]]:
+    """The raw table, numbers as Decimal (parsed from text, not float)."""
+    import json
 
-
-def _parse(data: bytes) -> dict[str, Any]:
-    table: dict[str, Any] = json.loads(data.decode("utf-8"), parse_float=Decimal)  # the vendored file's shape
+    text = TABLE_PATH.read_text(encoding="utf-8")
+    table: dict[str, dict[str, Any]] = json.loads(text, parse_float=Decimal)  # the vendored file's shape
     return table
 
 
-def _index(data: bytes) -> dict[str, tuple[int, int]] | None:
-    """Each top-level key's value span in ``data`` (the later of a repeated key, as json.loads keeps), or None if the
-    text is not laid out as described above."""
-    entry = _FIRST_ENTRY.match(data)
-    if entry is None:
-        return None
-    spans: dict[str, tuple[int, int]] = {}
-    key, start = entry[1], entry.end()
-    for end in _ENTRY_END.finditer(data, start):  # one pass without copying the text: every worker runs it
-        if end[2] is not None:
-            return None
-        spans[key.decode("utf-8")] = (start, end.start() + 6)  # through the "\n    }"
-        if end[1] is None:
-            return spans
-        key, start = end[1], end.end()
-    return None
-
-
-class _Table:
-    """The vendored table, decoded one top-level entry at a time.
-
-    Parsing all 3.4 MB with Decimal prices cost every process that compiles a policy (which names a handful of
-    models) 50-80 ms of CPU, 0.3 s on a busy host; indexing the entries is one regex pass, and an entry is decoded
-    when asked for. The layout the index relies on is checked as far as a pass that cheap can: where each entry's
-    key and object start, that each closing line is followed by the next entry or ends the table, and that a decoded
-    value fills its span exactly (else the whole text is parsed from then on). Text of another layout is parsed
-    whole, as before. A complete check of the structure would cost as much as the parse. The one slip the cheap
-    checks cannot see, an entry's closing brace elsewhere than at the start of a four-space-indented line (which
-    hides the next entry), tests/test_prices.py rules out for the vendored file, every key, and
-    tests/test_lean_runtime.py pins its bytes.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._spans = _index(data)
-        self._parsed = None if self._spans is not None else _parse(data)
-
-    def get(self, key: str) -> Any:
-        """The key's value as ``json.loads(text, parse_float=Decimal).get(key)`` gives it."""
-        if self._spans is not None:
-            span = self._spans.get(key)
-            if span is None:
-                return None
-            text = self._data[span[0]:span[1]].decode("utf-8")
-            try:
-                value, end = _DECODER.raw_decode(text)
-            except json.JSONDecodeError:
-                pass
-            else:
-                if end == len(text):
-                    return value
-            # The index missed the JSON structure here, so it may elsewhere too. (Parsed first: a concurrent get
-            # sees either the index or the parse.)
-            self._parsed = _parse(self._data)
-            self._spans = None
-        assert self._parsed is not None  # one of the two is always set
-        return self._parsed.get(key)
-
-
-@functools.lru_cache(maxsize=1)
-def _table() -> _Table:
-    return _Table(TABLE_PATH.read_bytes())
-
-
-def raw_entry(key: str) -> Any:
-    """The table's entry for a key exactly as litellm's JSON has it (numbers as Decimal), or None."""
-    return _table().get(key)
-
-
 def release_table() -> None:
-    """Drop the table's text and index (~4 MB): a running proxy needs them only while compiling a policy."""
-    _table.cache_clear()
+    """Drop the parsed table (~6 MB): a running proxy needs it only while compiling a policy."""
+    load_table.cache_clear()
 
 
 def _dec(value: Any) -> Decimal | None:
@@ -175,11 +96,12 @@ def lookup(model: str) -> ModelFacts | None:
     Tries the string as given, then without its provider prefix (``openai/gpt-4o`` -> ``gpt-4o``,
     ``simulated/gpt-4o-mini`` -> ``gpt-4o-mini``), because the table keys first-party models bare.
     """
+    table = load_table()
     candidates = [model]
     if "/" in model:
         candidates.append(model.split("/", 1)[1])
     for key in candidates:
-        entry = raw_entry(key)
+        entry = table.get(key)
         if not isinstance(entry, dict) or key == "sample_spec":
             continue
         inp, out = _dec(entry.get("input_cost_per_token")), _dec(entry.get("output_cost_per_token"))

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from metering.finops.invoices import Invoice, Provider
 from metering.money import format_usd
-from metering.prices import raw_entry
+from metering.prices import load_table
 
 Status = Literal["unknown_model", "unpriced", "missing_in_ledger", "missing_in_invoice", "price_gap", "usage_gap",
                  "cost_gap", "ok"]
@@ -212,7 +212,7 @@ def provider_of(model: str) -> str:
     if "/" in model:
         prefix = model.split("/", 1)[0]
         return {"openai": "openai", "anthropic": "anthropic"}.get(prefix, prefix)
-    entry = raw_entry(model)
+    entry = load_table().get(model)
     provider = entry.get("litellm_provider") if isinstance(entry, dict) else None
     if isinstance(provider, str):
         return provider
