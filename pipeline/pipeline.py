@@ -95,9 +95,10 @@ class Pipeline:
         return Preview(decision=decision, features=features, classifier=self._routing.classifier)
 
     async def drain(self) -> None:
-        """Wait for background settlements (shutdown)."""
+        """Wait for background settlements, then export the spans still batched (shutdown)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        self._tracing.close()
 
     # ---- admit, trim, decide ------------------------------------------------------------------------------------
 

@@ -44,9 +44,17 @@ def _provider_from_env() -> trace.TracerProvider | None:
 
 
 class Tracing:
-    def __init__(self, tracer: trace.Tracer | None) -> None:
+    def __init__(self, tracer: trace.Tracer | None, owned: trace.TracerProvider | None = None) -> None:
         self.tracer = tracer
         self.enabled = tracer is not None
+        self._owned = owned  # a provider built here from the environment, which ``close`` flushes
+
+    def close(self) -> None:
+        """Export the spans still batched. The SDK would do it at interpreter exit, but a multi-worker server's
+        workers end with ``os._exit`` (forked by multiprocessing's fork server), which runs no exit handlers."""
+        shutdown = getattr(self._owned, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
 
     @classmethod
     def configure(cls) -> Tracing:
@@ -58,7 +66,7 @@ class Tracing:
         if provider is None:
             return cls(None)
         trace.set_tracer_provider(provider)
-        return cls(provider.get_tracer("tiergate"))
+        return cls(provider.get_tracer("tiergate"), provider)
 
     def start_request(self, endpoint: str, body: dict[str, Any], request_id: str, team: str | None) -> Span | None:
         if self.tracer is None:

@@ -582,21 +582,24 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(errors="replace").splitlines() if path.exists() else []
 
 
-def worker_pids(pid: int) -> list[int]:
-    """The worker processes of the supervisor ``pid`` (``proxy.server``: multiprocessing spawn children, minus
-    its helpers)."""
+def _children(pid: int) -> list[int]:
     try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes of the supervisor ``pid``: ``proxy.server`` forks them from multiprocessing's fork
+    server, its child (beside it, multiprocessing's resource tracker)."""
     workers = []
-    for child in children:
+    for child in _children(pid):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-            workers.append(int(child))
+        if b"multiprocessing.forkserver" in cmdline:
+            workers.extend(_children(child))
     return workers
 
 

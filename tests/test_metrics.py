@@ -29,6 +29,7 @@ from proxy.server import _prepare_metrics_dir
 from router.config_loader import ConfigError, parse_policy
 from router.policy import Policy
 from tests.conftest import DEMO_KEYS, ROOT, Process, demo_config
+from tests.fault_harness import worker_pids
 from tests.waiting import eventually
 
 ADMIN = {"authorization": f"Bearer {DEMO_KEYS['admin']}"}
@@ -79,8 +80,7 @@ def _traffic(proxy: Process) -> int:
 
 def _requests_per_worker(proxy: Process, tmp_path: Path) -> dict[int, int]:
     """Requests counted by each worker process, read from its own multiprocess file."""
-    workers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proxy.proc.pid
-               and b"spawn_main" in (p / "cmdline").read_bytes()]  # not multiprocessing's resource tracker
+    workers = [Path(f"/proc/{pid}") for pid in worker_pids(proxy.proc.pid)]
     environ = {}
     for worker in workers:
         for entry in (worker / "environ").read_bytes().split(b"\0"):
@@ -97,14 +97,6 @@ def _requests_per_worker(proxy: Process, tmp_path: Path) -> dict[int, int]:
         counts[pid] = sum(int(s.value) for m in MultiProcessCollector(None, str(one)).collect()
                           for s in m.samples if s.name == "tiergate_requests_total")
     return counts
-
-
-def _parent(proc_dir: Path) -> int:
-    try:
-        stat = (proc_dir / "stat").read_text()
-    except OSError:
-        return -1
-    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def _listening(port: int) -> int:
