@@ -1,7 +1,7 @@
 """Prometheus metrics: per-request counters and histograms, budget utilisation, and the ``GET /metrics`` endpoint.
 
 Several workers: the supervisor (``proxy.server``) points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before
-it spawns them, so every worker's counters live in its own memory-mapped file and ``/metrics``, whichever worker
+it starts them, so every worker's counters live in its own memory-mapped file and ``/metrics``, whichever worker
 answers, sums all of them (``MultiProcessCollector``). One worker without that variable uses a private registry.
 
 Money is counted in integer nano-dollars (a float holds integers exactly up to 2**53, ~9 million USD per series)

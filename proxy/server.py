@@ -208,7 +208,7 @@ def _prepare_metrics_dir(workers: int) -> str | None:
     if workers <= 1:
         return None
     path = tempfile.mkdtemp(prefix="tiergate-metrics-")
-    os.environ[MULTIPROC_ENV] = path  # inherited by the spawned workers, read when they import prometheus_client
+    os.environ[MULTIPROC_ENV] = path  # inherited by the fork server and its workers (read at import)
     return path
 
 
