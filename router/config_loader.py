@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,54 @@ class ConfigError(Exception):
         self.issues = issues
 
 
+# A policy is a few hundred nodes; aliases may repeat a node, but what they expand to is validated (and copied) in
+# full, so a few nested aliases of aliases (a "billion laughs") would take the process's memory.
+MAX_EXPANDED_NODES = 100_000
+
+
+class _Refused(Exception):
+    """A composed document this loader will not build: the message and the line it names."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse an anchor that holds itself (its data would be cyclic) and aliases that expand past
+    ``MAX_EXPANDED_NODES``. Iterative, each node walked once: the sizes of shared nodes are remembered."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            on_path.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_EXPANDED_NODES:
+                raise _Refused(node.start_mark.line + 1, f"aliases expand the document past {MAX_EXPANDED_NODES} "
+                                                         "nodes")
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in on_path:
+            raise _Refused(node.start_mark.line + 1, "an anchor refers to itself")
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+
+
 def _construct(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], loader: yaml.SafeLoader) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                raise _Refused(key_node.start_mark.line + 1, "a mapping key must be a single value, not a list or "
+                                                             "a mapping")
             lines[path + (str(key),)] = key_node.start_mark.line + 1
             result[key] = _construct(value_node, path + (str(key),), lines, loader)
             lines[path + (str(key),)] = key_node.start_mark.line + 1
@@ -68,12 +111,17 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[PathKey, int]]:
         node = loader.get_single_node()
         if node is None:
             raise ConfigError([ConfigIssue(file, 1, "", "the file is empty")])
+        _check_expansion(node)
         lines: dict[PathKey, int] = {}
         return _construct(node, (), lines, loader), lines
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         marked = mark.line + 1 if mark is not None else None
         raise ConfigError([ConfigIssue(file, marked, "", f"invalid YAML: {exc.problem or exc}")]) from None
+    except _Refused as exc:
+        raise ConfigError([ConfigIssue(file, exc.line, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting; a policy is under ten deep
+        raise ConfigError([ConfigIssue(file, None, "", "invalid YAML: nested too deeply")]) from None
     finally:
         loader.dispose()
 

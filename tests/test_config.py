@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config_loader import ConfigError, load_policy, parse_policy
+from router.config_loader import ConfigError, _parse_yaml, load_policy, parse_policy
 from tests.conftest import ROOT
 
 VALID = """\
@@ -52,6 +52,29 @@ def test_valid_policy_compiles_prices_from_litellm_table() -> None:
 def test_broken_yaml_names_file_and_line() -> None:
     message = _issue("tiers:\n  - name: small\n    deployments: [\n")
     assert message.startswith("p.yaml:") and "invalid YAML" in message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("teams: &t\n  a: *t\n", "p.yaml:1: <root>: invalid YAML: an anchor refers to itself"),
+    ("teams: &x [*x]\n", "p.yaml:1: <root>: invalid YAML: an anchor refers to itself"),
+    ("? [a]\n: 1\n", "p.yaml:1: <root>: invalid YAML: a mapping key must be a single value, not a list or a mapping"),
+    ("teams:\n  ? {a: 1}\n  : 1\n", "p.yaml:2: <root>: invalid YAML: a mapping key must be a single value, not a "
+                                       "list or a mapping"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcdef", "bcdefg")),
+     "invalid YAML: aliases expand the document past 100000 nodes"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "p.yaml: <root>: invalid YAML: nested too deeply"),
+])
+def test_yaml_that_cannot_be_built_is_a_config_error(text: str, expected: str) -> None:
+    """Neither a traceback in check-config nor an exception a reload does not catch (it keeps the running policy
+    only on a ConfigError): cyclic anchors, list or mapping keys, alias bombs, absurd nesting."""
+    assert expected in _issue(text)
+
+
+def test_aliases_still_share_an_anchors_data() -> None:
+    data, lines = _parse_yaml("a: &x {b: [1, 2]}\nc: *x\nd: [*x, *x]\n", "p.yaml")
+    assert data == {"a": {"b": [1, 2]}, "c": {"b": [1, 2]}, "d": [{"b": [1, 2]}, {"b": [1, 2]}]}
+    assert (lines[("a",)], lines[("c",)], lines[("d", 1)]) == (1, 2, 1)  # a key's line; an alias item: its anchor's
 
 
 def test_schema_error_names_line_and_field() -> None:
