@@ -3,6 +3,7 @@ mock-upstream servers, and the span tree and GenAI attributes are asserted."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +93,21 @@ def test_streamed_request_span_ends_with_usage(inprocess_proxy: str) -> None:
     assert root.attributes["tiergate.usage_estimated"] is False
     assert "tiergate.metering" in [s.name for s in children]
     assert root.end_time >= max(s.end_time for s in children)
+
+
+def test_close_exports_the_batched_spans_before_an_exit_that_runs_no_handlers() -> None:
+    """A multi-worker server's workers end with os._exit (forked by multiprocessing's fork server): the SDK's own
+    exit handler never runs there, so the provider built from the environment is flushed by Tracing.close."""
+    import subprocess
+    import sys
+
+    script = ("import os\n"
+              "from pipeline.telemetry import Tracing\n"
+              "tracing = Tracing.configure()\n"
+              "tracing.tracer.start_span('chat gpt-4o').end()\n"
+              "tracing.close()\n"
+              "os._exit(0)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OTEL_TRACES_EXPORTER": "console"})
+    assert done.returncode == 0, done.stderr
+    assert '"name": "chat gpt-4o"' in done.stdout
