@@ -82,13 +82,18 @@ def _record_of(row: Sequence[Any]) -> UsageRecord:
     return UsageRecord(**values)
 
 
+def _entry_of(line: bytes) -> Entry:
+    """One spool line (``<entry id> <record JSON>``) as an entry; raises on a torn or poison line."""
+    entry_id, data = line.split(b" ", 1)
+    return entry_id.decode(), UsageRecord.from_json(data)
+
+
 def _entries_of(lines: Sequence[bytes]) -> list[Entry]:
     """Spool lines as entries; an unreadable one is left to its own process (or the replay of its spool)."""
     entries: list[Entry] = []
     for line in lines:
         try:
-            entry_id, data = line.split(b" ", 1)
-            entries.append((entry_id.decode(), UsageRecord.from_json(data)))
+            entries.append(_entry_of(line))
         except Exception:  # noqa: BLE001 - its writer sets it aside (a torn or poison line)
             continue
     return entries
@@ -502,8 +507,7 @@ class GroupCommitLedger(Ledger):
         entries: list[Entry] = []
         for line in lines:
             try:
-                entry_id, data = line.split(b" ", 1)
-                entries.append((entry_id.decode(), UsageRecord.from_json(data)))
+                entries.append(_entry_of(line))
             except Exception as exc:
                 await self._retrying(partial(self._set_aside_line, segment, line, exc), "dead-lettering a spool line")
         return entries
