@@ -134,7 +134,7 @@ def _exit_now(grace_s: float) -> None:
     os._exit(1)
 
 
-def return_freed_memory() -> None:
+def _return_freed_memory() -> None:
     """Start-up parses YAML, the price table and model files; hand what they freed back to the OS so a worker's
     resident size reflects what it keeps (glibc only; elsewhere a no-op). A server process's step, not the
     runtime's: in a process that holds much else (an embedding application, a test run) a full collection costs
@@ -158,7 +158,7 @@ def run_worker(options: ServeOptions) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     server = _BoundedServer(
         uvicorn.Config(
-            create_app(options.config_path, after_start=return_freed_memory),
+            create_app(options.config_path, after_start=_return_freed_memory),
             loop="uvloop",
             http="httptools",
             lifespan="on",
