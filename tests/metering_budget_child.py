@@ -4,7 +4,8 @@
 reservation (``run_s`` is only a safety limit); prints the total it settled.
 
 ``lease``: a worker that serves ``n`` requests of one team from a budget lease (ledger records written, lease not
-yet settled to Redis), prints ``served``, and waits to be killed (``kill -9`` tests).
+yet settled to Redis), prints ``served``, and waits to be killed (``kill -9`` tests). The requests start at the
+parent's ``started_at``, so both count in the same day's counter even when the test runs across midnight.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ async def race(url: str, prefix: str, cap_nanos: str, amount: str, run_s: str, t
 
 
 async def lease(redis_url: str, ledger_url: str, spool_dir: str, team: str, daily_usd: str, n: str,
-                cost_nanos: str) -> None:
+                cost_nanos: str, started_at: str) -> None:
     from datetime import datetime
     from decimal import Decimal
 
@@ -69,7 +70,7 @@ async def lease(redis_url: str, ledger_url: str, spool_dir: str, team: str, dail
     # The lease lives for a minute (only the kill ends it) but its hold in Redis expires a second after the kill.
     meter = Meter(ledger, LeasedBudgetStore(FailoverBudgetStore(remote), max_age_s=60, lease_ttl_s=1.0))
     policy = BudgetPolicy(team=BudgetLimits(daily_usd=Decimal(daily_usd)), redis_failure="closed")
-    now = datetime.now(UTC)
+    now = datetime.fromisoformat(started_at)
     for i in range(int(n)):
         rid = f"child-{i}"
         res = await meter.reserve(team, "k", {}, 2 * int(cost_nanos), policy, request_id=rid, started_at=now)

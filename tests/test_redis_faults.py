@@ -201,7 +201,7 @@ def test_kill9_of_a_worker_holding_a_lease(redis_server: RedisServer, tmp_path: 
     db, spool = tmp_path / "l.db", tmp_path / "spool"
     env = {**os.environ, "PYTHONPATH": f"{HERE.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     child = subprocess.Popen([sys.executable, str(HERE / "metering_budget_child.py"), "lease", redis_server.url,
-                              f"sqlite:///{db}", str(spool), "tk", cap_usd, "15", str(cost)],
+                              f"sqlite:///{db}", str(spool), "tk", cap_usd, "15", str(cost), NOW.isoformat()],
                              stdout=subprocess.PIPE, env=env)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == b"served"
