@@ -14,7 +14,7 @@ import asyncio
 import random
 import sys
 import time
-from datetime import UTC, date
+from datetime import date
 
 from metering.budgets.base import BudgetExceeded, Cap
 from metering.budgets.redis_store import RedisBudgetStore
