@@ -216,7 +216,8 @@ def test_the_experiment_cap_joins_the_request_caps_over_its_whole_life() -> None
     caps = caps_for(lab, "lab", "lab-a", {"experiment": "by-tags"}, NOW.date())
     assert [(c.kind, c.name, c.period, c.limit_nanos) for c in caps] == [("experiment", "by-tags", "life", 5 * 10**9)]
     cap = caps[0]
-    assert cap.start == (NOW - timedelta(hours=1)).date() and cap.end == (NOW + timedelta(days=7)).date() + timedelta(1)
+    started = NOW - timedelta(hours=1)
+    assert cap.start == started.date() and cap.end == (started + timedelta(days=7)).date() + timedelta(1)
     assert cap.counter_id == f"experiment:lab:by-tags:{cap.start.isoformat()}"
     assert cap.describe() == "lifetime budget of experiment by-tags of team lab"
     # the same cap whatever day the request runs (a daily cap would move)
@@ -273,7 +274,7 @@ def test_seed_report_and_status_read_the_experiment_tag(ledger_path: str) -> Non
             lab = budget_policy(policy.teams["lab"], policy.experiments)
             assert await seed(lab.experiments["by-key"].cap) == 1_000
             assert await seed(lab.experiments["by-tags"].cap) == 50
-            report = await experiment_report(ledger, NOW.date(), NOW.date() + timedelta(days=1), "lab",
+            report = await experiment_report(ledger, at.date(), at.date() + timedelta(days=1), "lab",
                                              ["team", "experiment"])
             assert report.key_columns == ("team", "experiment")
             assert [(r.keys, r.totals.cost_nanos, r.totals.requests) for r in report.rows] == [
@@ -283,7 +284,7 @@ def test_seed_report_and_status_read_the_experiment_tag(ledger_path: str) -> Non
             assert sum(r.totals.cost_nanos for r in report.rows) == report.totals.cost_nanos == 1_057
             assert report.to_csv().splitlines()[0].startswith("team,experiment,requests,")
             with pytest.raises(ValueError):
-                await experiment_report(ledger, NOW.date(), NOW.date() + timedelta(days=1), None, ["tag", "experiment"])
+                await experiment_report(ledger, at.date(), at.date() + timedelta(days=1), None, ["tag", "experiment"])
             found = {r.manifest.name: r for r in await experiment_rows(ledger, manifests, NOW)}
             assert found["by-key"].spent_nanos == 1_000 and found["by-key"].requests == 2
             d = found["by-key"].to_dict()
