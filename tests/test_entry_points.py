@@ -41,7 +41,7 @@ def test_the_simulator_serves_from_its_command_lines(tmp_path: Path, command: li
         eventually(lambda: _answers(url), "python -m simulator to answer /healthz", timeout_s=60, proc=proc)
     else:
         server = start_process([*command, "--port", str(port), "--latency-ms", "1"], port, tmp_path / "m.log",
-                               "/healthz")
+                               "/healthz", fresh=True)  # the command line itself is under test
         url, proc = server.url, server.proc
     try:
         reply = httpx.post(url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [
