@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 
 from router.config_loader import ConfigError, _parse_yaml, load_policy, parse_policy
 from tests.conftest import ROOT
+from tests.forked import run_cli
 
 VALID = """\
 tiers:
@@ -119,10 +118,8 @@ def test_litellm_model_list_is_accepted() -> None:
 def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(VALID.replace("name: big", "name: small"))
-    run = subprocess.run([sys.executable, "-m", "proxy.cli", "check-config", str(bad)], capture_output=True, text=True,
-                         cwd=ROOT)
+    run = run_cli(["check-config", str(bad)], cwd=ROOT)
     assert run.returncode == 1
     assert str(bad) in run.stderr and "is used twice" in run.stderr
-    good = subprocess.run([sys.executable, "-m", "proxy.cli", "check-config", str(ROOT / "configs/demo.yaml")],
-                          capture_output=True, text=True, cwd=ROOT)
+    good = run_cli(["check-config", str(ROOT / "configs/demo.yaml")], cwd=ROOT)
     assert good.returncode == 0 and "ok" in good.stdout

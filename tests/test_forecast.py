@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from metering.ledger.sqlite import SqliteLedger
 from metering.record import UsageRecord
 from tests.conftest import ROOT
 from tests.finops_helpers import policy_file, tiergate
+from tests.forked import run_cli
 from tests.metering_fixtures import PG_URL, pg_schema  # noqa: F401  (pg_schema is a fixture)
 
 NOV = date(2026, 11, 1)
@@ -195,9 +195,8 @@ def test_cli_forecast_by_team_key_tag_and_model(seeded: Path, tmp_path: Path) ->
 
 
 def test_cli_names_the_known_teams_for_an_unknown_one(seeded: Path, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "proxy.cli", "forecast", "--config",
-                          str(_config(tmp_path / "policy.yaml", seeded)), "--team", "nosuch"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = run_cli(["forecast", "--config", str(_config(tmp_path / "policy.yaml", seeded)), "--team", "nosuch"],
+                  cwd=ROOT)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip() == "tiergate forecast: unknown team 'nosuch'; known teams: a, b"
     bad = forecast(_config(tmp_path / "policy.yaml", seeded), "--as-of", "2026-13-01")

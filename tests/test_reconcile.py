@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +23,7 @@ from metering.ledger.sqlite import SqliteLedger
 from metering.record import UsageRecord
 from tests.conftest import ROOT
 from tests.finops_helpers import policy_file, tiergate
+from tests.forked import run_cli
 
 FIXTURES = ROOT / "tests" / "fixtures" / "invoices"
 OPENAI_COSTS = FIXTURES / "openai_costs.json"
@@ -111,10 +111,9 @@ def test_exact_match_exits_0_with_capture_rate_1(policy: Path) -> None:
 
 
 def test_missing_day_unknown_model_and_price_gap_exit_1(policy: Path) -> None:
-    # In a subprocess once: the real entry point's exit code.
-    out = subprocess.run([sys.executable, "-m", "proxy.cli", "reconcile", "--config", str(policy), "--invoice",
-                          str(OPENAI_COSTS), "--invoice", str(OPENAI_USAGE), "--invoice", str(ANTHROPIC_COST),
-                          "--invoice", str(ANTHROPIC_USAGE), "--json"], capture_output=True, text=True, cwd=ROOT)
+    # In a process of its own once: the real entry point's exit code.
+    out = run_cli(["reconcile", "--config", str(policy), "--invoice", str(OPENAI_COSTS), "--invoice", str(OPENAI_USAGE),
+                   "--invoice", str(ANTHROPIC_COST), "--invoice", str(ANTHROPIC_USAGE), "--json"], cwd=ROOT)
     assert out.returncode == 1, out.stderr
     doc = json.loads(out.stdout)
     assert (doc["start"], doc["end"]) == ("2026-11-03", "2026-11-07")  # the exports' days, end exclusive

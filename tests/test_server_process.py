@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import DEMO_KEYS, ROOT, demo_config, free_port, mock_config, start_process
 from tests.fault_harness import START_TIMEOUT_S
+from tests.forked import ForkedProcess, run_cli
 from tests.waiting import eventually
 
 AUTH = {"authorization": f"Bearer {DEMO_KEYS['research']}"}
@@ -37,7 +38,10 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": pythonpath, **extra}
 
 
-def _tiergate(*args: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+def _tiergate(*args: str, env: dict[str, str] | None = None,
+              log: Path | None = None) -> subprocess.Popen[bytes] | ForkedProcess:
+    if env is None and log is not None:
+        return ForkedProcess(list(args), _env(), ROOT, log)
     out = log.open("ab") if log is not None else subprocess.PIPE
     return subprocess.Popen([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, env=env or _env(),
                             stdout=out, stderr=subprocess.STDOUT)
@@ -81,8 +85,7 @@ def _stalling_config(tmp_path: Path, hole: int) -> Path:
 
 def _a_second_server_is_refused(config: Path, port: int) -> None:
     """A second server on the port would get part of its traffic, with budgets of its own: it must not start."""
-    second = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port)],
-                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    second = run_cli(["serve", "--config", str(config), "--port", str(port)], cwd=ROOT)
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
         f"tiergate serve: 127.0.0.1:{port} is already in use (another tiergate serve or another program); "
@@ -200,8 +203,7 @@ def _broken_model_config(tmp_path: Path) -> Path:
 def test_a_single_worker_that_cannot_start_exits_non_zero_and_frees_the_port(tmp_path: Path) -> None:
     port = free_port()
     config = _broken_model_config(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--port", str(port)],
-                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    result = run_cli(["serve", "--config", str(config), "--port", str(port)], cwd=ROOT)
     assert result.returncode == 3, result.stderr
     with socket.socket() as after:
         after.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

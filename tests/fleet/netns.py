@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.fault_harness import PrivatePostgres
+from tests.forked import ForkedProcess
 
 NFT_TABLE = "tgfault"
 
@@ -81,7 +82,7 @@ class Topology:
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     namespaces: list[str] = field(default_factory=list)
     host_links: list[str] = field(default_factory=list)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes] | ForkedProcess] = field(default_factory=list)
     _veths: int = 0
 
     def bridge(self) -> Bridge:
@@ -129,6 +130,13 @@ class Topology:
         with log.open("ab") as out:
             proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT,
                                     cwd=cwd, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def fork(self, ns: str, args: list[str], log: Path, cwd: Path, env: dict[str, str]) -> ForkedProcess:
+        """``tiergate <args>`` inside ``ns``, forked from the warm fork server (``tests.forked``) instead of
+        started by ``ip netns exec`` as a fresh interpreter."""
+        proc = ForkedProcess(args, env, cwd, log, netns=ns)
         self.procs.append(proc)
         return proc
 

@@ -24,7 +24,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +53,7 @@ from tests.fault_harness import (
 from tests.fleet.fault_table import FaultTable, Row, fault_table_fixture, in_leases  # noqa: F401 - a fixture
 from tests.fleet.netns import DelayRelay, Link, NetnsPostgres, Topology, leftovers, unavailable
 from tests.fleet.redis_ha import Node, SentinelGroup, require_sentinel
+from tests.forked import ForkedProcess
 from tests.proxy_metering_helpers import TeamSpec, chat, new_team
 from tests.test_faults import approximate_reservation, lease_of
 from tests.waiting import eventually
@@ -88,7 +88,7 @@ class Replica:
     main: Link  # to clients, PostgreSQL and the upstream
     redis: Link  # to Redis and the sentinels
     dir: Path  # its working directory (the PostgreSQL ledger's spool lives under it)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | ForkedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -120,9 +120,9 @@ class World:
 
     def start(self, replica: Replica) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        replica.proc = self.topo.spawn(replica.main.ns, [
-            sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config), "--host", replica.main.address,
-            "--port", str(PORT), "--workers", "1"], replica.dir / "proxy.log", cwd=replica.dir, env=env)
+        replica.proc = self.topo.fork(replica.main.ns, [
+            "serve", "--config", str(self.config), "--host", replica.main.address, "--port", str(PORT), "--workers",
+            "1"], replica.dir / "proxy.log", cwd=replica.dir, env=env)
 
     def wait_ready(self, replica: Replica) -> None:
         assert replica.proc is not None
@@ -145,7 +145,8 @@ class World:
         return lease_of(cap, self.reservation)
 
 
-def _http_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = START_TIMEOUT_S) -> None:
+def _http_ready(url: str, proc: subprocess.Popen[bytes] | ForkedProcess, log: Path,
+                timeout_s: float = START_TIMEOUT_S) -> None:
     def ready() -> bool:
         with contextlib.suppress(httpx.HTTPError):
             return httpx.get(url, timeout=1.0).status_code == 200
@@ -194,9 +195,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                                     tmp / f"r{n}"))
 
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        mock_proc = topo.spawn(upstream.ns, [sys.executable, "-m", "proxy.cli", "mock-upstream", "--host",
-                                             upstream.address, "--port", "8080", *UPSTREAM_PACE],
-                               tmp / "upstream.log", env=env)
+        mock_proc = topo.fork(upstream.ns, ["mock-upstream", "--host", upstream.address, "--port", "8080",
+                                            *UPSTREAM_PACE], tmp / "upstream.log", cwd=ROOT, env=env)
         group = SentinelGroup(tmp / "redis", Node(redis_links[0].address, 6379, redis_links[0].ns),
                               Node(redis_links[1].address, 6379, redis_links[1].ns),
                               [Node(link.address, 26379, link.ns) for link in redis_links])
