@@ -90,11 +90,14 @@ def _dec(value: Any) -> Decimal | None:
     return Decimal(value)
 
 
+@functools.lru_cache(maxsize=1024)
 def lookup(model: str) -> ModelFacts | None:
     """Facts for a litellm model string, or None if the table has no price for it.
 
     Tries the string as given, then without its provider prefix (``openai/gpt-4o`` -> ``gpt-4o``,
     ``simulated/gpt-4o-mini`` -> ``gpt-4o-mini``), because the table keys first-party models bare.
+    Remembered (the table is vendored: it cannot change while the process runs), so a reload that prices the same
+    models does not parse the 3.4 MB table again after ``release_table``: ~45 ms of CPU per reload.
     """
     table = load_table()
     candidates = [model]
