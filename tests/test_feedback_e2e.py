@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import httpx
 import openai
 import orjson
@@ -19,10 +18,13 @@ import orjson
 from metering.feedback import feedback_pairs
 from metering.ledger import open_ledger
 from metering.money import format_usd
+from tests.anthropic_sdk import GROUP, anthropic
 from tests.finops_helpers import tiergate
 from tests.test_evidence_e2e import _sha
 from tests.test_shadow_e2e import _rows
 from tests.waiting import eventually
+
+pytestmark = GROUP  # tests.anthropic_sdk: one worker imports the SDK
 
 KEYS = {"t": "sk-fb-t", "u": "sk-fb-u", "admin": "sk-fb-admin"}
 

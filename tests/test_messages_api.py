@@ -10,14 +10,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import httpx
 import pytest
 
+from tests.anthropic_sdk import GROUP, anthropic
 from tests.conftest import Server, free_port, start_server
 from tests.helpers_simulator import MockServer
 from tests.proxy_metering_helpers import sqlite_records, usd
 from tests.waiting import eventually
+
+pytestmark = GROUP  # tests.anthropic_sdk: one worker imports the SDK
 
 KEY, TIGHT_KEY = "sk-messages-cc", "sk-messages-tight"
 SONNET, HAIKU = "claude-sonnet-4-6", "claude-haiku-4-5-20251001"

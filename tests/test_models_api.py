@@ -4,12 +4,14 @@ names the key may send (chat and embeddings)."""
 
 from __future__ import annotations
 
-import anthropic
 import httpx
 import openai
 import pytest
 
+from tests.anthropic_sdk import GROUP, anthropic
 from tests.conftest import DEMO_KEYS, Process
+
+pytestmark = GROUP  # tests.anthropic_sdk: one worker imports the SDK
 
 
 def _openai(proxy: Process, who: str) -> openai.OpenAI:

@@ -14,15 +14,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import httpx
 import openai
 import pytest
 
+from tests.anthropic_sdk import GROUP, anthropic
 from tests.conftest import Server, free_port, start_server
 from tests.helpers_simulator import MockServer
 from tests.proxy_metering_helpers import sqlite_records
 from tests.waiting import eventually
+
+pytestmark = GROUP  # tests.anthropic_sdk: one worker imports the SDK
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 

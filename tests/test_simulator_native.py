@@ -8,15 +8,17 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import anthropic
 import httpx
 import openai
 import orjson
 import pytest
 
 from simulator.provider import SimulatedUpstream
+from tests.anthropic_sdk import GROUP, anthropic
 from tests.helpers_simulator import MockServer
 from upstream.base import UpstreamError
+
+pytestmark = GROUP  # tests.anthropic_sdk: one worker imports the SDK
 
 LONG_SYSTEM = "You are a careful assistant for a freight company. " * 180  # ~1,800 tokens: above the cache minimum
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

@@ -8,15 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
-from anthropic._models import construct_type
-from anthropic.lib.streaming._messages import accumulate_event
-from anthropic.types import Message, RawMessageStreamEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import TiergateError
 from proxy.body import check_chat
 from router.prefix import conversation_key, prefix_key
+from tests.anthropic_sdk import GROUP
 from wire.messages.events import ChatToMessages
 from wire.messages.request import native_body, to_chat
 from wire.messages.response import to_message
@@ -195,7 +193,10 @@ def chat_answer(**message: Any) -> dict[str, Any]:
                       "prompt_tokens_details": {"cached_tokens": 1024}}}
 
 
+@GROUP
 def test_answer_becomes_an_sdk_message_with_exclusive_input_usage() -> None:
+    from anthropic.types import Message
+
     answer = chat_answer(content="Hello", tool_calls=[
         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}])
     answer["choices"][0]["finish_reason"] = "tool_calls"
@@ -245,7 +246,12 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, usage:
             "usage": usage}
 
 
+@GROUP
 def test_stream_events_accumulate_to_the_final_message_in_the_sdk() -> None:
+    from anthropic._models import construct_type
+    from anthropic.lib.streaming._messages import accumulate_event
+    from anthropic.types import RawMessageStreamEvent
+
     translator = ChatToMessages("msg_s", "gpt-4o-mini", 1180, ())
     frames = translator.start()
     for c in [chunk({"role": "assistant", "content": ""}), chunk({"reasoning_content": "think"}),
