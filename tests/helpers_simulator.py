@@ -1,14 +1,14 @@
 """``tiergate mock-upstream`` for tests that drive the simulator directly (same flags as ``python -m simulator``).
 
 It runs in a thread of the test process (``tests.inprocess``: real HTTP on loopback, ~0.1 s to start instead of an
-interpreter's ~2-3 s); ``process=True`` starts ``python -m simulator`` as a subprocess for a test that needs one.
+interpreter's ~2-3 s); ``process=True`` runs it in a process of its own (``tests.forked``) for a test that needs one.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.forked import ForkedProcess
 from tests.inprocess import ThreadServer, serve_app
 from tests.waiting import eventually
 
@@ -35,21 +36,19 @@ class MockServer:
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = self.root + "/v1"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ForkedProcess | None = None
         self.server: ThreadServer | None = None
+        self._logs = tempfile.TemporaryDirectory(prefix="mock-upstream-")
+        log = Path(self._logs.name) / "mock.log"
         if process:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "simulator", "--port", str(self.port), *flags],
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
+            self.process = ForkedProcess(["mock-upstream", "--port", str(self.port), *flags], dict(os.environ), REPO,
+                                         log)
             return
         from proxy.cli import build_parser
         from simulator.cli import options_from_args
         from simulator.server import create_app
 
         args = build_parser().parse_args(["mock-upstream", "--port", str(self.port), *flags])
-        self._logs = tempfile.TemporaryDirectory(prefix="mock-upstream-")
-        log = Path(self._logs.name) / "mock.log"
         self.server = serve_app(create_app(options_from_args(args)), self.port, log, lifespan="off")
 
     def wait_ready(self, timeout: float = 15.0) -> MockServer:
@@ -65,15 +64,14 @@ class MockServer:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
-            self._logs.cleanup()
-            return
-        assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        elif self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._logs.cleanup()
 
 
 @contextmanager
