@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.forked import ForkedProcess
+from tests.forked import ForkedProcess, child_env
 from tests.inprocess import ThreadServer, in_process_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,15 +91,14 @@ def start_process(args: list[str], port: int, log: Path, ready_path: str, env: d
                   cwd: Path = ROOT, timeout_s: float = 45.0, fresh: bool = False) -> Process:
     """``tiergate <args>`` as a process of its own, returned once ``ready_path`` answers 200: forked from a warm
     interpreter (``tests.forked``) unless it must start as a fresh one (``fresh``, or an ``env`` to start with)."""
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    full_env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
+    full_env = {**child_env(), **(env or {})}
     proc: subprocess.Popen[bytes] | ForkedProcess
     if fresh or env is not None:
         with log.open("ab") as handle:
             proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *args], cwd=cwd, stdout=handle,
                                     stderr=subprocess.STDOUT, env=full_env)
     else:
-        proc = ForkedProcess(args, full_env, cwd, log)
+        proc = ForkedProcess(args, cwd, log, env=full_env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

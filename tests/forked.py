@@ -30,6 +30,7 @@ from pathlib import Path
 # What the fork server imports once: the server's modules and tokenizer, the CLI, and the simulator (mock-upstream).
 PRELOAD = ["proxy.preload", "proxy.cli", "simulator.server"]
 _CLONE_NEWNET = 0x40000000
+ROOT = Path(__file__).resolve().parent.parent
 
 _context: ForkServerContext | None = None
 _started: list[ForkedProcess] = []
@@ -41,6 +42,12 @@ def _fork_server() -> ForkServerContext:
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(PRELOAD)
     return _context
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment with the repository first on ``PYTHONPATH``: what a test's ``tiergate`` process
+    runs with (a multi-worker server's own fork server, a fresh interpreter, imports ``proxy.preload`` from it)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def _enter_netns(name: str) -> None:
@@ -74,9 +81,11 @@ class ForkedProcess:
     """The part of ``subprocess.Popen``'s interface the tests use, over a process forked by the fork server (which
     reports its exit status back, as ``waitpid`` would for a child)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path, stderr: Path | None = None,
-                 netns: str | None = None) -> None:
+    def __init__(self, args: list[str], cwd: Path, log: Path, stderr: Path | None = None, netns: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``env`` defaults to ``child_env()``."""
         self.args = args
+        env = child_env() if env is None else env
         for path in (log, stderr or log):  # as with Popen, the files exist once the process is started
             path.touch()
         target_args = (args, env, str(cwd), str(log), str(stderr or log), netns)
@@ -115,7 +124,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 120.0) -> subprocess.Co
     """``subprocess.run([python, "-m", "proxy.cli", *args], capture_output=True, text=True)``, forked."""
     with tempfile.TemporaryDirectory(prefix="tiergate-run-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        process = ForkedProcess(args, dict(os.environ), cwd, out, stderr=err)
+        process = ForkedProcess(args, cwd, out, stderr=err)
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:

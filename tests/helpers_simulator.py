@@ -6,7 +6,6 @@ interpreter's ~2-3 s); ``process=True`` runs it in a process of its own (``tests
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import tempfile
@@ -41,8 +40,7 @@ class MockServer:
         self._logs = tempfile.TemporaryDirectory(prefix="mock-upstream-")
         log = Path(self._logs.name) / "mock.log"
         if process:
-            self.process = ForkedProcess(["mock-upstream", "--port", str(self.port), *flags], dict(os.environ), REPO,
-                                         log)
+            self.process = ForkedProcess(["mock-upstream", "--port", str(self.port), *flags], REPO, log)
             return
         from proxy.cli import build_parser
         from simulator.cli import options_from_args

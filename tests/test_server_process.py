@@ -41,7 +41,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _tiergate(*args: str, env: dict[str, str] | None = None,
               log: Path | None = None) -> subprocess.Popen[bytes] | ForkedProcess:
     if env is None and log is not None:
-        return ForkedProcess(list(args), _env(), ROOT, log)
+        return ForkedProcess(list(args), ROOT, log)
     out = log.open("ab") if log is not None else subprocess.PIPE
     return subprocess.Popen([sys.executable, "-m", "proxy.cli", *args], cwd=ROOT, env=env or _env(),
                             stdout=out, stderr=subprocess.STDOUT)

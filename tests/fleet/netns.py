@@ -133,10 +133,10 @@ class Topology:
         self.procs.append(proc)
         return proc
 
-    def fork(self, ns: str, args: list[str], log: Path, cwd: Path, env: dict[str, str]) -> ForkedProcess:
+    def fork(self, ns: str, args: list[str], log: Path, cwd: Path) -> ForkedProcess:
         """``tiergate <args>`` inside ``ns``, forked from the warm fork server (``tests.forked``) instead of
         started by ``ip netns exec`` as a fresh interpreter."""
-        proc = ForkedProcess(args, env, cwd, log, netns=ns)
+        proc = ForkedProcess(args, cwd, log, netns=ns)
         self.procs.append(proc)
         return proc
 

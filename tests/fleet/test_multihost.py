@@ -20,7 +20,6 @@ Skipped, with the reason, where the machine cannot make network namespaces (not 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import statistics
 import subprocess
@@ -119,10 +118,9 @@ class World:
     latency_mechanism: str
 
     def start(self, replica: Replica) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         replica.proc = self.topo.fork(replica.main.ns, [
             "serve", "--config", str(self.config), "--host", replica.main.address, "--port", str(PORT), "--workers",
-            "1"], replica.dir / "proxy.log", cwd=replica.dir, env=env)
+            "1"], replica.dir / "proxy.log", cwd=replica.dir)
 
     def wait_ready(self, replica: Replica) -> None:
         assert replica.proc is not None
@@ -194,9 +192,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             replicas.append(Replica(f"r{n}", topo.attach(ns, main, 10 + n), topo.attach(ns, back, 10 + n),
                                     tmp / f"r{n}"))
 
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         mock_proc = topo.fork(upstream.ns, ["mock-upstream", "--host", upstream.address, "--port", "8080",
-                                            *UPSTREAM_PACE], tmp / "upstream.log", cwd=ROOT, env=env)
+                                            *UPSTREAM_PACE], tmp / "upstream.log", cwd=ROOT)
         group = SentinelGroup(tmp / "redis", Node(redis_links[0].address, 6379, redis_links[0].ns),
                               Node(redis_links[1].address, 6379, redis_links[1].ns),
                               [Node(link.address, 26379, link.ns) for link in redis_links])
